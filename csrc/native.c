@@ -1,0 +1,219 @@
+/* shmipc native core: C11 atomics, futex waits and the robust mutex (see shmipc.h). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shmipc.h"
+
+#define A32(base, off) ((_Atomic uint32_t *)((base) + (off)))
+#define A64(base, off) ((_Atomic uint64_t *)((base) + (off)))
+
+_Static_assert(sizeof(_Atomic uint32_t) == 4, "lock-free 32-bit atomics required");
+_Static_assert(sizeof(_Atomic uint64_t) == 8, "lock-free 64-bit atomics required");
+
+uint32_t shmipc_abi_version(void) { return SHMIPC_ABI_VERSION; }
+
+int64_t shmipc_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int shmipc_errno(void) { return errno; }
+
+void shmipc_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+/* ---- atomics ---------------------------------------------------------------------------- */
+
+uint32_t shmipc_load32_relaxed(char *b, size_t o) {
+    return atomic_load_explicit(A32(b, o), memory_order_relaxed);
+}
+uint32_t shmipc_load32_acquire(char *b, size_t o) {
+    return atomic_load_explicit(A32(b, o), memory_order_acquire);
+}
+void shmipc_store32_relaxed(char *b, size_t o, uint32_t v) {
+    atomic_store_explicit(A32(b, o), v, memory_order_relaxed);
+}
+void shmipc_store32_release(char *b, size_t o, uint32_t v) {
+    atomic_store_explicit(A32(b, o), v, memory_order_release);
+}
+uint32_t shmipc_fetch_add32_acq_rel(char *b, size_t o, uint32_t v) {
+    return atomic_fetch_add_explicit(A32(b, o), v, memory_order_acq_rel);
+}
+uint32_t shmipc_exchange32_acq_rel(char *b, size_t o, uint32_t v) {
+    return atomic_exchange_explicit(A32(b, o), v, memory_order_acq_rel);
+}
+uint32_t shmipc_cas32_acq_rel(char *b, size_t o, uint32_t expected, uint32_t desired) {
+    atomic_compare_exchange_strong_explicit(A32(b, o), &expected, desired,
+                                            memory_order_acq_rel, memory_order_acquire);
+    return expected; /* on failure C11 stored the value found here; on success it is unchanged */
+}
+
+uint64_t shmipc_load64_relaxed(char *b, size_t o) {
+    return atomic_load_explicit(A64(b, o), memory_order_relaxed);
+}
+uint64_t shmipc_load64_acquire(char *b, size_t o) {
+    return atomic_load_explicit(A64(b, o), memory_order_acquire);
+}
+void shmipc_store64_relaxed(char *b, size_t o, uint64_t v) {
+    atomic_store_explicit(A64(b, o), v, memory_order_relaxed);
+}
+void shmipc_store64_release(char *b, size_t o, uint64_t v) {
+    atomic_store_explicit(A64(b, o), v, memory_order_release);
+}
+uint64_t shmipc_fetch_add64_acq_rel(char *b, size_t o, uint64_t v) {
+    return atomic_fetch_add_explicit(A64(b, o), v, memory_order_acq_rel);
+}
+uint64_t shmipc_exchange64_acq_rel(char *b, size_t o, uint64_t v) {
+    return atomic_exchange_explicit(A64(b, o), v, memory_order_acq_rel);
+}
+uint64_t shmipc_cas64_acq_rel(char *b, size_t o, uint64_t expected, uint64_t desired) {
+    atomic_compare_exchange_strong_explicit(A64(b, o), &expected, desired,
+                                            memory_order_acq_rel, memory_order_acquire);
+    return expected;
+}
+
+/* ---- futex ------------------------------------------------------------------------------ */
+
+/* The deadline of this sleep: the caller's, cut to one slice from now. Returns 1 when the cut
+ * applied (so a timeout means "slice over", not "deadline passed"). */
+static int slice_deadline(int64_t deadline_ns, struct timespec *ts) {
+    int64_t now = shmipc_monotonic_ns();
+    int64_t until = now + SHMIPC_SLICE_NS;
+    int sliced = 1;
+    if (deadline_ns >= 0 && deadline_ns <= until) {
+        until = deadline_ns;
+        sliced = 0;
+    }
+    ts->tv_sec = until / 1000000000LL;
+    ts->tv_nsec = until % 1000000000LL;
+    return sliced;
+}
+
+int shmipc_futex_wait(char *b, size_t o, uint32_t expected, int64_t deadline_ns) {
+    struct timespec ts;
+    if (deadline_ns >= 0 && shmipc_monotonic_ns() >= deadline_ns) return SHMIPC_TIMEDOUT;
+    int sliced = slice_deadline(deadline_ns, &ts);
+    /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline (no FUTEX_CLOCK_REALTIME),
+     * so wall-clock jumps cannot stretch or cut the wait. Not private: the word is shared. */
+    long r = syscall(SYS_futex, A32(b, o), FUTEX_WAIT_BITSET, expected, &ts, NULL,
+                     FUTEX_BITSET_MATCH_ANY);
+    if (r == 0) return SHMIPC_OK;
+    switch (errno) {
+    case EAGAIN: return SHMIPC_CHANGED;
+    case EINTR: return SHMIPC_INTERRUPTED;
+    case ETIMEDOUT: return sliced ? SHMIPC_SLICE : SHMIPC_TIMEDOUT;
+    default: return SHMIPC_ERROR;
+    }
+}
+
+int shmipc_futex_wake(char *b, size_t o, int n) {
+    return (int)syscall(SYS_futex, A32(b, o), FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+int shmipc_wait_while32(char *b, size_t o, uint32_t expected, size_t waiters_off,
+                        int64_t deadline_ns, int64_t spin_ns) {
+    _Atomic uint32_t *word = A32(b, o);
+    if (atomic_load_explicit(word, memory_order_acquire) != expected) return SHMIPC_OK;
+    if (spin_ns > 0) {
+        int64_t spin_until = shmipc_monotonic_ns() + spin_ns;
+        if (deadline_ns >= 0 && deadline_ns < spin_until) spin_until = deadline_ns;
+        /* Reading the clock every 64 pauses keeps the spin bounded without a syscall-priced
+         * check per iteration (clock_gettime is a vDSO call, ~20 ns). */
+        for (unsigned i = 1;; i++) {
+            shmipc_cpu_relax();
+            if (atomic_load_explicit(word, memory_order_acquire) != expected) return SHMIPC_OK;
+            if ((i & 63) == 0 && shmipc_monotonic_ns() >= spin_until) break;
+        }
+    }
+    /* Register as a sleeper before the last check. The seq_cst increment here and the waker's
+     * seq_cst fence between its store and its read of the count (shmipc_wake32) order the two:
+     * either the waker sees our registration and wakes us, or we see its store (the futex
+     * syscall itself re-checks the word atomically), so no wake-up is lost. */
+    atomic_fetch_add_explicit(A32(b, waiters_off), 1, memory_order_seq_cst);
+    int rc;
+    if (atomic_load_explicit(word, memory_order_seq_cst) != expected)
+        rc = SHMIPC_OK;
+    else
+        rc = shmipc_futex_wait(b, o, expected, deadline_ns);
+    atomic_fetch_sub_explicit(A32(b, waiters_off), 1, memory_order_seq_cst);
+    if (rc == SHMIPC_CHANGED) rc = SHMIPC_OK;
+    if (rc == SHMIPC_OK && atomic_load_explicit(word, memory_order_acquire) == expected)
+        rc = SHMIPC_CHANGED; /* woken (or spurious) but the word is back: caller re-evaluates */
+    return rc;
+}
+
+int shmipc_wake32(char *b, size_t o, size_t waiters_off, int n) {
+    /* Pairs with the sleeper's seq_cst registration in shmipc_wait_while32. */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(A32(b, waiters_off), memory_order_relaxed) == 0) return 0;
+    return shmipc_futex_wake(b, o, n);
+}
+
+/* ---- robust mutex ----------------------------------------------------------------------- */
+
+size_t shmipc_mutex_size(void) { return sizeof(pthread_mutex_t); }
+
+int shmipc_mutex_init(char *b, size_t o) {
+    pthread_mutexattr_t attr;
+    int r = pthread_mutexattr_init(&attr);
+    if (!r) r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    if (!r) r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    if (!r) r = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
+    if (!r) r = pthread_mutex_init((pthread_mutex_t *)(b + o), &attr);
+    pthread_mutexattr_destroy(&attr);
+    errno = r;
+    return r ? SHMIPC_ERROR : SHMIPC_OK;
+}
+
+static int mutex_status(pthread_mutex_t *m, int r) {
+    switch (r) {
+    case 0: return SHMIPC_OK;
+    case EOWNERDEAD:
+        /* We hold it now; the protected state may be half-updated. Mark the mutex usable
+         * again at once and tell the caller, who repairs the state it guards. */
+        pthread_mutex_consistent(m);
+        return SHMIPC_OWNERDEAD;
+    case ETIMEDOUT: return SHMIPC_TIMEDOUT;
+    case EBUSY: return SHMIPC_TIMEDOUT;
+    case EDEADLK: return SHMIPC_DEADLOCK;
+    case EPERM: return SHMIPC_NOTOWNER;
+    default: errno = r; return SHMIPC_ERROR;
+    }
+}
+
+int shmipc_mutex_lock(char *b, size_t o, int64_t deadline_ns) {
+    pthread_mutex_t *m = (pthread_mutex_t *)(b + o);
+    struct timespec ts;
+    if (deadline_ns >= 0 && shmipc_monotonic_ns() >= deadline_ns)
+        return mutex_status(m, pthread_mutex_trylock(m));
+    int sliced = slice_deadline(deadline_ns, &ts);
+    int r = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+    if (r == ETIMEDOUT && sliced) return SHMIPC_SLICE;
+    return mutex_status(m, r);
+}
+
+int shmipc_mutex_trylock(char *b, size_t o) {
+    pthread_mutex_t *m = (pthread_mutex_t *)(b + o);
+    return mutex_status(m, pthread_mutex_trylock(m));
+}
+
+int shmipc_mutex_unlock(char *b, size_t o) {
+    pthread_mutex_t *m = (pthread_mutex_t *)(b + o);
+    return mutex_status(m, pthread_mutex_unlock(m));
+}

@@ -1,0 +1,51 @@
+"""shmipc: cross-process shared-memory IPC for Python at memory speed.
+
+Regions of shared memory, robust sync primitives, rings, queues and topics that forked,
+spawned and unrelated processes share without pickling through pipes. Linux only.
+"""
+
+from __future__ import annotations
+
+import platform as _platform
+import sys as _sys
+
+if not _sys.platform.startswith("linux"):
+    raise ImportError(
+        f"shmipc needs Linux (futexes and POSIX shared memory); this is {_sys.platform!r}"
+    )
+if _platform.machine() not in ("x86_64", "aarch64", "AMD64", "arm64"):
+    raise ImportError(
+        f"shmipc supports x86_64 and aarch64; this machine is {_platform.machine()!r}"
+    )
+if _sys.version_info < (3, 10):  # noqa: UP036 - setup.py refuses these too
+    raise ImportError("shmipc needs CPython 3.10 or newer")
+
+from ._version import __version__
+from .errors import (
+    Closed,
+    CorruptedError,
+    Lagged,
+    LayoutMismatch,
+    MessageTooLarge,
+    PeerDied,
+    ShmipcError,
+)
+from .region import Region
+from .sync import AtomicCounter, Barrier, Event, Lock, Semaphore
+
+__all__ = [
+    "AtomicCounter",
+    "Barrier",
+    "Closed",
+    "CorruptedError",
+    "Event",
+    "Lagged",
+    "LayoutMismatch",
+    "Lock",
+    "MessageTooLarge",
+    "PeerDied",
+    "Region",
+    "Semaphore",
+    "ShmipcError",
+    "__version__",
+]

@@ -1,0 +1,45 @@
+"""Process identity: a pid plus its start time, so that a reused pid is never taken for the
+process that once had it. The one place shmipc asks whether a peer is still alive.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["is_alive", "self_identity", "start_time"]
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (/proc/PID/stat field 22), or
+    None when no such process exists (or it is a zombie, which is dead for our purposes)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+_identity: tuple[int, int] | None = None
+
+
+def self_identity() -> tuple[int, int]:
+    """(pid, start time) of the calling process, cached per process (fork-safe)."""
+    global _identity
+    pid = os.getpid()
+    if _identity is None or _identity[0] != pid:
+        st = start_time(pid)
+        assert st is not None
+        _identity = (pid, st)
+    return _identity
+
+
+def is_alive(pid: int, started: int) -> bool:
+    """True while the process that was ``pid`` at start time ``started`` still runs."""
+    if pid <= 0:
+        return False
+    return start_time(pid) == started

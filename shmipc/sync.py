@@ -1,0 +1,587 @@
+"""Cross-process sync primitives that live in shared memory.
+
+``AtomicCounter``, ``Event``, ``Semaphore``, ``Lock`` and ``Barrier``, each usable three ways:
+
+* standalone, ``Event()``: in its own anonymous region, shared with children forked after it;
+* by name, ``Event.create(name)`` / ``Event.attach(name)``: a named segment that spawned and
+  unrelated processes attach (the handle also pickles by name);
+* placed, ``Event.at(region, offset, create=True)``: inside a region the caller owns, next to
+  the data it guards (``Event.SIZE`` bytes, ``ALIGN``-aligned).
+
+Waits sleep on a futex after a short spin (never a Python polling loop) and come back to
+Python at least every 100 ms, so Ctrl-C interrupts any of them. ``Lock`` is a robust
+process-shared mutex: when its holder dies, the kernel hands it to the next acquirer, which
+sees ``lock.recovered`` set and can repair the state the lock guards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, ClassVar, TypeVar
+
+from ._native import ffi, lib
+from .errors import LayoutMismatch
+from .layout import CACHE_LINE, Kind, Layout, align_up
+from .region import Region
+
+__all__ = ["SPIN_NS", "AtomicCounter", "Barrier", "Event", "Lock", "Semaphore"]
+
+#: How long a waiter spins (checking the condition, with a CPU pause) before it sleeps.
+#: A cross-core futex wake costs tens of µs here, so spinning that long first decides latency.
+SPIN_NS = 20_000
+
+_U64 = (1 << 64) - 1
+_INT_MAX = 0x7FFFFFFF
+
+_T = TypeVar("_T", bound="_Primitive")
+
+
+def deadline_ns(timeout: float | None) -> int:
+    """Absolute CLOCK_MONOTONIC deadline for ``timeout`` seconds (-1: wait forever)."""
+    if timeout is None:
+        return -1
+    if math.isnan(timeout):
+        raise ValueError("timeout must be a number, not NaN")
+    return time.monotonic_ns() + max(0, int(timeout * 1e9))
+
+
+class _Primitive:
+    """Shared plumbing: where the primitive lives, and the three ways to get one."""
+
+    KIND: ClassVar[Kind]
+    LAYOUT: ClassVar[Layout]
+    SIZE: ClassVar[int]
+    ALIGN: ClassVar[int] = CACHE_LINE
+
+    _region: Region
+    _base: Any
+    _off: int
+    _owns_region: bool
+
+    def _bind(self, region: Region, offset: int, owns_region: bool) -> None:
+        if offset % self.ALIGN:
+            raise ValueError(f"{type(self).__name__} offset {offset} is not {self.ALIGN}-aligned")
+        if offset < 0 or offset + self.SIZE > region.size:
+            raise ValueError(
+                f"{type(self).__name__} needs {self.SIZE} bytes at offset {offset}; the region "
+                f"has {region.size}"
+            )
+        self._region = region
+        self._base, self._off = region.pointer(offset)
+        self._offset = offset
+        self._owns_region = owns_region
+
+    def _init_shared(self, **params: Any) -> None:
+        """Write the primitive's initial state (memory is zeroed when a region is made)."""
+
+    @classmethod
+    def _standalone(cls: type[_T], **params: Any) -> _T:
+        obj = cls.__new__(cls)
+        obj._bind(Region.anonymous(cls.SIZE), 0, owns_region=True)
+        obj._init_shared(**params)
+        return obj
+
+    @classmethod
+    def at(cls: type[_T], region: Region, offset: int = 0, *, create: bool, **params: Any) -> _T:
+        """The primitive at ``offset`` of ``region``; ``create=True`` initialises it there."""
+        obj = cls.__new__(cls)
+        obj._bind(region, offset, owns_region=False)
+        if create:
+            obj._init_shared(**params)
+        elif params:
+            raise TypeError(f"attaching takes no parameters, got {sorted(params)}")
+        return obj
+
+    @classmethod
+    def _create_named(cls: type[_T], name: str | None, mode: int, **params: Any) -> _T:
+        obj = cls.__new__(cls)
+
+        def init(region: Region) -> None:
+            obj._bind(region, 0, owns_region=True)
+            obj._init_shared(**params)
+
+        Region._create_segment(cls.SIZE, kind=cls.KIND, name=name, mode=mode, init=init)
+        return obj
+
+    @classmethod
+    def attach(cls: type[_T], name: str) -> _T:
+        """Attach the primitive that ``create`` made under ``name`` (any process)."""
+        region = Region._attach_segment(name, kind=cls.KIND)
+        obj = cls.__new__(cls)
+        try:
+            if region.size < cls.SIZE:
+                raise LayoutMismatch(f"segment {name!r} is too small for a {cls.__name__}")
+            obj._bind(region, 0, owns_region=True)
+            obj._check_attached()
+        except BaseException:
+            region.close()
+            raise
+        return obj
+
+    def _check_attached(self) -> None:
+        """Validate kind-specific shared state after attaching (override where it matters)."""
+
+    @property
+    def name(self) -> str | None:
+        """The segment's name when made with ``create``, else None (or the region's name)."""
+        return self._region.name
+
+    @property
+    def region(self) -> Region:
+        return self._region
+
+    def close(self) -> None:
+        """Drop this handle; a creator's named segment is unlinked. Placed ones do nothing."""
+        if self._owns_region:
+            self._region.close()
+
+    def unlink(self) -> None:
+        self._region.unlink()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._region.name is None:
+            raise TypeError(
+                f"this {type(self).__name__} lives in anonymous memory, shared only with "
+                f"children forked after it was made; use {type(self).__name__}.create(name) "
+                "for one that spawned or unrelated processes can attach"
+            )
+        return (_reattach, (type(self), self._region.name, self._offset, self._owns_region))
+
+    def __repr__(self) -> str:
+        where = self._region.name or "anonymous"
+        return f"<shmipc.{type(self).__name__} {where}@{self._offset} {self._state()}>"
+
+    def _state(self) -> str:
+        return ""
+
+
+def _reattach(cls: type[_Primitive], name: str, offset: int, whole_segment: bool) -> _Primitive:
+    if whole_segment:
+        return cls.attach(name)
+    obj = cls.at(Region.attach(name), offset, create=False)
+    obj._owns_region = True
+    return obj
+
+
+def _layout(name: str, *fields: tuple[str, int]) -> Layout:
+    lay = Layout(name)
+    for field, size in fields:
+        lay.add(field, size)
+    lay.pad_to(CACHE_LINE)
+    return lay
+
+
+def _wait_until(
+    base: Any, word: int, waiters: int, blocked_value: int, deadline: int
+) -> bool:
+    """Sleep while the 32-bit word equals ``blocked_value``. False once the deadline passed.
+
+    Each native call spins briefly, then sleeps on the futex for at most one 100 ms slice;
+    returning here between slices lets Python run signal handlers (Ctrl-C).
+    """
+    while True:
+        rc = lib.shmipc_wait_while32(base, word, blocked_value, waiters, deadline, SPIN_NS)
+        if rc == lib.SHMIPC_OK:
+            return True
+        if rc == lib.SHMIPC_TIMEDOUT:
+            return False
+        if rc == lib.SHMIPC_ERROR:
+            err = lib.shmipc_errno()
+            raise OSError(err, f"futex wait failed: {os.strerror(err)}")
+        # SLICE, INTERRUPTED, CHANGED: the caller's condition may still hold; go round.
+
+
+class AtomicCounter(_Primitive):
+    """A signed 64-bit integer that processes update atomically.
+
+    ======  ====  =======
+    offset  size  field
+    ======  ====  =======
+    0       8     value (two's complement, acq_rel updates)
+    ======  ====  =======
+    """
+
+    KIND = Kind.ATOMIC_COUNTER
+    LAYOUT = _layout("atomic counter", ("value", 8))
+    SIZE = LAYOUT.size
+
+    def __init__(self, value: int = 0) -> None:
+        self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
+        self._init_shared(value=value)
+
+    @classmethod
+    def create(cls, name: str | None = None, *, value: int = 0, mode: int = 0o600) -> AtomicCounter:
+        return cls._create_named(name, mode, value=value)
+
+    def _init_shared(self, value: int = 0) -> None:
+        self.store(value)
+
+    def load(self) -> int:
+        return _signed(lib.shmipc_load64_acquire(self._base, self._off))
+
+    def store(self, value: int) -> None:
+        lib.shmipc_store64_release(self._base, self._off, _unsigned(value))
+
+    def add(self, n: int = 1) -> int:
+        """Add ``n`` (may be negative) and return the new value."""
+        old = lib.shmipc_fetch_add64_acq_rel(self._base, self._off, _unsigned(n))
+        return _signed((old + n) & _U64)
+
+    def exchange(self, value: int) -> int:
+        """Store ``value`` and return the previous one."""
+        return _signed(lib.shmipc_exchange64_acq_rel(self._base, self._off, _unsigned(value)))
+
+    def compare_exchange(self, expected: int, desired: int) -> bool:
+        """Set to ``desired`` if the value is ``expected``; True if it was."""
+        exp = _unsigned(expected)
+        return lib.shmipc_cas64_acq_rel(self._base, self._off, exp, _unsigned(desired)) == exp
+
+    @property
+    def value(self) -> int:
+        return self.load()
+
+    @value.setter
+    def value(self, value: int) -> None:
+        self.store(value)
+
+    def _state(self) -> str:
+        return f"value={self.load()}"
+
+
+def _unsigned(v: int) -> int:
+    if not -(1 << 63) <= v < (1 << 64):
+        raise OverflowError(f"{v} does not fit a 64-bit counter")
+    return v & _U64
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v >= (1 << 63) else v
+
+
+class Event(_Primitive):
+    """A flag processes wait on, like ``threading.Event``.
+
+    ======  ====  ==========================================
+    offset  size  field
+    ======  ====  ==========================================
+    0       4     flag: 0 clear, 1 set (the futex word)
+    4       4     waiters: processes asleep on the flag
+    ======  ====  ==========================================
+    """
+
+    KIND = Kind.EVENT
+    LAYOUT = _layout("event", ("flag", 4), ("waiters", 4))
+    SIZE = LAYOUT.size
+    _FLAG = LAYOUT["flag"]
+    _WAITERS = LAYOUT["waiters"]
+
+    def __init__(self) -> None:
+        self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
+
+    @classmethod
+    def create(cls, name: str | None = None, *, mode: int = 0o600) -> Event:
+        return cls._create_named(name, mode)
+
+    def is_set(self) -> bool:
+        return lib.shmipc_load32_acquire(self._base, self._off + self._FLAG) == 1
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter (a syscall only if someone sleeps)."""
+        # Release: pairs with the acquire load in is_set/wait of the woken process.
+        lib.shmipc_store32_release(self._base, self._off + self._FLAG, 1)
+        lib.shmipc_wake32(self._base, self._off + self._FLAG, self._off + self._WAITERS, _INT_MAX)
+
+    def clear(self) -> None:
+        lib.shmipc_store32_release(self._base, self._off + self._FLAG, 0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until set or ``timeout`` seconds pass; True if the flag is set."""
+        deadline = deadline_ns(timeout)
+        while not self.is_set():
+            if not _wait_until(
+                self._base, self._off + self._FLAG, self._off + self._WAITERS, 0, deadline
+            ):
+                return self.is_set()
+        return True
+
+    def _state(self) -> str:
+        return "set" if self.is_set() else "clear"
+
+
+class Semaphore(_Primitive):
+    """A counting semaphore shared between processes.
+
+    ======  ====  ==========================================
+    offset  size  field
+    ======  ====  ==========================================
+    0       4     count (the futex word; waiters sleep at 0)
+    4       4     waiters: processes asleep on the count
+    ======  ====  ==========================================
+    """
+
+    KIND = Kind.SEMAPHORE
+    LAYOUT = _layout("semaphore", ("count", 4), ("waiters", 4))
+    SIZE = LAYOUT.size
+    _COUNT = LAYOUT["count"]
+    _WAITERS = LAYOUT["waiters"]
+    MAX_VALUE = _INT_MAX
+
+    def __init__(self, value: int = 1) -> None:
+        self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
+        self._init_shared(value=value)
+
+    @classmethod
+    def create(cls, name: str | None = None, *, value: int = 1, mode: int = 0o600) -> Semaphore:
+        return cls._create_named(name, mode, value=value)
+
+    def _init_shared(self, value: int = 1) -> None:
+        if not 0 <= value <= self.MAX_VALUE:
+            raise ValueError(f"semaphore value must be in 0..{self.MAX_VALUE}, got {value}")
+        lib.shmipc_store32_release(self._base, self._off + self._COUNT, value)
+
+    def _try(self) -> bool:
+        count_off = self._off + self._COUNT
+        while True:
+            c = lib.shmipc_load32_acquire(self._base, count_off)
+            if c == 0:
+                return False
+            # Retry only when another process changed the count between load and CAS: each
+            # failure means someone else made progress.
+            if lib.shmipc_cas32_acq_rel(self._base, count_off, c, c - 1) == c:
+                return True
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Take one unit; False if none came within ``timeout`` (or at once, unblocking)."""
+        if self._try():
+            return True
+        if not block:
+            return False
+        deadline = deadline_ns(timeout)
+        while True:
+            if not _wait_until(
+                self._base, self._off + self._COUNT, self._off + self._WAITERS, 0, deadline
+            ):
+                return self._try()
+            if self._try():
+                return True
+
+    def release(self, n: int = 1) -> None:
+        """Return ``n`` units and wake up to ``n`` waiters."""
+        if n < 1:
+            raise ValueError(f"release count must be positive, got {n}")
+        count_off = self._off + self._COUNT
+        while True:
+            c = lib.shmipc_load32_acquire(self._base, count_off)
+            if c + n > self.MAX_VALUE:
+                raise ValueError(f"semaphore released beyond {self.MAX_VALUE}")
+            if lib.shmipc_cas32_acq_rel(self._base, count_off, c, c + n) == c:
+                break
+        lib.shmipc_wake32(self._base, count_off, self._off + self._WAITERS, n)
+
+    @property
+    def value(self) -> int:
+        return lib.shmipc_load32_acquire(self._base, self._off + self._COUNT)
+
+    def __enter__(self) -> Semaphore:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _state(self) -> str:
+        return f"value={self.value}"
+
+
+def _lock_layout() -> Layout:
+    lay = Layout("lock")
+    lay.add("mutex", lib.shmipc_mutex_size(), align=8)
+    lay.add("recoveries", 4)
+    lay.pad_to(CACHE_LINE)
+    return lay
+
+
+class Lock(_Primitive):
+    """A robust process-shared mutex: a holder's death never blocks the living.
+
+    Built on a robust, error-checking pthread mutex: the kernel walks a dying thread's robust
+    list (also on SIGKILL) and marks the lock owner-dead, so the next ``acquire`` gets it at
+    once, sets ``recovered`` and should repair what the lock guards. Ownership is per thread:
+    the thread that acquired must release.
+
+    ======  ====  ==============================================
+    offset  size  field
+    ======  ====  ==============================================
+    0       40    mutex (pthread_mutex_t; size from the C build)
+    40      4     recoveries: times a dead holder's lock passed on
+    ======  ====  ==============================================
+    """
+
+    KIND = Kind.LOCK
+    LAYOUT = _lock_layout()
+    SIZE = LAYOUT.size
+    _RECOVERIES = LAYOUT["recoveries"]
+
+    #: True when the current holding was taken over from a holder that died.
+    recovered: bool = False
+
+    def __init__(self) -> None:
+        self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
+        self._init_shared()
+
+    @classmethod
+    def create(cls, name: str | None = None, *, mode: int = 0o600) -> Lock:
+        return cls._create_named(name, mode)
+
+    def _init_shared(self) -> None:
+        if lib.shmipc_mutex_init(self._base, self._off) != lib.SHMIPC_OK:
+            err = lib.shmipc_errno()
+            raise OSError(err, f"cannot initialise a robust mutex: {os.strerror(err)}")
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Take the lock; False if it stayed held for ``timeout`` seconds (or, unblocking, now)."""
+        if not block:
+            rc = lib.shmipc_mutex_trylock(self._base, self._off)
+        else:
+            deadline = deadline_ns(timeout)
+            while True:
+                rc = lib.shmipc_mutex_lock(self._base, self._off, deadline)
+                if rc not in (lib.SHMIPC_SLICE, lib.SHMIPC_INTERRUPTED):
+                    break
+                # A slice ended: back in Python, pending signals (Ctrl-C) run, then retry.
+        if rc == lib.SHMIPC_OK:
+            self.recovered = False
+            return True
+        if rc == lib.SHMIPC_OWNERDEAD:
+            self.recovered = True
+            lib.shmipc_fetch_add32_acq_rel(self._base, self._off + self._RECOVERIES, 1)
+            return True
+        if rc == lib.SHMIPC_TIMEDOUT:
+            return False
+        if rc == lib.SHMIPC_DEADLOCK:
+            raise RuntimeError("this thread already holds the Lock (it is not reentrant)")
+        err = lib.shmipc_errno()
+        raise OSError(err, f"Lock acquire failed: {os.strerror(err)}")
+
+    def release(self) -> None:
+        rc = lib.shmipc_mutex_unlock(self._base, self._off)
+        if rc == lib.SHMIPC_NOTOWNER:
+            raise RuntimeError("release of a Lock that this thread does not hold")
+        if rc != lib.SHMIPC_OK:
+            err = lib.shmipc_errno()
+            raise OSError(err, f"Lock release failed: {os.strerror(err)}")
+
+    @property
+    def recoveries(self) -> int:
+        """How many times this lock was taken over from a dead holder, by anyone."""
+        return lib.shmipc_load32_acquire(self._base, self._off + self._RECOVERIES)
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Barrier(_Primitive):
+    """``parties`` processes wait until all have arrived, then all go on; reusable.
+
+    The arrival count and the generation share one 64-bit word, so that arriving, the last
+    arrival's reset and a timed-out waiter's withdrawal are each a single compare-exchange:
+    a timeout withdraws cleanly and leaves the barrier usable (unlike threading.Barrier,
+    which breaks).
+
+    ======  ====  ===================================================
+    offset  size  field
+    ======  ====  ===================================================
+    0       4     arrived: parties waiting in this generation
+    4       4     generation: bumped when the last party arrives (futex)
+    8       4     parties
+    12      4     waiters: processes asleep on the generation
+    ======  ====  ===================================================
+    """
+
+    KIND = Kind.BARRIER
+    LAYOUT = _layout("barrier", ("arrived", 4), ("generation", 4), ("parties", 4), ("waiters", 4))
+    SIZE = LAYOUT.size
+    _STATE = LAYOUT["arrived"]  # the 64-bit word (arrived | generation << 32), little-endian
+    _GEN = LAYOUT["generation"]
+    _PARTIES = LAYOUT["parties"]
+    _WAITERS = LAYOUT["waiters"]
+
+    def __init__(self, parties: int) -> None:
+        self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
+        self._init_shared(parties=parties)
+
+    @classmethod
+    def create(cls, name: str | None = None, *, parties: int, mode: int = 0o600) -> Barrier:
+        return cls._create_named(name, mode, parties=parties)
+
+    def _init_shared(self, parties: int = 0) -> None:
+        if not 1 <= parties <= _INT_MAX:
+            raise ValueError(f"parties must be in 1..{_INT_MAX}, got {parties}")
+        lib.shmipc_store32_release(self._base, self._off + self._PARTIES, parties)
+
+    def _check_attached(self) -> None:
+        if not 1 <= self.parties <= _INT_MAX:
+            raise LayoutMismatch(f"barrier has an invalid party count {self.parties}")
+
+    @property
+    def parties(self) -> int:
+        return lib.shmipc_load32_acquire(self._base, self._off + self._PARTIES)
+
+    @property
+    def n_waiting(self) -> int:
+        return lib.shmipc_load32_acquire(self._base, self._off + self._STATE)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Arrive and wait for the others; returns this party's arrival index (0-based).
+
+        Raises TimeoutError if the others did not all arrive within ``timeout`` seconds; the
+        caller's arrival is then withdrawn and the barrier stays usable.
+        """
+        parties = self.parties
+        state_off = self._off + self._STATE
+        while True:
+            state = lib.shmipc_load64_acquire(self._base, state_off)
+            gen, arrived = state >> 32, state & 0xFFFFFFFF
+            if arrived + 1 >= parties:
+                new = ((gen + 1) & 0xFFFFFFFF) << 32  # last one in: next generation, count 0
+            else:
+                new = (gen << 32) | (arrived + 1)
+            # A failed CAS means another party arrived or withdrew: each retry follows progress.
+            if lib.shmipc_cas64_acq_rel(self._base, state_off, state, new) == state:
+                break
+        gen_off = self._off + self._GEN
+        if arrived + 1 >= parties:
+            lib.shmipc_wake32(self._base, gen_off, self._off + self._WAITERS, _INT_MAX)
+            return arrived
+        deadline = deadline_ns(timeout)
+        while lib.shmipc_load32_acquire(self._base, gen_off) == gen:
+            if not _wait_until(self._base, gen_off, self._off + self._WAITERS, gen, deadline):
+                if self._withdraw(gen):
+                    raise TimeoutError(
+                        f"barrier timed out after {timeout} s with {self.n_waiting + 1} of "
+                        f"{parties} parties arrived"
+                    )
+                return arrived  # the last party arrived just as we timed out
+        return arrived
+
+    def _withdraw(self, gen: int) -> bool:
+        """Take back our arrival unless the generation already moved on; True if taken back."""
+        state_off = self._off + self._STATE
+        while True:
+            state = lib.shmipc_load64_acquire(self._base, state_off)
+            if state >> 32 != gen:
+                return False
+            if lib.shmipc_cas64_acq_rel(self._base, state_off, state, state - 1) == state:
+                return True
+
+    def _state(self) -> str:
+        return f"{self.n_waiting}/{self.parties} waiting"
+
+
+del ffi, align_up
