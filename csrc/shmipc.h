@@ -75,3 +75,97 @@ int shmipc_mutex_init(char *base, size_t off);
 int shmipc_mutex_lock(char *base, size_t off, int64_t deadline_ns);
 int shmipc_mutex_trylock(char *base, size_t off);
 int shmipc_mutex_unlock(char *base, size_t off);
+
+/* ==== Byte rings (csrc/ring.c; the protocol is docs/internals/ring.md) ====================
+ *
+ * A ring is a control block of SHMIPC_RING_HEADER_SIZE bytes followed by `capacity` bytes of
+ * records (capacity a power of two). Ring calls take `ring`, a pointer to the control block,
+ * and `cap`, the capacity as validated by Python when it attached: bounds never depend on a
+ * capacity read back from shared memory. Positions are monotonic 64-bit byte counts; an index
+ * is a position masked into the data area; offsets below are from the control block's start.
+ */
+#define SHMIPC_RING_MAGIC 0x474e4952       /* "RING" */
+#define SHMIPC_RING_VERSION 1
+#define SHMIPC_RING_HEADER_SIZE 512
+/* config line (written once at init, read-only after) */
+#define SHMIPC_RING_OFF_MAGIC 0            /* u32 */
+#define SHMIPC_RING_OFF_VERSION 4          /* u32 */
+#define SHMIPC_RING_OFF_CAPACITY 8         /* u64, power of two */
+#define SHMIPC_RING_OFF_MAX_COUNT 16       /* u64, message limit (0 = only bytes limit) */
+#define SHMIPC_RING_OFF_SPIN_NS 24         /* u64, how long waiters spin before sleeping */
+#define SHMIPC_RING_OFF_FLAGS 32           /* u32 */
+/* producer side: written only by the holder of the producer mutex */
+#define SHMIPC_RING_OFF_P_MUTEX 64         /* pthread_mutex_t (<= 64 bytes) */
+#define SHMIPC_RING_OFF_P_TAIL 128         /* u64: end of committed records (consumers read) */
+#define SHMIPC_RING_OFF_P_HEAD_CACHE 136   /* u64: producers' last view of the head */
+#define SHMIPC_RING_OFF_P_OUT_CACHE 144    /* u64: producers' last view of messages out */
+#define SHMIPC_RING_OFF_P_CLAIM 152        /* u64: position of a claim in progress, or ~0 */
+#define SHMIPC_RING_OFF_P_MSGS 160         /* u64: messages committed */
+#define SHMIPC_RING_OFF_P_BYTES 168        /* u64: payload bytes committed */
+#define SHMIPC_RING_OFF_P_ABANDONED 176    /* u64: claims of producers that died */
+#define SHMIPC_RING_OFF_P_WAITS 184        /* u64: times a producer waited for room */
+#define SHMIPC_RING_OFF_P_WAKES 192        /* u64: wake syscalls issued to consumers (atomic) */
+/* consumer side: written only by the holder of the consumer mutex */
+#define SHMIPC_RING_OFF_C_MUTEX 256        /* pthread_mutex_t */
+#define SHMIPC_RING_OFF_C_HEAD 320         /* u64: end of released records (producers read) */
+#define SHMIPC_RING_OFF_C_TAIL_CACHE 328   /* u64: consumers' last view of the tail */
+#define SHMIPC_RING_OFF_C_MSGS 336         /* u64: messages released */
+#define SHMIPC_RING_OFF_C_BYTES 344        /* u64: payload bytes released */
+#define SHMIPC_RING_OFF_C_WAITS 352        /* u64: times a consumer waited for data */
+#define SHMIPC_RING_OFF_C_WAKES 360        /* u64: wake syscalls issued to producers (atomic) */
+#define SHMIPC_RING_OFF_C_RECOVERED 368    /* u64: consumer mutexes taken over from the dead */
+#define SHMIPC_RING_OFF_C_PEEK 376         /* u64: end position of the peeked record */
+/* sleeper counts, each alone on its line: read after every commit/release */
+#define SHMIPC_RING_OFF_DATA_WAITERS 384   /* u32: consumers asleep on the tail's low word */
+#define SHMIPC_RING_OFF_SPACE_WAITERS 448  /* u32: producers asleep on the head's low word */
+
+/* Record header: 8 bytes at an 8-aligned index, never straddling the end of the data area.
+ *   bits 0..31  (bytes 0..3): payload length in bytes (explicit; never inferred from padding)
+ *   bits 32..63 (bytes 4..7): type: SHMIPC_REC_PAD, or a channel's own type 0..0xFFFF
+ * The payload follows; the record occupies align8(8 + length) bytes. */
+#define SHMIPC_REC_HEADER 8
+#define SHMIPC_REC_PAD 0xFFFFFFFF
+#define SHMIPC_REC_TYPE_MAX 0xFFFF
+/* The largest payload a ring of capacity C takes: a record of at most C/2 bytes always fits
+ * an empty ring whatever the wrap point. Larger messages go through a channel's spill path. */
+
+/* More outcomes for ring calls (returned negated where the result is an int64). */
+#define SHMIPC_EMPTY 9        /* nothing to read (timeout or non-blocking) */
+#define SHMIPC_FULL 10        /* no room (timeout or non-blocking) */
+#define SHMIPC_TOOBIG 11      /* record larger than half the ring */
+#define SHMIPC_CORRUPT 12     /* a header or position breaks the ring's rules */
+#define SHMIPC_NEEDBUF 13     /* the next payload does not fit dst: its length is in dst[0..8) */
+
+int shmipc_ring_init(char *ring, uint64_t cap, uint64_t max_count, uint64_t spin_ns,
+                     uint32_t flags);
+
+/* Copying paths, one call per message: put returns a status; get returns
+ * (type << 40 | length) >= 0 with the payload copied to dst, or a negated status. */
+int shmipc_ring_put(char *ring, uint64_t cap, const char *data, size_t len, uint32_t type,
+                    int64_t deadline_ns);
+int64_t shmipc_ring_get(char *ring, uint64_t cap, char *dst, size_t dst_cap,
+                        int64_t deadline_ns);
+/* Batches: put_many stores the first k of n payloads, which lie back to back in src with
+ * their lengths in lens, under one lock and one publish; it returns k (>= 1) or a negated
+ * status. get_many copies up to max_items payloads back to back into dst with
+ * (type << 40 | length) in meta[i], returning the count or a negated status. */
+int64_t shmipc_ring_put_many(char *ring, uint64_t cap, const char *src, size_t *lens,
+                             size_t n, uint32_t type, int64_t deadline_ns);
+int64_t shmipc_ring_get_many(char *ring, uint64_t cap, char *dst, size_t dst_cap,
+                             uint64_t *meta, size_t max_items, int64_t deadline_ns);
+
+/* Zero-copy paths. reserve returns the data index of a writable payload of len bytes, the
+ * producer mutex staying held, or a negated status; commit(len) publishes it, abort drops it.
+ * peek returns the data index of the next payload (consumer mutex held) with its length and
+ * type in out[0], out[1]; release frees it. The same thread must finish what it started. */
+int64_t shmipc_ring_reserve(char *ring, uint64_t cap, size_t len, uint32_t type,
+                            int64_t deadline_ns);
+int shmipc_ring_commit(char *ring, uint64_t cap, size_t len);
+int shmipc_ring_abort(char *ring);
+int64_t shmipc_ring_peek(char *ring, uint64_t cap, uint64_t *out, int64_t deadline_ns);
+int shmipc_ring_release(char *ring, uint64_t cap);
+
+/* Liveness: try the producer mutex without waiting, so that a producer that died holding it
+ * is recovered (its claim counted abandoned) even when no other producer is left. Returns 1
+ * if it recovered one. */
+int shmipc_ring_recover(char *ring);

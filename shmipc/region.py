@@ -24,6 +24,7 @@ import mmap
 import os
 import secrets
 import stat
+import sys
 import threading
 import time
 import weakref
@@ -65,6 +66,9 @@ _ADVICE = {
 }
 
 _INIT_STATE_OFF = SEGMENT_LAYOUT["init_state"]
+_MAGIC_OFF = SEGMENT_LAYOUT["magic"]
+_MAGIC_END = _MAGIC_OFF + SEGMENT_LAYOUT.fields["magic"].size
+_MAGIC_WORD = int.from_bytes(MAGIC, sys.byteorder)  # the magic as one native 64-bit store
 
 
 def _shm_name(name: str) -> str:
@@ -302,11 +306,20 @@ class Region:
                 creator_uid=os.getuid(),
                 flags=flags,
             )
-            mm[: len(header.pack())] = header.pack()
             region = cls(
-                mm, data_offset=SEGMENT_LAYOUT.size, name=chosen.lstrip("/"), owner=True,
+                mm,
+                data_offset=SEGMENT_LAYOUT.size,
+                name=chosen.lstrip("/"),
+                owner=True,
                 kind=kind,
             )
+            # The segment already has its full size, so an attacher may map it now: write the
+            # header's other fields first and its magic last. Release: pairs with the acquire
+            # load of the magic in _attach_segment, so an attacher that sees the magic sees
+            # the whole header (and never takes a half-written one for a corrupt one).
+            packed = header.pack()
+            region._view[_MAGIC_END : len(packed)] = packed[_MAGIC_END:]
+            lib.shmipc_store64_release(region._base, _MAGIC_OFF, _MAGIC_WORD)
             region._apply_options(hugepages, prefault)
             if init is not None:
                 init(region)
@@ -349,6 +362,15 @@ class Region:
             shm.close_fd()
         region = cls(mm, data_offset=SEGMENT_LAYOUT.size, name=name.lstrip("/"), owner=False)
         try:
+            # A zero magic: the creator has sized the segment but not yet published its header
+            # (see _create_segment). Wait for it; any other magic is judged at once.
+            while lib.shmipc_load64_acquire(region._base, _MAGIC_OFF) == 0:
+                if time.monotonic() >= deadline:
+                    raise CorruptedError(
+                        f"segment {name!r} has no shmipc header (its creator died before "
+                        "writing it, or it is not one of ours)"
+                    )
+                time.sleep(0.001)
             header = SegmentHeader.unpack(region._view[: SEGMENT_LAYOUT.size])
             header.validate(kind=kind, mapped_size=total, name=name)
             region._kind = header.kind
@@ -373,8 +395,7 @@ class Region:
                 )
             if time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"segment {self._name!r} is still being initialised by pid "
-                    f"{header.creator_pid}"
+                    f"segment {self._name!r} is still being initialised by pid {header.creator_pid}"
                 )
             time.sleep(0.001)
 
@@ -546,15 +567,12 @@ class Region:
         if self._name is not None:
             return (_attach_by_name, (self._name,))
         if self._path is not None:
-            return (Region.file, (self._path, None), {"_private": self._private})
+            return (_map_file, (self._path, self._private))
         raise TypeError(
             "an anonymous Region cannot be pickled: it is shared only with children forked "
             "after it was made; use Region.create(size) for a named one that a spawned or "
             "unrelated process can attach"
         )
-
-    def __setstate__(self, state: dict[str, Any]) -> None:  # pragma: no cover - see reduce
-        pass
 
     def __repr__(self) -> str:
         what = self._name or self._path or "anonymous"
@@ -564,6 +582,10 @@ class Region:
 
 def _attach_by_name(name: str) -> Region:
     return Region.attach(name)
+
+
+def _map_file(path: str, private: bool) -> Region:
+    return Region.file(path, private=private)
 
 
 def _check_size(size: int) -> int:
@@ -591,5 +613,3 @@ def _unlink_owned_at_exit() -> None:
     for region in list(_owned):
         if region._owner_pid == os.getpid():
             region.close()
-
-

@@ -32,7 +32,12 @@ __all__ = ["SPIN_NS", "AtomicCounter", "Barrier", "Event", "Lock", "Semaphore"]
 #: A cross-core futex wake costs tens of µs here, so spinning that long first decides latency.
 SPIN_NS = 20_000
 
+#: The longest one native Lock wait lasts before Python regains control (see Lock.acquire).
+_LOCK_STEP_NS = 50_000_000
+
 _U64 = (1 << 64) - 1
+#: Timeouts this long (about 146 years) or longer mean "no deadline".
+_FOREVER_S = float(1 << 62) / 1e9
 _INT_MAX = 0x7FFFFFFF
 
 _T = TypeVar("_T", bound="_Primitive")
@@ -44,6 +49,8 @@ def deadline_ns(timeout: float | None) -> int:
         return -1
     if math.isnan(timeout):
         raise ValueError("timeout must be a number, not NaN")
+    if timeout >= _FOREVER_S:  # inf, or past what an int64 deadline holds: no deadline
+        return -1
     return time.monotonic_ns() + max(0, int(timeout * 1e9))
 
 
@@ -89,6 +96,9 @@ class _Primitive:
         obj = cls.__new__(cls)
         obj._bind(region, offset, owns_region=False)
         if create:
+            # Regions start zeroed, but a placed primitive may reuse bytes: a stale flag,
+            # arrival count or sleeper count must not survive into the new primitive.
+            region.buffer[offset : offset + cls.SIZE] = bytes(cls.SIZE)
             obj._init_shared(**params)
         elif params:
             raise TypeError(f"attaching takes no parameters, got {sorted(params)}")
@@ -147,7 +157,11 @@ class _Primitive:
                 f"children forked after it was made; use {type(self).__name__}.create(name) "
                 "for one that spawned or unrelated processes can attach"
             )
-        return (_reattach, (type(self), self._region.name, self._offset, self._owns_region))
+        # The whole segment is ours when it was made (or attached) as this kind; otherwise
+        # the primitive is placed in a Region and re-attaches through it, however often the
+        # handle is passed on.
+        whole_segment = self._region.kind == self.KIND
+        return (_reattach, (type(self), self._region.name, self._offset, whole_segment))
 
     def __repr__(self) -> str:
         where = self._region.name or "anonymous"
@@ -173,9 +187,7 @@ def _layout(name: str, *fields: tuple[str, int]) -> Layout:
     return lay
 
 
-def _wait_until(
-    base: Any, word: int, waiters: int, blocked_value: int, deadline: int
-) -> bool:
+def _wait_until(base: Any, word: int, waiters: int, blocked_value: int, deadline: int) -> bool:
     """Sleep while the 32-bit word equals ``blocked_value``. False once the deadline passed.
 
     Each native call spins briefly, then sleeps on the futex for at most one 100 ms slice;
@@ -251,7 +263,7 @@ class AtomicCounter(_Primitive):
 
 
 def _unsigned(v: int) -> int:
-    if not -(1 << 63) <= v < (1 << 64):
+    if not -(1 << 63) <= v < (1 << 63):
         raise OverflowError(f"{v} does not fit a 64-bit counter")
     return v & _U64
 
@@ -447,7 +459,14 @@ class Lock(_Primitive):
         else:
             deadline = deadline_ns(timeout)
             while True:
-                rc = lib.shmipc_mutex_lock(self._base, self._off, deadline)
+                # glibc's robust lock retries its futex wait after EINTR, so a signal is seen
+                # only when the call returns: cap each call at _LOCK_STEP_NS for Ctrl-C.
+                step = time.monotonic_ns() + _LOCK_STEP_NS
+                if 0 <= deadline <= step:
+                    step = deadline
+                rc = lib.shmipc_mutex_lock(self._base, self._off, step)
+                if rc == lib.SHMIPC_TIMEDOUT and step != deadline:
+                    continue  # our step ended, not the caller's deadline
                 if rc not in (lib.SHMIPC_SLICE, lib.SHMIPC_INTERRUPTED):
                     break
                 # A slice ended: back in Python, pending signals (Ctrl-C) run, then retry.
@@ -541,7 +560,8 @@ class Barrier(_Primitive):
         """Arrive and wait for the others; returns this party's arrival index (0-based).
 
         Raises TimeoutError if the others did not all arrive within ``timeout`` seconds; the
-        caller's arrival is then withdrawn and the barrier stays usable.
+        caller's arrival is then withdrawn and the barrier stays usable. An interrupted wait
+        (Ctrl-C) withdraws the same way.
         """
         parties = self.parties
         state_off = self._off + self._STATE
@@ -560,14 +580,22 @@ class Barrier(_Primitive):
             lib.shmipc_wake32(self._base, gen_off, self._off + self._WAITERS, _INT_MAX)
             return arrived
         deadline = deadline_ns(timeout)
-        while lib.shmipc_load32_acquire(self._base, gen_off) == gen:
-            if not _wait_until(self._base, gen_off, self._off + self._WAITERS, gen, deadline):
-                if self._withdraw(gen):
-                    raise TimeoutError(
-                        f"barrier timed out after {timeout} s with {self.n_waiting + 1} of "
-                        f"{parties} parties arrived"
-                    )
-                return arrived  # the last party arrived just as we timed out
+        try:
+            while lib.shmipc_load32_acquire(self._base, gen_off) == gen:
+                if not _wait_until(self._base, gen_off, self._off + self._WAITERS, gen, deadline):
+                    if self._withdraw(gen):
+                        raise TimeoutError(
+                            f"barrier timed out after {timeout} s with {self.n_waiting + 1} "
+                            f"of {parties} parties arrived"
+                        )
+                    return arrived  # the last party arrived just as we timed out
+        except TimeoutError:
+            raise
+        except BaseException:
+            # Interrupted (Ctrl-C) while waiting: withdraw like a timeout, or the stale arrival
+            # would let the next generation through one party early.
+            self._withdraw(gen)
+            raise
         return arrived
 
     def _withdraw(self, gen: int) -> bool:

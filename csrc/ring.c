@@ -1,0 +1,487 @@
+/* shmipc byte rings: the fused hot paths (claim + copy + publish + wake in one call).
+ *
+ * Design (docs/internals/ring.md has the full protocol and the recovery rules):
+ * - An SPSC core: the producer writes records at `tail` and publishes them by a release store
+ *   of the new tail; the consumer reads them after an acquire load of the tail and frees them
+ *   by a release store of the new head. A record is visible only once complete, so a writer
+ *   that dies mid-write leaves nothing half-written behind.
+ * - Many producers and many consumers take turns through one robust mutex per side. The
+ *   kernel hands a dead holder's mutex to the next locker (EOWNERDEAD); since nothing is
+ *   published before the release store, recovery is only bookkeeping: the dead producer's
+ *   claim is counted abandoned, a dead consumer's unreleased record is read again by the next.
+ * - Waiters spin briefly, then register in a sleeper count and sleep on the low 32 bits of
+ *   the position they wait on; the other side issues a futex wake only if that count is set.
+ * - Every position and length read from shared memory is checked before use, against `cap`
+ *   that Python validated when it attached: a corrupt ring yields SHMIPC_CORRUPT, never an
+ *   access outside the mapping.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "shmipc.h"
+
+_Static_assert(sizeof(pthread_mutex_t) <= 64, "mutex must fit its slot in the ring header");
+
+#define U64(ring, off) ((_Atomic uint64_t *)((ring) + (off)))
+#define U32(ring, off) ((_Atomic uint32_t *)((ring) + (off)))
+#define LOAD(p) atomic_load_explicit((p), memory_order_relaxed)
+#define LOAD_ACQ(p) atomic_load_explicit((p), memory_order_acquire)
+#define STORE(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
+#define STORE_REL(p, v) atomic_store_explicit((p), (v), memory_order_release)
+#define DATA(ring) ((ring) + SHMIPC_RING_HEADER_SIZE)
+#define NO_CLAIM UINT64_MAX
+#define MAX_SPIN_NS 1000000 /* a corrupt spin setting must not turn waits into busy loops */
+
+static inline uint64_t rec_size(uint64_t len) {
+    return (SHMIPC_REC_HEADER + len + 7) & ~(uint64_t)7;
+}
+
+static inline int64_t spin_ns(char *ring) {
+    uint64_t s = LOAD(U64(ring, SHMIPC_RING_OFF_SPIN_NS));
+    return s > MAX_SPIN_NS ? MAX_SPIN_NS : (int64_t)s;
+}
+
+static inline void bump(char *ring, size_t off, uint64_t n) {
+    /* Statistics on the side's own line, written only under that side's mutex. */
+    _Atomic uint64_t *p = U64(ring, off);
+    STORE(p, LOAD(p) + n);
+}
+
+static inline void write_header(char *data, uint64_t idx, uint32_t len, uint32_t type) {
+    uint64_t h = (uint64_t)len | ((uint64_t)type << 32);
+    memcpy(data + idx, &h, sizeof h);
+}
+
+static inline uint64_t read_header(const char *data, uint64_t idx) {
+    uint64_t h;
+    memcpy(&h, data + idx, sizeof h);
+    return h;
+}
+
+/* ---- side locks ------------------------------------------------------------------------- */
+
+/* Called with a side mutex just taken over from a dead holder. */
+static void recover_producer(char *ring) {
+    _Atomic uint64_t *claim = U64(ring, SHMIPC_RING_OFF_P_CLAIM);
+    if (LOAD(claim) != NO_CLAIM) {
+        bump(ring, SHMIPC_RING_OFF_P_ABANDONED, 1);
+        STORE(claim, NO_CLAIM);
+    }
+}
+
+static void recover_consumer(char *ring) {
+    bump(ring, SHMIPC_RING_OFF_C_RECOVERED, 1);
+    STORE(U64(ring, SHMIPC_RING_OFF_C_PEEK), 0);
+}
+
+/* Take a side's mutex: spin on trylock for the ring's spin time (an uncontended handover is
+ * far cheaper than a futex sleep), then block for at most one slice. */
+static int side_lock(char *ring, int producer, int64_t deadline_ns) {
+    size_t off = producer ? SHMIPC_RING_OFF_P_MUTEX : SHMIPC_RING_OFF_C_MUTEX;
+    int rc = shmipc_mutex_trylock(ring, off);
+    if (rc == SHMIPC_TIMEDOUT && deadline_ns != 0) {
+        int64_t spin = spin_ns(ring);
+        int64_t until = shmipc_monotonic_ns() + spin;
+        for (unsigned i = 1; rc == SHMIPC_TIMEDOUT; i++) {
+            shmipc_cpu_relax();
+            if ((i & 15) == 0) {
+                rc = shmipc_mutex_trylock(ring, off);
+                if ((i & 127) == 0 && shmipc_monotonic_ns() >= until) break;
+            }
+        }
+        if (rc == SHMIPC_TIMEDOUT) rc = shmipc_mutex_lock(ring, off, deadline_ns);
+    }
+    if (rc == SHMIPC_OWNERDEAD) {
+        if (producer)
+            recover_producer(ring);
+        else
+            recover_consumer(ring);
+        rc = SHMIPC_OK;
+    }
+    return rc;
+}
+
+static inline void side_unlock(char *ring, int producer) {
+    shmipc_mutex_unlock(ring, producer ? SHMIPC_RING_OFF_P_MUTEX : SHMIPC_RING_OFF_C_MUTEX);
+}
+
+/* Wake the other side if anyone sleeps there (the check is the whole cost otherwise). */
+static inline void wake_consumers(char *ring) {
+    if (shmipc_wake32(ring, SHMIPC_RING_OFF_P_TAIL, SHMIPC_RING_OFF_DATA_WAITERS, 0x7fffffff) > 0)
+        atomic_fetch_add_explicit(U64(ring, SHMIPC_RING_OFF_P_WAKES), 1, memory_order_relaxed);
+}
+
+static inline void wake_producers(char *ring) {
+    if (shmipc_wake32(ring, SHMIPC_RING_OFF_C_HEAD, SHMIPC_RING_OFF_SPACE_WAITERS, 0x7fffffff) > 0)
+        atomic_fetch_add_explicit(U64(ring, SHMIPC_RING_OFF_C_WAKES), 1, memory_order_relaxed);
+}
+
+/* Wait (no mutex held) while the low word of the position at `off` still reads `seen`.
+ * Returns SHMIPC_OK to retry, or the status to hand back to Python. */
+static int wait_position(char *ring, size_t off, size_t waiters_off, uint64_t seen,
+                         int64_t deadline_ns, int full) {
+    if (deadline_ns == 0) return full ? SHMIPC_FULL : SHMIPC_EMPTY;
+    int rc = shmipc_wait_while32(ring, off, (uint32_t)seen, waiters_off, deadline_ns,
+                                 spin_ns(ring));
+    switch (rc) {
+    case SHMIPC_OK:
+    case SHMIPC_CHANGED: return SHMIPC_OK;
+    /* A deadline that passed gets one more look: the caller retries with deadline 0. */
+    case SHMIPC_TIMEDOUT: return SHMIPC_TIMEDOUT;
+    default: return rc; /* SLICE, INTERRUPTED, ERROR: back to Python, which retries */
+    }
+}
+
+/* ---- init ------------------------------------------------------------------------------- */
+
+int shmipc_ring_init(char *ring, uint64_t cap, uint64_t max_count, uint64_t spin,
+                     uint32_t flags) {
+    if (cap < 64 || (cap & (cap - 1))) return SHMIPC_ERROR;
+    memset(ring, 0, SHMIPC_RING_HEADER_SIZE);
+    STORE(U32(ring, SHMIPC_RING_OFF_VERSION), SHMIPC_RING_VERSION);
+    STORE(U64(ring, SHMIPC_RING_OFF_CAPACITY), cap);
+    STORE(U64(ring, SHMIPC_RING_OFF_MAX_COUNT), max_count);
+    STORE(U64(ring, SHMIPC_RING_OFF_SPIN_NS), spin);
+    STORE(U32(ring, SHMIPC_RING_OFF_FLAGS), flags);
+    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), NO_CLAIM);
+    if (shmipc_mutex_init(ring, SHMIPC_RING_OFF_P_MUTEX) != SHMIPC_OK) return SHMIPC_ERROR;
+    if (shmipc_mutex_init(ring, SHMIPC_RING_OFF_C_MUTEX) != SHMIPC_OK) return SHMIPC_ERROR;
+    /* Release: pairs with the acquire load of the magic when Python attaches. */
+    STORE_REL(U32(ring, SHMIPC_RING_OFF_MAGIC), SHMIPC_RING_MAGIC);
+    return SHMIPC_OK;
+}
+
+/* ---- producer side ---------------------------------------------------------------------- */
+
+/* With the producer mutex held: find room for a record of `rec` bytes at position t (the
+ * tail, or the end of a batch not yet published). Returns SHMIPC_OK with *pad set,
+ * SHMIPC_FULL if there is no room now (*head_seen says what head to wait on), or
+ * SHMIPC_CORRUPT. */
+static int find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec, uint64_t *pad,
+                     uint64_t *head_seen) {
+    if (t & 7) return SHMIPC_CORRUPT;
+    uint64_t idx = t & (cap - 1);
+    uint64_t p = (idx + rec > cap) ? cap - idx : 0; /* a record never straddles the end */
+    uint64_t need = p + rec;
+    _Atomic uint64_t *hc = U64(ring, SHMIPC_RING_OFF_P_HEAD_CACHE);
+    uint64_t h = LOAD(hc);
+    if (t - h + need > cap) {
+        /* Acquire: pairs with the consumer's release store of the head, so the bytes it
+         * freed are no longer being read when we overwrite them. */
+        h = LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_HEAD));
+        if ((h & 7) || t - h > cap) return SHMIPC_CORRUPT;
+        STORE(hc, h);
+        if (t - h + need > cap) {
+            *head_seen = h;
+            return SHMIPC_FULL;
+        }
+    }
+    uint64_t max_count = LOAD(U64(ring, SHMIPC_RING_OFF_MAX_COUNT));
+    if (max_count) {
+        uint64_t in = LOAD(U64(ring, SHMIPC_RING_OFF_P_MSGS));
+        _Atomic uint64_t *oc = U64(ring, SHMIPC_RING_OFF_P_OUT_CACHE);
+        if (in - LOAD(oc) >= max_count) {
+            STORE(oc, LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_MSGS)));
+            if (in - LOAD(oc) >= max_count) {
+                /* Every release moves the head, so waiting on the head covers the count. */
+                *head_seen = LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_HEAD));
+                return SHMIPC_FULL;
+            }
+        }
+    }
+    *pad = p;
+    return SHMIPC_OK;
+}
+
+/* Lock the producer side and find room, waiting as the deadline allows. On SHMIPC_OK the
+ * mutex is held; on any other status it is not. */
+static int claim(char *ring, uint64_t cap, uint64_t rec, int64_t deadline_ns, uint64_t *tail,
+                 uint64_t *pad) {
+    for (;;) {
+        int rc = side_lock(ring, 1, deadline_ns);
+        if (rc != SHMIPC_OK) return rc == SHMIPC_TIMEDOUT ? SHMIPC_FULL : rc;
+        uint64_t head_seen = 0;
+        *tail = LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL));
+        rc = find_room(ring, cap, *tail, rec, pad, &head_seen);
+        if (rc == SHMIPC_OK) return rc;
+        if (rc == SHMIPC_FULL) bump(ring, SHMIPC_RING_OFF_P_WAITS, 1);
+        side_unlock(ring, 1);
+        if (rc != SHMIPC_FULL) return rc;
+        rc = wait_position(ring, SHMIPC_RING_OFF_C_HEAD, SHMIPC_RING_OFF_SPACE_WAITERS,
+                           head_seen, deadline_ns, 1);
+        if (rc == SHMIPC_TIMEDOUT) deadline_ns = 0; /* one last non-blocking try */
+        else if (rc != SHMIPC_OK) return rc;
+    }
+}
+
+/* Write the padding record (if any) and the record header; returns the payload's index. */
+static inline uint64_t place(char *ring, uint64_t cap, uint64_t t, uint64_t pad, size_t len,
+                             uint32_t type) {
+    char *data = DATA(ring);
+    uint64_t idx = t & (cap - 1);
+    if (pad) {
+        write_header(data, idx, (uint32_t)(pad - SHMIPC_REC_HEADER), SHMIPC_REC_PAD);
+        idx = 0;
+    }
+    write_header(data, idx, (uint32_t)len, type);
+    return idx + SHMIPC_REC_HEADER;
+}
+
+/* Publish records ending at `end`, then let go of the producer side. */
+static inline void publish(char *ring, uint64_t end, uint64_t msgs, uint64_t bytes) {
+    /* Release: pairs with the consumers' acquire load of the tail; every byte of the records
+     * below `end` is visible before the tail that makes them readable. */
+    STORE_REL(U64(ring, SHMIPC_RING_OFF_P_TAIL), end);
+    bump(ring, SHMIPC_RING_OFF_P_MSGS, msgs);
+    bump(ring, SHMIPC_RING_OFF_P_BYTES, bytes);
+    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), NO_CLAIM);
+    side_unlock(ring, 1);
+    wake_consumers(ring);
+}
+
+int shmipc_ring_put(char *ring, uint64_t cap, const char *data, size_t len, uint32_t type,
+                    int64_t deadline_ns) {
+    uint64_t rec = rec_size(len);
+    if (len > UINT32_MAX || rec > cap / 2) return SHMIPC_TOOBIG;
+    uint64_t t, pad;
+    int rc = claim(ring, cap, rec, deadline_ns, &t, &pad);
+    if (rc != SHMIPC_OK) return rc;
+    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), t);
+    uint64_t at = place(ring, cap, t, pad, len, type);
+    memcpy(DATA(ring) + at, data, len);
+    publish(ring, t + pad + rec, 1, len);
+    return SHMIPC_OK;
+}
+
+int64_t shmipc_ring_put_many(char *ring, uint64_t cap, const char *src, size_t *lens,
+                             size_t n, uint32_t type, int64_t deadline_ns) {
+    if (n == 0) return 0;
+    uint64_t rec = rec_size(lens[0]);
+    if (lens[0] > UINT32_MAX || rec > cap / 2) return -SHMIPC_TOOBIG;
+    uint64_t t, pad;
+    int rc = claim(ring, cap, rec, deadline_ns, &t, &pad);
+    if (rc != SHMIPC_OK) return -rc;
+    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), t);
+    uint64_t bytes = 0;
+    size_t i = 0;
+    for (;;) {
+        uint64_t at = place(ring, cap, t, pad, lens[i], type);
+        memcpy(DATA(ring) + at, src, lens[i]);
+        src += lens[i];
+        t += pad + rec; /* not published yet: the tail moves once, after the whole batch */
+        bytes += lens[i];
+        if (++i == n) break;
+        rec = rec_size(lens[i]);
+        uint64_t head_seen;
+        if (lens[i] > UINT32_MAX || rec > cap / 2) break;
+        if (find_room(ring, cap, t, rec, &pad, &head_seen) != SHMIPC_OK) break;
+        /* find_room counts messages by P_MSGS, which lags the batch: recheck the limit. */
+        uint64_t max_count = LOAD(U64(ring, SHMIPC_RING_OFF_MAX_COUNT));
+        if (max_count && LOAD(U64(ring, SHMIPC_RING_OFF_P_MSGS)) + i -
+                             LOAD(U64(ring, SHMIPC_RING_OFF_P_OUT_CACHE)) >= max_count)
+            break;
+    }
+    publish(ring, t, i, bytes);
+    return (int64_t)i;
+}
+
+int64_t shmipc_ring_reserve(char *ring, uint64_t cap, size_t len, uint32_t type,
+                            int64_t deadline_ns) {
+    uint64_t rec = rec_size(len);
+    if (len > UINT32_MAX || rec > cap / 2) return -SHMIPC_TOOBIG;
+    uint64_t t, pad;
+    int rc = claim(ring, cap, rec, deadline_ns, &t, &pad);
+    if (rc != SHMIPC_OK) return -rc;
+    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), t);
+    return (int64_t)place(ring, cap, t, pad, len, type);
+}
+
+int shmipc_ring_commit(char *ring, uint64_t cap, size_t len) {
+    /* We hold the producer mutex since reserve: the tail has not moved. */
+    uint64_t t = LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL));
+    uint64_t rec = rec_size(len);
+    uint64_t idx = t & (cap - 1);
+    uint64_t pad = (idx + rec > cap) ? cap - idx : 0;
+    if (LOAD(U64(ring, SHMIPC_RING_OFF_P_CLAIM)) != t) {
+        side_unlock(ring, 1);
+        return SHMIPC_CORRUPT;
+    }
+    publish(ring, t + pad + rec, 1, len);
+    return SHMIPC_OK;
+}
+
+int shmipc_ring_abort(char *ring) {
+    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), NO_CLAIM);
+    side_unlock(ring, 1);
+    return SHMIPC_OK;
+}
+
+int shmipc_ring_recover(char *ring) {
+    int rc = shmipc_mutex_trylock(ring, SHMIPC_RING_OFF_P_MUTEX);
+    if (rc == SHMIPC_OWNERDEAD) recover_producer(ring);
+    if (rc == SHMIPC_OK || rc == SHMIPC_OWNERDEAD) side_unlock(ring, 1);
+    return rc == SHMIPC_OWNERDEAD;
+}
+
+/* ---- consumer side ---------------------------------------------------------------------- */
+
+/* With the consumer mutex held: find the next data record at position *head (the head, or
+ * the end of a batch not yet retired), stepping over a padding record. Returns SHMIPC_OK with
+ * *head (the record's position), *len, *type and *end, SHMIPC_EMPTY with *tail_seen, or
+ * SHMIPC_CORRUPT. */
+static int next_record(char *ring, uint64_t cap, uint64_t *head, uint64_t *len, uint32_t *type,
+                       uint64_t *end, uint64_t *tail_seen) {
+    _Atomic uint64_t *tc = U64(ring, SHMIPC_RING_OFF_C_TAIL_CACHE);
+    uint64_t h = *head;
+    uint64_t t = LOAD(tc);
+    for (;;) {
+        if (h == t) {
+            /* Acquire: pairs with the producer's release store of the tail (publish). */
+            t = LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_P_TAIL));
+            STORE(tc, t);
+            if (h == t) {
+                *head = h;
+                *tail_seen = t;
+                return SHMIPC_EMPTY;
+            }
+        }
+        if ((h & 7) || (t & 7) || t - h > cap) return SHMIPC_CORRUPT;
+        uint64_t idx = h & (cap - 1);
+        uint64_t hdr = read_header(DATA(ring), idx);
+        uint64_t n = hdr & 0xffffffffu;
+        uint32_t ty = (uint32_t)(hdr >> 32);
+        if (ty == SHMIPC_REC_PAD) {
+            /* A padding record runs exactly to the end of the data area. */
+            if (idx + SHMIPC_REC_HEADER + n != cap || cap - idx > t - h) return SHMIPC_CORRUPT;
+            h += cap - idx; /* retired with the record that follows it */
+            continue;
+        }
+        if (ty > SHMIPC_REC_TYPE_MAX) return SHMIPC_CORRUPT;
+        uint64_t rec = rec_size(n);
+        if (idx + rec > cap || rec > t - h) return SHMIPC_CORRUPT;
+        *head = h;
+        *len = n;
+        *type = ty;
+        *end = h + rec;
+        return SHMIPC_OK;
+    }
+}
+
+/* Lock the consumer side and find a record, waiting as the deadline allows. On SHMIPC_OK the
+ * mutex is held; on any other status it is not. */
+static int await_record(char *ring, uint64_t cap, int64_t deadline_ns, uint64_t *head,
+                        uint64_t *len, uint32_t *type, uint64_t *end) {
+    for (;;) {
+        int rc = side_lock(ring, 0, deadline_ns);
+        if (rc != SHMIPC_OK) return rc == SHMIPC_TIMEDOUT ? SHMIPC_EMPTY : rc;
+        uint64_t tail_seen = 0;
+        *head = LOAD(U64(ring, SHMIPC_RING_OFF_C_HEAD));
+        uint64_t start = *head;
+        rc = next_record(ring, cap, head, len, type, end, &tail_seen);
+        if (rc == SHMIPC_EMPTY && *head != start)
+            STORE_REL(U64(ring, SHMIPC_RING_OFF_C_HEAD), *head); /* a lone padding record */
+        if (rc == SHMIPC_OK) return rc;
+        if (rc == SHMIPC_EMPTY && deadline_ns != 0) bump(ring, SHMIPC_RING_OFF_C_WAITS, 1);
+        side_unlock(ring, 0);
+        if (rc != SHMIPC_EMPTY) return rc;
+        rc = wait_position(ring, SHMIPC_RING_OFF_P_TAIL, SHMIPC_RING_OFF_DATA_WAITERS, tail_seen,
+                           deadline_ns, 0);
+        if (rc == SHMIPC_TIMEDOUT) deadline_ns = 0; /* one last non-blocking try */
+        else if (rc != SHMIPC_OK) return rc;
+    }
+}
+
+/* Free records up to `end`, then let go of the consumer side. */
+static inline void retire(char *ring, uint64_t end, uint64_t msgs, uint64_t bytes) {
+    /* Release: pairs with the producers' acquire load of the head (find_room): we are done
+     * reading these bytes before anyone may overwrite them. */
+    STORE_REL(U64(ring, SHMIPC_RING_OFF_C_HEAD), end);
+    bump(ring, SHMIPC_RING_OFF_C_MSGS, msgs);
+    bump(ring, SHMIPC_RING_OFF_C_BYTES, bytes);
+    side_unlock(ring, 0);
+    wake_producers(ring);
+}
+
+int64_t shmipc_ring_get(char *ring, uint64_t cap, char *dst, size_t dst_cap,
+                        int64_t deadline_ns) {
+    uint64_t h, len, end;
+    uint32_t type;
+    int rc = await_record(ring, cap, deadline_ns, &h, &len, &type, &end);
+    if (rc != SHMIPC_OK) return -rc;
+    if (len > dst_cap) {
+        side_unlock(ring, 0);
+        if (dst_cap >= sizeof len) memcpy(dst, &len, sizeof len);
+        return -SHMIPC_NEEDBUF;
+    }
+    memcpy(dst, DATA(ring) + (h & (cap - 1)) + SHMIPC_REC_HEADER, len);
+    retire(ring, end, 1, len);
+    return (int64_t)(((uint64_t)type << 40) | len);
+}
+
+int64_t shmipc_ring_get_many(char *ring, uint64_t cap, char *dst, size_t dst_cap,
+                             uint64_t *meta, size_t max_items, int64_t deadline_ns) {
+    if (max_items == 0) return 0;
+    uint64_t h, len, end, tail_seen;
+    uint32_t type;
+    int rc = await_record(ring, cap, deadline_ns, &h, &len, &type, &end);
+    if (rc != SHMIPC_OK) return -rc;
+    if (len > dst_cap) {
+        side_unlock(ring, 0);
+        if (dst_cap >= sizeof len) memcpy(dst, &len, sizeof len);
+        return -SHMIPC_NEEDBUF;
+    }
+    size_t count = 0, used = 0;
+    uint64_t bytes = 0;
+    for (;;) {
+        memcpy(dst + used, DATA(ring) + (h & (cap - 1)) + SHMIPC_REC_HEADER, len);
+        meta[count++] = ((uint64_t)type << 40) | len;
+        used += len;
+        bytes += len;
+        uint64_t done = end; /* not retired yet: the head moves once, after the batch */
+        if (count == max_items) break;
+        h = done;
+        rc = next_record(ring, cap, &h, &len, &type, &end, &tail_seen);
+        if (rc != SHMIPC_OK || len > dst_cap - used) {
+            end = done;
+            break;
+        }
+    }
+    retire(ring, end, count, bytes);
+    return (int64_t)count;
+}
+
+int64_t shmipc_ring_peek(char *ring, uint64_t cap, uint64_t *out, int64_t deadline_ns) {
+    uint64_t h, len, end;
+    uint32_t type;
+    int rc = await_record(ring, cap, deadline_ns, &h, &len, &type, &end);
+    if (rc != SHMIPC_OK) return -rc;
+    (void)end;
+    STORE(U64(ring, SHMIPC_RING_OFF_C_PEEK), h + 1); /* +1: 0 means "nothing peeked" */
+    out[0] = len;
+    out[1] = type;
+    return (int64_t)((h & (cap - 1)) + SHMIPC_REC_HEADER);
+}
+
+int shmipc_ring_release(char *ring, uint64_t cap) {
+    /* We hold the consumer mutex since peek: neither the head nor the record has moved. */
+    uint64_t h = LOAD(U64(ring, SHMIPC_RING_OFF_C_HEAD));
+    uint64_t at = LOAD(U64(ring, SHMIPC_RING_OFF_C_PEEK)) - 1;
+    uint64_t t = LOAD(U64(ring, SHMIPC_RING_OFF_C_TAIL_CACHE));
+    uint64_t len = 0, end = 0;
+    if (at != UINT64_MAX && at - h < cap && !(at & 7)) {
+        len = read_header(DATA(ring), at & (cap - 1)) & 0xffffffffu;
+        end = at + rec_size(len);
+    }
+    if (end == 0 || end - h > t - h || t - h > cap) {
+        side_unlock(ring, 0);
+        return SHMIPC_CORRUPT;
+    }
+    STORE(U64(ring, SHMIPC_RING_OFF_C_PEEK), 0);
+    retire(ring, end, 1, len);
+    return SHMIPC_OK;
+}

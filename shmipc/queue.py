@@ -1,0 +1,371 @@
+"""``shmipc.Queue``: the ``multiprocessing.Queue`` interface over a shared-memory ring.
+
+Many producers and many consumers, in any processes: forked children inherit the handle,
+spawned children and unrelated processes attach by name (the handle pickles by name). Objects
+are framed by a codec (msgpack by default, see :mod:`shmipc.codec`). There is no feeder
+thread: ``put`` has stored the message in shared memory when it returns, so nothing is lost
+or stuck at exit. A message larger than half the ring is spilled to a side segment (or, with
+``spill=False``, refused at once with :class:`~shmipc.MessageTooLarge`).
+"""
+
+from __future__ import annotations
+
+import queue as _stdlib_queue
+from collections.abc import Iterable
+from typing import Any
+
+from . import _spill
+from ._native import lib
+from .codec import Codec, get_codec
+from .errors import Closed, CorruptedError
+from .layout import Kind
+from .ring import DEFAULT_SPIN_NS, Ring, RingStatistics
+from .sync import deadline_ns
+
+__all__ = ["Empty", "Full", "Queue"]
+
+Empty = _stdlib_queue.Empty
+Full = _stdlib_queue.Full
+
+# Record types (the ring's type field).
+T_OBJ = 1  # a codec frame
+T_BYTES = 2  # raw bytes from put_bytes: get() returns them as bytes
+T_SPILL_OBJ = 3  # a reference to a spilled codec frame
+T_SPILL_BYTES = 4  # a reference to spilled raw bytes
+
+# Which codec a queue was made with, kept in its segment header's flags.
+_CODEC_IDS = {"msgpack": 1, "pickle": 2, "raw": 3}
+_CODEC_NAMES = {v: k for k, v in _CODEC_IDS.items()}
+
+_ring_put = lib.shmipc_ring_put
+_ring_get = lib.shmipc_ring_get
+_LEN_MASK = (1 << 40) - 1
+_OK = lib.SHMIPC_OK
+_TOOBIG = lib.SHMIPC_TOOBIG
+
+
+class Queue:
+    """A FIFO queue between processes, through shared memory.
+
+    ``maxsize`` bounds the number of messages (0: no bound but the ring's bytes);
+    ``capacity`` is the ring's size in bytes (a power of two). ``codec`` frames objects:
+    "msgpack" (default), "pickle" (trusted peers only: unpickling runs code), "raw" (bytes
+    only), or a :class:`~shmipc.codec.Codec`.
+    """
+
+    def __init__(
+        self,
+        maxsize: int = 0,
+        *,
+        capacity: int = 1 << 20,
+        name: str | None = None,
+        codec: str | Codec = "msgpack",
+        spill: bool = True,
+        mode: int = 0o600,
+        spin_ns: int = DEFAULT_SPIN_NS,
+    ) -> None:
+        codec_obj = get_codec(codec)
+        codec_id = _CODEC_IDS.get(codec, 0) if isinstance(codec, str) else 0
+        ring = Ring.create(
+            capacity,
+            name=name,
+            max_count=max(0, maxsize),
+            spin_ns=spin_ns,
+            mode=mode,
+            kind=Kind.QUEUE,
+            flags=codec_id,
+        )
+        self._bind(ring, codec_obj, max(0, maxsize), spill)
+
+    def _bind(self, ring: Ring, codec: Codec, maxsize: int, spill: bool) -> None:
+        self._ring: Ring | None = ring
+        self._ptr = ring._ptr
+        self._cap = ring._cap
+        self._local = ring._local
+        self._codec = codec
+        self._encode = codec.encode
+        self._decode_frame = codec.decode
+        self._maxsize = maxsize
+        self._max_payload = ring.max_payload
+        self.spill = spill
+
+    @classmethod
+    def attach(cls, name: str, *, codec: str | Codec | None = None, spill: bool = True) -> Queue:
+        """Attach the queue another process created under ``name``."""
+        ring = Ring.attach(name, kind=Kind.QUEUE)
+        try:
+            header = ring.region.header
+            assert header is not None
+            made_with = _CODEC_NAMES.get(header.flags & 0xFF)
+            if codec is None:
+                if made_with is None:
+                    raise ValueError(
+                        f"queue {name!r} uses a custom codec: pass the same codec= to attach"
+                    )
+                codec = made_with
+            elif isinstance(codec, str) and made_with is not None and codec != made_with:
+                raise ValueError(f"queue {name!r} was made with codec {made_with!r}, not {codec!r}")
+            maxsize = lib.shmipc_load64_relaxed(ring._ptr, lib.SHMIPC_RING_OFF_MAX_COUNT)
+            self = cls.__new__(cls)
+            self._bind(ring, get_codec(codec), maxsize, spill)
+        except BaseException:
+            ring.close()
+            raise
+        return self
+
+    # ---- properties ----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The segment name other processes attach with."""
+        name = self._live_ring().name
+        assert name is not None
+        return name
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    @property
+    def codec(self) -> Codec:
+        return self._codec
+
+    def _live_ring(self) -> Ring:
+        if self._ring is None:
+            raise Closed("this queue handle was closed")
+        return self._ring
+
+    # ---- put -----------------------------------------------------------------------------
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Put ``obj`` on the queue; queue.Full if no room came within ``timeout``."""
+        data = self._encode(obj)
+        try:
+            rc = _ring_put(
+                self._ptr,
+                self._cap,
+                data,
+                len(data),
+                T_OBJ,
+                -1 if block and timeout is None else deadline_ns(timeout) if block else 0,
+            )
+        except TypeError:
+            self._live_ring()
+            raise
+        if rc != _OK:
+            self._put_slow(rc, data, T_OBJ, block, timeout)
+
+    def put_nowait(self, obj: Any) -> None:
+        self.put(obj, False)
+
+    def put_bytes(self, data: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Put a bytes-like payload as is; ``get`` returns it as bytes."""
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        try:
+            rc = _ring_put(
+                self._ptr,
+                self._cap,
+                data,
+                len(data),
+                T_BYTES,
+                -1 if block and timeout is None else deadline_ns(timeout) if block else 0,
+            )
+        except TypeError:
+            self._live_ring()
+            raise
+        if rc != _OK:
+            self._put_slow(rc, data, T_BYTES, block, timeout)
+
+    def _put_slow(
+        self, rc: int, data: bytes, rtype: int, block: bool, timeout: float | None
+    ) -> None:
+        """Everything but the one-call fast path: spill, retries between slices, errors."""
+        ring = self._live_ring()
+        if rc == _TOOBIG and self.spill:
+            ref = _spill.write_spill(data)
+            try:
+                ring.put(
+                    ref,
+                    type=T_SPILL_OBJ if rtype == T_OBJ else T_SPILL_BYTES,
+                    block=block,
+                    timeout=timeout,
+                )
+            except BaseException:
+                _spill.discard_spill(ref)
+                raise
+            return
+        # SLICE/INTERRUPTED (a wait came back to let signal handlers run), FULL, or errors:
+        # Ring.put owns that loop; it recomputes the deadline from the original timeout,
+        # which can only lengthen the wait by the time already spent (at most one slice).
+        ring.put(data, type=rtype, block=block, timeout=timeout)
+
+    def put_many(
+        self, objs: Iterable[Any], block: bool = True, timeout: float | None = None
+    ) -> None:
+        """Put every object in order with as few native calls as the ring's room allows."""
+        ring = self._live_ring()
+        frames = [self._encode(o) for o in objs]
+        limit = self._max_payload
+        if all(len(f) <= limit for f in frames):
+            ring.put_many(frames, type=T_OBJ, block=block, timeout=timeout)
+            return
+        batch: list[bytes] = []
+        for frame in frames:  # keep order: flush the batch before each oversized message
+            if len(frame) <= limit:
+                batch.append(frame)
+                continue
+            if batch:
+                ring.put_many(batch, type=T_OBJ, block=block, timeout=timeout)
+                batch = []
+            self._put_slow(_TOOBIG, frame, T_OBJ, block, timeout)
+        if batch:
+            ring.put_many(batch, type=T_OBJ, block=block, timeout=timeout)
+
+    # ---- get -----------------------------------------------------------------------------
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Remove and return the next object; queue.Empty if none came within ``timeout``."""
+        local = self._local
+        try:
+            r = _ring_get(
+                self._ptr,
+                self._cap,
+                local.scratch_ptr,
+                len(local.scratch),
+                -1 if block and timeout is None else deadline_ns(timeout) if block else 0,
+            )
+        except TypeError:
+            self._live_ring()
+            raise
+        if r >= 0:
+            if r >> 40 == T_OBJ:
+                return self._decode_frame(memoryview(local.scratch)[: r & _LEN_MASK])
+            return self._decode(r >> 40, memoryview(local.scratch)[: r & _LEN_MASK])
+        rtype, payload = self._live_ring().get_record(block=block, timeout=timeout)
+        return self._decode(rtype, payload)
+
+    def get_nowait(self) -> Any:
+        return self.get(False)
+
+    def get_bytes(self, block: bool = True, timeout: float | None = None) -> bytes:
+        """The next message's raw payload (a codec frame, or what put_bytes stored)."""
+        rtype, payload = self._live_ring().get_record(block=block, timeout=timeout)
+        if rtype in (T_SPILL_OBJ, T_SPILL_BYTES):
+            return _spill.read_spill(payload)
+        if rtype not in (T_OBJ, T_BYTES):
+            raise CorruptedError(f"queue record of unknown type {rtype}")
+        return payload if isinstance(payload, bytes) else bytes(payload)
+
+    def get_many(
+        self, max_items: int, timeout: float | None = None, *, block: bool = True
+    ) -> list[Any]:
+        """Up to ``max_items`` objects: at least one, waiting up to ``timeout`` for it
+        (queue.Empty if none came), then whatever else is already there."""
+        records = self._live_ring().get_many_records(max_items, block=block, timeout=timeout)
+        decode, frame = self._decode, self._decode_frame
+        return [frame(p) if t == T_OBJ else decode(t, p) for t, p in records]
+
+    def _decode(self, rtype: int, payload: Any) -> Any:
+        if rtype == T_OBJ:
+            return self._decode_frame(payload)
+        if rtype == T_BYTES:
+            return payload if isinstance(payload, bytes) else bytes(payload)
+        if rtype == T_SPILL_OBJ:
+            return self._decode_frame(_spill.read_spill(payload))
+        if rtype == T_SPILL_BYTES:
+            return _spill.read_spill(payload)
+        raise CorruptedError(f"queue record of unknown type {rtype}")
+
+    # ---- zero-copy -----------------------------------------------------------------------
+
+    def reserve(self, nbytes: int, block: bool = True, timeout: float | None = None) -> memoryview:
+        """A writable view of ``nbytes`` in the ring; ``commit()`` sends it as bytes."""
+        return self._live_ring().reserve(nbytes, type=T_BYTES, block=block, timeout=timeout)
+
+    def commit(self) -> None:
+        self._live_ring().commit()
+
+    def abort(self) -> None:
+        self._live_ring().abort()
+
+    def peek(self, block: bool = True, timeout: float | None = None) -> memoryview:
+        """A read-only view of the next message's raw payload; ``release()`` frees it."""
+        ring = self._live_ring()
+        view = ring.peek(block=block, timeout=timeout)
+        if ring.peeked_type not in (T_OBJ, T_BYTES):
+            ring.release()
+            raise CorruptedError(
+                "peek() reached a spilled message, which has no view in the ring: "
+                "use get_bytes() for messages larger than half the ring"
+            )
+        return view
+
+    def release(self) -> None:
+        self._live_ring().release()
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def qsize(self) -> int:
+        """Messages in the queue now (exact while no put or get is under way)."""
+        return self._live_ring().qsize()
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        """True when ``maxsize`` messages are waiting (never for a queue without maxsize)."""
+        return self._maxsize > 0 and self.qsize() >= self._maxsize
+
+    def statistics(self) -> RingStatistics:
+        return self._live_ring().statistics()
+
+    # ---- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drop this handle. In the creating process this also unlinks the name: processes
+        already attached keep working, new ones can no longer attach."""
+        ring, self._ring = self._ring, None
+        self._ptr = None  # the next fast-path call fails, and _live_ring says why
+        if ring is not None:
+            # Keep the ring object (and so the mapping) alive as long as this handle: another
+            # thread may still be inside a native call on it.
+            self._closed_ring = ring
+            ring.close()
+
+    def unlink(self) -> None:
+        """Remove the name now (the memory lives on while any process maps it)."""
+        self._live_ring().unlink()
+
+    def join_thread(self) -> None:
+        """A no-op: there is no feeder thread to join (``put`` stores synchronously)."""
+
+    def cancel_join_thread(self) -> None:
+        """A no-op: there is no feeder thread whose join could block exit."""
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        custom = None if isinstance(self._codec_spec(), str) else self._codec
+        return (_attach_queue, (self.name, custom, self.spill))
+
+    def _codec_spec(self) -> str | Codec:
+        name = getattr(self._codec, "name", None)
+        return name if name in _CODEC_IDS else self._codec
+
+    def __repr__(self) -> str:
+        if self._ring is None:
+            return "<shmipc.Queue closed>"
+        return f"<shmipc.Queue {self.name} qsize={self.qsize()} capacity={self._cap}>"
+
+
+def _attach_queue(name: str, codec: Codec | None, spill: bool) -> Queue:
+    return Queue.attach(name, codec=codec, spill=spill)

@@ -1,0 +1,588 @@
+"""Byte rings of variable-length records in shared memory.
+
+A :class:`Ring` carries opaque byte records from any number of producer processes to any
+number of consumer processes, in order, each record delivered once. It knows nothing of
+Python objects (that is :mod:`shmipc.codec` and :mod:`shmipc.queue`). The protocol, the
+record format and the recovery rules are in docs/internals/ring.md; the hot paths are single
+native calls in csrc/ring.c, and the control block's offsets come from csrc/shmipc.h.
+
+Three ways to read and write:
+
+* copying: ``put(data)`` / ``get()`` and the batches ``put_many`` / ``get_many``;
+* zero-copy: ``reserve(n)`` returns a writable view inside the ring, ``commit()`` publishes it
+  (``abort()`` drops it); ``peek()`` returns a read-only view of the next record and
+  ``release()`` frees it. The thread that reserved (peeked) must commit (release).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ._native import ffi, lib
+from .errors import CorruptedError, LayoutMismatch, MessageTooLarge
+from .layout import Kind
+from .region import Region
+from .sync import deadline_ns
+
+__all__ = ["DEFAULT_LIVENESS", "DEFAULT_SPIN_NS", "Ring", "RingStatistics"]
+
+#: How long a waiter spins before it sleeps on the futex. A wake across cores costs tens of
+#: µs here while a message crosses in well under one, so a busy peer is caught by spinning.
+DEFAULT_SPIN_NS = 50_000
+#: How often a consumer waiting for data checks whether a producer died holding its claim.
+DEFAULT_LIVENESS = 1.0
+
+HEADER_SIZE = lib.SHMIPC_RING_HEADER_SIZE
+REC_HEADER = lib.SHMIPC_REC_HEADER
+TYPE_MAX = lib.SHMIPC_REC_TYPE_MAX
+_LEN_MASK = (1 << 40) - 1
+_SCRATCH_START = 64 << 10
+#: Payloads above this are read through peek + one copy instead of the per-thread scratch.
+_SCRATCH_MAX = 1 << 20
+
+_OK = lib.SHMIPC_OK
+_SLICE = lib.SHMIPC_SLICE
+_INTERRUPTED = lib.SHMIPC_INTERRUPTED
+_EMPTY = lib.SHMIPC_EMPTY
+_FULL = lib.SHMIPC_FULL
+_NEEDBUF = lib.SHMIPC_NEEDBUF
+
+
+@dataclass(frozen=True)
+class RingStatistics:
+    """A snapshot of a ring's counters, read without taking either side's lock."""
+
+    capacity: int
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+    depth: int  # messages committed and not yet released
+    depth_bytes: int  # bytes of the ring in use, record headers and padding included
+    producer_waits: int
+    consumer_waits: int
+    consumer_wakes: int  # futex wakes producers issued to sleeping consumers
+    producer_wakes: int  # futex wakes consumers issued to sleeping producers
+    abandoned: int  # claims of producers that died between claim and commit
+    consumers_recovered: int  # consumer locks taken over from consumers that died
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+class _PerThread(threading.local):
+    """Per-thread state: the scratch buffer gets copy into, and pending zero-copy claims."""
+
+    def __init__(self) -> None:
+        self.scratch = bytearray(_SCRATCH_START)
+        self.scratch_ptr = ffi.from_buffer(self.scratch)
+        self.meta = ffi.new("uint64_t[]", 1024)
+        self.peek_out = ffi.new("uint64_t[2]")
+        self.reserved: tuple[memoryview, int] | None = None
+        self.peeked: memoryview | None = None
+
+    def grow(self, n: int) -> None:
+        self.scratch = bytearray(max(n, 2 * len(self.scratch)))
+        self.scratch_ptr = ffi.from_buffer(self.scratch)
+
+
+class Ring:
+    """Records of bytes from many producers to many consumers, through shared memory."""
+
+    def __init__(self, region: Region, offset: int, *, owns_region: bool) -> None:
+        # Use create/attach/anonymous/at; this binds a ring already initialised at offset.
+        self._region = region
+        self._offset = offset
+        self._owns_region = owns_region
+        base, abs_off = region.pointer(offset)
+        self._base = base  # keeps the mapping alive while this ring exists
+        self._ptr = base + abs_off
+        self._cap = self._validate()
+        self._data = region.buffer[offset + HEADER_SIZE : offset + HEADER_SIZE + self._cap]
+        self._data_ro = self._data.toreadonly()
+        self._local = _PerThread()
+        self.liveness = DEFAULT_LIVENESS
+
+    # ---- construction --------------------------------------------------------------------
+
+    @staticmethod
+    def footprint(capacity: int) -> int:
+        """Bytes a ring of ``capacity`` needs in a region (control block + data)."""
+        return HEADER_SIZE + capacity
+
+    @staticmethod
+    def _init_at(region: Region, offset: int, capacity: int, max_count: int, spin_ns: int) -> None:
+        if not _pow2(capacity) or capacity < 64:
+            raise ValueError(f"capacity must be a power of two >= 64, got {capacity}")
+        if capacity > 1 << 40:
+            raise ValueError("capacity above 1 TiB is not supported")
+        if max_count < 0:
+            raise ValueError(f"max_count must be >= 0, got {max_count}")
+        if offset % 64:
+            raise ValueError(f"ring offset {offset} is not 64-byte aligned")
+        if offset + Ring.footprint(capacity) > region.size:
+            raise ValueError(
+                f"a ring of capacity {capacity} needs {Ring.footprint(capacity)} bytes at "
+                f"offset {offset}; the region has {region.size}"
+            )
+        base, abs_off = region.pointer(offset)
+        if lib.shmipc_ring_init(base + abs_off, capacity, max_count, spin_ns, 0) != _OK:
+            err = lib.shmipc_errno()
+            raise OSError(err, f"cannot initialise ring locks: {os.strerror(err)}")
+
+    @classmethod
+    def create(
+        cls,
+        capacity: int = 1 << 20,
+        *,
+        name: str | None = None,
+        max_count: int = 0,
+        spin_ns: int = DEFAULT_SPIN_NS,
+        mode: int = 0o600,
+        kind: int = Kind.RING,
+        flags: int = 0,
+    ) -> Ring:
+        """A ring in a new named segment that other processes attach by name."""
+        region = Region._create_segment(
+            cls.footprint(capacity),
+            kind=kind,
+            name=name,
+            mode=mode,
+            flags=flags,
+            init=lambda r: cls._init_at(r, 0, capacity, max_count, spin_ns),
+        )
+        return cls(region, 0, owns_region=True)
+
+    @classmethod
+    def attach(cls, name: str, *, kind: int = Kind.RING) -> Ring:
+        """Attach the ring a ``create`` call made under ``name``."""
+        region = Region._attach_segment(name, kind=kind)
+        try:
+            return cls(region, 0, owns_region=True)
+        except BaseException:
+            region.close()
+            raise
+
+    @classmethod
+    def anonymous(
+        cls, capacity: int = 1 << 20, *, max_count: int = 0, spin_ns: int = DEFAULT_SPIN_NS
+    ) -> Ring:
+        """A ring in anonymous shared memory: shared with children forked after it."""
+        region = Region.anonymous(cls.footprint(capacity))
+        cls._init_at(region, 0, capacity, max_count, spin_ns)
+        return cls(region, 0, owns_region=True)
+
+    @classmethod
+    def at(
+        cls,
+        region: Region,
+        offset: int = 0,
+        *,
+        create: bool,
+        capacity: int = 1 << 20,
+        max_count: int = 0,
+        spin_ns: int = DEFAULT_SPIN_NS,
+    ) -> Ring:
+        """The ring at ``offset`` of a region the caller owns; ``create=True`` builds it."""
+        if create:
+            cls._init_at(region, offset, capacity, max_count, spin_ns)
+        return cls(region, offset, owns_region=False)
+
+    def _validate(self) -> int:
+        """Check the control block before any native call trusts it; returns the capacity."""
+        if self._offset % 64 or self._offset + HEADER_SIZE > self._region.size:
+            raise CorruptedError(f"no room for a ring control block at offset {self._offset}")
+        p = self._ptr
+        magic = lib.shmipc_load32_acquire(p, lib.SHMIPC_RING_OFF_MAGIC)
+        if magic != lib.SHMIPC_RING_MAGIC:
+            raise CorruptedError(f"no ring at offset {self._offset} (magic {magic:#x})")
+        version = lib.shmipc_load32_acquire(p, lib.SHMIPC_RING_OFF_VERSION)
+        if version != lib.SHMIPC_RING_VERSION:
+            raise LayoutMismatch(
+                f"ring layout version {version}; this shmipc speaks {lib.SHMIPC_RING_VERSION}"
+            )
+        cap = lib.shmipc_load64_acquire(p, lib.SHMIPC_RING_OFF_CAPACITY)
+        if not _pow2(cap) or cap < 64 or self._offset + self.footprint(cap) > self._region.size:
+            raise CorruptedError(
+                f"ring capacity {cap} is not a power of two that fits the region "
+                f"({self._region.size} bytes)"
+            )
+        tail = lib.shmipc_load64_acquire(p, lib.SHMIPC_RING_OFF_P_TAIL)
+        head = lib.shmipc_load64_acquire(p, lib.SHMIPC_RING_OFF_C_HEAD)
+        if tail % 8 or head % 8 or not 0 <= tail - head <= cap:
+            raise CorruptedError(f"ring positions are inconsistent (head {head}, tail {tail})")
+        return cap
+
+    # ---- properties ----------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of record space (a power of two)."""
+        return self._cap
+
+    @property
+    def max_payload(self) -> int:
+        """The largest payload one record can carry: half the ring, less its header."""
+        return self._cap // 2 - REC_HEADER
+
+    @property
+    def name(self) -> str | None:
+        return self._region.name
+
+    @property
+    def region(self) -> Region:
+        return self._region
+
+    # ---- errors and waits ----------------------------------------------------------------
+
+    def _raise(self, rc: int, nbytes: int = 0) -> None:
+        if rc == _FULL:
+            raise queue.Full
+        if rc == _EMPTY:
+            raise queue.Empty
+        if rc == lib.SHMIPC_TOOBIG:
+            raise MessageTooLarge(
+                f"a record of {nbytes} bytes exceeds this ring's limit of {self.max_payload} "
+                f"(half its capacity of {self._cap}); use a larger capacity or a channel "
+                "that spills large messages"
+            )
+        if rc == lib.SHMIPC_CORRUPT:
+            raise CorruptedError(
+                f"ring {self.name or ''} is corrupted: a position or record header breaks "
+                "its rules (see docs/internals/ring.md)"
+            )
+        if rc == lib.SHMIPC_DEADLOCK:
+            raise RuntimeError(
+                "this thread holds a reservation or a peeked record of this ring: commit, "
+                "abort or release it before the next call"
+            )
+        if rc == lib.SHMIPC_NOTOWNER:
+            raise RuntimeError("nothing reserved or peeked by this thread on this ring")
+        err = lib.shmipc_errno()
+        raise OSError(err, f"ring operation failed ({rc}): {os.strerror(err)}")
+
+    def _retry(self, rc: int, started: list[float]) -> bool:
+        """After a SLICE/INTERRUPTED return: True to call again. Between slices Python runs
+        signal handlers (Ctrl-C), and a long wait checks the producer side's liveness."""
+        if rc != _SLICE and rc != _INTERRUPTED:
+            return False
+        now = time.monotonic()
+        if not started:
+            started.append(now)
+        elif now - started[0] >= self.liveness:
+            started[0] = now
+            lib.shmipc_ring_recover(self._ptr)
+        return True
+
+    # ---- copying paths -------------------------------------------------------------------
+
+    def put(
+        self, data: Any, *, type: int = 0, block: bool = True, timeout: float | None = None
+    ) -> None:
+        """Copy ``data`` (bytes-like) into the ring as one record; queue.Full on timeout."""
+        if not 0 <= type <= TYPE_MAX:
+            raise ValueError(f"record type must be in 0..{TYPE_MAX}, got {type}")
+        if not isinstance(data, bytes):
+            data = ffi.from_buffer(data)
+        n = len(data)
+        deadline = deadline_ns(timeout) if block else 0
+        rc = lib.shmipc_ring_put(self._ptr, self._cap, data, n, type, deadline)
+        started: list[float] = []
+        while rc != _OK:
+            if not self._retry(rc, started):
+                self._raise(rc, n)
+            rc = lib.shmipc_ring_put(self._ptr, self._cap, data, n, type, deadline)
+
+    def get_record(self, *, block: bool = True, timeout: float | None = None) -> tuple[int, Any]:
+        """The next record as (type, payload). The payload is a memoryview of this thread's
+        scratch buffer, valid until this thread's next call on the ring, or ``bytes``."""
+        local = self._local
+        deadline = deadline_ns(timeout) if block else 0
+        started: list[float] = []
+        while True:
+            r = lib.shmipc_ring_get(
+                self._ptr, self._cap, local.scratch_ptr, len(local.scratch), deadline
+            )
+            if r >= 0:
+                return r >> 40, memoryview(local.scratch)[: r & _LEN_MASK]
+            rc = -r
+            if rc == _NEEDBUF:
+                need = int.from_bytes(local.scratch[:8], "little")
+                if need <= _SCRATCH_MAX:
+                    local.grow(need)
+                    continue
+                return self._get_large(deadline)
+            if not self._retry(rc, started):
+                self._raise(rc)
+
+    def _get_large(self, deadline: int) -> tuple[int, bytes]:
+        """A record too large for the scratch: copy it once, straight out of the ring."""
+        out = self._local.peek_out
+        idx = self._peek_index(deadline)
+        n, rtype = out[0], out[1]
+        try:
+            data = bytes(self._data[idx : idx + n])
+        finally:
+            self._release_peeked()
+        return rtype, data
+
+    def get(self, *, block: bool = True, timeout: float | None = None) -> bytes:
+        """The next record's payload as bytes; queue.Empty on timeout."""
+        _, payload = self.get_record(block=block, timeout=timeout)
+        return payload if isinstance(payload, bytes) else bytes(payload)
+
+    def put_many(
+        self,
+        items: list[Any],
+        *,
+        type: int = 0,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Put every item in order, as few native calls as the room allows."""
+        if not 0 <= type <= TYPE_MAX:
+            raise ValueError(f"record type must be in 0..{TYPE_MAX}, got {type}")
+        if not items:
+            return
+        lens_list = [len(x) for x in items]
+        src = b"".join(items)  # one buffer: the C side walks it by the lengths
+        self._put_joined(src, lens_list, type, deadline_ns(timeout) if block else 0)
+
+    def _put_joined(self, src: bytes, lens_list: list[int], type: int, deadline: int) -> None:
+        """put_many's loop over a joined buffer: each native call stores as many as fit."""
+        total = len(lens_list)
+        lens = ffi.new("size_t[]", lens_list)
+        base = ffi.from_buffer(src)
+        done = offset = 0
+        started: list[float] = []
+        while done < total:
+            r = lib.shmipc_ring_put_many(
+                self._ptr, self._cap, base + offset, lens + done, total - done, type, deadline
+            )
+            if r > 0:
+                offset += sum(lens_list[done : done + r])
+                done += r
+                continue
+            if not self._retry(-r, started):
+                self._raise(-r, lens_list[done])
+
+    def get_many_records(
+        self, max_items: int, *, block: bool = True, timeout: float | None = None
+    ) -> list[tuple[int, memoryview]]:
+        """Up to ``max_items`` records (at least one, waiting up to ``timeout``) as
+        (type, payload view of this thread's scratch, valid until its next call)."""
+        if max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        local = self._local
+        if len(local.meta) < max_items:
+            local.meta = ffi.new("uint64_t[]", max_items)
+        deadline = deadline_ns(timeout) if block else 0
+        started: list[float] = []
+        while True:
+            r = lib.shmipc_ring_get_many(
+                self._ptr,
+                self._cap,
+                local.scratch_ptr,
+                len(local.scratch),
+                local.meta,
+                max_items,
+                deadline,
+            )
+            if r > 0:
+                break
+            rc = -r
+            if rc == _NEEDBUF:
+                need = int.from_bytes(local.scratch[:8], "little")
+                if need <= _SCRATCH_MAX:
+                    local.grow(need)
+                    continue
+                return [self._get_large(deadline)]  # type: ignore[list-item]
+            if not self._retry(rc, started):
+                self._raise(rc)
+        view = memoryview(local.scratch)
+        meta = local.meta
+        out = []
+        pos = 0
+        for i in range(r):
+            m = meta[i]
+            n = m & _LEN_MASK
+            out.append((m >> 40, view[pos : pos + n]))
+            pos += n
+        return out
+
+    def get_many(
+        self, max_items: int, *, block: bool = True, timeout: float | None = None
+    ) -> list[bytes]:
+        """Up to ``max_items`` payloads as bytes (at least one; queue.Empty on timeout)."""
+        return [bytes(p) for _, p in self.get_many_records(max_items, block=block, timeout=timeout)]
+
+    # ---- zero-copy paths -----------------------------------------------------------------
+
+    def reserve(
+        self, nbytes: int, *, type: int = 0, block: bool = True, timeout: float | None = None
+    ) -> memoryview:
+        """A writable view of ``nbytes`` inside the ring; ``commit()`` publishes it.
+
+        Until this thread commits or aborts, other producers wait: fill the view promptly.
+        """
+        if not 0 <= type <= TYPE_MAX:
+            raise ValueError(f"record type must be in 0..{TYPE_MAX}, got {type}")
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        local = self._local
+        if local.reserved is not None:
+            raise RuntimeError("this thread already has a reservation on this ring: commit it")
+        deadline = deadline_ns(timeout) if block else 0
+        started: list[float] = []
+        while True:
+            r = lib.shmipc_ring_reserve(self._ptr, self._cap, nbytes, type, deadline)
+            if r >= 0:
+                view = self._data[r : r + nbytes]
+                local.reserved = (view, nbytes)
+                return view
+            if not self._retry(-r, started):
+                self._raise(-r, nbytes)
+
+    def commit(self) -> None:
+        """Publish this thread's reservation; its view becomes unusable."""
+        view, nbytes = self._take_reservation()
+        rc = lib.shmipc_ring_commit(self._ptr, self._cap, nbytes)
+        view.release()
+        if rc != _OK:
+            self._raise(rc)
+
+    def abort(self) -> None:
+        """Drop this thread's reservation: nothing is published."""
+        view, _ = self._take_reservation()
+        lib.shmipc_ring_abort(self._ptr)
+        view.release()
+
+    def _take_reservation(self) -> tuple[memoryview, int]:
+        reserved = self._local.reserved
+        if reserved is None:
+            raise RuntimeError("this thread has no reservation on this ring")
+        self._local.reserved = None
+        return reserved
+
+    def _peek_index(self, deadline: int) -> int:
+        if self._local.peeked is not None:
+            raise RuntimeError("this thread already peeked a record of this ring: release it")
+        started: list[float] = []
+        while True:
+            r = lib.shmipc_ring_peek(self._ptr, self._cap, self._local.peek_out, deadline)
+            if r >= 0:
+                self._local.peeked = memoryview(b"")
+                return r
+            if not self._retry(-r, started):
+                self._raise(-r)
+
+    def peek(self, *, block: bool = True, timeout: float | None = None) -> memoryview:
+        """A read-only view of the next record's payload; ``release()`` frees the record.
+
+        Until this thread releases it, other consumers wait.
+        """
+        idx = self._peek_index(deadline_ns(timeout) if block else 0)
+        view = self._data_ro[idx : idx + self._local.peek_out[0]]
+        self._local.peeked = view
+        return view
+
+    @property
+    def peeked_type(self) -> int:
+        """The type of the record this thread peeked."""
+        return int(self._local.peek_out[1])
+
+    def release(self) -> None:
+        """Free the record this thread peeked; its view becomes unusable."""
+        self._release_peeked()
+
+    def _release_peeked(self) -> None:
+        view = self._local.peeked
+        if view is None:
+            raise RuntimeError("this thread has not peeked a record of this ring")
+        self._local.peeked = None
+        view.release()
+        rc = lib.shmipc_ring_release(self._ptr, self._cap)
+        if rc != _OK:
+            self._raise(rc)
+
+    # ---- observation ---------------------------------------------------------------------
+
+    def _u64(self, off: int) -> int:
+        return lib.shmipc_load64_relaxed(self._ptr, off)
+
+    def statistics(self) -> RingStatistics:
+        """Counters and depth, read without locking (each value is atomic on its own)."""
+        u = self._u64
+        msgs_out = u(lib.SHMIPC_RING_OFF_C_MSGS)
+        msgs_in = u(lib.SHMIPC_RING_OFF_P_MSGS)
+        head = u(lib.SHMIPC_RING_OFF_C_HEAD)
+        tail = u(lib.SHMIPC_RING_OFF_P_TAIL)
+        return RingStatistics(
+            capacity=self._cap,
+            messages_in=msgs_in,
+            messages_out=msgs_out,
+            bytes_in=u(lib.SHMIPC_RING_OFF_P_BYTES),
+            bytes_out=u(lib.SHMIPC_RING_OFF_C_BYTES),
+            depth=max(0, msgs_in - msgs_out),
+            depth_bytes=max(0, tail - head),
+            producer_waits=u(lib.SHMIPC_RING_OFF_P_WAITS),
+            consumer_waits=u(lib.SHMIPC_RING_OFF_C_WAITS),
+            consumer_wakes=u(lib.SHMIPC_RING_OFF_P_WAKES),
+            producer_wakes=u(lib.SHMIPC_RING_OFF_C_WAKES),
+            abandoned=u(lib.SHMIPC_RING_OFF_P_ABANDONED),
+            consumers_recovered=u(lib.SHMIPC_RING_OFF_C_RECOVERED),
+        )
+
+    def qsize(self) -> int:
+        """Messages committed and not yet released (exact when the ring is quiet)."""
+        n = self._u64(lib.SHMIPC_RING_OFF_P_MSGS) - self._u64(lib.SHMIPC_RING_OFF_C_MSGS)
+        return max(0, n)
+
+    def recover(self) -> bool:
+        """Recover the producer side from a producer that died mid-claim; True if it did."""
+        return bool(lib.shmipc_ring_recover(self._ptr))
+
+    # ---- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drop this handle (a creator's named segment is unlinked)."""
+        if self._owns_region:
+            self._region.close()
+
+    def unlink(self) -> None:
+        self._region.unlink()
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._region.name is None:
+            raise TypeError(
+                "this ring lives in anonymous memory, shared only with children forked after "
+                "it was made; use Ring.create() for one that other processes attach by name"
+            )
+        if self._owns_region:
+            return (_attach_ring, (self._region.name, self._region.kind))
+        return (_attach_ring_at, (self._region.name, self._offset))
+
+    def __repr__(self) -> str:
+        return f"<shmipc.Ring {self.name or 'anonymous'} capacity={self._cap}>"
+
+
+def _attach_ring(name: str, kind: int) -> Ring:
+    return Ring.attach(name, kind=kind)
+
+
+def _attach_ring_at(name: str, offset: int) -> Ring:
+    ring = Ring.at(Region.attach(name), offset, create=False)
+    ring._owns_region = True
+    return ring
