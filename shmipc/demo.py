@@ -46,17 +46,19 @@ def _consumer(q: Any, results: Any, total_stops: int, start: Any, batch: int) ->
     errors = 0
     while True:
         items = q.get_many(batch, timeout=30) if batch > 1 else [q.get(timeout=30)]
-        stop = False
+        stops = 0
         for msg in items:
             if msg is None:
-                stop = True
+                stops += 1
                 continue
             p, seq = msg["p"], msg["seq"]
             if seq <= last.get(p, -1):
                 errors += 1  # duplicate or out of order for this producer
             last[p] = seq
             got += 1
-        if stop:
+        if stops:
+            for _ in range(stops - 1):
+                q.put(None)  # a batch took another consumer's stop marker: hand it back
             break
     results.put((got, errors, last, time.perf_counter()))
 
