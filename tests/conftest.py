@@ -1,44 +1,79 @@
-"""Session-wide checks: every test leaves /dev/shm as it found it."""
+"""Session-wide checks: the whole test run leaves /dev/shm as it found it.
+
+The check runs once, in the process that controls the run (the xdist controller, or the only
+process without xdist), after every worker has finished: comparing per worker would flag the
+other worker's live segments. A new segment counts as leaked when nobody alive owns it: its
+shmipc header names a creator that has exited, or it has no header (a spill segment nobody
+read). Segments whose creator is still alive belong to somebody else's run on this machine.
+Nothing is deleted: the report names what to remove (``shmipc gc`` does it).
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
+import struct
 
 import pytest
 
 SHM_DIR = "/dev/shm"
+_MAGIC = b"SHMIPC\x00\x1a"
 
 
 def _segments() -> set[str]:
     try:
-        return set(os.listdir(SHM_DIR))
+        return {n for n in os.listdir(SHM_DIR) if n.startswith("shmipc")}
     except FileNotFoundError:  # pragma: no cover - every Linux we support has it
         return set()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def dev_shm_left_clean():
-    """Fail the session if segments appeared in /dev/shm during it and were not removed.
+def _orphaned(name: str) -> bool:
+    """True if no live process owns the segment ``name`` (so this run leaked it)."""
+    from shmipc import _proc
 
-    Under pytest-xdist each worker runs this over its own tests; names shmipc makes carry
-    64 random bits, so workers never see each other's segments as their own.
-    """
-    before = _segments()
-    yield
-    leaked = sorted(n for n in _segments() - before if n.startswith(("shmipc", "sem.shmipc")))
-    for name in leaked:  # remove them so one leak does not fail every later run too
-        try:
-            os.unlink(os.path.join(SHM_DIR, name))
-        except FileNotFoundError:
-            pass
-    assert not leaked, f"tests left segments in {SHM_DIR}: {leaked}"
+    try:
+        with open(os.path.join(SHM_DIR, name), "rb") as f:
+            head = f.read(32)
+    except FileNotFoundError:
+        return False  # removed by its owner since we listed it
+    except OSError:
+        return True
+    if len(head) < 32 or head[:8] != _MAGIC:
+        return True
+    pid, started = struct.unpack_from("<IQ", head, 20)  # creator_pid, creator_start
+    return pid == os.getpid() or not _proc.is_alive(pid, started)
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _is_controller(config):
+        config.stash[_BEFORE] = _segments()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if not _is_controller(config) or _BEFORE not in config.stash:
+        return
+    leaked = sorted(n for n in _segments() - config.stash[_BEFORE] if _orphaned(n))
+    if leaked:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        message = f"tests left {len(leaked)} segment(s) in {SHM_DIR}: {leaked}"
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        else:  # pragma: no cover
+            print(message)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set]()
 
 
 @pytest.fixture
-def shm_name(request) -> str:
+def shm_name():
     """A segment name unique to this test and process, removed afterwards if left behind."""
-    import secrets
-
     name = f"shmipc_t{os.getpid()}_{secrets.token_hex(4)}"
     yield name
     try:
