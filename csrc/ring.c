@@ -397,13 +397,22 @@ static int await_record(char *ring, uint64_t cap, int64_t deadline_ns, uint64_t 
 }
 
 /* Free records up to `end`, then let go of the consumer side. */
-static inline void retire(char *ring, uint64_t end, uint64_t msgs, uint64_t bytes) {
+static inline void retire(char *ring, uint64_t cap, uint64_t end, uint64_t msgs,
+                          uint64_t bytes) {
     /* Release: pairs with the producers' acquire load of the head (find_room): we are done
      * reading these bytes before anyone may overwrite them. */
     STORE_REL(U64(ring, SHMIPC_RING_OFF_C_HEAD), end);
     bump(ring, SHMIPC_RING_OFF_C_MSGS, msgs);
     bump(ring, SHMIPC_RING_OFF_C_BYTES, bytes);
+    uint64_t used = LOAD(U64(ring, SHMIPC_RING_OFF_C_TAIL_CACHE)) - end;
     side_unlock(ring, 0);
+    /* A ring limited by bytes wakes sleeping producers only once it has drained to half:
+     * waking them at every release would make the slower side pay a wake syscall per
+     * message while the faster one refills a single slot (spinning producers see every
+     * release anyway). A sleeper that still finds no room sleeps again; draining to empty
+     * always wakes, and a sleep lasts one slice at most. A ring limited by a message count
+     * (Queue(maxsize)) wakes at every release, as a stdlib queue's put would unblock. */
+    if (used > cap / 2 && !LOAD(U64(ring, SHMIPC_RING_OFF_MAX_COUNT))) return;
     wake_producers(ring);
 }
 
@@ -419,7 +428,7 @@ int64_t shmipc_ring_get(char *ring, uint64_t cap, char *dst, size_t dst_cap,
         return -SHMIPC_NEEDBUF;
     }
     memcpy(dst, DATA(ring) + (h & (cap - 1)) + SHMIPC_REC_HEADER, len);
-    retire(ring, end, 1, len);
+    retire(ring, cap, end, 1, len);
     return (int64_t)(((uint64_t)type << 40) | len);
 }
 
@@ -451,7 +460,7 @@ int64_t shmipc_ring_get_many(char *ring, uint64_t cap, char *dst, size_t dst_cap
             break;
         }
     }
-    retire(ring, end, count, bytes);
+    retire(ring, cap, end, count, bytes);
     return (int64_t)count;
 }
 
@@ -482,6 +491,6 @@ int shmipc_ring_release(char *ring, uint64_t cap) {
         return SHMIPC_CORRUPT;
     }
     STORE(U64(ring, SHMIPC_RING_OFF_C_PEEK), 0);
-    retire(ring, end, 1, len);
+    retire(ring, cap, end, 1, len);
     return SHMIPC_OK;
 }

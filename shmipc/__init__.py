@@ -30,7 +30,9 @@ from .errors import (
     PeerDied,
     ShmipcError,
 )
+from .queue import Queue
 from .region import Region
+from .ring import Ring, RingStatistics
 from .sync import AtomicCounter, Barrier, Event, Lock, Semaphore
 
 __all__ = [
@@ -44,7 +46,10 @@ __all__ = [
     "Lock",
     "MessageTooLarge",
     "PeerDied",
+    "Queue",
     "Region",
+    "Ring",
+    "RingStatistics",
     "Semaphore",
     "ShmipcError",
     "__version__",

@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _spill
-from ._native import lib
+from ._native import ffi, lib
 from .codec import Codec, get_codec
 from .errors import Closed, CorruptedError
 from .layout import Kind
-from .ring import DEFAULT_SPIN_NS, Ring, RingStatistics
+from .ring import DEFAULT_SPIN_NS, SCRATCH_SIZE, Ring, RingStatistics
 from .sync import deadline_ns
 
 __all__ = ["Empty", "Full", "Queue"]
@@ -39,6 +39,7 @@ _CODEC_NAMES = {v: k for k, v in _CODEC_IDS.items()}
 
 _ring_put = lib.shmipc_ring_put
 _ring_get = lib.shmipc_ring_get
+_unpack = ffi.unpack
 _LEN_MASK = (1 << 40) - 1
 _OK = lib.SHMIPC_OK
 _TOOBIG = lib.SHMIPC_TOOBIG
@@ -164,8 +165,8 @@ class Queue:
 
     def put_bytes(self, data: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put a bytes-like payload as is; ``get`` returns it as bytes."""
-        if not isinstance(data, bytes):
-            data = bytes(data)
+        if type(data) is not bytes:
+            data = ffi.from_buffer(data)  # any contiguous buffer, without a copy
         try:
             rc = _ring_put(
                 self._ptr,
@@ -230,13 +231,13 @@ class Queue:
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the next object; queue.Empty if none came within ``timeout``."""
-        local = self._local
+        scratch = self._local.scratch_ptr
         try:
             r = _ring_get(
                 self._ptr,
                 self._cap,
-                local.scratch_ptr,
-                len(local.scratch),
+                scratch,
+                SCRATCH_SIZE,
                 -1 if block and timeout is None else deadline_ns(timeout) if block else 0,
             )
         except TypeError:
@@ -244,22 +245,36 @@ class Queue:
             raise
         if r >= 0:
             if r >> 40 == T_OBJ:
-                return self._decode_frame(memoryview(local.scratch)[: r & _LEN_MASK])
-            return self._decode(r >> 40, memoryview(local.scratch)[: r & _LEN_MASK])
-        rtype, payload = self._live_ring().get_record(block=block, timeout=timeout)
-        return self._decode(rtype, payload)
+                return self._decode_frame(_unpack(scratch, r & _LEN_MASK))
+            return self._decode(r >> 40, _unpack(scratch, r & _LEN_MASK))
+        return self._decode(*self._live_ring().get_record(block=block, timeout=timeout))
 
     def get_nowait(self) -> Any:
         return self.get(False)
 
     def get_bytes(self, block: bool = True, timeout: float | None = None) -> bytes:
         """The next message's raw payload (a codec frame, or what put_bytes stored)."""
-        rtype, payload = self._live_ring().get_record(block=block, timeout=timeout)
+        scratch = self._local.scratch_ptr
+        try:
+            r = _ring_get(
+                self._ptr,
+                self._cap,
+                scratch,
+                SCRATCH_SIZE,
+                -1 if block and timeout is None else deadline_ns(timeout) if block else 0,
+            )
+        except TypeError:
+            self._live_ring()
+            raise
+        if r >= 0:
+            rtype, payload = r >> 40, _unpack(scratch, r & _LEN_MASK)
+        else:
+            rtype, payload = self._live_ring().get_record(block=block, timeout=timeout)
+        if rtype in (T_OBJ, T_BYTES):
+            return payload
         if rtype in (T_SPILL_OBJ, T_SPILL_BYTES):
             return _spill.read_spill(payload)
-        if rtype not in (T_OBJ, T_BYTES):
-            raise CorruptedError(f"queue record of unknown type {rtype}")
-        return payload if isinstance(payload, bytes) else bytes(payload)
+        raise CorruptedError(f"queue record of unknown type {rtype}")
 
     def get_many(
         self, max_items: int, timeout: float | None = None, *, block: bool = True
@@ -274,7 +289,7 @@ class Queue:
         if rtype == T_OBJ:
             return self._decode_frame(payload)
         if rtype == T_BYTES:
-            return payload if isinstance(payload, bytes) else bytes(payload)
+            return payload
         if rtype == T_SPILL_OBJ:
             return self._decode_frame(_spill.read_spill(payload))
         if rtype == T_SPILL_BYTES:

@@ -41,9 +41,11 @@ HEADER_SIZE = lib.SHMIPC_RING_HEADER_SIZE
 REC_HEADER = lib.SHMIPC_REC_HEADER
 TYPE_MAX = lib.SHMIPC_REC_TYPE_MAX
 _LEN_MASK = (1 << 40) - 1
-_SCRATCH_START = 64 << 10
-#: Payloads above this are read through peek + one copy instead of the per-thread scratch.
-_SCRATCH_MAX = 1 << 20
+#: Payloads up to this size are copied into a per-thread scratch by the one native call and
+#: turned into bytes by ffi.unpack; larger ones are read with a single copy straight out of
+#: the ring (peek, copy, release), since for them the copy costs more than two more calls.
+SCRATCH_SIZE = 64 << 10
+_unpack = ffi.unpack
 
 _OK = lib.SHMIPC_OK
 _SLICE = lib.SHMIPC_SLICE
@@ -80,16 +82,12 @@ class _PerThread(threading.local):
     """Per-thread state: the scratch buffer gets copy into, and pending zero-copy claims."""
 
     def __init__(self) -> None:
-        self.scratch = bytearray(_SCRATCH_START)
+        self.scratch = bytearray(SCRATCH_SIZE)
         self.scratch_ptr = ffi.from_buffer(self.scratch)
         self.meta = ffi.new("uint64_t[]", 1024)
         self.peek_out = ffi.new("uint64_t[2]")
         self.reserved: tuple[memoryview, int] | None = None
         self.peeked: memoryview | None = None
-
-    def grow(self, n: int) -> None:
-        self.scratch = bytearray(max(n, 2 * len(self.scratch)))
-        self.scratch_ptr = ffi.from_buffer(self.scratch)
 
 
 class Ring:
@@ -299,43 +297,34 @@ class Ring:
                 self._raise(rc, n)
             rc = lib.shmipc_ring_put(self._ptr, self._cap, data, n, type, deadline)
 
-    def get_record(self, *, block: bool = True, timeout: float | None = None) -> tuple[int, Any]:
-        """The next record as (type, payload). The payload is a memoryview of this thread's
-        scratch buffer, valid until this thread's next call on the ring, or ``bytes``."""
+    def get_record(self, *, block: bool = True, timeout: float | None = None) -> tuple[int, bytes]:
+        """The next record as (type, payload bytes); queue.Empty on timeout."""
         local = self._local
         deadline = deadline_ns(timeout) if block else 0
         started: list[float] = []
         while True:
-            r = lib.shmipc_ring_get(
-                self._ptr, self._cap, local.scratch_ptr, len(local.scratch), deadline
-            )
+            r = lib.shmipc_ring_get(self._ptr, self._cap, local.scratch_ptr, SCRATCH_SIZE, deadline)
             if r >= 0:
-                return r >> 40, memoryview(local.scratch)[: r & _LEN_MASK]
-            rc = -r
-            if rc == _NEEDBUF:
-                need = int.from_bytes(local.scratch[:8], "little")
-                if need <= _SCRATCH_MAX:
-                    local.grow(need)
-                    continue
+                return r >> 40, _unpack(local.scratch_ptr, r & _LEN_MASK)
+            if -r == _NEEDBUF:
                 return self._get_large(deadline)
-            if not self._retry(rc, started):
-                self._raise(rc)
+            if not self._retry(-r, started):
+                self._raise(-r)
 
     def _get_large(self, deadline: int) -> tuple[int, bytes]:
         """A record too large for the scratch: copy it once, straight out of the ring."""
         out = self._local.peek_out
         idx = self._peek_index(deadline)
-        n, rtype = out[0], out[1]
         try:
-            data = bytes(self._data[idx : idx + n])
+            data = _unpack(self._ptr + (HEADER_SIZE + idx), out[0])
+            rtype = int(out[1])
         finally:
             self._release_peeked()
         return rtype, data
 
     def get(self, *, block: bool = True, timeout: float | None = None) -> bytes:
         """The next record's payload as bytes; queue.Empty on timeout."""
-        _, payload = self.get_record(block=block, timeout=timeout)
-        return payload if isinstance(payload, bytes) else bytes(payload)
+        return self.get_record(block=block, timeout=timeout)[1]
 
     def put_many(
         self,
@@ -374,9 +363,9 @@ class Ring:
 
     def get_many_records(
         self, max_items: int, *, block: bool = True, timeout: float | None = None
-    ) -> list[tuple[int, memoryview]]:
-        """Up to ``max_items`` records (at least one, waiting up to ``timeout``) as
-        (type, payload view of this thread's scratch, valid until its next call)."""
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``max_items`` records as (type, payload bytes): at least one, waiting up to
+        ``timeout`` for it (queue.Empty if none came), then whatever else is there."""
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         local = self._local
@@ -389,38 +378,33 @@ class Ring:
                 self._ptr,
                 self._cap,
                 local.scratch_ptr,
-                len(local.scratch),
+                SCRATCH_SIZE,
                 local.meta,
                 max_items,
                 deadline,
             )
             if r > 0:
                 break
-            rc = -r
-            if rc == _NEEDBUF:
-                need = int.from_bytes(local.scratch[:8], "little")
-                if need <= _SCRATCH_MAX:
-                    local.grow(need)
-                    continue
-                return [self._get_large(deadline)]  # type: ignore[list-item]
-            if not self._retry(rc, started):
-                self._raise(rc)
-        view = memoryview(local.scratch)
+            if -r == _NEEDBUF:
+                return [self._get_large(deadline)]
+            if not self._retry(-r, started):
+                self._raise(-r)
         meta = local.meta
+        lens = [meta[i] & _LEN_MASK for i in range(r)]
+        blob = _unpack(local.scratch_ptr, sum(lens))  # one bytes object, sliced per record
         out = []
         pos = 0
         for i in range(r):
-            m = meta[i]
-            n = m & _LEN_MASK
-            out.append((m >> 40, view[pos : pos + n]))
-            pos += n
+            end = pos + lens[i]
+            out.append((meta[i] >> 40, blob[pos:end]))
+            pos = end
         return out
 
     def get_many(
         self, max_items: int, *, block: bool = True, timeout: float | None = None
     ) -> list[bytes]:
         """Up to ``max_items`` payloads as bytes (at least one; queue.Empty on timeout)."""
-        return [bytes(p) for _, p in self.get_many_records(max_items, block=block, timeout=timeout)]
+        return [p for _, p in self.get_many_records(max_items, block=block, timeout=timeout)]
 
     # ---- zero-copy paths -----------------------------------------------------------------
 
