@@ -1,0 +1,138 @@
+"""The package surface: what it exports, what it refuses to import on, and its build stamp."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import shmipc
+
+pytestmark = pytest.mark.timeout(60)
+
+PUBLIC = {
+    "AtomicCounter",
+    "Barrier",
+    "Closed",
+    "CorruptedError",
+    "Event",
+    "Lagged",
+    "LayoutMismatch",
+    "Lock",
+    "MessageTooLarge",
+    "PeerDied",
+    "Queue",
+    "Region",
+    "Ring",
+    "RingStatistics",
+    "Semaphore",
+    "ShmipcError",
+    "__version__",
+}
+
+
+def test_public_surface_is_pinned():
+    """Nothing leaks into (or silently drops out of) the top-level namespace."""
+    assert set(shmipc.__all__) == PUBLIC
+    for name in shmipc.__all__:
+        assert hasattr(shmipc, name)
+
+
+def test_errors_derive_from_shmipc_error():
+    for exc in (
+        shmipc.MessageTooLarge,
+        shmipc.CorruptedError,
+        shmipc.LayoutMismatch,
+        shmipc.Closed,
+        shmipc.PeerDied,
+        shmipc.Lagged,
+    ):
+        assert issubclass(exc, shmipc.ShmipcError)
+
+
+def test_py_typed_marker_ships():
+    import importlib.resources
+
+    assert importlib.resources.files("shmipc").joinpath("py.typed").is_file()
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_non_linux_import_is_a_clear_import_error():
+    r = _run("""
+        import sys
+        sys.platform = "darwin"
+        try:
+            import shmipc
+        except ImportError as exc:
+            print("IMPORTERROR", exc)
+    """)
+    assert "IMPORTERROR" in r.stdout, r.stderr
+    assert "Linux" in r.stdout and "darwin" in r.stdout
+
+
+def test_unsupported_machine_is_a_clear_import_error():
+    r = _run("""
+        import platform
+        platform.machine = lambda: "riscv64"
+        try:
+            import shmipc
+        except ImportError as exc:
+            print("IMPORTERROR", exc)
+    """)
+    assert "IMPORTERROR" in r.stdout, r.stderr
+    assert "riscv64" in r.stdout
+
+
+def test_stale_native_build_is_a_clear_import_error():
+    """An extension whose ABI stamp differs from the Python code's is refused at import."""
+    r = _run("""
+        import sys, types
+        import shmipc._native_ext as real
+
+        class StaleLib:
+            def __getattr__(self, name):
+                return getattr(real.lib, name)
+            def shmipc_abi_version(self):
+                return 999
+
+        fake = types.ModuleType("shmipc._native_ext")
+        fake.ffi, fake.lib = real.ffi, StaleLib()
+        sys.modules["shmipc._native_ext"] = fake
+        del sys.modules["shmipc._native"]  # imported by the package: import it afresh
+        try:
+            import shmipc._native
+        except ImportError as exc:
+            print("IMPORTERROR", exc)
+    """)
+    assert "IMPORTERROR" in r.stdout, r.stderr
+    assert "stale" in r.stdout and "999" in r.stdout
+
+
+def test_missing_native_build_is_a_clear_import_error():
+    r = _run("""
+        import sys
+        sys.modules["shmipc._native_ext"] = None  # as if the extension was never built
+        try:
+            import shmipc
+        except ImportError as exc:
+            print("IMPORTERROR", exc)
+    """)
+    assert "IMPORTERROR" in r.stdout, r.stderr
+    assert "pip install" in r.stdout
+
+
+def test_abi_stamp_matches_header():
+    """csrc/shmipc.h and shmipc/_native.py must agree; the build carries the header's."""
+    from shmipc._native import ABI_VERSION, lib
+
+    assert lib.shmipc_abi_version() == ABI_VERSION == lib.SHMIPC_ABI_VERSION
