@@ -1,11 +1,14 @@
-/* shmipc native core: C11 atomics, futex waits and the robust mutex (see shmipc.h). */
+/* shmipc native core: C11 atomics, futex waits and the robust lock (see shmipc.h). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -165,55 +168,105 @@ int shmipc_wake32(char *b, size_t o, size_t waiters_off, int n) {
     return shmipc_futex_wake(b, o, n);
 }
 
-/* ---- robust mutex ----------------------------------------------------------------------- */
+/* ---- robust lock ------------------------------------------------------------------------ */
 
-size_t shmipc_mutex_size(void) { return sizeof(pthread_mutex_t); }
+/* This thread's identity, computed once per thread and again in a forked child (whose only
+ * thread has a new id). 0 means "not computed yet". */
+static _Thread_local uint64_t my_identity;
 
-int shmipc_mutex_init(char *b, size_t o) {
-    pthread_mutexattr_t attr;
-    int r = pthread_mutexattr_init(&attr);
-    if (!r) r = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    if (!r) r = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    if (!r) r = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
-    if (!r) r = pthread_mutex_init((pthread_mutex_t *)(b + o), &attr);
-    pthread_mutexattr_destroy(&attr);
-    errno = r;
-    return r ? SHMIPC_ERROR : SHMIPC_OK;
+static void forget_identity(void) { my_identity = 0; }
+
+__attribute__((constructor)) static void register_fork_handler(void) {
+    pthread_atfork(NULL, NULL, forget_identity);
 }
 
-static int mutex_status(pthread_mutex_t *m, int r) {
-    switch (r) {
-    case 0: return SHMIPC_OK;
-    case EOWNERDEAD:
-        /* We hold it now; the protected state may be half-updated. Mark the mutex usable
-         * again at once and tell the caller, who repairs the state it guards. */
-        pthread_mutex_consistent(m);
-        return SHMIPC_OWNERDEAD;
-    case ETIMEDOUT: return SHMIPC_TIMEDOUT;
-    case EBUSY: return SHMIPC_TIMEDOUT;
-    case EDEADLK: return SHMIPC_DEADLOCK;
-    case EPERM: return SHMIPC_NOTOWNER;
-    default: errno = r; return SHMIPC_ERROR;
+/* Field 22 of /proc/thread-self/stat: the thread's start time in clock ticks since boot. */
+static uint64_t thread_start_time(void) {
+    char buf[1024];
+    int fd = open("/proc/thread-self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    if (!p) return 0;
+    /* p is at the end of field 2; each space starts the next field: stop at field 22. */
+    for (int field = 2; *p; p++) {
+        if (*p == ' ' && ++field == 22) return strtoull(p + 1, NULL, 10);
+    }
+    return 0;
+}
+
+uint64_t shmipc_lock_identity(void) {
+    if (!my_identity) {
+        uint64_t tid = (uint64_t)syscall(SYS_gettid);
+        my_identity = (thread_start_time() << 32) | (tid & 0xffffffffu);
+    }
+    return my_identity;
+}
+
+int shmipc_lock_try(char *b, size_t o) {
+    uint64_t me = shmipc_lock_identity();
+    uint64_t expected = 0;
+    /* Acquire on success: pairs with the release in shmipc_lock_release, so the previous
+     * holder's writes to the state the lock guards are visible to us. */
+    if (atomic_compare_exchange_strong_explicit(A64(b, o), &expected, me, memory_order_acquire,
+                                                memory_order_relaxed))
+        return SHMIPC_OK;
+    return expected == me ? SHMIPC_DEADLOCK : SHMIPC_TIMEDOUT;
+}
+
+int shmipc_lock_acquire(char *b, size_t o, int64_t deadline_ns, int64_t spin_ns) {
+    int rc = shmipc_lock_try(b, o);
+    if (rc != SHMIPC_TIMEDOUT || deadline_ns == 0) return rc;
+    if (spin_ns > 0) {
+        /* An uncontended handover takes far less than a futex round trip: spin first. */
+        int64_t until = shmipc_monotonic_ns() + spin_ns;
+        for (unsigned i = 1;; i++) {
+            shmipc_cpu_relax();
+            if ((i & 15) == 0 && atomic_load_explicit(A64(b, o), memory_order_relaxed) == 0) {
+                rc = shmipc_lock_try(b, o);
+                if (rc != SHMIPC_TIMEDOUT) return rc;
+            }
+            if ((i & 127) == 0 && shmipc_monotonic_ns() >= until) break;
+        }
+    }
+    for (;;) {
+        uint64_t seen = atomic_load_explicit(A64(b, o), memory_order_relaxed);
+        if (seen == 0) {
+            rc = shmipc_lock_try(b, o);
+            if (rc != SHMIPC_TIMEDOUT) return rc;
+            continue; /* lost the race to another locker: it made progress, look again */
+        }
+        /* Sleep while the holder's thread id (the word's low half) stays. The futex checks the
+         * word atomically, and the releaser reads the sleeper count after a seq_cst fence:
+         * the same no-lost-wakeup argument as shmipc_wait_while32. */
+        rc = shmipc_wait_while32(b, o, (uint32_t)seen, o + SHMIPC_LOCK_OFF_WAITERS,
+                                 deadline_ns, 0);
+        if (rc == SHMIPC_OK || rc == SHMIPC_CHANGED) continue;
+        if (rc == SHMIPC_TIMEDOUT) return shmipc_lock_try(b, o) == SHMIPC_OK ? SHMIPC_OK : rc;
+        return rc; /* SLICE / INTERRUPTED / ERROR: Python checks signals and liveness */
     }
 }
 
-int shmipc_mutex_lock(char *b, size_t o, int64_t deadline_ns) {
-    pthread_mutex_t *m = (pthread_mutex_t *)(b + o);
-    struct timespec ts;
-    if (deadline_ns >= 0 && shmipc_monotonic_ns() >= deadline_ns)
-        return mutex_status(m, pthread_mutex_trylock(m));
-    int sliced = slice_deadline(deadline_ns, &ts);
-    int r = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
-    if (r == ETIMEDOUT && sliced) return SHMIPC_SLICE;
-    return mutex_status(m, r);
+int shmipc_lock_release(char *b, size_t o) {
+    uint64_t me = shmipc_lock_identity();
+    uint64_t expected = me;
+    /* Release: pairs with the acquire of the next holder's CAS (shmipc_lock_try). */
+    if (!atomic_compare_exchange_strong_explicit(A64(b, o), &expected, 0, memory_order_release,
+                                                 memory_order_relaxed))
+        return SHMIPC_NOTOWNER;
+    shmipc_wake32(b, o, o + SHMIPC_LOCK_OFF_WAITERS, 1);
+    return SHMIPC_OK;
 }
 
-int shmipc_mutex_trylock(char *b, size_t o) {
-    pthread_mutex_t *m = (pthread_mutex_t *)(b + o);
-    return mutex_status(m, pthread_mutex_trylock(m));
-}
-
-int shmipc_mutex_unlock(char *b, size_t o) {
-    pthread_mutex_t *m = (pthread_mutex_t *)(b + o);
-    return mutex_status(m, pthread_mutex_unlock(m));
+int shmipc_lock_steal(char *b, size_t o, uint64_t observed) {
+    uint64_t me = shmipc_lock_identity();
+    if (observed == 0 || observed == me) return SHMIPC_CHANGED;
+    uint64_t expected = observed;
+    if (atomic_compare_exchange_strong_explicit(A64(b, o), &expected, me, memory_order_acquire,
+                                                memory_order_relaxed))
+        return SHMIPC_OWNERDEAD;
+    return SHMIPC_CHANGED;
 }

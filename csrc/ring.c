@@ -5,10 +5,12 @@
  *   of the new tail; the consumer reads them after an acquire load of the tail and frees them
  *   by a release store of the new head. A record is visible only once complete, so a writer
  *   that dies mid-write leaves nothing half-written behind.
- * - Many producers and many consumers take turns through one robust mutex per side. The
- *   kernel hands a dead holder's mutex to the next locker (EOWNERDEAD); since nothing is
- *   published before the release store, recovery is only bookkeeping: the dead producer's
- *   claim is counted abandoned, a dead consumer's unreleased record is read again by the next.
+ * - Many producers and many consumers take turns through one robust lock per side (see
+ *   shmipc_lock_* in native.c: shmipc's own futex lock whose word names the holder thread).
+ *   A dead holder's lock is taken over once Python has seen, between wait slices, that the
+ *   holder no longer lives (shmipc_ring_steal). Since nothing is published before the
+ *   release store, recovery is only bookkeeping: the dead producer's claim is counted
+ *   abandoned, a dead consumer's unreleased record is read again by the next consumer.
  * - Waiters spin briefly, then register in a sleeper count and sleep on the low 32 bits of
  *   the position they wait on; the other side issues a futex wake only if that count is set.
  * - Every position and length read from shared memory is checked before use, against `cap`
@@ -17,7 +19,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -25,7 +26,6 @@
 
 #include "shmipc.h"
 
-_Static_assert(sizeof(pthread_mutex_t) <= 64, "mutex must fit its slot in the ring header");
 
 #define U64(ring, off) ((_Atomic uint64_t *)((ring) + (off)))
 #define U32(ring, off) ((_Atomic uint32_t *)((ring) + (off)))
@@ -47,7 +47,7 @@ static inline int64_t spin_ns(char *ring) {
 }
 
 static inline void bump(char *ring, size_t off, uint64_t n) {
-    /* Statistics on the side's own line, written only under that side's mutex. */
+    /* Statistics on the side's own line, written only under that side's lock. */
     _Atomic uint64_t *p = U64(ring, off);
     STORE(p, LOAD(p) + n);
 }
@@ -65,49 +65,55 @@ static inline uint64_t read_header(const char *data, uint64_t idx) {
 
 /* ---- side locks ------------------------------------------------------------------------- */
 
-/* Called with a side mutex just taken over from a dead holder. */
+/* Called with a side's lock just taken over from a dead holder. The holder wrote what its
+ * counters would become (PEND_*) before its publishing store, so the recoverer can tell
+ * whether that store happened and finish the bookkeeping: counters stay exact whatever
+ * instant the holder died at (a bounded queue's message count depends on them). */
 static void recover_producer(char *ring) {
     _Atomic uint64_t *claim = U64(ring, SHMIPC_RING_OFF_P_CLAIM);
-    if (LOAD(claim) != NO_CLAIM) {
-        bump(ring, SHMIPC_RING_OFF_P_ABANDONED, 1);
-        STORE(claim, NO_CLAIM);
+    uint64_t c = LOAD(claim);
+    if (c == NO_CLAIM) return;
+    if (c == LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL))) {
+        bump(ring, SHMIPC_RING_OFF_P_ABANDONED, 1); /* never published */
+    } else {
+        STORE(U64(ring, SHMIPC_RING_OFF_P_MSGS), LOAD(U64(ring, SHMIPC_RING_OFF_P_PEND_MSGS)));
+        STORE(U64(ring, SHMIPC_RING_OFF_P_BYTES), LOAD(U64(ring, SHMIPC_RING_OFF_P_PEND_BYTES)));
     }
+    STORE(claim, NO_CLAIM);
 }
 
 static void recover_consumer(char *ring) {
     bump(ring, SHMIPC_RING_OFF_C_RECOVERED, 1);
     STORE(U64(ring, SHMIPC_RING_OFF_C_PEEK), 0);
+    if (LOAD(U64(ring, SHMIPC_RING_OFF_C_HEAD)) == LOAD(U64(ring, SHMIPC_RING_OFF_C_PEND_END))) {
+        STORE(U64(ring, SHMIPC_RING_OFF_C_MSGS), LOAD(U64(ring, SHMIPC_RING_OFF_C_PEND_MSGS)));
+        STORE(U64(ring, SHMIPC_RING_OFF_C_BYTES), LOAD(U64(ring, SHMIPC_RING_OFF_C_PEND_BYTES)));
+    }
 }
 
-/* Take a side's mutex: spin on trylock for the ring's spin time (an uncontended handover is
- * far cheaper than a futex sleep), then block for at most one slice. */
-static int side_lock(char *ring, int producer, int64_t deadline_ns) {
-    size_t off = producer ? SHMIPC_RING_OFF_P_MUTEX : SHMIPC_RING_OFF_C_MUTEX;
-    int rc = shmipc_mutex_trylock(ring, off);
-    if (rc == SHMIPC_TIMEDOUT && deadline_ns != 0) {
-        int64_t spin = spin_ns(ring);
-        int64_t until = shmipc_monotonic_ns() + spin;
-        for (unsigned i = 1; rc == SHMIPC_TIMEDOUT; i++) {
-            shmipc_cpu_relax();
-            if ((i & 15) == 0) {
-                rc = shmipc_mutex_trylock(ring, off);
-                if ((i & 127) == 0 && shmipc_monotonic_ns() >= until) break;
-            }
-        }
-        if (rc == SHMIPC_TIMEDOUT) rc = shmipc_mutex_lock(ring, off, deadline_ns);
-    }
-    if (rc == SHMIPC_OWNERDEAD) {
-        if (producer)
-            recover_producer(ring);
-        else
-            recover_consumer(ring);
-        rc = SHMIPC_OK;
-    }
+#define SIDE_LOCK(producer) ((producer) ? SHMIPC_RING_OFF_P_LOCK : SHMIPC_RING_OFF_C_LOCK)
+
+/* Take a side's lock (spinning first, then sleeping for at most one slice). A dead holder's
+ * lock is taken over from Python (shmipc_ring_steal) between slices. */
+static inline int side_lock(char *ring, int producer, int64_t deadline_ns) {
+    int rc = shmipc_lock_try(ring, SIDE_LOCK(producer));
+    if (rc == SHMIPC_TIMEDOUT && deadline_ns != 0)
+        rc = shmipc_lock_acquire(ring, SIDE_LOCK(producer), deadline_ns, spin_ns(ring));
     return rc;
 }
 
 static inline void side_unlock(char *ring, int producer) {
-    shmipc_mutex_unlock(ring, producer ? SHMIPC_RING_OFF_P_MUTEX : SHMIPC_RING_OFF_C_MUTEX);
+    shmipc_lock_release(ring, SIDE_LOCK(producer));
+}
+
+int shmipc_ring_steal(char *ring, int producer, uint64_t observed) {
+    if (shmipc_lock_steal(ring, SIDE_LOCK(producer), observed) != SHMIPC_OWNERDEAD) return 0;
+    if (producer)
+        recover_producer(ring);
+    else
+        recover_consumer(ring);
+    side_unlock(ring, producer);
+    return 1;
 }
 
 /* Wake the other side if anyone sleeps there (the check is the whole cost otherwise). */
@@ -121,7 +127,7 @@ static inline void wake_producers(char *ring) {
         atomic_fetch_add_explicit(U64(ring, SHMIPC_RING_OFF_C_WAKES), 1, memory_order_relaxed);
 }
 
-/* Wait (no mutex held) while the low word of the position at `off` still reads `seen`.
+/* Wait (no lock held) while the low word of the position at `off` still reads `seen`.
  * Returns SHMIPC_OK to retry, or the status to hand back to Python. */
 static int wait_position(char *ring, size_t off, size_t waiters_off, uint64_t seen,
                          int64_t deadline_ns, int full) {
@@ -137,6 +143,11 @@ static int wait_position(char *ring, size_t off, size_t waiters_off, uint64_t se
     }
 }
 
+/* Whether a call with this deadline will wait (for the wait statistics). */
+static inline int may_wait(int64_t deadline_ns) {
+    return deadline_ns < 0 || (deadline_ns > 0 && deadline_ns > shmipc_monotonic_ns());
+}
+
 /* ---- init ------------------------------------------------------------------------------- */
 
 int shmipc_ring_init(char *ring, uint64_t cap, uint64_t max_count, uint64_t spin,
@@ -149,8 +160,6 @@ int shmipc_ring_init(char *ring, uint64_t cap, uint64_t max_count, uint64_t spin
     STORE(U64(ring, SHMIPC_RING_OFF_SPIN_NS), spin);
     STORE(U32(ring, SHMIPC_RING_OFF_FLAGS), flags);
     STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), NO_CLAIM);
-    if (shmipc_mutex_init(ring, SHMIPC_RING_OFF_P_MUTEX) != SHMIPC_OK) return SHMIPC_ERROR;
-    if (shmipc_mutex_init(ring, SHMIPC_RING_OFF_C_MUTEX) != SHMIPC_OK) return SHMIPC_ERROR;
     /* Release: pairs with the acquire load of the magic when Python attaches. */
     STORE_REL(U32(ring, SHMIPC_RING_OFF_MAGIC), SHMIPC_RING_MAGIC);
     return SHMIPC_OK;
@@ -158,7 +167,7 @@ int shmipc_ring_init(char *ring, uint64_t cap, uint64_t max_count, uint64_t spin
 
 /* ---- producer side ---------------------------------------------------------------------- */
 
-/* With the producer mutex held: find room for a record of `rec` bytes at position t (the
+/* With the producer lock held: find room for a record of `rec` bytes at position t (the
  * tail, or the end of a batch not yet published). Returns SHMIPC_OK with *pad set,
  * SHMIPC_FULL if there is no room now (*head_seen says what head to wait on), or
  * SHMIPC_CORRUPT. */
@@ -187,6 +196,7 @@ static int find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec, uint64_
         _Atomic uint64_t *oc = U64(ring, SHMIPC_RING_OFF_P_OUT_CACHE);
         if (in - LOAD(oc) >= max_count) {
             STORE(oc, LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_MSGS)));
+            if (LOAD(oc) > in) return SHMIPC_CORRUPT; /* more out than in: scribbled counters */
             if (in - LOAD(oc) >= max_count) {
                 /* Every release moves the head, so waiting on the head covers the count. */
                 *head_seen = LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_HEAD));
@@ -199,7 +209,7 @@ static int find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec, uint64_
 }
 
 /* Lock the producer side and find room, waiting as the deadline allows. On SHMIPC_OK the
- * mutex is held; on any other status it is not. */
+ * lock is held; on any other status it is not. */
 static int claim(char *ring, uint64_t cap, uint64_t rec, int64_t deadline_ns, uint64_t *tail,
                  uint64_t *pad) {
     for (;;) {
@@ -209,7 +219,8 @@ static int claim(char *ring, uint64_t cap, uint64_t rec, int64_t deadline_ns, ui
         *tail = LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL));
         rc = find_room(ring, cap, *tail, rec, pad, &head_seen);
         if (rc == SHMIPC_OK) return rc;
-        if (rc == SHMIPC_FULL) bump(ring, SHMIPC_RING_OFF_P_WAITS, 1);
+        /* Count waits that may block; a non-blocking put that finds no room is not one. */
+        if (rc == SHMIPC_FULL && may_wait(deadline_ns)) bump(ring, SHMIPC_RING_OFF_P_WAITS, 1);
         side_unlock(ring, 1);
         if (rc != SHMIPC_FULL) return rc;
         rc = wait_position(ring, SHMIPC_RING_OFF_C_HEAD, SHMIPC_RING_OFF_SPACE_WAITERS,
@@ -234,11 +245,15 @@ static inline uint64_t place(char *ring, uint64_t cap, uint64_t t, uint64_t pad,
 
 /* Publish records ending at `end`, then let go of the producer side. */
 static inline void publish(char *ring, uint64_t end, uint64_t msgs, uint64_t bytes) {
+    uint64_t in = LOAD(U64(ring, SHMIPC_RING_OFF_P_MSGS)) + msgs;
+    uint64_t in_bytes = LOAD(U64(ring, SHMIPC_RING_OFF_P_BYTES)) + bytes;
+    STORE(U64(ring, SHMIPC_RING_OFF_P_PEND_MSGS), in); /* for recover_producer */
+    STORE(U64(ring, SHMIPC_RING_OFF_P_PEND_BYTES), in_bytes);
     /* Release: pairs with the consumers' acquire load of the tail; every byte of the records
      * below `end` is visible before the tail that makes them readable. */
     STORE_REL(U64(ring, SHMIPC_RING_OFF_P_TAIL), end);
-    bump(ring, SHMIPC_RING_OFF_P_MSGS, msgs);
-    bump(ring, SHMIPC_RING_OFF_P_BYTES, bytes);
+    STORE(U64(ring, SHMIPC_RING_OFF_P_MSGS), in);
+    STORE(U64(ring, SHMIPC_RING_OFF_P_BYTES), in_bytes);
     STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), NO_CLAIM);
     side_unlock(ring, 1);
     wake_consumers(ring);
@@ -302,7 +317,7 @@ int64_t shmipc_ring_reserve(char *ring, uint64_t cap, size_t len, uint32_t type,
 }
 
 int shmipc_ring_commit(char *ring, uint64_t cap, size_t len) {
-    /* We hold the producer mutex since reserve: the tail has not moved. */
+    /* We hold the producer lock since reserve: the tail has not moved. */
     uint64_t t = LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL));
     uint64_t rec = rec_size(len);
     uint64_t idx = t & (cap - 1);
@@ -321,16 +336,9 @@ int shmipc_ring_abort(char *ring) {
     return SHMIPC_OK;
 }
 
-int shmipc_ring_recover(char *ring) {
-    int rc = shmipc_mutex_trylock(ring, SHMIPC_RING_OFF_P_MUTEX);
-    if (rc == SHMIPC_OWNERDEAD) recover_producer(ring);
-    if (rc == SHMIPC_OK || rc == SHMIPC_OWNERDEAD) side_unlock(ring, 1);
-    return rc == SHMIPC_OWNERDEAD;
-}
-
 /* ---- consumer side ---------------------------------------------------------------------- */
 
-/* With the consumer mutex held: find the next data record at position *head (the head, or
+/* With the consumer lock held: find the next data record at position *head (the head, or
  * the end of a batch not yet retired), stepping over a padding record. Returns SHMIPC_OK with
  * *head (the record's position), *len, *type and *end, SHMIPC_EMPTY with *tail_seen, or
  * SHMIPC_CORRUPT. */
@@ -373,7 +381,7 @@ static int next_record(char *ring, uint64_t cap, uint64_t *head, uint64_t *len, 
 }
 
 /* Lock the consumer side and find a record, waiting as the deadline allows. On SHMIPC_OK the
- * mutex is held; on any other status it is not. */
+ * lock is held; on any other status it is not. */
 static int await_record(char *ring, uint64_t cap, int64_t deadline_ns, uint64_t *head,
                         uint64_t *len, uint32_t *type, uint64_t *end) {
     for (;;) {
@@ -386,7 +394,7 @@ static int await_record(char *ring, uint64_t cap, int64_t deadline_ns, uint64_t 
         if (rc == SHMIPC_EMPTY && *head != start)
             STORE_REL(U64(ring, SHMIPC_RING_OFF_C_HEAD), *head); /* a lone padding record */
         if (rc == SHMIPC_OK) return rc;
-        if (rc == SHMIPC_EMPTY && deadline_ns != 0) bump(ring, SHMIPC_RING_OFF_C_WAITS, 1);
+        if (rc == SHMIPC_EMPTY && may_wait(deadline_ns)) bump(ring, SHMIPC_RING_OFF_C_WAITS, 1);
         side_unlock(ring, 0);
         if (rc != SHMIPC_EMPTY) return rc;
         rc = wait_position(ring, SHMIPC_RING_OFF_P_TAIL, SHMIPC_RING_OFF_DATA_WAITERS, tail_seen,
@@ -399,11 +407,16 @@ static int await_record(char *ring, uint64_t cap, int64_t deadline_ns, uint64_t 
 /* Free records up to `end`, then let go of the consumer side. */
 static inline void retire(char *ring, uint64_t cap, uint64_t end, uint64_t msgs,
                           uint64_t bytes) {
+    uint64_t out = LOAD(U64(ring, SHMIPC_RING_OFF_C_MSGS)) + msgs;
+    uint64_t out_bytes = LOAD(U64(ring, SHMIPC_RING_OFF_C_BYTES)) + bytes;
+    STORE(U64(ring, SHMIPC_RING_OFF_C_PEND_END), end); /* for recover_consumer */
+    STORE(U64(ring, SHMIPC_RING_OFF_C_PEND_MSGS), out);
+    STORE(U64(ring, SHMIPC_RING_OFF_C_PEND_BYTES), out_bytes);
     /* Release: pairs with the producers' acquire load of the head (find_room): we are done
      * reading these bytes before anyone may overwrite them. */
     STORE_REL(U64(ring, SHMIPC_RING_OFF_C_HEAD), end);
-    bump(ring, SHMIPC_RING_OFF_C_MSGS, msgs);
-    bump(ring, SHMIPC_RING_OFF_C_BYTES, bytes);
+    STORE(U64(ring, SHMIPC_RING_OFF_C_MSGS), out);
+    STORE(U64(ring, SHMIPC_RING_OFF_C_BYTES), out_bytes);
     uint64_t used = LOAD(U64(ring, SHMIPC_RING_OFF_C_TAIL_CACHE)) - end;
     side_unlock(ring, 0);
     /* A ring limited by bytes wakes sleeping producers only once it has drained to half:
@@ -477,7 +490,7 @@ int64_t shmipc_ring_peek(char *ring, uint64_t cap, uint64_t *out, int64_t deadli
 }
 
 int shmipc_ring_release(char *ring, uint64_t cap) {
-    /* We hold the consumer mutex since peek: neither the head nor the record has moved. */
+    /* We hold the consumer lock since peek: neither the head nor the record has moved. */
     uint64_t h = LOAD(U64(ring, SHMIPC_RING_OFF_C_HEAD));
     uint64_t at = LOAD(U64(ring, SHMIPC_RING_OFF_C_PEEK)) - 1;
     uint64_t t = LOAD(U64(ring, SHMIPC_RING_OFF_C_TAIL_CACHE));
@@ -492,5 +505,11 @@ int shmipc_ring_release(char *ring, uint64_t cap) {
     }
     STORE(U64(ring, SHMIPC_RING_OFF_C_PEEK), 0);
     retire(ring, cap, end, 1, len);
+    return SHMIPC_OK;
+}
+
+int shmipc_ring_unpeek(char *ring) {
+    STORE(U64(ring, SHMIPC_RING_OFF_C_PEEK), 0);
+    side_unlock(ring, 0);
     return SHMIPC_OK;
 }

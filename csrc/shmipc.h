@@ -12,17 +12,17 @@
 
 /* Bumped whenever a signature, a constant or a shared layout defined here changes: Python
  * refuses to import an extension whose stamp differs (a stale build). */
-#define SHMIPC_ABI_VERSION 1
+#define SHMIPC_ABI_VERSION 2
 
-/* Wait outcomes (shmipc_futex_wait, shmipc_wait_while32, shmipc_mutex_lock). */
+/* Wait outcomes (shmipc_futex_wait, shmipc_wait_while32, shmipc_lock_acquire, rings). */
 #define SHMIPC_OK 0          /* woken, or the condition was already met */
 #define SHMIPC_TIMEDOUT 1    /* the deadline passed */
 #define SHMIPC_CHANGED 2     /* the word no longer held the expected value (futex EAGAIN) */
 #define SHMIPC_INTERRUPTED 3 /* a signal arrived (EINTR): Python runs its handlers, then retries */
 #define SHMIPC_SLICE 4       /* the 100 ms slice ended: Python checks for signals, then retries */
-#define SHMIPC_OWNERDEAD 5   /* mutex acquired, but its previous holder died holding it */
-#define SHMIPC_DEADLOCK 6    /* mutex already held by the calling thread */
-#define SHMIPC_NOTOWNER 7    /* unlock by a thread that does not hold the mutex */
+#define SHMIPC_OWNERDEAD 5   /* lock taken over from a holder that died holding it */
+#define SHMIPC_DEADLOCK 6    /* lock already held by the calling thread */
+#define SHMIPC_NOTOWNER 7    /* release by a thread that does not hold the lock */
 #define SHMIPC_ERROR 8       /* anything else: errno says what */
 
 /* The longest a blocking native call sleeps before it returns to Python, so that Ctrl-C and
@@ -67,14 +67,25 @@ int shmipc_wait_while32(char *base, size_t off, uint32_t expected, size_t waiter
  * it after the store that changes the word. Returns the number woken (0 when none slept). */
 int shmipc_wake32(char *base, size_t off, size_t waiters_off, int n);
 
-/* Robust process-shared mutex (glibc/musl pthread, PTHREAD_MUTEX_ROBUST, error-checking):
- * the kernel marks it owner-dead when its holder dies, even by SIGKILL, and wakes a waiter,
- * so a dead holder's lock passes on at once and pid reuse cannot keep it held. */
-size_t shmipc_mutex_size(void);
-int shmipc_mutex_init(char *base, size_t off);
-int shmipc_mutex_lock(char *base, size_t off, int64_t deadline_ns);
-int shmipc_mutex_trylock(char *base, size_t off);
-int shmipc_mutex_unlock(char *base, size_t off);
+/* Robust lock, owned by shmipc (no glibc state in shared memory, so a scribbled lock can
+ * make a call wait or fail, never crash): SHMIPC_LOCK_SIZE bytes at an 8-aligned offset.
+ *   bytes 0..7  word: 0 when free, else the holder's identity (shmipc_lock_identity):
+ *               thread id in bits 0..31 (also the futex word) | low 32 bits of the
+ *               thread's start time (clock ticks since boot) in bits 32..63, so a reused
+ *               thread id is never mistaken for the holder.
+ *   bytes 8..11 sleepers: waiters asleep on the word.
+ * Ownership is per thread: the holder must release; a relock by the holder is DEADLOCK.
+ * A dead holder's lock passes on through shmipc_lock_steal, which the caller invokes after
+ * checking (in Python, /proc) that the identity it observed is no longer alive. */
+#define SHMIPC_LOCK_SIZE 16
+#define SHMIPC_LOCK_OFF_WAITERS 8
+uint64_t shmipc_lock_identity(void);
+int shmipc_lock_acquire(char *base, size_t off, int64_t deadline_ns, int64_t spin_ns);
+int shmipc_lock_try(char *base, size_t off);
+int shmipc_lock_release(char *base, size_t off);
+/* Take the lock from `observed` (a dead holder): SHMIPC_OWNERDEAD if taken, SHMIPC_CHANGED if
+ * the word no longer holds `observed`. */
+int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
 
 /* ==== Byte rings (csrc/ring.c; the protocol is docs/internals/ring.md) ====================
  *
@@ -94,8 +105,10 @@ int shmipc_mutex_unlock(char *base, size_t off);
 #define SHMIPC_RING_OFF_MAX_COUNT 16       /* u64, message limit (0 = only bytes limit) */
 #define SHMIPC_RING_OFF_SPIN_NS 24         /* u64, how long waiters spin before sleeping */
 #define SHMIPC_RING_OFF_FLAGS 32           /* u32 */
-/* producer side: written only by the holder of the producer mutex */
-#define SHMIPC_RING_OFF_P_MUTEX 64         /* pthread_mutex_t (<= 64 bytes) */
+/* producer side: written only by the holder of the producer lock */
+#define SHMIPC_RING_OFF_P_LOCK 64          /* robust lock (SHMIPC_LOCK_SIZE bytes) */
+#define SHMIPC_RING_OFF_P_PEND_MSGS 80     /* u64: messages in once the claim commits */
+#define SHMIPC_RING_OFF_P_PEND_BYTES 88    /* u64: bytes in once the claim commits */
 #define SHMIPC_RING_OFF_P_TAIL 128         /* u64: end of committed records (consumers read) */
 #define SHMIPC_RING_OFF_P_HEAD_CACHE 136   /* u64: producers' last view of the head */
 #define SHMIPC_RING_OFF_P_OUT_CACHE 144    /* u64: producers' last view of messages out */
@@ -105,15 +118,18 @@ int shmipc_mutex_unlock(char *base, size_t off);
 #define SHMIPC_RING_OFF_P_ABANDONED 176    /* u64: claims of producers that died */
 #define SHMIPC_RING_OFF_P_WAITS 184        /* u64: times a producer waited for room */
 #define SHMIPC_RING_OFF_P_WAKES 192        /* u64: wake syscalls issued to consumers (atomic) */
-/* consumer side: written only by the holder of the consumer mutex */
-#define SHMIPC_RING_OFF_C_MUTEX 256        /* pthread_mutex_t */
+/* consumer side: written only by the holder of the consumer lock */
+#define SHMIPC_RING_OFF_C_LOCK 256         /* robust lock */
+#define SHMIPC_RING_OFF_C_PEND_END 272     /* u64: head once the records being retired go */
+#define SHMIPC_RING_OFF_C_PEND_MSGS 280    /* u64: messages out once they go */
+#define SHMIPC_RING_OFF_C_PEND_BYTES 288   /* u64: bytes out once they go */
 #define SHMIPC_RING_OFF_C_HEAD 320         /* u64: end of released records (producers read) */
 #define SHMIPC_RING_OFF_C_TAIL_CACHE 328   /* u64: consumers' last view of the tail */
 #define SHMIPC_RING_OFF_C_MSGS 336         /* u64: messages released */
 #define SHMIPC_RING_OFF_C_BYTES 344        /* u64: payload bytes released */
 #define SHMIPC_RING_OFF_C_WAITS 352        /* u64: times a consumer waited for data */
 #define SHMIPC_RING_OFF_C_WAKES 360        /* u64: wake syscalls issued to producers (atomic) */
-#define SHMIPC_RING_OFF_C_RECOVERED 368    /* u64: consumer mutexes taken over from the dead */
+#define SHMIPC_RING_OFF_C_RECOVERED 368    /* u64: consumer locks taken over from the dead */
 #define SHMIPC_RING_OFF_C_PEEK 376         /* u64: end position of the peeked record */
 /* sleeper counts, each alone on its line: read after every commit/release */
 #define SHMIPC_RING_OFF_DATA_WAITERS 384   /* u32: consumers asleep on the tail's low word */
@@ -155,17 +171,19 @@ int64_t shmipc_ring_get_many(char *ring, uint64_t cap, char *dst, size_t dst_cap
                              uint64_t *meta, size_t max_items, int64_t deadline_ns);
 
 /* Zero-copy paths. reserve returns the data index of a writable payload of len bytes, the
- * producer mutex staying held, or a negated status; commit(len) publishes it, abort drops it.
- * peek returns the data index of the next payload (consumer mutex held) with its length and
- * type in out[0], out[1]; release frees it. The same thread must finish what it started. */
+ * producer lock staying held, or a negated status; commit(len) publishes it, abort drops it.
+ * peek returns the data index of the next payload (consumer lock held) with its length and
+ * type in out[0], out[1]; release frees it, unpeek lets go of it unread. The same thread must
+ * finish what it started. */
 int64_t shmipc_ring_reserve(char *ring, uint64_t cap, size_t len, uint32_t type,
                             int64_t deadline_ns);
 int shmipc_ring_commit(char *ring, uint64_t cap, size_t len);
 int shmipc_ring_abort(char *ring);
 int64_t shmipc_ring_peek(char *ring, uint64_t cap, uint64_t *out, int64_t deadline_ns);
 int shmipc_ring_release(char *ring, uint64_t cap);
+int shmipc_ring_unpeek(char *ring);
 
-/* Liveness: try the producer mutex without waiting, so that a producer that died holding it
- * is recovered (its claim counted abandoned) even when no other producer is left. Returns 1
- * if it recovered one. */
-int shmipc_ring_recover(char *ring);
+/* Liveness: take a side's lock (producer: 1, consumer: 0) from `observed`, a holder the
+ * caller found dead, do that side's recovery bookkeeping (docs/internals/ring.md) and let go.
+ * Returns 1 if it took the lock over, 0 if the lock had moved on. */
+int shmipc_ring_steal(char *ring, int producer, uint64_t observed);

@@ -43,3 +43,11 @@ def is_alive(pid: int, started: int) -> bool:
     if pid <= 0:
         return False
     return start_time(pid) == started
+
+
+def identity_alive(identity: int) -> bool:
+    """True while the thread a native lock word names (tid | start time low 32 bits << 32)
+    still runs. /proc/TID resolves for any thread of any process."""
+    tid = identity & 0xFFFFFFFF
+    started = start_time(tid)
+    return started is not None and (started & 0xFFFFFFFF) == identity >> 32

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import Any
 
 import posix_ipc
 
@@ -23,25 +24,27 @@ _MAX_NAME = 255
 _CHUNK = 1 << 30  # read/write at most this much per syscall (Linux caps one call near 2 GiB)
 
 
-def write_spill(payload: bytes | memoryview, mode: int = 0o600) -> bytes:
-    """Store ``payload`` in a new segment; returns the reference to send in its place."""
+def write_spill(payload: Any, mode: int = 0o600) -> bytes:
+    """Store ``payload`` (bytes-like) in a new segment; returns the reference to send."""
     name = random_name("shmipc_spill")
     shm = posix_ipc.SharedMemory("/" + name, posix_ipc.O_CREX, mode=mode, size=0)
     try:
         view = memoryview(payload).cast("B")
         total = len(view)
-        try:
-            if total:
-                os.posix_fallocate(shm.fd, 0, total)
-            done = 0
-            while done < total:
-                done += os.pwrite(shm.fd, view[done : done + _CHUNK], done)
-        except OSError as exc:
-            shm.unlink()
-            raise OSError(
-                exc.errno,
-                f"cannot spill a {total}-byte message to /dev/shm: {os.strerror(exc.errno)}",
-            ) from exc
+        if total:
+            os.posix_fallocate(shm.fd, 0, total)
+        done = 0
+        while done < total:
+            done += os.pwrite(shm.fd, view[done : done + _CHUNK], done)
+    except OSError as exc:
+        shm.unlink()
+        raise OSError(
+            exc.errno,
+            f"cannot spill a message to /dev/shm: {os.strerror(exc.errno or 0)}",
+        ) from exc
+    except BaseException:
+        shm.unlink()  # whatever went wrong, the half-written segment must not stay behind
+        raise
     finally:
         shm.close_fd()
     return _REF.pack(total) + name.encode("ascii")

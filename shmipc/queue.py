@@ -19,7 +19,7 @@ from ._native import ffi, lib
 from .codec import Codec, get_codec
 from .errors import Closed, CorruptedError
 from .layout import Kind
-from .ring import DEFAULT_SPIN_NS, SCRATCH_SIZE, Ring, RingStatistics
+from .ring import DEFAULT_SPIN_NS, SCRATCH_SIZE, Ring, RingStatistics, byte_view
 from .sync import deadline_ns
 
 __all__ = ["Empty", "Full", "Queue"]
@@ -104,8 +104,12 @@ class Queue:
                         f"queue {name!r} uses a custom codec: pass the same codec= to attach"
                     )
                 codec = made_with
-            elif isinstance(codec, str) and made_with is not None and codec != made_with:
-                raise ValueError(f"queue {name!r} was made with codec {made_with!r}, not {codec!r}")
+            else:
+                given = codec if isinstance(codec, str) else getattr(codec, "name", None)
+                if made_with is not None and given != made_with:
+                    raise ValueError(
+                        f"queue {name!r} was made with codec {made_with!r}, not {given!r}"
+                    )
             maxsize = lib.shmipc_load64_relaxed(ring._ptr, lib.SHMIPC_RING_OFF_MAX_COUNT)
             self = cls.__new__(cls)
             self._bind(ring, get_codec(codec), maxsize, spill)
@@ -145,101 +149,78 @@ class Queue:
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` on the queue; queue.Full if no room came within ``timeout``."""
         data = self._encode(obj)
+        deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
         try:
-            rc = _ring_put(
-                self._ptr,
-                self._cap,
-                data,
-                len(data),
-                T_OBJ,
-                -1 if block and timeout is None else deadline_ns(timeout) if block else 0,
-            )
+            rc = _ring_put(self._ptr, self._cap, data, len(data), T_OBJ, deadline)
         except TypeError:
             self._live_ring()
             raise
         if rc != _OK:
-            self._put_slow(rc, data, T_OBJ, block, timeout)
+            self._put_slow(rc, data, T_OBJ, deadline)
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
 
     def put_bytes(self, data: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put a bytes-like payload as is; ``get`` returns it as bytes."""
-        if type(data) is not bytes:
-            data = ffi.from_buffer(data)  # any contiguous buffer, without a copy
+        deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
+        if type(data) is bytes:
+            arg, n = data, len(data)
+        else:
+            data = byte_view(data)  # any buffer, without a copy when it is contiguous
+            arg, n = ffi.from_buffer(data), data.nbytes
         try:
-            rc = _ring_put(
-                self._ptr,
-                self._cap,
-                data,
-                len(data),
-                T_BYTES,
-                -1 if block and timeout is None else deadline_ns(timeout) if block else 0,
-            )
+            rc = _ring_put(self._ptr, self._cap, arg, n, T_BYTES, deadline)
         except TypeError:
             self._live_ring()
             raise
         if rc != _OK:
-            self._put_slow(rc, data, T_BYTES, block, timeout)
+            self._put_slow(rc, data, T_BYTES, deadline)
 
-    def _put_slow(
-        self, rc: int, data: bytes, rtype: int, block: bool, timeout: float | None
-    ) -> None:
-        """Everything but the one-call fast path: spill, retries between slices, errors."""
+    def _put_slow(self, rc: int, data: Any, rtype: int, deadline: int) -> None:
+        """Everything but the one-call fast path: spill, retries between slices, errors.
+        ``deadline`` is the caller's, so a retry never stretches the timeout."""
         ring = self._live_ring()
         if rc == _TOOBIG and self.spill:
             ref = _spill.write_spill(data)
             try:
-                ring.put(
-                    ref,
-                    type=T_SPILL_OBJ if rtype == T_OBJ else T_SPILL_BYTES,
-                    block=block,
-                    timeout=timeout,
-                )
+                ring._put(ref, T_SPILL_OBJ if rtype == T_OBJ else T_SPILL_BYTES, deadline)
             except BaseException:
                 _spill.discard_spill(ref)
                 raise
             return
-        # SLICE/INTERRUPTED (a wait came back to let signal handlers run), FULL, or errors:
-        # Ring.put owns that loop; it recomputes the deadline from the original timeout,
-        # which can only lengthen the wait by the time already spent (at most one slice).
-        ring.put(data, type=rtype, block=block, timeout=timeout)
+        # SLICE/INTERRUPTED (a wait came back so signal handlers could run), FULL or an
+        # error: Ring._put owns that loop and raises what is left.
+        ring._put(data, rtype, deadline)
 
     def put_many(
         self, objs: Iterable[Any], block: bool = True, timeout: float | None = None
     ) -> None:
         """Put every object in order with as few native calls as the ring's room allows."""
         ring = self._live_ring()
+        deadline = deadline_ns(timeout) if block else 0
         frames = [self._encode(o) for o in objs]
         limit = self._max_payload
-        if all(len(f) <= limit for f in frames):
-            ring.put_many(frames, type=T_OBJ, block=block, timeout=timeout)
-            return
         batch: list[bytes] = []
         for frame in frames:  # keep order: flush the batch before each oversized message
             if len(frame) <= limit:
                 batch.append(frame)
                 continue
             if batch:
-                ring.put_many(batch, type=T_OBJ, block=block, timeout=timeout)
+                ring._put_joined(batch, T_OBJ, deadline)
                 batch = []
-            self._put_slow(_TOOBIG, frame, T_OBJ, block, timeout)
+            self._put_slow(_TOOBIG, frame, T_OBJ, deadline)
         if batch:
-            ring.put_many(batch, type=T_OBJ, block=block, timeout=timeout)
+            ring._put_joined(batch, T_OBJ, deadline)
 
     # ---- get -----------------------------------------------------------------------------
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the next object; queue.Empty if none came within ``timeout``."""
         scratch = self._local.scratch_ptr
+        deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
         try:
-            r = _ring_get(
-                self._ptr,
-                self._cap,
-                scratch,
-                SCRATCH_SIZE,
-                -1 if block and timeout is None else deadline_ns(timeout) if block else 0,
-            )
+            r = _ring_get(self._ptr, self._cap, scratch, SCRATCH_SIZE, deadline)
         except TypeError:
             self._live_ring()
             raise
@@ -247,7 +228,7 @@ class Queue:
             if r >> 40 == T_OBJ:
                 return self._decode_frame(_unpack(scratch, r & _LEN_MASK))
             return self._decode(r >> 40, _unpack(scratch, r & _LEN_MASK))
-        return self._decode(*self._live_ring().get_record(block=block, timeout=timeout))
+        return self._decode(*self._live_ring()._get_record(deadline))
 
     def get_nowait(self) -> Any:
         return self.get(False)
@@ -255,21 +236,16 @@ class Queue:
     def get_bytes(self, block: bool = True, timeout: float | None = None) -> bytes:
         """The next message's raw payload (a codec frame, or what put_bytes stored)."""
         scratch = self._local.scratch_ptr
+        deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
         try:
-            r = _ring_get(
-                self._ptr,
-                self._cap,
-                scratch,
-                SCRATCH_SIZE,
-                -1 if block and timeout is None else deadline_ns(timeout) if block else 0,
-            )
+            r = _ring_get(self._ptr, self._cap, scratch, SCRATCH_SIZE, deadline)
         except TypeError:
             self._live_ring()
             raise
         if r >= 0:
             rtype, payload = r >> 40, _unpack(scratch, r & _LEN_MASK)
         else:
-            rtype, payload = self._live_ring().get_record(block=block, timeout=timeout)
+            rtype, payload = self._live_ring()._get_record(deadline)
         if rtype in (T_OBJ, T_BYTES):
             return payload
         if rtype in (T_SPILL_OBJ, T_SPILL_BYTES):
@@ -312,12 +288,16 @@ class Queue:
         """A read-only view of the next message's raw payload; ``release()`` frees it."""
         ring = self._live_ring()
         view = ring.peek(block=block, timeout=timeout)
-        if ring.peeked_type not in (T_OBJ, T_BYTES):
-            ring.release()
-            raise CorruptedError(
-                "peek() reached a spilled message, which has no view in the ring: "
-                "use get_bytes() for messages larger than half the ring"
+        rtype = ring.peeked_type
+        if rtype in (T_SPILL_OBJ, T_SPILL_BYTES):
+            ring.unpeek()  # it stays the next message
+            raise ValueError(
+                "the next message was larger than half the ring and travels in a side "
+                "segment, so it has no view in the ring: read it with get() or get_bytes()"
             )
+        if rtype not in (T_OBJ, T_BYTES):
+            ring.unpeek()
+            raise CorruptedError(f"queue record of unknown type {rtype}")
         return view
 
     def release(self) -> None:
@@ -334,7 +314,8 @@ class Queue:
 
     def full(self) -> bool:
         """True when ``maxsize`` messages are waiting (never for a queue without maxsize)."""
-        return self._maxsize > 0 and self.qsize() >= self._maxsize
+        size = self.qsize()  # raises Closed on a closed handle
+        return self._maxsize > 0 and size >= self._maxsize
 
     def statistics(self) -> RingStatistics:
         return self._live_ring().statistics()

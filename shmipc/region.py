@@ -448,7 +448,9 @@ class Region:
         """cffi ``char *`` to the start of the mapping (header included), made once."""
         if self._base_ptr is None:
             self._check_open()
-            self._base_ptr = ffi.from_buffer("char[]", self._view, require_writable=True)
+            # From the mmap itself, not a memoryview of it: the gc may clear a memoryview in a
+            # reference cycle while cffi still holds its buffer, which crashed the interpreter.
+            self._base_ptr = ffi.from_buffer("char[]", self._mm, require_writable=True)
         return self._base_ptr
 
     def pointer(self, offset: int = 0) -> tuple[Any, int]:

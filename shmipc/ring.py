@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +27,13 @@ from ._native import ffi, lib
 from .errors import CorruptedError, LayoutMismatch, MessageTooLarge
 from .layout import Kind
 from .region import Region
-from .sync import deadline_ns
+from .sync import deadline_ns, take_over_if_dead
 
-__all__ = ["DEFAULT_LIVENESS", "DEFAULT_SPIN_NS", "Ring", "RingStatistics"]
+__all__ = ["DEFAULT_SPIN_NS", "Ring", "RingStatistics", "byte_view"]
 
 #: How long a waiter spins before it sleeps on the futex. A wake across cores costs tens of
 #: µs here while a message crosses in well under one, so a busy peer is caught by spinning.
 DEFAULT_SPIN_NS = 50_000
-#: How often a consumer waiting for data checks whether a producer died holding its claim.
-DEFAULT_LIVENESS = 1.0
 
 HEADER_SIZE = lib.SHMIPC_RING_HEADER_SIZE
 REC_HEADER = lib.SHMIPC_REC_HEADER
@@ -74,6 +72,15 @@ class RingStatistics:
     consumers_recovered: int  # consumer locks taken over from consumers that died
 
 
+def byte_view(data: Any) -> memoryview:
+    """``data`` as a flat memoryview of bytes (its length is its size in bytes), copying only
+    a buffer that is not contiguous."""
+    view = memoryview(data)
+    if view.c_contiguous:
+        return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    return memoryview(view.tobytes())
+
+
 def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
@@ -105,7 +112,6 @@ class Ring:
         self._data = region.buffer[offset + HEADER_SIZE : offset + HEADER_SIZE + self._cap]
         self._data_ro = self._data.toreadonly()
         self._local = _PerThread()
-        self.liveness = DEFAULT_LIVENESS
 
     # ---- construction --------------------------------------------------------------------
 
@@ -265,18 +271,26 @@ class Ring:
         err = lib.shmipc_errno()
         raise OSError(err, f"ring operation failed ({rc}): {os.strerror(err)}")
 
-    def _retry(self, rc: int, started: list[float]) -> bool:
-        """After a SLICE/INTERRUPTED return: True to call again. Between slices Python runs
-        signal handlers (Ctrl-C), and a long wait checks the producer side's liveness."""
-        if rc != _SLICE and rc != _INTERRUPTED:
-            return False
-        now = time.monotonic()
-        if not started:
-            started.append(now)
-        elif now - started[0] >= self.liveness:
-            started[0] = now
-            lib.shmipc_ring_recover(self._ptr)
-        return True
+    def _retry(self, rc: int) -> bool:
+        """After a call came back without success: True to call again.
+
+        SLICE/INTERRUPTED mean a wait returned to let Python run signal handlers (Ctrl-C);
+        FULL/EMPTY mean the deadline passed. Either way, a side lock held by a thread that
+        died is taken over first (its recovery is bookkeeping only, docs/internals/ring.md),
+        and if that happened the call is worth one more try.
+        """
+        recovered = self._take_over_dead_holders()
+        return rc in (_SLICE, _INTERRUPTED) or (recovered and rc in (_FULL, _EMPTY))
+
+    def _take_over_dead_holders(self) -> bool:
+        took = False
+        for producer, off in ((1, lib.SHMIPC_RING_OFF_P_LOCK), (0, lib.SHMIPC_RING_OFF_C_LOCK)):
+            took |= take_over_if_dead(
+                self._ptr,
+                off,
+                lambda holder, p=producer: lib.shmipc_ring_steal(self._ptr, p, holder),
+            )
+        return took
 
     # ---- copying paths -------------------------------------------------------------------
 
@@ -284,31 +298,34 @@ class Ring:
         self, data: Any, *, type: int = 0, block: bool = True, timeout: float | None = None
     ) -> None:
         """Copy ``data`` (bytes-like) into the ring as one record; queue.Full on timeout."""
+        self._put(data, type, deadline_ns(timeout) if block else 0)
+
+    def _put(self, data: Any, type: int, deadline: int) -> None:
         if not 0 <= type <= TYPE_MAX:
             raise ValueError(f"record type must be in 0..{TYPE_MAX}, got {type}")
         if not isinstance(data, bytes):
-            data = ffi.from_buffer(data)
-        n = len(data)
-        deadline = deadline_ns(timeout) if block else 0
-        rc = lib.shmipc_ring_put(self._ptr, self._cap, data, n, type, deadline)
-        started: list[float] = []
+            data = byte_view(data)
+        n = len(data) if isinstance(data, bytes) else data.nbytes
+        arg = data if isinstance(data, bytes) else ffi.from_buffer(data)
+        rc = lib.shmipc_ring_put(self._ptr, self._cap, arg, n, type, deadline)
         while rc != _OK:
-            if not self._retry(rc, started):
+            if not self._retry(rc):
                 self._raise(rc, n)
-            rc = lib.shmipc_ring_put(self._ptr, self._cap, data, n, type, deadline)
+            rc = lib.shmipc_ring_put(self._ptr, self._cap, arg, n, type, deadline)
 
     def get_record(self, *, block: bool = True, timeout: float | None = None) -> tuple[int, bytes]:
         """The next record as (type, payload bytes); queue.Empty on timeout."""
-        local = self._local
-        deadline = deadline_ns(timeout) if block else 0
-        started: list[float] = []
+        return self._get_record(deadline_ns(timeout) if block else 0)
+
+    def _get_record(self, deadline: int) -> tuple[int, bytes]:
+        scratch = self._local.scratch_ptr
         while True:
-            r = lib.shmipc_ring_get(self._ptr, self._cap, local.scratch_ptr, SCRATCH_SIZE, deadline)
+            r = lib.shmipc_ring_get(self._ptr, self._cap, scratch, SCRATCH_SIZE, deadline)
             if r >= 0:
-                return r >> 40, _unpack(local.scratch_ptr, r & _LEN_MASK)
+                return r >> 40, _unpack(scratch, r & _LEN_MASK)
             if -r == _NEEDBUF:
                 return self._get_large(deadline)
-            if not self._retry(-r, started):
+            if not self._retry(-r):
                 self._raise(-r)
 
     def _get_large(self, deadline: int) -> tuple[int, bytes]:
@@ -328,28 +345,28 @@ class Ring:
 
     def put_many(
         self,
-        items: list[Any],
+        items: Iterable[Any],
         *,
         type: int = 0,
         block: bool = True,
         timeout: float | None = None,
     ) -> None:
-        """Put every item in order, as few native calls as the room allows."""
+        """Put every item (bytes-like) in order, as few native calls as the room allows."""
         if not 0 <= type <= TYPE_MAX:
             raise ValueError(f"record type must be in 0..{TYPE_MAX}, got {type}")
-        if not items:
-            return
-        lens_list = [len(x) for x in items]
-        src = b"".join(items)  # one buffer: the C side walks it by the lengths
-        self._put_joined(src, lens_list, type, deadline_ns(timeout) if block else 0)
+        frames = [x if isinstance(x, bytes) else byte_view(x).tobytes() for x in items]
+        if frames:
+            self._put_joined(frames, type, deadline_ns(timeout) if block else 0)
 
-    def _put_joined(self, src: bytes, lens_list: list[int], type: int, deadline: int) -> None:
-        """put_many's loop over a joined buffer: each native call stores as many as fit."""
+    def _put_joined(self, frames: list[bytes], type: int, deadline: int) -> None:
+        """put_many's loop: the frames joined in one buffer that the C side walks by length;
+        each native call stores as many as fit."""
+        lens_list = [len(f) for f in frames]
         total = len(lens_list)
         lens = ffi.new("size_t[]", lens_list)
+        src = b"".join(frames)
         base = ffi.from_buffer(src)
         done = offset = 0
-        started: list[float] = []
         while done < total:
             r = lib.shmipc_ring_put_many(
                 self._ptr, self._cap, base + offset, lens + done, total - done, type, deadline
@@ -358,7 +375,9 @@ class Ring:
                 offset += sum(lens_list[done : done + r])
                 done += r
                 continue
-            if not self._retry(-r, started):
+            if not self._retry(-r):
+                if done and -r == _FULL:
+                    raise queue.Full(f"{done} of {total} items were put before the ring filled")
                 self._raise(-r, lens_list[done])
 
     def get_many_records(
@@ -368,11 +387,12 @@ class Ring:
         ``timeout`` for it (queue.Empty if none came), then whatever else is there."""
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
+        return self._get_many_records(max_items, deadline_ns(timeout) if block else 0)
+
+    def _get_many_records(self, max_items: int, deadline: int) -> list[tuple[int, bytes]]:
         local = self._local
         if len(local.meta) < max_items:
             local.meta = ffi.new("uint64_t[]", max_items)
-        deadline = deadline_ns(timeout) if block else 0
-        started: list[float] = []
         while True:
             r = lib.shmipc_ring_get_many(
                 self._ptr,
@@ -387,7 +407,7 @@ class Ring:
                 break
             if -r == _NEEDBUF:
                 return [self._get_large(deadline)]
-            if not self._retry(-r, started):
+            if not self._retry(-r):
                 self._raise(-r)
         meta = local.meta
         lens = [meta[i] & _LEN_MASK for i in range(r)]
@@ -423,14 +443,13 @@ class Ring:
         if local.reserved is not None:
             raise RuntimeError("this thread already has a reservation on this ring: commit it")
         deadline = deadline_ns(timeout) if block else 0
-        started: list[float] = []
         while True:
             r = lib.shmipc_ring_reserve(self._ptr, self._cap, nbytes, type, deadline)
             if r >= 0:
                 view = self._data[r : r + nbytes]
                 local.reserved = (view, nbytes)
                 return view
-            if not self._retry(-r, started):
+            if not self._retry(-r):
                 self._raise(-r, nbytes)
 
     def commit(self) -> None:
@@ -457,13 +476,12 @@ class Ring:
     def _peek_index(self, deadline: int) -> int:
         if self._local.peeked is not None:
             raise RuntimeError("this thread already peeked a record of this ring: release it")
-        started: list[float] = []
         while True:
             r = lib.shmipc_ring_peek(self._ptr, self._cap, self._local.peek_out, deadline)
             if r >= 0:
                 self._local.peeked = memoryview(b"")
                 return r
-            if not self._retry(-r, started):
+            if not self._retry(-r):
                 self._raise(-r)
 
     def peek(self, *, block: bool = True, timeout: float | None = None) -> memoryview:
@@ -484,6 +502,15 @@ class Ring:
     def release(self) -> None:
         """Free the record this thread peeked; its view becomes unusable."""
         self._release_peeked()
+
+    def unpeek(self) -> None:
+        """Let go of the record this thread peeked without consuming it (it stays next)."""
+        view = self._local.peeked
+        if view is None:
+            raise RuntimeError("this thread has not peeked a record of this ring")
+        self._local.peeked = None
+        view.release()
+        lib.shmipc_ring_unpeek(self._ptr)
 
     def _release_peeked(self) -> None:
         view = self._local.peeked
@@ -529,8 +556,9 @@ class Ring:
         return max(0, n)
 
     def recover(self) -> bool:
-        """Recover the producer side from a producer that died mid-claim; True if it did."""
-        return bool(lib.shmipc_ring_recover(self._ptr))
+        """Take over a side lock whose holder died (waits do this by themselves between
+        slices); True if one was recovered."""
+        return self._take_over_dead_holders()
 
     # ---- lifetime ------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@
 
 Waits sleep on a futex after a short spin (never a Python polling loop) and come back to
 Python at least every 100 ms, so Ctrl-C interrupts any of them. ``Lock`` is a robust
-process-shared mutex: when its holder dies, the kernel hands it to the next acquirer, which
-sees ``lock.recovered`` set and can repair the state the lock guards.
+process-shared lock: when its holder dies, the next acquirer takes it over within a wait
+slice, sees ``lock.recovered`` set and can repair the state the lock guards.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import time
 from typing import Any, ClassVar, TypeVar
 
+from . import _proc
 from ._native import ffi, lib
 from .errors import LayoutMismatch
 from .layout import CACHE_LINE, Kind, Layout, align_up
@@ -33,7 +34,6 @@ __all__ = ["SPIN_NS", "AtomicCounter", "Barrier", "Event", "Lock", "Semaphore"]
 SPIN_NS = 20_000
 
 #: The longest one native Lock wait lasts before Python regains control (see Lock.acquire).
-_LOCK_STEP_NS = 50_000_000
 
 _U64 = (1 << 64) - 1
 #: Timeouts this long (about 146 years) or longer mean "no deadline".
@@ -409,26 +409,45 @@ class Semaphore(_Primitive):
 
 def _lock_layout() -> Layout:
     lay = Layout("lock")
-    lay.add("mutex", lib.shmipc_mutex_size(), align=8)
+    lay.add("word", 8)
+    lay.add("sleepers", 4)
     lay.add("recoveries", 4)
     lay.pad_to(CACHE_LINE)
+    assert lay["sleepers"] == lib.SHMIPC_LOCK_OFF_WAITERS
     return lay
 
 
+def take_over_if_dead(base: Any, off: int, steal: Any = None) -> bool:
+    """If the lock word at ``off`` names a thread that no longer lives, take the lock over.
+
+    ``steal(observed)`` does the taking (default: the bare lock's); True if it took over. A
+    holder is dead when its thread id is gone or now belongs to a thread started at another
+    time: a reused id never keeps a dead holder's lock alive.
+    """
+    holder = lib.shmipc_load64_acquire(base, off)
+    if not holder or _proc.identity_alive(holder):
+        return False
+    if steal is None:
+        return lib.shmipc_lock_steal(base, off, holder) == lib.SHMIPC_OWNERDEAD
+    return bool(steal(holder))
+
+
 class Lock(_Primitive):
-    """A robust process-shared mutex: a holder's death never blocks the living.
+    """A robust process-shared lock: a holder's death never blocks the living.
 
-    Built on a robust, error-checking pthread mutex: the kernel walks a dying thread's robust
-    list (also on SIGKILL) and marks the lock owner-dead, so the next ``acquire`` gets it at
-    once, sets ``recovered`` and should repair what the lock guards. Ownership is per thread:
-    the thread that acquired must release.
+    The lock word names its holder: thread id and the low bits of the thread's start time.
+    A waiter that finds the holder gone (checked each time a wait slice ends, at most every
+    100 ms) takes the lock over, so the next ``acquire`` after a holder's death (even by
+    SIGKILL) succeeds within a slice, with ``recovered`` set: the caller should repair what
+    the lock guards. Ownership is per thread: the thread that acquired must release.
 
-    ======  ====  ==============================================
+    ======  ====  ==================================================
     offset  size  field
-    ======  ====  ==============================================
-    0       40    mutex (pthread_mutex_t; size from the C build)
-    40      4     recoveries: times a dead holder's lock passed on
-    ======  ====  ==============================================
+    ======  ====  ==================================================
+    0       8     word: 0 free, else holder tid | start time << 32
+    8       4     sleepers: waiters asleep on the word
+    12      4     recoveries: times a dead holder's lock passed on
+    ======  ====  ==================================================
     """
 
     KIND = Kind.LOCK
@@ -441,56 +460,41 @@ class Lock(_Primitive):
 
     def __init__(self) -> None:
         self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
-        self._init_shared()
 
     @classmethod
     def create(cls, name: str | None = None, *, mode: int = 0o600) -> Lock:
         return cls._create_named(name, mode)
 
-    def _init_shared(self) -> None:
-        if lib.shmipc_mutex_init(self._base, self._off) != lib.SHMIPC_OK:
-            err = lib.shmipc_errno()
-            raise OSError(err, f"cannot initialise a robust mutex: {os.strerror(err)}")
-
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Take the lock; False if it stayed held for ``timeout`` seconds (or, unblocking, now)."""
-        if not block:
-            rc = lib.shmipc_mutex_trylock(self._base, self._off)
-        else:
-            deadline = deadline_ns(timeout)
-            while True:
-                # glibc's robust lock retries its futex wait after EINTR, so a signal is seen
-                # only when the call returns: cap each call at _LOCK_STEP_NS for Ctrl-C.
-                step = time.monotonic_ns() + _LOCK_STEP_NS
-                if 0 <= deadline <= step:
-                    step = deadline
-                rc = lib.shmipc_mutex_lock(self._base, self._off, step)
-                if rc == lib.SHMIPC_TIMEDOUT and step != deadline:
-                    continue  # our step ended, not the caller's deadline
-                if rc not in (lib.SHMIPC_SLICE, lib.SHMIPC_INTERRUPTED):
-                    break
-                # A slice ended: back in Python, pending signals (Ctrl-C) run, then retry.
-        if rc == lib.SHMIPC_OK:
-            self.recovered = False
-            return True
-        if rc == lib.SHMIPC_OWNERDEAD:
-            self.recovered = True
-            lib.shmipc_fetch_add32_acq_rel(self._base, self._off + self._RECOVERIES, 1)
-            return True
-        if rc == lib.SHMIPC_TIMEDOUT:
-            return False
-        if rc == lib.SHMIPC_DEADLOCK:
-            raise RuntimeError("this thread already holds the Lock (it is not reentrant)")
-        err = lib.shmipc_errno()
-        raise OSError(err, f"Lock acquire failed: {os.strerror(err)}")
+        base, off = self._base, self._off
+        deadline = deadline_ns(timeout) if block else 0
+        while True:
+            rc = lib.shmipc_lock_acquire(base, off, deadline, SPIN_NS)
+            if rc == lib.SHMIPC_OK:
+                self.recovered = False
+                return True
+            if rc == lib.SHMIPC_DEADLOCK:
+                raise RuntimeError("this thread already holds the Lock (it is not reentrant)")
+            if rc == lib.SHMIPC_ERROR:
+                err = lib.shmipc_errno()
+                raise OSError(err, f"Lock acquire failed: {os.strerror(err)}")
+            # Timed out, or a slice ended (pending signals such as Ctrl-C have run by now):
+            # a holder that died cannot release, so take its lock over.
+            if take_over_if_dead(base, off):
+                self.recovered = True
+                lib.shmipc_fetch_add32_acq_rel(base, off + self._RECOVERIES, 1)
+                return True
+            if rc == lib.SHMIPC_TIMEDOUT:
+                return False
 
     def release(self) -> None:
-        rc = lib.shmipc_mutex_unlock(self._base, self._off)
+        rc = lib.shmipc_lock_release(self._base, self._off)
         if rc == lib.SHMIPC_NOTOWNER:
-            raise RuntimeError("release of a Lock that this thread does not hold")
-        if rc != lib.SHMIPC_OK:
-            err = lib.shmipc_errno()
-            raise OSError(err, f"Lock release failed: {os.strerror(err)}")
+            raise RuntimeError(
+                "release of a Lock that this thread does not hold (or whose holding was taken "
+                "over after this thread was presumed dead)"
+            )
 
     @property
     def recoveries(self) -> int:

@@ -1,0 +1,10 @@
+"""``python -m shmipc.bench``: run the benchmark and exit with its status."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

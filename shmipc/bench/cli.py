@@ -1,0 +1,196 @@
+"""The command line: choose workloads and transports, run the rows, print the report.
+
+``main(argv)`` is what ``python -m shmipc.bench`` runs and what a wrapping CLI calls. It
+returns 0 when every row that ran was verified, 1 when any row FAILED, timed out or broke,
+and 2 for a bad command line. Progress goes to stderr, the report to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from . import transports as _transports
+from .harness import measure
+from .machine import describe
+from .report import BASELINE, Row, render
+from .workloads import WORKLOADS, Workload, workload_named
+
+__all__ = ["main"]
+
+_ALIASES = {
+    "mp-queue": ("mpqueue", "mp.queue", "queue", "multiprocessing.queue"),
+    "mp-pipe": ("mppipe", "mp.pipe", "pipe", "multiprocessing.pipe"),
+    "faster-fifo": ("faster_fifo", "fasterfifo"),
+    "pyzmq": ("zmq",),
+    "shmipc": (),
+}
+
+
+def _split(values: Sequence[str] | None) -> list[str]:
+    return [part.strip() for value in values or () for part in value.split(",") if part.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m shmipc.bench",
+        description="Benchmark shmipc beside multiprocessing.Queue/Pipe, faster-fifo and "
+        "pyzmq: every producer and consumer in its own process, every message verified.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny fixed counts: a smoke run, not a benchmark"
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="aim each row's timed run at this long, sized by probe runs (default 2)",
+    )
+    parser.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="messages (ping-pong: round trips) per row instead of calibrating",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each row N times and show the median run, with the spread (default 1)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="WORKLOAD",
+        help="run only these workloads (comma-separated, repeatable): "
+        + ", ".join(w.name for w in WORKLOADS),
+    )
+    parser.add_argument(
+        "--transports",
+        action="append",
+        metavar="NAMES",
+        help="run only these transports (comma-separated): " + ", ".join(_ALIASES),
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="kill a row's processes after this long (default: 30 + 10 x duration; "
+        "30 with --quick; 300 with --count)",
+    )
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    return parser
+
+
+def _transport_keys(names: list[str], parser: argparse.ArgumentParser) -> set[str]:
+    keys = set()
+    for name in names:
+        lowered = name.lower()
+        for key, aliases in _ALIASES.items():
+            if lowered == key or lowered in aliases:
+                keys.add(key)
+                break
+        else:
+            parser.error(f"unknown transport {name!r} (known: {', '.join(_ALIASES)})")
+    return keys
+
+
+def _warn_if_busy() -> None:
+    """Say so on stderr when other work already keeps the CPUs busy."""
+    try:
+        load, cpus = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return
+    if load > cpus / 2:
+        print(
+            f"warning: load average {load:.1f} on {cpus} CPUs: other work competes with the "
+            "benchmark, expect noisy numbers",
+            file=sys.stderr,
+        )
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the benchmark; ``argv`` without the program name (default ``sys.argv[1:]``)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits; a wrapping CLI wants a status
+        return int(exc.code or 0)
+    out = out or sys.stdout
+    for flag, value in (("--count", args.count), ("--repeat", args.repeat)):
+        if value is not None and value < 1:
+            parser.print_usage(sys.stderr)
+            print(f"{flag} must be at least 1", file=sys.stderr)
+            return 2
+    try:
+        workloads: list[Workload] = (
+            [workload_named(name) for name in _split(args.only)] if args.only else list(WORKLOADS)
+        )
+        keys = _transport_keys(_split(args.transports), parser) if args.transports else None
+    except (KeyError, SystemExit) as exc:
+        if isinstance(exc, KeyError):
+            print(exc.args[0], file=sys.stderr)
+        return 2
+    timeout = args.timeout or (
+        30.0 if args.quick else 300.0 if args.count else 30.0 + 10.0 * args.duration
+    )
+
+    _warn_if_busy()
+    chosen = [t for t in _transports.TRANSPORTS if keys is None or t.key in keys]
+    runnable, skipped = [], []
+    for transport in chosen:
+        reason = transport.unavailable()
+        if reason is None:
+            runnable.append(transport)
+        else:
+            skipped.append(f"{transport.label}: {reason}")
+            print(f"skipping {transport.label}: {reason}", file=sys.stderr)
+    if keys is not None and BASELINE not in keys:
+        skipped.append("ratios: multiprocessing.Queue (the baseline) was not run")
+
+    rows: list[Row] = []
+    for workload in workloads:
+        for transport in runnable:
+            if not transport.runs(workload.name):
+                continue
+            print(f"{workload.name:>8}  {transport.label:<24}", end="", file=sys.stderr)
+            sys.stderr.flush()
+            started = time.monotonic()
+            outcome = measure(
+                transport,
+                workload,
+                duration=args.duration,
+                timeout=timeout,
+                count=args.count,
+                quick=args.quick,
+                repeat=args.repeat,
+            )
+            note = "" if outcome.ok else f"  {outcome.status}: {outcome.detail}"
+            print(f"{time.monotonic() - started:6.1f} s{note}", file=sys.stderr)
+            rows.append(Row(workload, transport, outcome))
+
+    if args.quick:
+        sizing = "fixed tiny counts (--quick): a smoke run, not a measurement"
+    elif args.count:
+        sizing = f"fixed at {args.count:,} per row (--count)"
+    else:
+        sizing = f"sized by probe runs to take about {args.duration:g} s each"
+    out.write(
+        render(
+            rows,
+            machine=describe(),
+            workloads=workloads,
+            skipped=skipped,
+            sizing=sizing,
+            repeat=args.repeat,
+            markdown=args.markdown,
+        )
+    )
+    out.flush()
+    return 0 if all(row.outcome.ok for row in rows) else 1

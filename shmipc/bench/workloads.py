@@ -1,0 +1,298 @@
+"""The workloads: what each producer sends, what each consumer checks, and the ping-pong.
+
+A workload is data (:class:`Workload`) plus the loops its children run. The loops take the
+transport's own bound methods from a :class:`~.transports.Sender` or
+:class:`~.transports.Receiver` into locals and do as little else as they can: build the message
+(8-byte sequence number + padding, or a small dict), send it; receive, note the sequence number
+in an ``array("Q")``. The same loops run for every transport, so their cost (about 0.1 us a
+message on each side) is the same in every row. Checking happens after the clock stops.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .transports import BATCH, Receiver, Sender
+from .verify import END, END_SEQ, SEQ, make_seq
+
+__all__ = [
+    "WORKLOADS",
+    "ConsumerResult",
+    "Workload",
+    "consume",
+    "ping",
+    "pong",
+    "produce",
+    "workload_named",
+]
+
+_PAD_64 = b"\x5a" * (64 - SEQ.size)
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One section of the report."""
+
+    name: str  #: key for ``--only`` and label in the table
+    description: str
+    unit: str  #: "msgs/s", "GB/s" or "us" (latency)
+    producers: int = 1
+    consumers: int = 1
+    objects: bool = False  #: dict messages instead of bytes
+    size: int = 64  #: payload bytes (estimate for dicts)
+    pingpong: bool = False
+    probe: int = 20_000  #: first calibration count
+    quick: int = 2_000  #: count for --quick
+    max_count: int = 50_000_000  #: never more than this many messages in one row
+
+    def per_producer(self, count: int) -> int:
+        """Messages each producer sends when the row sends about ``count`` in all."""
+        return max(1, count // self.producers)
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload("64B", "64-byte bytes messages, 1 producer -> 1 consumer", "msgs/s"),
+    Workload(
+        "dict",
+        'small dicts {"id": i, "name": "item", "vals": [1.0, 2.0, 3.0]}, 1 -> 1',
+        "msgs/s",
+        objects=True,
+        size=48,
+        probe=10_000,
+        quick=1_000,
+    ),
+    Workload(
+        "1MiB",
+        "1 MiB bytes messages, 1 -> 1",
+        "GB/s",
+        size=MIB,
+        probe=64,
+        quick=16,
+        max_count=100_000,
+    ),
+    Workload(
+        "pingpong",
+        "64-byte round trip over two channels between two processes, blocking",
+        "us",
+        pingpong=True,
+        probe=1_000,
+        quick=200,
+        max_count=2_000_000,
+    ),
+    Workload(
+        "2x2",
+        "64-byte bytes messages, 2 producers -> 2 consumers",
+        "msgs/s",
+        producers=2,
+        consumers=2,
+    ),
+)
+
+
+def workload_named(name: str) -> Workload:
+    """The workload called ``name`` (case-insensitive)."""
+    for workload in WORKLOADS:
+        if workload.name.lower() == name.lower():
+            return workload
+    known = ", ".join(w.name for w in WORKLOADS)
+    raise KeyError(f"unknown workload {name!r} (known: {known})")
+
+
+def warmup_rounds(rounds: int) -> int:
+    """Untimed round trips a ping-pong makes before it measures ``rounds``."""
+    return min(5_000, max(50, rounds // 10))
+
+
+# --- producers ---------------------------------------------------------------------------
+
+
+def produce(workload: Workload, sender: Sender, producer: int, count: int) -> None:
+    """Send ``count`` messages of ``workload`` as producer ``producer`` (not the end mark).
+
+    Small bytes go in batches when the sender offers ``send_many`` (the batched variants).
+    """
+    first = make_seq(producer, 0)
+    seqs = range(first, first + count)
+    if workload.objects:
+        _produce_dicts(sender.send, seqs)
+    elif workload.size >= MIB:
+        _produce_large(sender, seqs, workload.size)
+    elif sender.send_many is not None:
+        _produce_batched(sender, seqs)
+    else:
+        _produce_small(sender.send, seqs)
+
+
+def _produce_small(send: Callable[[bytes], object], seqs: range) -> None:
+    pack, pad = SEQ.pack, _PAD_64
+    for seq in seqs:
+        send(pack(seq) + pad)
+
+
+def _produce_batched(sender: Sender, seqs: range) -> None:
+    send_many = sender.send_many
+    assert send_many is not None
+    pack, pad = SEQ.pack, _PAD_64
+    for lo in range(seqs.start, seqs.stop, BATCH):
+        send_many([pack(seq) + pad for seq in range(lo, min(lo + BATCH, seqs.stop))])
+
+
+def _produce_dicts(send: Callable[[Any], object], seqs: range) -> None:
+    for seq in seqs:
+        send({"id": seq, "name": "item", "vals": [1.0, 2.0, 3.0]})
+
+
+def _produce_large(sender: Sender, seqs: range, size: int) -> None:
+    """Each message: sequence number, filler, the sequence number again (checks the length)."""
+    send_parts = sender.send_parts
+    assert send_parts is not None
+    filler = bytes(range(256)) * ((size - 2 * SEQ.size) // 256) + b"\0" * (
+        (size - 2 * SEQ.size) % 256
+    )
+    pack = SEQ.pack
+    for seq in seqs:
+        stamp = pack(seq)
+        send_parts(stamp, filler, stamp)
+
+
+# --- consumers ---------------------------------------------------------------------------
+
+
+@dataclass
+class ConsumerResult:
+    """What a consumer saw: the sequence numbers, and payloads that failed their own check."""
+
+    seqs: array
+    corrupt: int = 0
+
+
+def consume(workload: Workload, receiver: Receiver) -> ConsumerResult:
+    """Receive until this consumer's stream ends; the end marks are not recorded.
+
+    Small bytes come in batches when the receiver offers ``recv_many``.
+    """
+    if workload.objects:
+        return _consume_dicts(receiver)
+    if workload.size >= MIB:
+        return _consume_large(receiver, workload.size)
+    if receiver.recv_many is not None:
+        return _consume_batched(receiver)
+    return _consume_small(receiver)
+
+
+def _consume_small(receiver: Receiver) -> ConsumerResult:
+    seqs = array("Q")
+    recv, append, unpack = receiver.recv, seqs.append, SEQ.unpack_from
+    ends, end = receiver.ends, END
+    while True:
+        message = recv()
+        if message == end:
+            ends -= 1
+            if not ends:
+                return ConsumerResult(seqs)
+            continue
+        append(unpack(message)[0])
+
+
+def _consume_batched(receiver: Receiver) -> ConsumerResult:
+    seqs = array("Q")
+    recv_many = receiver.recv_many
+    assert recv_many is not None
+    append, unpack = seqs.append, SEQ.unpack_from
+    ends, end = receiver.ends, END
+    while ends:
+        for message in recv_many():
+            if message == end:
+                ends -= 1
+            else:
+                append(unpack(message)[0])
+    return ConsumerResult(seqs)
+
+
+def _consume_dicts(receiver: Receiver) -> ConsumerResult:
+    seqs = array("Q")
+    recv, append = receiver.recv, seqs.append
+    ends = receiver.ends
+    while True:
+        message = recv()
+        if message is None:
+            ends -= 1
+            if not ends:
+                return ConsumerResult(seqs)
+            continue
+        append(message["id"])
+
+
+def _consume_large(receiver: Receiver, size: int) -> ConsumerResult:
+    seqs = array("Q")
+    recv_with = receiver.recv_with
+    assert recv_with is not None
+    unpack = SEQ.unpack_from
+    stamp = SEQ.size
+
+    def inspect(buffer: Any) -> tuple[int, int, int]:
+        """(length, leading seq, trailing seq), read where the message lies."""
+        n = len(buffer)
+        if n < stamp:
+            return n, -1, -2
+        return n, unpack(buffer)[0], unpack(buffer, n - stamp)[0]
+
+    ends, corrupt = receiver.ends, 0
+    while True:
+        n, head, tail = recv_with(inspect)
+        if n == stamp and head == END_SEQ:
+            ends -= 1
+            if not ends:
+                return ConsumerResult(seqs, corrupt)
+            continue
+        if n != size or head != tail:
+            corrupt += 1
+        if head >= 0:
+            seqs.append(head)
+
+
+# --- ping-pong -----------------------------------------------------------------------------
+
+
+@dataclass
+class PingResult:
+    """Round-trip times (ns) of the measured rounds, and every reply's sequence number."""
+
+    latencies_ns: array
+    seqs: array
+    corrupt: int
+
+
+def ping(out: Sender, back: Receiver, rounds: int, warmup: int) -> PingResult:
+    """Send a 64-byte message, wait for it to come back; ``warmup`` untimed rounds first."""
+    send, recv, clock, pack, pad = out.send, back.recv, time.perf_counter_ns, SEQ.pack, _PAD_64
+    latencies, seqs = array("q"), array("Q")
+    note_latency, note_seq, unpack = latencies.append, seqs.append, SEQ.unpack_from
+    corrupt = 0
+    for seq in range(warmup + rounds):
+        message = pack(seq) + pad
+        t0 = clock()
+        send(message)
+        reply = recv()
+        note_latency(clock() - t0)
+        if reply != message:
+            corrupt += 1
+        note_seq(unpack(reply)[0])
+    return PingResult(latencies[warmup:], seqs, corrupt)
+
+
+def pong(inp: Receiver, back: Sender) -> int:
+    """Send every message back until the stream ends; returns how many."""
+    recv, send, end = inp.recv, back.send, END
+    n = 0
+    while True:
+        message = recv()
+        if message == end:
+            return n
+        send(message)
+        n += 1

@@ -1,0 +1,381 @@
+"""shmipc.Queue when processes are interrupted, die, or scribble.
+
+* Ctrl-C: a process blocked in get() or put() without a timeout (on an empty or full queue,
+  or behind another process's peek or reservation) gets KeyboardInterrupt within 100 ms;
+* waits sleep: a second blocked in get()/put() costs little CPU;
+* producers SIGKILLed at random points of put / put_many / put_bytes / reserve on a bounded
+  queue: nothing committed is lost or torn, and nobody is blocked by the dead;
+* a process that dies between publishing (or retiring) a record and updating the message
+  counts must not leave a bounded queue unusable (docs/internals/ring.md, recovery rules);
+* another process scribbling over a live queue: typed errors only.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import random
+import signal
+import struct
+import time
+import traceback
+
+import pytest
+from _procs import (
+    STOP,
+    Procs,
+    asleep_in_futex,
+    frame,
+    obj_message,
+    parse_obj,
+    read_exact,
+    scribble,
+)
+
+from shmipc import AtomicCounter, Event, Region, ShmipcError
+from shmipc._native import lib
+from shmipc.queue import Queue
+
+pytestmark = pytest.mark.timeout(120)
+
+_TS = struct.Struct("<q")
+
+
+@pytest.fixture
+def procs():
+    p = Procs()
+    yield p
+    p.kill_all()
+
+
+# ---- Ctrl-C -----------------------------------------------------------------------------------
+
+BLOCKED_CALLS = ["get-empty", "put-full", "get-behind-peek", "put-behind-reservation"]
+
+
+def _blocking_setup(procs: Procs, how: str) -> tuple[Queue, int | None]:
+    """A queue on which ``how``'s call blocks; the pid of a child holding a side, if any."""
+    q = Queue(maxsize=1, capacity=4096)
+    holder = None
+    if how == "put-full":
+        q.put("filler")
+    elif how in ("get-behind-peek", "put-behind-reservation"):
+        held = Event()
+        if how == "get-behind-peek":
+            q.put_bytes(b"held by a peek")
+
+        def hold() -> None:
+            if how == "get-behind-peek":
+                q.peek(timeout=5)
+            else:
+                q.reserve(16, timeout=5)
+            held.set()
+            time.sleep(60)
+
+        holder = procs.fork(hold)
+        assert held.wait(10)
+    return q, holder
+
+
+def _blocked_call(q: Queue, how: str, timeout: float | None) -> None:
+    if how.startswith("get"):
+        q.get(timeout=timeout)
+    else:
+        q.put("more", timeout=timeout)
+
+
+@pytest.mark.parametrize("how", BLOCKED_CALLS)
+def test_ctrl_c_interrupts_a_blocked_call_within_100ms(procs, how):
+    """SIGINT to a process blocked without a timeout: KeyboardInterrupt, promptly. Waits on
+    a position sleep on a futex that the signal interrupts (EINTR); waits for a side's lock
+    return to Python at the end of each 100 ms slice. Measured five times per case."""
+    q, holder = _blocking_setup(procs, how)
+    latencies = []
+    try:
+        for _ in range(5):
+            r, w = os.pipe()
+
+            def child(w: int = w) -> None:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                os.write(w, b"B")
+                try:
+                    _blocked_call(q, how, None)
+                except KeyboardInterrupt:
+                    os.write(w, _TS.pack(time.monotonic_ns()))
+                    os._exit(0)
+                os._exit(1)  # the call returned: it did not block
+
+            pid = procs.fork(child)
+            try:
+                assert read_exact(r, 1, 10) == b"B"
+                deadline = time.monotonic() + 10
+                while not asleep_in_futex(pid):
+                    assert time.monotonic() < deadline, "the call did not block"
+                    time.sleep(0.001)
+                time.sleep(random.uniform(0, 0.1))  # anywhere in a slice
+                sent = time.monotonic_ns()
+                os.kill(pid, signal.SIGINT)
+                got = read_exact(r, _TS.size, 5)
+                assert len(got) == _TS.size, "no KeyboardInterrupt"
+                latencies.append((_TS.unpack(got)[0] - sent) / 1e6)
+                assert procs.join(pid, 10) == 0
+            finally:
+                os.close(r)
+                os.close(w)
+    finally:
+        if holder is not None:
+            procs.kill(holder)
+        q.close()
+    print(f"{how}: Ctrl-C latencies {[f'{x:.2f}' for x in latencies]} ms")
+    assert max(latencies) < 1000
+
+
+# ---- waits sleep ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", BLOCKED_CALLS)
+def test_a_blocked_second_costs_little_cpu(procs, how):
+    q, holder = _blocking_setup(procs, how)
+    try:
+
+        def child() -> None:
+            t = time.monotonic()
+            with pytest.raises((queue.Empty, queue.Full)):
+                _blocked_call(q, how, 1.0)
+            assert time.monotonic() - t >= 0.95
+
+        pid = procs.fork(child)
+        code, usage = procs.join_rusage(pid, 30)
+        assert code == 0
+    finally:
+        if holder is not None:
+            procs.kill(holder)
+        q.close()
+    cpu = usage.ru_utime + usage.ru_stime
+    print(f"{how}: 1 s blocked cost {cpu * 1e3:.1f} ms of CPU")
+    assert cpu < 0.3
+
+
+# ---- producers SIGKILLed ----------------------------------------------------------------------
+
+N_QUEUE_KILLS = 400
+
+
+def _queue_producer_body(q: Queue, committed: AtomicCounter, i: int, wfd: int, seed: int) -> None:
+    rng = random.Random(seed)
+    q.put(obj_message(i, 0, 8), timeout=5)
+    committed.store(0)
+    os.write(wfd, _TS.pack(time.monotonic_ns()))
+    seq = 1
+    while True:
+        op = rng.randrange(4)
+        if op == 0:
+            q.put(obj_message(i, seq, rng.randint(0, 100)), timeout=5)
+            committed.store(seq)
+            seq += 1
+        elif op == 1:
+            q.put_bytes(frame(i, seq, rng.randint(0, 100)), timeout=5)
+            committed.store(seq)
+            seq += 1
+        elif op == 2:
+            k = rng.randint(1, 10)
+            q.put_many([obj_message(i, seq + j, rng.randint(0, 60)) for j in range(k)], timeout=5)
+            committed.store(seq + k - 1)
+            seq += k
+        else:
+            msg = frame(i, seq, rng.randint(0, 200))
+            view = q.reserve(len(msg), timeout=5)
+            view[:] = msg
+            q.commit()
+            committed.store(seq)
+            seq += 1
+
+
+def _queue_consumer_body(q: Queue, out_path: str) -> None:
+    rng = random.Random(9)
+    expect: dict[int, int] = {}
+    errors: list[str] = []
+    error = None
+    try:
+        while True:
+            if rng.random() < 0.5:
+                got = [parse_obj(q.get(timeout=30))]
+            else:
+                got = [parse_obj(x) for x in q.get_many(rng.randint(2, 16), timeout=30)]
+            for pid, seq in got:
+                if pid == STOP:
+                    continue
+                if seq != expect.get(pid, 0) and len(errors) < 20:
+                    errors.append(f"producer {pid}: seq {seq}, expected {expect.get(pid, 0)}")
+                expect[pid] = seq + 1
+            if got[-1][0] == STOP:
+                break
+    except BaseException:
+        error = traceback.format_exc()
+        raise
+    finally:
+        with open(out_path, "wb") as f:
+            pickle.dump({"expect": expect, "errors": errors, "error": error}, f)
+
+
+def test_sigkilled_producers_on_a_bounded_queue(procs, tmp_path):
+    """400 producers in turn, each SIGKILLed at a random moment, on Queue(maxsize=32) that a
+    consumer drains: every message received is whole and in order, nothing committed is
+    lost, each next producer's first put is prompt."""
+    rng = random.Random(0xFEED)
+    q = Queue(maxsize=32, capacity=16 << 10)
+    counters = Region.anonymous(64 * N_QUEUE_KILLS)
+    committed = [
+        AtomicCounter.at(counters, 64 * i, create=True, value=-1) for i in range(N_QUEUE_KILLS)
+    ]
+    out = str(tmp_path / "consumer.pickle")
+    try:
+        consumer = procs.fork(lambda: _queue_consumer_body(q, out))
+        worst = 0
+        prev_death = None
+        for i in range(N_QUEUE_KILLS):
+            seed = rng.getrandbits(32)
+            r, w = os.pipe()
+            try:
+                pid = procs.fork(
+                    lambda i=i, w=w, seed=seed: _queue_producer_body(q, committed[i], i, w, seed)
+                )
+                first = read_exact(r, _TS.size, 10)
+                assert len(first) == _TS.size, f"producer {i} died before its first put"
+                if prev_death is not None:
+                    worst = max(worst, _TS.unpack(first)[0] - prev_death)
+                time.sleep(rng.uniform(0, 0.002))
+                prev_death = time.monotonic_ns()
+                assert procs.kill(pid) == -signal.SIGKILL, f"producer {i} exited by itself"
+            finally:
+                os.close(r)
+                os.close(w)
+        q.put_bytes(frame(STOP, 0), timeout=5)
+        assert procs.join(consumer, 60) == 0
+        with open(out, "rb") as f:
+            res = pickle.load(f)
+        stats = q.statistics()
+    finally:
+        q.close()
+    print(f"worst first put after a death {worst / 1e6:.1f} ms; {stats}")
+    assert res["errors"] == [], res["errors"]
+    lost = [
+        (i, c.load(), res["expect"].get(i, 0) - 1)
+        for i, c in enumerate(committed)
+        if res["expect"].get(i, 0) - 1 < c.load()
+    ]
+    assert lost == [], f"committed but never received (producer, committed, received): {lost}"
+    assert worst < 1.1e9
+
+
+# ---- death between publishing and bookkeeping -------------------------------------------------
+
+
+def test_producer_dead_right_after_publishing_leaves_a_bounded_queue_usable(procs):
+    """A producer killed after put step 5 (the tail store that commits) and before step 6
+    (messages in += 1): "the record is committed and will be delivered once", and the queue
+    must go on working. The child reproduces that state exactly: it reserves, stores the tail
+    as commit's first store would, and dies. (A SIGKILL lands in that window rarely, but it
+    does land there.)"""
+    q = Queue(maxsize=2, capacity=4096)
+    ring = q._ring
+    try:
+
+        def dies_mid_commit() -> None:
+            msg = frame(0, 0, 8)
+            q.reserve(len(msg), timeout=5)[:] = msg
+            tail = lib.shmipc_load64_relaxed(ring._ptr, lib.SHMIPC_RING_OFF_P_TAIL)
+            lib.shmipc_store64_release(ring._ptr, lib.SHMIPC_RING_OFF_P_TAIL, tail + 32)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        assert procs.join(procs.fork(dies_mid_commit)) == -signal.SIGKILL
+        assert parse_obj(q.get(timeout=1)) == (0, 0)
+        for k in range(1, 6):  # put/get in turn: never more than one message waiting
+            q.put(obj_message(0, k, 4), timeout=1)  # queue.Full here: the queue is wedged
+            assert parse_obj(q.get(timeout=1)) == (0, k)
+        assert q.qsize() == 0
+    finally:
+        q.close()
+
+
+def test_consumer_dead_right_after_retiring_leaves_a_bounded_queue_usable(procs):
+    """A consumer killed after get step 5 (the head store that frees the record) and before
+    step 6 (messages out += 1): "the record was consumed", and the queue must go on working.
+    The child reproduces that state exactly: it peeks, stores the head as release's first
+    store would, and dies. With maxsize=1 the queue must not stay "full" forever."""
+    q = Queue(maxsize=1, capacity=4096)
+    ring = q._ring
+    try:
+        q.put_bytes(frame(0, 0, 8))
+
+        def dies_mid_release() -> None:
+            q.peek(timeout=5)
+            head = lib.shmipc_load64_relaxed(ring._ptr, lib.SHMIPC_RING_OFF_C_HEAD)
+            lib.shmipc_store64_release(ring._ptr, lib.SHMIPC_RING_OFF_C_HEAD, head + 32)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        assert procs.join(procs.fork(dies_mid_release)) == -signal.SIGKILL
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.1)  # the dead consumer took it
+        q.put(obj_message(0, 1, 4), timeout=1)  # queue.Full here: the queue is wedged
+        assert parse_obj(q.get(timeout=1)) == (0, 1)
+        assert q.qsize() == 0 and not q.full()
+    finally:
+        q.close()
+
+
+# ---- scribbling -------------------------------------------------------------------------------
+
+
+def _queue_typed_errors_only(q: Queue, seconds: float, side: str, seed: int) -> None:
+    """Use the queue for ``seconds``; exits 3 if any error was not a typed one."""
+    rng = random.Random(seed)
+    untyped: set[str] = set()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            op = rng.randrange(3)
+            if side == "read":
+                if op == 0:
+                    q.get(timeout=0.01)
+                elif op == 1:
+                    q.get_many(8, timeout=0.01)
+                else:
+                    q.get_bytes(timeout=0.01)
+            elif op == 0:
+                q.put(obj_message(0, 1, rng.randint(0, 100)), timeout=0.01)
+            elif op == 1:
+                q.put_many([obj_message(0, 2, 10), {"k": [1, 2.5, None]}, "text"], timeout=0.01)
+            else:
+                q.put_bytes(frame(0, 3, 24), timeout=0.01)
+        except (ShmipcError, queue.Empty, queue.Full):
+            pass
+        except Exception as exc:
+            if type(exc).__name__ not in untyped:
+                untyped.add(type(exc).__name__)
+                traceback.print_exc()
+    if untyped:
+        os._exit(3)
+
+
+def test_scribbled_queue_gives_only_typed_errors(procs):
+    """Another process writes garbage over a live queue's positions, record headers and
+    payloads (the two locks aside: tests/fault/test_ring_faults.py has that case) while a
+    reader decodes and a writer encodes: typed errors only, no crash, no hang."""
+    q = Queue(capacity=4096)
+    try:
+        for k in range(20):
+            q.put(obj_message(0, k, k))
+        seconds = 2.0
+        reader = procs.fork(lambda: _queue_typed_errors_only(q, seconds + 0.5, "read", 1))
+        writer = procs.fork(lambda: _queue_typed_errors_only(q, seconds + 0.5, "write", 2))
+        scribbler = procs.fork(lambda: scribble(q.name, seconds, False, 4))
+        assert procs.join(scribbler, 30) == 0
+        codes = {"reader": procs.join(reader, 30), "writer": procs.join(writer, 30)}
+        assert codes == {"reader": 0, "writer": 0}, (
+            f"exit codes {codes} (negative: killed by that signal; 3: an untyped error, "
+            "traceback above)"
+        )
+    finally:
+        q.close()
