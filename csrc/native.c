@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -129,21 +130,29 @@ int shmipc_futex_wake(char *b, size_t o, int n) {
     return (int)syscall(SYS_futex, A32(b, o), FUTEX_WAKE, n, NULL, NULL, 0);
 }
 
+/* Spin while *word == expected, for at most spin_ns (and not past the deadline); 1 if the
+ * word changed. The first few microseconds only pause, which catches a partner running on
+ * another core within ~0.1 µs. After that the loop also yields the CPU now and then: when
+ * the partner is runnable on this same CPU (more processes than cores), pausing would only
+ * burn our time slice while it cannot run, and sched_yield lets it run at once. Reading the
+ * clock every 64 iterations keeps the spin bounded without paying for it per iteration. */
+static int spin_while(_Atomic uint32_t *word, uint32_t expected, int64_t deadline_ns,
+                      int64_t spin_ns) {
+    int64_t spin_until = shmipc_monotonic_ns() + spin_ns;
+    if (deadline_ns >= 0 && deadline_ns < spin_until) spin_until = deadline_ns;
+    for (unsigned i = 1;; i++) {
+        shmipc_cpu_relax();
+        if (atomic_load_explicit(word, memory_order_acquire) != expected) return 1;
+        if ((i & 15) == 0 && i >= 128) sched_yield();
+        if ((i & 63) == 0 && shmipc_monotonic_ns() >= spin_until) return 0;
+    }
+}
+
 int shmipc_wait_while32(char *b, size_t o, uint32_t expected, size_t waiters_off,
                         int64_t deadline_ns, int64_t spin_ns) {
     _Atomic uint32_t *word = A32(b, o);
     if (atomic_load_explicit(word, memory_order_acquire) != expected) return SHMIPC_OK;
-    if (spin_ns > 0) {
-        int64_t spin_until = shmipc_monotonic_ns() + spin_ns;
-        if (deadline_ns >= 0 && deadline_ns < spin_until) spin_until = deadline_ns;
-        /* Reading the clock every 64 pauses keeps the spin bounded without a syscall-priced
-         * check per iteration (clock_gettime is a vDSO call, ~20 ns). */
-        for (unsigned i = 1;; i++) {
-            shmipc_cpu_relax();
-            if (atomic_load_explicit(word, memory_order_acquire) != expected) return SHMIPC_OK;
-            if ((i & 63) == 0 && shmipc_monotonic_ns() >= spin_until) break;
-        }
-    }
+    if (spin_ns > 0 && spin_while(word, expected, deadline_ns, spin_ns)) return SHMIPC_OK;
     /* Register as a sleeper before the last check. The seq_cst increment here and the waker's
      * seq_cst fence between its store and its read of the count (shmipc_wake32) order the two:
      * either the waker sees our registration and wakes us, or we see its store (the futex
@@ -221,15 +230,12 @@ int shmipc_lock_acquire(char *b, size_t o, int64_t deadline_ns, int64_t spin_ns)
     int rc = shmipc_lock_try(b, o);
     if (rc != SHMIPC_TIMEDOUT || deadline_ns == 0) return rc;
     if (spin_ns > 0) {
-        /* An uncontended handover takes far less than a futex round trip: spin first. */
-        int64_t until = shmipc_monotonic_ns() + spin_ns;
-        for (unsigned i = 1;; i++) {
-            shmipc_cpu_relax();
-            if ((i & 15) == 0 && atomic_load_explicit(A64(b, o), memory_order_relaxed) == 0) {
-                rc = shmipc_lock_try(b, o);
-                if (rc != SHMIPC_TIMEDOUT) return rc;
-            }
-            if ((i & 127) == 0 && shmipc_monotonic_ns() >= until) break;
+        /* A handover takes far less than a futex round trip: spin (and yield) first, while
+         * the holder's thread id stays in the word's low half. */
+        uint64_t seen = atomic_load_explicit(A64(b, o), memory_order_relaxed);
+        if (seen && spin_while(A32(b, o), (uint32_t)seen, deadline_ns, spin_ns)) {
+            rc = shmipc_lock_try(b, o);
+            if (rc != SHMIPC_TIMEDOUT) return rc;
         }
     }
     for (;;) {

@@ -18,6 +18,7 @@ from . import transports as _transports
 from .harness import measure
 from .machine import describe
 from .report import BASELINE, Row, render
+from .transports import Transport
 from .workloads import WORKLOADS, Workload, workload_named
 
 __all__ = ["main"]
@@ -88,9 +89,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _transport_keys(names: list[str], parser: argparse.ArgumentParser) -> set[str]:
+def _selection(
+    args: argparse.Namespace, parser: argparse.ArgumentParser
+) -> tuple[list[Workload], set[str] | None]:
+    """The workloads and transport keys asked for (None: all); parser.error on bad values."""
+    for flag, value in (("--count", args.count), ("--repeat", args.repeat)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1")
+    if args.duration <= 0:
+        parser.error("--duration must be positive")
+    try:
+        workloads = [workload_named(name) for name in _split(args.only)] or list(WORKLOADS)
+    except KeyError as exc:
+        parser.error(exc.args[0])
+    if not args.transports:
+        return workloads, None
     keys = set()
-    for name in names:
+    for name in _split(args.transports):
         lowered = name.lower()
         for key, aliases in _ALIASES.items():
             if lowered == key or lowered in aliases:
@@ -98,7 +113,7 @@ def _transport_keys(names: list[str], parser: argparse.ArgumentParser) -> set[st
                 break
         else:
             parser.error(f"unknown transport {name!r} (known: {', '.join(_ALIASES)})")
-    return keys
+    return workloads, keys
 
 
 def _warn_if_busy() -> None:
@@ -120,31 +135,17 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     parser = _parser()
     try:
         args = parser.parse_args(argv)
+        workloads, keys = _selection(args, parser)
     except SystemExit as exc:  # argparse exits; a wrapping CLI wants a status
-        return int(exc.code or 0)
+        return exc.code if isinstance(exc.code, int) else 2
     out = out or sys.stdout
-    for flag, value in (("--count", args.count), ("--repeat", args.repeat)):
-        if value is not None and value < 1:
-            parser.print_usage(sys.stderr)
-            print(f"{flag} must be at least 1", file=sys.stderr)
-            return 2
-    try:
-        workloads: list[Workload] = (
-            [workload_named(name) for name in _split(args.only)] if args.only else list(WORKLOADS)
-        )
-        keys = _transport_keys(_split(args.transports), parser) if args.transports else None
-    except (KeyError, SystemExit) as exc:
-        if isinstance(exc, KeyError):
-            print(exc.args[0], file=sys.stderr)
-        return 2
-    timeout = args.timeout or (
-        30.0 if args.quick else 300.0 if args.count else 30.0 + 10.0 * args.duration
-    )
-
+    machine = describe()  # before the run: its load line is the load the run started in
     _warn_if_busy()
-    chosen = [t for t in _transports.TRANSPORTS if keys is None or t.key in keys]
+
     runnable, skipped = [], []
-    for transport in chosen:
+    for transport in _transports.TRANSPORTS:
+        if keys is not None and transport.key not in keys:
+            continue
         reason = transport.unavailable()
         if reason is None:
             runnable.append(transport)
@@ -154,13 +155,41 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     if keys is not None and BASELINE not in keys:
         skipped.append("ratios: multiprocessing.Queue (the baseline) was not run")
 
-    rows: list[Row] = []
+    rows = _run(workloads, runnable, args)
+    if args.quick:
+        sizing = "fixed tiny counts (--quick): a smoke run, not a measurement"
+    elif args.count:
+        sizing = f"fixed at {args.count:,} per row (--count)"
+    else:
+        sizing = f"sized by probe runs to take about {args.duration:g} s each"
+    out.write(
+        render(
+            rows,
+            machine=machine,
+            workloads=workloads,
+            skipped=skipped,
+            sizing=sizing,
+            repeat=args.repeat,
+            markdown=args.markdown,
+        )
+    )
+    out.flush()
+    return 0 if all(row.outcome.ok for row in rows) else 1
+
+
+def _run(
+    workloads: Sequence[Workload], runnable: Sequence[Transport], args: argparse.Namespace
+) -> list[Row]:
+    """Every row, in order, with progress on stderr."""
+    timeout = args.timeout or (
+        30.0 if args.quick else 300.0 if args.count else 30.0 + 10.0 * args.duration
+    )
+    rows = []
     for workload in workloads:
         for transport in runnable:
             if not transport.runs(workload.name):
                 continue
-            print(f"{workload.name:>8}  {transport.label:<24}", end="", file=sys.stderr)
-            sys.stderr.flush()
+            print(f"{workload.name:>8}  {transport.label:<24}", end="", file=sys.stderr, flush=True)
             started = time.monotonic()
             outcome = measure(
                 transport,
@@ -174,23 +203,4 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             note = "" if outcome.ok else f"  {outcome.status}: {outcome.detail}"
             print(f"{time.monotonic() - started:6.1f} s{note}", file=sys.stderr)
             rows.append(Row(workload, transport, outcome))
-
-    if args.quick:
-        sizing = "fixed tiny counts (--quick): a smoke run, not a measurement"
-    elif args.count:
-        sizing = f"fixed at {args.count:,} per row (--count)"
-    else:
-        sizing = f"sized by probe runs to take about {args.duration:g} s each"
-    out.write(
-        render(
-            rows,
-            machine=describe(),
-            workloads=workloads,
-            skipped=skipped,
-            sizing=sizing,
-            repeat=args.repeat,
-            markdown=args.markdown,
-        )
-    )
-    out.flush()
-    return 0 if all(row.outcome.ok for row in rows) else 1
+    return rows

@@ -22,11 +22,13 @@ from .verify import END, END_SEQ, SEQ, make_seq
 __all__ = [
     "WORKLOADS",
     "ConsumerResult",
+    "PingResult",
     "Workload",
     "consume",
     "ping",
     "pong",
     "produce",
+    "warmup_rounds",
     "workload_named",
 ]
 
