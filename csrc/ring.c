@@ -461,7 +461,9 @@ int64_t shmipc_ring_get_many(char *ring, uint64_t cap, char *dst, size_t dst_cap
     uint64_t bytes = 0;
     for (;;) {
         memcpy(dst + used, DATA(ring) + (h & (cap - 1)) + SHMIPC_REC_HEADER, len);
-        meta[count++] = ((uint64_t)type << 40) | len;
+        meta[count] = len;
+        meta[max_items + count] = type;
+        count++;
         used += len;
         bytes += len;
         uint64_t done = end; /* not retired yet: the head moves once, after the batch */

@@ -163,8 +163,9 @@ int64_t shmipc_ring_get(char *ring, uint64_t cap, char *dst, size_t dst_cap,
                         int64_t deadline_ns);
 /* Batches: put_many stores the first k of n payloads, which lie back to back in src with
  * their lengths in lens, under one lock and one publish; it returns k (>= 1) or a negated
- * status. get_many copies up to max_items payloads back to back into dst with
- * (type << 40 | length) in meta[i], returning the count or a negated status. */
+ * status. get_many copies up to max_items payloads back to back into dst, with their lengths
+ * in meta[i] and their types in meta[max_items + i] (meta holds 2 * max_items words),
+ * returning the count or a negated status. */
 int64_t shmipc_ring_put_many(char *ring, uint64_t cap, const char *src, size_t *lens,
                              size_t n, uint32_t type, int64_t deadline_ns);
 int64_t shmipc_ring_get_many(char *ring, uint64_t cap, char *dst, size_t dst_cap,

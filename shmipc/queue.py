@@ -19,7 +19,7 @@ from ._native import ffi, lib
 from .codec import Codec, get_codec
 from .errors import Closed, CorruptedError
 from .layout import Kind
-from .ring import DEFAULT_SPIN_NS, SCRATCH_SIZE, Ring, RingStatistics, byte_view
+from .ring import DEFAULT_SPIN_NS, SCRATCH_SIZE, Ring, RingStatistics, byte_view, split_blob
 from .sync import deadline_ns
 
 __all__ = ["Empty", "Full", "Queue"]
@@ -88,6 +88,8 @@ class Queue:
         self._decode_frame = codec.decode
         self._maxsize = maxsize
         self._max_payload = ring.max_payload
+        # With the built-in codecs a bytes object decodes to itself, so it can skip framing.
+        self._bytes_as_is = getattr(codec, "name", None) in _CODEC_IDS
         self.spill = spill
 
     @classmethod
@@ -148,15 +150,18 @@ class Queue:
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` on the queue; queue.Full if no room came within ``timeout``."""
-        data = self._encode(obj)
+        if type(obj) is bytes and self._bytes_as_is:
+            data, rtype = obj, T_BYTES  # bytes travel as they are: no framing to undo
+        else:
+            data, rtype = self._encode(obj), T_OBJ
         deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
         try:
-            rc = _ring_put(self._ptr, self._cap, data, len(data), T_OBJ, deadline)
+            rc = _ring_put(self._ptr, self._cap, data, len(data), rtype, deadline)
         except TypeError:
             self._live_ring()
             raise
         if rc != _OK:
-            self._put_slow(rc, data, T_OBJ, deadline)
+            self._put_slow(rc, data, rtype, deadline)
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
@@ -199,19 +204,29 @@ class Queue:
         """Put every object in order with as few native calls as the ring's room allows."""
         ring = self._live_ring()
         deadline = deadline_ns(timeout) if block else 0
-        frames = [self._encode(o) for o in objs]
+        objs = list(objs)
+        if not objs:
+            return
+        if self._bytes_as_is and set(map(type, objs)) == {bytes}:
+            frames, rtype = objs, T_BYTES  # a batch of bytes travels as it is
+        else:
+            frames, rtype = list(map(self._encode, objs)), T_OBJ
+        lens = list(map(len, frames))
         limit = self._max_payload
+        if max(lens) <= limit:
+            ring._put_joined(frames, rtype, deadline, lens)
+            return
         batch: list[bytes] = []
         for frame in frames:  # keep order: flush the batch before each oversized message
             if len(frame) <= limit:
                 batch.append(frame)
                 continue
             if batch:
-                ring._put_joined(batch, T_OBJ, deadline)
+                ring._put_joined(batch, rtype, deadline)
                 batch = []
-            self._put_slow(_TOOBIG, frame, T_OBJ, deadline)
+            self._put_slow(_TOOBIG, frame, rtype, deadline)
         if batch:
-            ring._put_joined(batch, T_OBJ, deadline)
+            ring._put_joined(batch, rtype, deadline)
 
     # ---- get -----------------------------------------------------------------------------
 
@@ -257,9 +272,15 @@ class Queue:
     ) -> list[Any]:
         """Up to ``max_items`` objects: at least one, waiting up to ``timeout`` for it
         (queue.Empty if none came), then whatever else is already there."""
-        records = self._live_ring().get_many_records(max_items, block=block, timeout=timeout)
-        decode, frame = self._decode, self._decode_frame
-        return [frame(p) if t == T_OBJ else decode(t, p) for t, p in records]
+        ring = self._live_ring()
+        lens, types, blob = ring._get_many_raw(max_items, deadline_ns(timeout) if block else 0)
+        pieces = split_blob(blob, lens)
+        kinds = set(types)
+        if kinds == {T_BYTES}:
+            return pieces
+        if kinds == {T_OBJ}:
+            return list(map(self._decode_frame, pieces))
+        return list(map(self._decode, types, pieces))
 
     def _decode(self, rtype: int, payload: Any) -> Any:
         if rtype == T_OBJ:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import os
 import queue
+import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from ._native import ffi, lib
@@ -44,6 +46,7 @@ _LEN_MASK = (1 << 40) - 1
 #: the ring (peek, copy, release), since for them the copy costs more than two more calls.
 SCRATCH_SIZE = 64 << 10
 _unpack = ffi.unpack
+_first = itemgetter(0)
 
 _OK = lib.SHMIPC_OK
 _SLICE = lib.SHMIPC_SLICE
@@ -81,6 +84,23 @@ def byte_view(data: Any) -> memoryview:
     return memoryview(view.tobytes())
 
 
+def split_blob(blob: bytes, lens: list[int]) -> list[bytes]:
+    """``blob`` cut into consecutive pieces of the given lengths.
+
+    Equal lengths (the common batch) are cut by struct.iter_unpack in C, ~50 ns a piece;
+    mixed lengths by slicing, ~90 ns a piece.
+    """
+    n = lens[0] if lens else 0
+    if n and lens.count(n) == len(lens):
+        return list(map(_first, struct.iter_unpack(f"{n}s", blob)))
+    out = []
+    pos = 0
+    for k in lens:
+        out.append(blob[pos : pos + k])
+        pos += k
+    return out
+
+
 def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
@@ -91,7 +111,7 @@ class _PerThread(threading.local):
     def __init__(self) -> None:
         self.scratch = bytearray(SCRATCH_SIZE)
         self.scratch_ptr = ffi.from_buffer(self.scratch)
-        self.meta = ffi.new("uint64_t[]", 1024)
+        self.meta = ffi.new("uint64_t[]", 2048)
         self.peek_out = ffi.new("uint64_t[2]")
         self.reserved: tuple[memoryview, int] | None = None
         self.peeked: memoryview | None = None
@@ -358,10 +378,13 @@ class Ring:
         if frames:
             self._put_joined(frames, type, deadline_ns(timeout) if block else 0)
 
-    def _put_joined(self, frames: list[bytes], type: int, deadline: int) -> None:
+    def _put_joined(
+        self, frames: list[bytes], type: int, deadline: int, lens_list: list[int] | None = None
+    ) -> None:
         """put_many's loop: the frames joined in one buffer that the C side walks by length;
         each native call stores as many as fit."""
-        lens_list = [len(f) for f in frames]
+        if lens_list is None:
+            lens_list = list(map(len, frames))
         total = len(lens_list)
         lens = ffi.new("size_t[]", lens_list)
         src = b"".join(frames)
@@ -390,35 +413,36 @@ class Ring:
         return self._get_many_records(max_items, deadline_ns(timeout) if block else 0)
 
     def _get_many_records(self, max_items: int, deadline: int) -> list[tuple[int, bytes]]:
+        lens, types, blob = self._get_many_raw(max_items, deadline)
+        return list(zip(types, split_blob(blob, lens), strict=True))
+
+    def _get_many_raw(self, max_items: int, deadline: int) -> tuple[list[int], list[int], bytes]:
+        """One native call's batch: the records' lengths, their types, and their payloads
+        back to back in one bytes object (cheaper to slice than to build one by one)."""
         local = self._local
-        if len(local.meta) < max_items:
-            local.meta = ffi.new("uint64_t[]", max_items)
+        if len(local.meta) < 2 * max_items:
+            local.meta = ffi.new("uint64_t[]", 2 * max_items)
+        meta = local.meta
         while True:
             r = lib.shmipc_ring_get_many(
                 self._ptr,
                 self._cap,
                 local.scratch_ptr,
                 SCRATCH_SIZE,
-                local.meta,
+                meta,
                 max_items,
                 deadline,
             )
             if r > 0:
                 break
             if -r == _NEEDBUF:
-                return [self._get_large(deadline)]
+                rtype, data = self._get_large(deadline)
+                return [len(data)], [rtype], data
             if not self._retry(-r):
                 self._raise(-r)
-        meta = local.meta
-        lens = [meta[i] & _LEN_MASK for i in range(r)]
-        blob = _unpack(local.scratch_ptr, sum(lens))  # one bytes object, sliced per record
-        out = []
-        pos = 0
-        for i in range(r):
-            end = pos + lens[i]
-            out.append((meta[i] >> 40, blob[pos:end]))
-            pos = end
-        return out
+        lens = _unpack(meta, r)  # lists of ints, each in one call
+        types = _unpack(meta + max_items, r)
+        return lens, types, _unpack(local.scratch_ptr, sum(lens))
 
     def get_many(
         self, max_items: int, *, block: bool = True, timeout: float | None = None

@@ -1049,3 +1049,21 @@ def test_statistics_pass_through():
         st = q.statistics()
         assert st.capacity == SMALL
         assert st.messages_in == 2 and st.messages_out == 1 and st.depth == 1
+
+
+def test_bytes_travel_as_they_are_with_builtin_codecs():
+    """put(bytes) skips framing (a bytes object decodes to itself with every built-in
+    codec): get() returns it, get_bytes() returns the bytes themselves, not a frame."""
+    for codec in ("msgpack", "pickle", "raw"):
+        with Queue(capacity=SMALL, codec=codec) as q:
+            q.put(b"plain")
+            q.put_many([b"a", b"bb", b""])
+            assert q.get_bytes() == b"plain"
+            assert q.get_many(10) == [b"a", b"bb", b""]
+
+
+def test_get_many_keeps_types_in_mixed_batches():
+    with Queue(capacity=SMALL) as q:
+        q.put_many([{"a": 1}, b"x", (1, 2), "s"])
+        q.put_bytes(b"raw")
+        assert q.get_many(10) == [{"a": 1}, b"x", (1, 2), "s", b"raw"]
