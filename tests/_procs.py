@@ -439,8 +439,8 @@ def run_stress(
 
 # ---- scribbling ------------------------------------------------------------------------------
 
-_P_MUTEX = range(lib.SHMIPC_RING_OFF_P_LOCK, lib.SHMIPC_RING_OFF_P_LOCK + 64)
-_C_MUTEX = range(lib.SHMIPC_RING_OFF_C_LOCK, lib.SHMIPC_RING_OFF_C_LOCK + 64)
+_P_LOCK = range(lib.SHMIPC_RING_OFF_P_LOCK, lib.SHMIPC_RING_OFF_P_LOCK + lib.SHMIPC_LOCK_SIZE)
+_C_LOCK = range(lib.SHMIPC_RING_OFF_C_LOCK, lib.SHMIPC_RING_OFF_C_LOCK + lib.SHMIPC_LOCK_SIZE)
 _POSITIONS = (
     lib.SHMIPC_RING_OFF_P_TAIL,
     lib.SHMIPC_RING_OFF_P_HEAD_CACHE,
@@ -466,15 +466,17 @@ def scribble(name: str, seconds: float, locks: bool, seed: int) -> None:
         if what < 0.35:
             off = rng.randrange(len(buf) - 16)
             if not locks and (
-                (off + 16 > _P_MUTEX.start and off < _P_MUTEX.stop)
-                or (off + 16 > _C_MUTEX.start and off < _C_MUTEX.stop)
+                (off + 16 > _P_LOCK.start and off < _P_LOCK.stop)
+                or (off + 16 > _C_LOCK.start and off < _C_LOCK.stop)
             ):
                 continue
             k = rng.randint(1, 16)
             buf[off : off + k] = os.urandom(k)
         elif what < 0.55 and locks:
-            off = rng.choice((_P_MUTEX.start, _C_MUTEX.start)) + rng.randrange(40)
-            k = rng.randint(1, 8)
+            # inside one lock: its word (holder thread id | start time) or sleeper count
+            lock = rng.choice((_P_LOCK, _C_LOCK))
+            off = lock.start + rng.randrange(len(lock))
+            k = rng.randint(1, min(8, lock.stop - off))
             buf[off : off + k] = os.urandom(k)
         elif what < 0.75:
             base = (rng.randrange(1 << 20) + 1) * 8

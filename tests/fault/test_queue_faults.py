@@ -272,55 +272,99 @@ def test_sigkilled_producers_on_a_bounded_queue(procs, tmp_path):
 # ---- death between publishing and bookkeeping -------------------------------------------------
 
 
+def _u64(ring, off: int) -> int:
+    return lib.shmipc_load64_relaxed(ring._ptr, off)
+
+
+def _rec_size(n: int) -> int:
+    return (lib.SHMIPC_REC_HEADER + n + 7) & ~7
+
+
 def test_producer_dead_right_after_publishing_leaves_a_bounded_queue_usable(procs):
-    """A producer killed after put step 5 (the tail store that commits) and before step 6
-    (messages in += 1): "the record is committed and will be delivered once", and the queue
-    must go on working. The child reproduces that state exactly: it reserves, stores the tail
-    as commit's first store would, and dies. (A SIGKILL lands in that window rarely, but it
-    does land there.)"""
+    """A producer killed after put step 5 (pending counters, then the tail store that
+    commits) and before step 6 (messages in += 1): "the record is committed and will be
+    delivered once", and the queue must go on working with exact counts. The child
+    reproduces that state exactly: it reserves, then does what commit's publish() does up to
+    and including the tail store (the pending fields first, as the recoverer reads them),
+    and dies. (A SIGKILL lands in that window rarely, but it does land there.)"""
     q = Queue(maxsize=2, capacity=4096)
     ring = q._ring
+    msg = frame(0, 0, 8)
     try:
 
         def dies_mid_commit() -> None:
-            msg = frame(0, 0, 8)
             q.reserve(len(msg), timeout=5)[:] = msg
-            tail = lib.shmipc_load64_relaxed(ring._ptr, lib.SHMIPC_RING_OFF_P_TAIL)
-            lib.shmipc_store64_release(ring._ptr, lib.SHMIPC_RING_OFF_P_TAIL, tail + 32)
-            os.kill(os.getpid(), signal.SIGKILL)
+            p = ring._ptr
+            t = _u64(ring, lib.SHMIPC_RING_OFF_P_TAIL)
+            assert _u64(ring, lib.SHMIPC_RING_OFF_P_CLAIM) == t  # commit's own check
+            rec = _rec_size(len(msg))
+            idx = t & (ring.capacity - 1)
+            pad = ring.capacity - idx if idx + rec > ring.capacity else 0
+            # publish(): what messages/bytes in will become, then the release store of the tail
+            msgs_in = _u64(ring, lib.SHMIPC_RING_OFF_P_MSGS) + 1
+            bytes_in = _u64(ring, lib.SHMIPC_RING_OFF_P_BYTES) + len(msg)
+            lib.shmipc_store64_relaxed(p, lib.SHMIPC_RING_OFF_P_PEND_MSGS, msgs_in)
+            lib.shmipc_store64_relaxed(p, lib.SHMIPC_RING_OFF_P_PEND_BYTES, bytes_in)
+            lib.shmipc_store64_release(p, lib.SHMIPC_RING_OFF_P_TAIL, t + pad + rec)
+            os.kill(os.getpid(), signal.SIGKILL)  # before the counters, the claim, the unlock
 
         assert procs.join(procs.fork(dies_mid_commit)) == -signal.SIGKILL
+        assert _u64(ring, lib.SHMIPC_RING_OFF_P_MSGS) == 0  # the dead one's counters lag
         assert parse_obj(q.get(timeout=1)) == (0, 0)
         for k in range(1, 6):  # put/get in turn: never more than one message waiting
             q.put(obj_message(0, k, 4), timeout=1)  # queue.Full here: the queue is wedged
             assert parse_obj(q.get(timeout=1)) == (0, k)
         assert q.qsize() == 0
+        stats = ring.statistics()
+        assert stats.messages_in == stats.messages_out == 6  # exact: the commit counted once
+        assert stats.bytes_in == stats.bytes_out
+        assert stats.abandoned == 0  # it was published, not abandoned
+        assert stats.depth == 0
     finally:
         q.close()
 
 
 def test_consumer_dead_right_after_retiring_leaves_a_bounded_queue_usable(procs):
-    """A consumer killed after get step 5 (the head store that frees the record) and before
-    step 6 (messages out += 1): "the record was consumed", and the queue must go on working.
-    The child reproduces that state exactly: it peeks, stores the head as release's first
-    store would, and dies. With maxsize=1 the queue must not stay "full" forever."""
+    """A consumer killed after get step 5 (pending head and counters, then the head store
+    that frees the record) and before step 6 (messages out += 1): "the record was consumed",
+    and the queue must go on working with exact counts. The child reproduces that state
+    exactly: it peeks, then does what release() and its retire() do up to and including the
+    head store (the pending fields first, as the recoverer reads them), and dies. With
+    maxsize=1 the queue must not stay "full" forever."""
     q = Queue(maxsize=1, capacity=4096)
     ring = q._ring
     try:
         q.put_bytes(frame(0, 0, 8))
 
         def dies_mid_release() -> None:
-            q.peek(timeout=5)
-            head = lib.shmipc_load64_relaxed(ring._ptr, lib.SHMIPC_RING_OFF_C_HEAD)
-            lib.shmipc_store64_release(ring._ptr, lib.SHMIPC_RING_OFF_C_HEAD, head + 32)
-            os.kill(os.getpid(), signal.SIGKILL)
+            n = len(q.peek(timeout=5))
+            p = ring._ptr
+            at = _u64(ring, lib.SHMIPC_RING_OFF_C_PEEK) - 1  # the peeked record's position
+            assert at == _u64(ring, lib.SHMIPC_RING_OFF_C_HEAD)
+            end = at + _rec_size(n)
+            # release(): clear the peek; retire(): the pending head and what messages/bytes
+            # out will become, then the release store of the head
+            lib.shmipc_store64_relaxed(p, lib.SHMIPC_RING_OFF_C_PEEK, 0)
+            msgs_out = _u64(ring, lib.SHMIPC_RING_OFF_C_MSGS) + 1
+            bytes_out = _u64(ring, lib.SHMIPC_RING_OFF_C_BYTES) + n
+            lib.shmipc_store64_relaxed(p, lib.SHMIPC_RING_OFF_C_PEND_END, end)
+            lib.shmipc_store64_relaxed(p, lib.SHMIPC_RING_OFF_C_PEND_MSGS, msgs_out)
+            lib.shmipc_store64_relaxed(p, lib.SHMIPC_RING_OFF_C_PEND_BYTES, bytes_out)
+            lib.shmipc_store64_release(p, lib.SHMIPC_RING_OFF_C_HEAD, end)
+            os.kill(os.getpid(), signal.SIGKILL)  # before the counters and the unlock
 
         assert procs.join(procs.fork(dies_mid_release)) == -signal.SIGKILL
+        assert _u64(ring, lib.SHMIPC_RING_OFF_C_MSGS) == 0  # the dead one's counters lag
         with pytest.raises(queue.Empty):
             q.get(timeout=0.1)  # the dead consumer took it
         q.put(obj_message(0, 1, 4), timeout=1)  # queue.Full here: the queue is wedged
         assert parse_obj(q.get(timeout=1)) == (0, 1)
         assert q.qsize() == 0 and not q.full()
+        stats = ring.statistics()
+        assert stats.messages_in == stats.messages_out == 2  # exact: the dead get counted once
+        assert stats.bytes_in == stats.bytes_out
+        assert stats.consumers_recovered == 1
+        assert stats.depth == 0
     finally:
         q.close()
 

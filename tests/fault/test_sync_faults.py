@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 import pytest
 
-from shmipc import AtomicCounter, Barrier, Event, Lock, Region, Semaphore
+from shmipc import AtomicCounter, Barrier, Event, Lock, Region, Semaphore, _proc
+from shmipc._native import lib
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -313,16 +314,16 @@ def _force_next_pid(pid: int) -> None:
 def test_pid_reuse_cannot_keep_dead_holders_lock(procs):
     """A process that gets the dead holder's very pid is not the lock's owner.
 
-    Why pid reuse cannot keep a dead holder's Lock held: the Lock is a glibc robust mutex.
-    Its 32-bit futex word holds the owner's thread id, and the mutex sits on the owner
-    thread's robust list (registered with the kernel by set_robust_list). When a thread
-    exits, for any reason including SIGKILL, the kernel walks that list at the moment of
-    exit and, in every mutex whose word still holds the dying thread's id, replaces the id
-    with FUTEX_OWNER_DIED (keeping only the waiters bit) and wakes one waiter. Nothing ever
-    asks later whether "pid N is alive": the owner's id is gone from the word before the pid
-    can be issued again. So a new process with the same pid is not the owner: its release
-    is refused (EPERM -> RuntimeError), and the next acquirer, whoever it is, gets
-    EOWNERDEAD, i.e. the lock with ``recovered`` set.
+    Why pid reuse cannot keep a dead holder's Lock held: the lock word names its holder by
+    thread id AND the low 32 bits of that thread's start time (clock ticks since boot, field
+    22 of /proc/TID/stat). Nobody clears the word when the holder dies, even by SIGKILL; a
+    waiter checks, between wait slices or when its wait times out, whether the thread the
+    word names still runs (``_proc.identity_alive``: /proc/TID exists and has that start
+    time). A new process given the dead holder's pid has another start time, so the holder
+    is still dead as far as the word says and the lock is taken over: the next acquirer,
+    whoever it is, gets it with ``recovered`` set, while the pid is alive again. And the
+    pid-reusing process is not the owner: its identity differs from the word's, so its
+    release is refused (NOTOWNER -> RuntimeError) and leaves the word untouched.
 
     The test forces the reuse through /proc/sys/kernel/ns_last_pid (needs CAP_SYS_ADMIN in
     the pid namespace; skipped otherwise), retrying if another process takes the pid first.
@@ -331,6 +332,13 @@ def test_pid_reuse_cannot_keep_dead_holders_lock(procs):
         pytest.skip("cannot set ns_last_pid here (needs CAP_SYS_ADMIN)")
     lock = Lock()
     dead = _kill_a_holder(procs, lock)
+    word = lib.shmipc_load64_acquire(lock._base, lock._off)
+    assert word & 0xFFFFFFFF == dead  # the word still names the dead holder's thread
+    assert not _proc.identity_alive(word)
+    # Start times count clock ticks: let one pass at least, so that the reissued pid starts
+    # at another time than the dead holder did (a real reuse comes after a full wrap of the
+    # pid space, far later than that).
+    time.sleep(2.5 / os.sysconf("SC_CLK_TCK"))
     release_refused, go, done = AtomicCounter(-1), Event(), Event()
 
     def imposter() -> None:
@@ -342,6 +350,7 @@ def test_pid_reuse_cannot_keep_dead_holders_lock(procs):
             release_refused.store(0)
         except RuntimeError:
             release_refused.store(1)
+        assert lib.shmipc_load64_acquire(lock._base, lock._off) == word  # untouched
         assert done.wait(20)
 
     imp = None
@@ -360,11 +369,16 @@ def test_pid_reuse_cannot_keep_dead_holders_lock(procs):
     assert go.wait(20)
     wait_for(lambda: release_refused.load() != -1, what="imposter's release attempt")
     assert release_refused.load() == 1  # same pid, but not the owner
+    # The pid runs again, under another start time: the word's holder is still dead.
+    started = _proc.start_time(imp)
+    assert started is not None and started & 0xFFFFFFFF != word >> 32
+    assert not _proc.identity_alive(word)
     t = time.monotonic()
     assert lock.acquire(timeout=1) is True  # while the pid is alive again
     assert time.monotonic() - t < 1.0
     assert lock.recovered is True
     assert lock.recoveries == 1
+    assert lib.shmipc_load64_acquire(lock._base, lock._off) == lib.shmipc_lock_identity()
     lock.release()
     done.set()
     assert procs.join(imp) == 0

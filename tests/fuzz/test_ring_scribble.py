@@ -9,9 +9,12 @@ never a crash, never a hang, never a read or write outside the mapping.
 
 The side that reads always runs in a forked child: a crash kills the child, and the test
 sees the signal instead of losing the pytest worker. One test lets ANOTHER process scribble
-while the reader runs. Two scopes are fuzzed: everything except the two pthread mutexes, and
-everything including them (the mutexes are glibc's state: see the deterministic tests at the
-end for what a scribbled mutex does today).
+while the reader runs. Two scopes are fuzzed: everything except the two side locks, and
+everything including them. A lock is shmipc's own (no libc state in shared memory): its word
+names the holder thread (id | start time << 32), so a scribbled word names a thread that does
+not exist or no longer runs (a dead holder: the next call takes the lock over), a live thread
+of another process (calls wait and time out), or this very thread (refused at once); a
+scribbled sleeper count only costs a wake. The deterministic tests at the end pin each case.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import queue
 import random
 import select
 import struct
-import threading
 import time
 from datetime import timedelta
 
@@ -30,16 +32,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ring_fuzz_helpers import Child, describe, report, run_child
 
-from shmipc import CorruptedError, ShmipcError
+from shmipc import ShmipcError, _proc
 from shmipc._native import lib
 from shmipc.ring import Ring
 
 pytestmark = pytest.mark.timeout(180)
 
 HEADER = lib.SHMIPC_RING_HEADER_SIZE
-P_MUTEX = lib.SHMIPC_RING_OFF_P_LOCK
-C_MUTEX = lib.SHMIPC_RING_OFF_C_LOCK
-MUTEX_SLOT = 64  # each mutex has a 64-byte slot (pthread_mutex_t is 40 bytes on x86_64)
+P_LOCK = lib.SHMIPC_RING_OFF_P_LOCK
+C_LOCK = lib.SHMIPC_RING_OFF_C_LOCK
+LOCK_SIZE = lib.SHMIPC_LOCK_SIZE  # u64 word (holder identity), u32 sleepers, u32 spare
 ALLOWED = (ShmipcError, queue.Empty, queue.Full)
 CAPACITIES = [64, 256, 1024]
 
@@ -54,10 +56,15 @@ U64_FIELDS = [
     lib.SHMIPC_RING_OFF_P_CLAIM,
     lib.SHMIPC_RING_OFF_P_MSGS,
     lib.SHMIPC_RING_OFF_P_BYTES,
+    lib.SHMIPC_RING_OFF_P_PEND_MSGS,
+    lib.SHMIPC_RING_OFF_P_PEND_BYTES,
     lib.SHMIPC_RING_OFF_C_HEAD,
     lib.SHMIPC_RING_OFF_C_TAIL_CACHE,
     lib.SHMIPC_RING_OFF_C_MSGS,
     lib.SHMIPC_RING_OFF_C_PEEK,
+    lib.SHMIPC_RING_OFF_C_PEND_END,
+    lib.SHMIPC_RING_OFF_C_PEND_MSGS,
+    lib.SHMIPC_RING_OFF_C_PEND_BYTES,
     lib.SHMIPC_RING_OFF_DATA_WAITERS,
     lib.SHMIPC_RING_OFF_SPACE_WAITERS,
 ]
@@ -67,16 +74,44 @@ U64_VALUES = st.one_of(
     st.integers(0, 2**64 - 1),
     st.integers(0, 4096).map(lambda n: n * 8),
 )
-# words worth writing into a mutex's fields: kinds (type | robust | PI | PP | pshared), lock
-# words with the owner-died bit, small thread ids, anything
-MUTEX_FIELDS = [0, 4, 8, 12, 16, 20, 24, 28, 32, 36]
-MUTEX_WORDS = st.one_of(
-    st.sampled_from([0, 1, 2, 3, 0x92, 0x90, 0x12, 0xB2, 0xC0, 0x40, 0x80, 0x100, 0x200]),
-    st.sampled_from([0x40000000, 0x80000000, 0xC0000000, 0x3FFFFFFF, 0x7FFFFFFF, 0xFFFFFFFF]),
-    st.integers(0, 255).map(lambda k: k | 0x80),
+# u32 words worth writing into a lock's fields (the word's thread id and start-time halves,
+# the sleeper count, the spare word): thread ids no kernel issues, small ones (pid 1, ids that
+# may run under another start time), anything
+LOCK_FIELDS = [0, 4, 8, 12]
+LOCK_WORDS = st.one_of(
+    st.sampled_from([0, 1, 2, 0x3FFFFFFF, 0x40000000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF]),
     st.integers(1, 1 << 22),
     st.integers(0, 2**32 - 1),
 )
+U32 = (1 << 32) - 1
+NOBODY = 0x3FFFFFFF | 12345 << 32  # a thread id above any pid_max: nobody holds it
+
+
+def identity_of(tid: int) -> int:
+    """The lock word that names thread ``tid`` (it must be running)."""
+    started = _proc.start_time(tid)
+    assert started is not None, f"thread {tid} is not running"
+    return (started & U32) << 32 | tid
+
+
+@st.composite
+def lock_words(draw):
+    """A whole lock word: free, nobody's, a live thread of another process (the main thread of
+    this process, which outlives the child that uses the ring), that thread's id under another
+    start time (a reused id), or anything. Never the child's own identity: that one is
+    refused with RuntimeError (see the deterministic test)."""
+    who = draw(st.sampled_from(["free", "nobody", "foreign", "reused", "any"]))
+    if who == "free":
+        return 0
+    if who == "nobody":
+        return NOBODY
+    if who == "foreign":
+        return identity_of(os.getpid())
+    if who == "reused":
+        return identity_of(os.getpid()) ^ draw(st.integers(1, U32)) << 32
+    return draw(st.integers(0, 2**64 - 1))
+
+
 REC_LENGTHS = st.one_of(
     st.sampled_from([0, 1, 8, 24, 56, 120, 248, 500, 1016, 0xFFFFFFFF, 0x7FFFFFFF]),
     st.integers(0, 2**32 - 1),
@@ -101,21 +136,24 @@ OPS = [
 ]
 
 
-def _outside_mutexes(offset: int, length: int) -> bool:
-    for slot in (P_MUTEX, C_MUTEX):
-        if offset < slot + MUTEX_SLOT and slot < offset + length:
+def _outside_locks(offset: int, length: int) -> bool:
+    for lock in (P_LOCK, C_LOCK):
+        if offset < lock + LOCK_SIZE and lock < offset + length:
             return False
     return True
 
 
 @st.composite
-def scribbles(draw, capacity: int, mutexes: bool):
+def scribbles(draw, capacity: int, locks: bool):
     """One write into the ring's bytes: (offset from the control block's start, bytes)."""
-    kinds = ["bytes", "u64", "header"] + (["mutex"] if mutexes else [])
+    kinds = ["bytes", "u64", "header"] + (["lock", "lock_word"] if locks else [])
     kind = draw(st.sampled_from(kinds))
-    if kind == "mutex":  # a field of one of the pthread mutexes (glibc x86_64 layout)
-        off = draw(st.sampled_from([P_MUTEX, C_MUTEX])) + draw(st.sampled_from(MUTEX_FIELDS))
-        data = struct.pack("<I", draw(MUTEX_WORDS))
+    if kind == "lock":  # a u32 field of one of the side locks
+        off = draw(st.sampled_from([P_LOCK, C_LOCK])) + draw(st.sampled_from(LOCK_FIELDS))
+        data = struct.pack("<I", draw(LOCK_WORDS))
+    elif kind == "lock_word":  # a whole holder identity
+        off = draw(st.sampled_from([P_LOCK, C_LOCK]))
+        data = struct.pack("<Q", draw(lock_words()))
     elif kind == "u64":
         off = draw(st.sampled_from(U64_FIELDS))
         data = struct.pack("<Q", draw(U64_VALUES))
@@ -126,20 +164,20 @@ def scribbles(draw, capacity: int, mutexes: bool):
     else:
         data = draw(st.binary(min_size=1, max_size=16))
         off = draw(st.integers(0, HEADER + capacity - len(data)))
-    if not mutexes and not _outside_mutexes(off, len(data)):
+    if not locks and not _outside_locks(off, len(data)):
         # move it to the same place in the data area instead
         off = HEADER + (off % (capacity - len(data) + 1))
     return off, data
 
 
 @st.composite
-def sessions(draw, mutexes: bool):
+def sessions(draw, locks: bool):
     capacity = draw(st.sampled_from(CAPACITIES))
     prefill = draw(st.lists(st.integers(0, capacity // 2 - 8), max_size=12))
     steps = draw(
         st.lists(
             st.one_of(
-                scribbles(capacity, mutexes).map(lambda s: ("scribble", s)),
+                scribbles(capacity, locks).map(lambda s: ("scribble", s)),
                 st.sampled_from(OPS).map(lambda op: ("op", op)),
             ),
             min_size=1,
@@ -241,18 +279,20 @@ FUZZ = settings(
 
 
 @FUZZ
-@given(session=sessions(mutexes=False), seed=st.integers(0, 2**32 - 1))
+@given(session=sessions(locks=False), seed=st.integers(0, 2**32 - 1))
 def test_scribbled_positions_and_records(session, seed):
-    """Everything but the mutexes: positions, caches, counters, record headers, payloads."""
+    """Everything but the locks: positions, caches, counters (pending ones included), record
+    headers, payloads."""
     capacity, prefill, steps = session
     code, out = run_child(_session(capacity, prefill, steps, seed))
     assert code == 0, f"the reader ended with {describe(code)}:\n{out}"
 
 
 @FUZZ
-@given(session=sessions(mutexes=True), seed=st.integers(0, 2**32 - 1))
-def test_scribbled_anywhere_including_the_mutexes(session, seed):
-    """The whole control block, the pthread mutexes included."""
+@given(session=sessions(locks=True), seed=st.integers(0, 2**32 - 1))
+def test_scribbled_anywhere_including_the_locks(session, seed):
+    """The whole control block, the side locks included: only typed errors, Empty, Full or
+    success, never a death by a signal or a hang."""
     capacity, prefill, steps = session
     code, out = run_child(_session(capacity, prefill, steps, seed))
     assert code == 0, f"the reader ended with {describe(code)}:\n{out}"
@@ -261,7 +301,7 @@ def test_scribbled_anywhere_including_the_mutexes(session, seed):
 # ---- another process scribbles while this one reads --------------------------------------
 
 
-def _concurrent(seed: int, capacity: int, mutexes: bool, budget: float = 0.3) -> tuple[int, str]:
+def _concurrent(seed: int, capacity: int, locks: bool, budget: float = 0.3) -> tuple[int, str]:
     ring = Ring.anonymous(capacity, spin_ns=1000)
     buf = ring.region.buffer
     size = HEADER + capacity
@@ -277,7 +317,7 @@ def _concurrent(seed: int, capacity: int, mutexes: bool, budget: float = 0.3) ->
                 return  # the reader finished (its end of the pipe closed)
             n = rng.randint(1, 8)
             off = rng.randint(0, size - n)
-            if not mutexes and not _outside_mutexes(off, n):
+            if not locks and not _outside_locks(off, n):
                 continue
             if rng.random() < 0.3 and off % 8 == 0 and off + 8 <= size:
                 data = struct.pack("<Q", rng.choice([0, 8, 64, capacity, 2**64 - 8, off]))
@@ -312,113 +352,182 @@ def _concurrent(seed: int, capacity: int, mutexes: bool, budget: float = 0.3) ->
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), capacity=st.sampled_from(CAPACITIES))
 def test_another_process_scribbles_while_this_one_reads(seed, capacity):
-    code, out = _concurrent(seed, capacity, mutexes=False)
+    code, out = _concurrent(seed, capacity, locks=False)
     assert code == 0, f"the reader ended with {describe(code)}:\n{out}"
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), capacity=st.sampled_from(CAPACITIES))
-def test_another_process_scribbles_the_mutexes_while_this_one_reads(seed, capacity):
-    code, out = _concurrent(seed, capacity, mutexes=True)
+def test_another_process_scribbles_the_locks_while_this_one_reads(seed, capacity):
+    code, out = _concurrent(seed, capacity, locks=True)
     assert code == 0, f"the reader ended with {describe(code)}:\n{out}"
 
 
-# ---- deterministic: what a scribbled pthread mutex does --------------------------------------
-#
-# Offsets inside glibc's x86_64 pthread_mutex_t: __lock (0), __count (4), __owner (8),
-# __nusers (12), __kind (16), __spins (20), __list.__prev (24), __list.__next (32).
-
-LOCK, OWNER, KIND, LIST = 0, 8, 16, 24
-PSHARED = 128  # PTHREAD_MUTEX_PSHARED_BIT
-ROBUST = 16
-PI = 32
-PP = 64
+# ---- deterministic: what a scribbled lock does ------------------------------------------------
 
 
-def _expect_contract(setup, call) -> None:
-    """In a child: build a ring, let ``setup(ring, buf)`` scribble, then ``call(ring)``;
-    the call must succeed or raise an allowed error, and the child must exit normally."""
+def _in_child(body) -> str:
+    """In a child: build a ring holding one record (b"abc"), run ``body(ring, buf)``; it
+    must return (a report) or raise an allowed error, and the child must exit normally."""
 
     def child(fd: int) -> None:
         ring = Ring.anonymous(256, spin_ns=1000)
         ring.put(b"abc")
         buf = ring.region.buffer
-        setup(ring, buf)
         try:
-            call(ring)
-            report(fd, "ok")
+            report(fd, body(ring, buf) or "ok")
         except ALLOWED as exc:
             report(fd, type(exc).__name__)
 
     code, out = run_child(child)
     assert code == 0, f"the call ended with {describe(code)}:\n{out}"
+    return out
 
 
-def _on_x86_64() -> bool:
-    return os.uname().machine == "x86_64"
+def _word(buf, off: int) -> int:
+    return struct.unpack_from("<Q", buf, off)[0]
 
 
-needs_x86_64 = pytest.mark.skipif(not _on_x86_64(), reason="glibc x86_64 mutex layout")
+@pytest.mark.parametrize("side", ["consumer", "producer"])
+@pytest.mark.parametrize("word", ["nobody", "tid-only", "pid-reused"])
+def test_lock_word_naming_no_live_thread_is_taken_over(side, word):
+    """A peer writes a holder into a free lock's word that names no running thread: a thread
+    id no kernel issues, this very thread's id without its start time (high half 0), or this
+    process's live pid under another start time (a reused id). The holder is dead as far as
+    the word says, so the next blocking call takes the lock over within a slice or so and
+    proceeds; the recovery is counted, and the lock is free again afterwards."""
+
+    def body(ring, buf) -> str:
+        me = lib.shmipc_lock_identity()
+        value = {
+            "nobody": NOBODY,
+            "tid-only": me & U32,
+            "pid-reused": identity_of(os.getpid()) ^ 1 << 32,
+        }[word]
+        off = C_LOCK if side == "consumer" else P_LOCK
+        struct.pack_into("<Q", buf, off, value)
+        t = time.monotonic()
+        if side == "consumer":
+            assert ring.get(timeout=5) == b"abc"
+        else:
+            ring.put(b"xyz", timeout=5)
+        elapsed = time.monotonic() - t
+        assert elapsed < 1.5, f"took {elapsed:.3f} s to take the lock over"
+        stats = ring.statistics()
+        if side == "consumer":
+            assert stats.consumers_recovered == 1 and stats.messages_out == 1
+        else:
+            assert stats.messages_in == 2 and stats.abandoned == 0  # no claim was open
+            assert ring.get(block=False) == b"abc" and ring.get(block=False) == b"xyz"
+        assert _word(buf, off) == 0
+        return "proceeded"
+
+    assert _in_child(body) == "proceeded"
 
 
-@needs_x86_64
-def test_peer_overwriting_a_held_mutex_links_does_not_crash():
-    """While this process holds the consumer mutex (between peek and release), a peer writes
-    the mutex's robust-list links. glibc's unlock follows them: SIGSEGV today."""
+@pytest.mark.parametrize("side", ["consumer", "producer"])
+def test_lock_word_naming_a_dead_holder_is_taken_over_by_a_non_blocking_call(side):
+    """Also a call that may not wait takes a dead holder's lock over (it checks the holder
+    when it finds the lock busy) and proceeds."""
 
-    def setup(ring, buf):
-        ring.peek()
-        struct.pack_into("<QQ", buf, C_MUTEX + LIST, 0x10, 0x20)
+    def body(ring, buf) -> str:
+        off = C_LOCK if side == "consumer" else P_LOCK
+        struct.pack_into("<Q", buf, off, NOBODY)
+        if side == "consumer":
+            assert ring.get(block=False) == b"abc"
+        else:
+            ring.put(b"xyz", block=False)
+        assert _word(buf, off) == 0
+        return "proceeded"
 
-    _expect_contract(setup, lambda ring: ring.release())
-
-
-@needs_x86_64
-def test_peer_setting_an_invalid_mutex_kind_is_corrupted_error():
-    """An invalid __kind makes pthread return EINVAL: OSError today, not a ShmipcError."""
-
-    def setup(ring, buf):
-        struct.pack_into("<i", buf, C_MUTEX + KIND, 0x12345678)
-
-    def call(ring):
-        with pytest.raises(CorruptedError):
-            ring.get(block=False)
-
-    _expect_contract(setup, call)
+    assert _in_child(body) == "proceeded"
 
 
-@needs_x86_64
-def test_peer_setting_a_priority_protect_mutex_kind_does_not_abort():
-    """__kind = PTHREAD_MUTEX_PP_NORMAL_NP with a garbage owner: glibc's
-    __pthread_tpp_change_priority asserts and the process aborts today (SIGABRT), even for a
-    non-blocking get."""
+@pytest.mark.parametrize("side", ["consumer", "producer"])
+@pytest.mark.parametrize("timeout", [None, 5, 0])
+def test_lock_word_naming_this_thread_does_not_hang(side, timeout):
+    """A peer stores this thread's own identity in the lock word: the lock says this thread
+    holds it, which it does not. The call is refused at once (RuntimeError, as for a real
+    relock, or a typed error), whether it may wait (even without a timeout) or not: never a
+    hang, never a crash."""
 
-    def setup(ring, buf):
-        struct.pack_into("<i", buf, C_MUTEX + OWNER, 5)
-        struct.pack_into("<i", buf, C_MUTEX + KIND, PP | PSHARED)
+    def body(ring, buf) -> str:
+        off = C_LOCK if side == "consumer" else P_LOCK
+        struct.pack_into("<Q", buf, off, lib.shmipc_lock_identity())
+        block = timeout != 0
+        t = time.monotonic()
+        try:
+            if side == "consumer":
+                ring.get(block=block, timeout=timeout if block else None)
+            else:
+                ring.put(b"xyz", block=block, timeout=timeout if block else None)
+            outcome = "returned"
+        except RuntimeError:
+            outcome = "RuntimeError"
+        except ShmipcError as exc:
+            outcome = f"typed {type(exc).__name__}"
+        assert time.monotonic() - t < 1.0
+        return outcome
 
-    _expect_contract(setup, lambda ring: ring.get(block=False))
+    out = _in_child(body)
+    assert out == "RuntimeError" or out.startswith("typed "), out
 
 
-@needs_x86_64
-def test_peer_setting_a_robust_pi_mutex_with_a_dead_owner_does_not_abort():
-    """__kind = robust PI, lock word = a thread id nobody has: a blocking get makes glibc
-    assert (pthread_mutex_timedlock.c: e != ESRCH || !robust) and abort today."""
+@pytest.mark.parametrize("side", ["consumer", "producer"])
+def test_lock_word_naming_a_live_foreign_thread_times_out(side):
+    """A peer writes the identity of a live thread of another process (here the parent's main
+    thread) into the word: for all anyone can tell, that thread holds the lock. Calls wait
+    for it and time out (queue.Empty / queue.Full), and nothing is taken over."""
 
-    def setup(ring, buf):
-        struct.pack_into("<I", buf, C_MUTEX + LOCK, 0x3FFFFFFF)
-        struct.pack_into("<i", buf, C_MUTEX + KIND, 2 | ROBUST | PI | PSHARED)
+    def body(ring, buf) -> str:
+        off = C_LOCK if side == "consumer" else P_LOCK
+        foreign = identity_of(os.getppid())
+        struct.pack_into("<Q", buf, off, foreign)
+        expected = queue.Empty if side == "consumer" else queue.Full
+        for kwargs in ({"block": False}, {"timeout": 0.3}):
+            t = time.monotonic()
+            with pytest.raises(expected):
+                if side == "consumer":
+                    ring.get(**kwargs)
+                else:
+                    ring.put(b"xyz", **kwargs)
+            if "timeout" in kwargs:
+                assert 0.29 <= time.monotonic() - t < 2.0
+        assert ring.recover() is False
+        stats = ring.statistics()
+        assert stats.consumers_recovered == 0 and stats.abandoned == 0
+        assert stats.messages_in == 1 and stats.messages_out == 0
+        assert _word(buf, off) == foreign  # untouched
+        return "timed out"
 
-    _expect_contract(setup, lambda ring: ring.get(timeout=0.2))
+    assert _in_child(body) == "timed out"
 
 
-@needs_x86_64
-def test_peer_writing_our_thread_id_into_the_lock_word_is_not_a_runtime_error():
-    """A peer stores this thread's id in the consumer mutex's lock word: the error-checking
-    mutex reports EDEADLK and Ring raises RuntimeError ("this thread holds a reservation or
-    a peeked record"), which is false: the ring is corrupted."""
+@pytest.mark.parametrize("sleepers", [1, 7, 0x7FFFFFFF, 0xFFFFFFFF])
+def test_scribbled_sleeper_counts_only_cost_a_wake(sleepers):
+    """A peer writes sleeper counts (and the spare word) of both locks: every release then
+    issues a futex wake to nobody, and everything works as before."""
 
-    def setup(ring, buf):
-        struct.pack_into("<I", buf, C_MUTEX + LOCK, threading.get_native_id())
+    def body(ring, buf) -> str:
+        for off in (P_LOCK, C_LOCK):
+            struct.pack_into("<II", buf, off + 8, sleepers, sleepers ^ 0x5A5A5A5A)
+        assert ring.get(timeout=5) == b"abc"
+        for k in range(50):
+            ring.put(bytes([k]) * k, timeout=5)
+            view = ring.reserve(3, timeout=5)
+            view[:] = b"res"
+            ring.commit()
+            assert ring.get(timeout=5) == bytes([k]) * k
+            assert bytes(ring.peek(timeout=5)) == b"res"
+            ring.release()
+        t = time.monotonic()
+        with pytest.raises(queue.Empty):
+            ring.get(timeout=0.2)
+        assert time.monotonic() - t < 2.0
+        stats = ring.statistics()
+        assert stats.messages_in == stats.messages_out == 101
+        assert stats.consumers_recovered == 0 and stats.abandoned == 0
+        assert _word(buf, P_LOCK) == _word(buf, C_LOCK) == 0
+        return "ok"
 
-    _expect_contract(setup, lambda ring: ring.get(block=False))
+    assert _in_child(body) == "ok"

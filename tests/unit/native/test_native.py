@@ -1,4 +1,4 @@
-"""The raw native core: atomics, futex wait/wake, spin-then-sleep waits, the robust mutex.
+"""The raw native core: atomics, futex wait/wake, spin-then-sleep waits, the robust lock.
 
 These call ``shmipc._native.lib`` directly, below the Python classes, so that each status code
 and return value of csrc/native.c is pinned on its own. Memory comes from anonymous shared
@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import select
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
 
 import pytest
 
-from shmipc import Region
+from shmipc import Region, _proc
 from shmipc._native import ABI_VERSION, lib
 
 pytestmark = pytest.mark.timeout(60)
@@ -497,98 +498,283 @@ def test_wait_while32_woken_with_word_unchanged_reports_changed(mem, procs):
     assert lib.shmipc_load32_acquire(b, rc) == lib.SHMIPC_CHANGED
 
 
-# ---- robust mutex ---------------------------------------------------------------------------
+# ---- robust lock ----------------------------------------------------------------------------
+#
+# The lock word (u64 at the lock's offset) is 0 when free, else the holder's identity: thread
+# id in bits 0..31 | low 32 bits of that thread's start time (clock ticks) in bits 32..63.
+# The u32 at +8 counts the waiters asleep on the word. Nothing in C decides that a holder is
+# dead: the caller checks (/proc) and then steals the word it observed.
+
+SPIN = 20_000
+WAITERS = lib.SHMIPC_LOCK_OFF_WAITERS
 
 
-@pytest.fixture
-def mutex(mem):
+def identity_of(tid: int) -> int:
+    """What the lock word holds for thread ``tid`` (read from /proc, as Python checks it)."""
+    started = _proc.start_time(tid)
+    assert started is not None, f"thread {tid} is not running"
+    return (started & U32) << 32 | tid
+
+
+def test_lock_size_and_layout():
+    assert lib.SHMIPC_LOCK_SIZE == 16
+    assert lib.SHMIPC_LOCK_OFF_WAITERS == 8
+
+
+def test_lock_identity_is_thread_id_and_start_time():
+    me = lib.shmipc_lock_identity()
+    tid = threading.get_native_id()
+    assert me & U32 == tid
+    assert me >> 32 == _proc.start_time(tid) & U32
+    assert me == identity_of(tid)
+    assert lib.shmipc_lock_identity() == me  # stable
+    assert _proc.identity_alive(me)
+
+
+def test_lock_identity_is_per_thread():
+    got: list[int] = []
+
+    def other() -> None:
+        got.append(lib.shmipc_lock_identity())
+        got.append(identity_of(threading.get_native_id()))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(20)
+    theirs, expected = got
+    assert theirs == expected
+    assert theirs & U32 != lib.shmipc_lock_identity() & U32
+    # Once the thread has ended, nothing lives under its identity. (join() returns when the
+    # Python thread is done, a moment before the OS thread is gone.)
+    wait_for(lambda: not _proc.identity_alive(theirs), what="the thread's end")
+
+
+def test_forked_child_gets_a_fresh_identity(mem, procs):
+    """The identity is cached per thread; a forked child's only thread has another id (and
+    start time), so it must not inherit the parent's: it would hold the parent's locks."""
     b, o = mem
-    assert lib.shmipc_mutex_init(b, o) == lib.SHMIPC_OK
-    return b, o
+    lock, reported = o, o + 64
+    parent = lib.shmipc_lock_identity()  # computed (and cached) before the fork
+    assert lib.shmipc_lock_try(b, lock) == lib.SHMIPC_OK  # the parent holds it
+    lib.shmipc_store32_release(b, reported + 8, 99)
+
+    def child() -> None:
+        lib.shmipc_store64_release(b, reported, lib.shmipc_lock_identity())
+        # Not the holder: busy (not DEADLOCK), and its release is refused.
+        assert lib.shmipc_lock_try(b, lock) == lib.SHMIPC_TIMEDOUT
+        assert lib.shmipc_lock_release(b, lock) == lib.SHMIPC_NOTOWNER
+        assert lib.shmipc_load64_acquire(b, lock) == parent  # untouched
+
+    pid = procs.fork(child)
+    assert procs.join(pid) == 0
+    theirs = lib.shmipc_load64_acquire(b, reported)
+    assert theirs != parent
+    assert theirs & U32 == pid  # a forked child's only thread id is its pid
+    assert not _proc.identity_alive(theirs)  # (reaped)
+    assert lib.shmipc_lock_identity() == parent  # the parent's own is unchanged
+    assert lib.shmipc_lock_release(b, lock) == lib.SHMIPC_OK
 
 
-def test_mutex_size_is_a_pthread_mutex():
-    assert lib.shmipc_mutex_size() in (24, 32, 40, 48, 64)  # 40 on x86_64/glibc, 48 on arm64
+def test_lock_try_acquire_release(mem):
+    b, o = mem
+    me = lib.shmipc_lock_identity()
+    assert lib.shmipc_lock_try(b, o) == lib.SHMIPC_OK
+    assert lib.shmipc_load64_acquire(b, o) == me  # the word names the holder
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
+    assert lib.shmipc_load64_acquire(b, o) == 0
+    assert lib.shmipc_lock_acquire(b, o, -1, SPIN) == lib.SHMIPC_OK
+    assert lib.shmipc_load64_acquire(b, o) == me
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
+    assert lib.shmipc_lock_acquire(b, o, 0, 0) == lib.SHMIPC_OK  # free: no wait needed
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
+    assert lib.shmipc_lock_acquire(b, o, in_ns(5), SPIN) == lib.SHMIPC_OK
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
+    assert lib.shmipc_load64_acquire(b, o) == 0
+    assert lib.shmipc_load32_acquire(b, o + WAITERS) == 0
 
 
-def test_mutex_lock_unlock(mutex):
-    b, o = mutex
-    assert lib.shmipc_mutex_lock(b, o, -1) == lib.SHMIPC_OK
-    assert lib.shmipc_mutex_unlock(b, o) == lib.SHMIPC_OK
-    assert lib.shmipc_mutex_trylock(b, o) == lib.SHMIPC_OK
-    assert lib.shmipc_mutex_unlock(b, o) == lib.SHMIPC_OK
+def test_lock_relock_by_holder_is_deadlock(mem):
+    b, o = mem
+    assert lib.shmipc_lock_acquire(b, o, -1, SPIN) == lib.SHMIPC_OK
+    t = time.monotonic()
+    assert lib.shmipc_lock_acquire(b, o, -1, SPIN) == lib.SHMIPC_DEADLOCK
+    assert lib.shmipc_lock_acquire(b, o, in_ns(5), SPIN) == lib.SHMIPC_DEADLOCK
+    assert lib.shmipc_lock_acquire(b, o, 0, 0) == lib.SHMIPC_DEADLOCK
+    assert time.monotonic() - t < 0.5  # at once, no wait
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
 
 
-def test_mutex_relock_by_holder_is_deadlock(mutex):
-    b, o = mutex
-    assert lib.shmipc_mutex_lock(b, o, -1) == lib.SHMIPC_OK
-    assert lib.shmipc_mutex_lock(b, o, -1) == lib.SHMIPC_DEADLOCK
-    assert lib.shmipc_mutex_unlock(b, o) == lib.SHMIPC_OK
+def test_lock_try_by_holder_is_deadlock(mem):
+    b, o = mem
+    assert lib.shmipc_lock_acquire(b, o, -1, SPIN) == lib.SHMIPC_OK
+    assert lib.shmipc_lock_try(b, o) == lib.SHMIPC_DEADLOCK
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
 
 
-def test_mutex_trylock_by_holder_is_deadlock(mutex):
-    b, o = mutex
-    assert lib.shmipc_mutex_lock(b, o, -1) == lib.SHMIPC_OK
-    # glibc's robust error-checking trylock reports EDEADLK to the holder, not EBUSY.
-    assert lib.shmipc_mutex_trylock(b, o) == lib.SHMIPC_DEADLOCK
-    assert lib.shmipc_mutex_unlock(b, o) == lib.SHMIPC_OK
+def test_lock_release_when_not_held_is_notowner(mem):
+    b, o = mem
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_NOTOWNER
+    assert lib.shmipc_load64_acquire(b, o) == 0
+    # Held by another identity (here: this thread's id with another start time): refused,
+    # and the word is left as it was.
+    other = lib.shmipc_lock_identity() ^ (1 << 32)
+    lib.shmipc_store64_release(b, o, other)
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_NOTOWNER
+    assert lib.shmipc_load64_acquire(b, o) == other
 
 
-def test_mutex_unlock_when_not_held_is_notowner(mutex):
-    b, o = mutex
-    assert lib.shmipc_mutex_unlock(b, o) == lib.SHMIPC_NOTOWNER
+def test_lock_held_by_another_thread_of_this_process(mem):
+    """Ownership is per thread: another thread's hold is not this thread's."""
+    b, o = mem
+    held, stop = threading.Event(), threading.Event()
+    codes: list[int] = []
+
+    def holder() -> None:
+        codes.append(lib.shmipc_lock_acquire(b, o, -1, SPIN))
+        held.set()
+        stop.wait(20)
+        codes.append(lib.shmipc_lock_release(b, o))
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert held.wait(20)
+        assert lib.shmipc_lock_try(b, o) == lib.SHMIPC_TIMEDOUT
+        assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_NOTOWNER
+        assert lib.shmipc_lock_acquire(b, o, in_ns(0.02), SPIN) == lib.SHMIPC_TIMEDOUT
+    finally:
+        stop.set()
+        t.join(20)
+    assert codes == [lib.SHMIPC_OK, lib.SHMIPC_OK]
+    assert lib.shmipc_lock_try(b, o) == lib.SHMIPC_OK
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
 
 
 def _hold(b, o, held_off: int) -> Callable[[], None]:
     def holder() -> None:
-        assert lib.shmipc_mutex_lock(b, o, -1) == lib.SHMIPC_OK
+        assert lib.shmipc_lock_acquire(b, o, -1, SPIN) == lib.SHMIPC_OK
         lib.shmipc_store32_release(b, held_off, 1)
         while lib.shmipc_load32_acquire(b, held_off) == 1:  # until told to release or killed
             lib.shmipc_futex_wait(b, held_off, 1, -1)
-        assert lib.shmipc_mutex_unlock(b, o) == lib.SHMIPC_OK
+        assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
 
     return holder
 
 
-def test_mutex_held_elsewhere(mutex, procs):
-    b, o = mutex
+def test_lock_held_elsewhere(mem, procs):
+    b, o = mem
     held = o + 128
     pid = procs.fork(_hold(b, o, held))
     wait_for(lambda: lib.shmipc_load32_acquire(b, held) == 1, what="holder")
-    assert lib.shmipc_mutex_trylock(b, o) == lib.SHMIPC_TIMEDOUT
-    assert lib.shmipc_mutex_unlock(b, o) == lib.SHMIPC_NOTOWNER  # not ours to release
-    assert lib.shmipc_mutex_lock(b, o, 0) == lib.SHMIPC_TIMEDOUT  # deadline already past
+    assert lib.shmipc_load64_acquire(b, o) == identity_of(pid)  # the child's own identity
+    assert lib.shmipc_lock_try(b, o) == lib.SHMIPC_TIMEDOUT
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_NOTOWNER  # not ours to release
+    assert lib.shmipc_lock_acquire(b, o, 0, SPIN) == lib.SHMIPC_TIMEDOUT  # no wait allowed
     t = time.monotonic()
-    assert lib.shmipc_mutex_lock(b, o, in_ns(0.05)) == lib.SHMIPC_TIMEDOUT
+    assert lib.shmipc_lock_acquire(b, o, time.monotonic_ns() - 1, SPIN) == lib.SHMIPC_TIMEDOUT
+    assert time.monotonic() - t < 0.5
+    t = time.monotonic()
+    assert lib.shmipc_lock_acquire(b, o, in_ns(0.05), SPIN) == lib.SHMIPC_TIMEDOUT
     assert 0.045 <= time.monotonic() - t < 1.0
     t = time.monotonic()
-    assert lib.shmipc_mutex_lock(b, o, -1) == lib.SHMIPC_SLICE
+    assert lib.shmipc_lock_acquire(b, o, -1, SPIN) == lib.SHMIPC_SLICE
     assert SLICE_S * 0.9 <= time.monotonic() - t < 1.0
+    t = time.monotonic()
+    assert lib.shmipc_lock_acquire(b, o, in_ns(30), SPIN) == lib.SHMIPC_SLICE  # far deadline
+    assert SLICE_S * 0.9 <= time.monotonic() - t < 1.0
+    assert lib.shmipc_load32_acquire(b, o + WAITERS) == 0  # unregistered on the way out
+    assert lib.shmipc_load64_acquire(b, o) == identity_of(pid)  # still the child's
     lib.shmipc_store32_release(b, held, 2)
     lib.shmipc_futex_wake(b, held, 1)
     assert procs.join(pid) == 0
-    assert lib.shmipc_mutex_lock(b, o, in_ns(5)) == lib.SHMIPC_OK
-    assert lib.shmipc_mutex_unlock(b, o) == lib.SHMIPC_OK
+    assert lib.shmipc_load64_acquire(b, o) == 0  # released by its holder
+    assert lib.shmipc_lock_acquire(b, o, in_ns(5), SPIN) == lib.SHMIPC_OK
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
 
 
-def test_mutex_ownerdead_then_consistent(mutex, procs):
-    b, o = mutex
+def test_lock_release_wakes_a_sleeping_waiter(mem, procs):
+    b, o = mem
+    rc = o + 64
+    lib.shmipc_store32_release(b, rc, 99)
+    assert lib.shmipc_lock_try(b, o) == lib.SHMIPC_OK
+
+    def waiter() -> None:
+        r = lib.shmipc_lock_acquire(b, o, -1, SPIN)
+        while r == lib.SHMIPC_SLICE:
+            r = lib.shmipc_lock_acquire(b, o, -1, SPIN)
+        lib.shmipc_store32_release(b, rc, r)
+        assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
+
+    pid = procs.fork(waiter)
+    wait_for(lambda: lib.shmipc_load32_acquire(b, o + WAITERS) == 1, what="registration")
+    wait_for(lambda: asleep_in_futex(pid), what="sleep")
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
+    assert procs.join(pid) == 0
+    assert lib.shmipc_load32_acquire(b, rc) == lib.SHMIPC_OK
+    assert lib.shmipc_load32_acquire(b, o + WAITERS) == 0
+    assert lib.shmipc_load64_acquire(b, o) == 0
+
+
+def test_dead_holders_word_stays_until_stolen(mem, procs):
+    """Nothing hands a dead holder's lock on by itself: its word keeps naming the dead thread,
+    acquirers time out, until one that found the holder dead steals it (OWNERDEAD)."""
+    b, o = mem
     held = o + 128
     pid = procs.fork(_hold(b, o, held))
     wait_for(lambda: lib.shmipc_load32_acquire(b, held) == 1, what="holder")
+    word = lib.shmipc_load64_acquire(b, o)
+    assert word == identity_of(pid)
+    assert _proc.identity_alive(word)
     procs.kill(pid)
-    assert lib.shmipc_mutex_lock(b, o, in_ns(5)) == lib.SHMIPC_OWNERDEAD
-    assert lib.shmipc_mutex_unlock(b, o) == lib.SHMIPC_OK
-    # Marked consistent on the way: usable as normal afterwards.
-    assert lib.shmipc_mutex_lock(b, o, in_ns(5)) == lib.SHMIPC_OK
-    assert lib.shmipc_mutex_unlock(b, o) == lib.SHMIPC_OK
+    assert not _proc.identity_alive(word)
+    assert lib.shmipc_load64_acquire(b, o) == word
+    assert lib.shmipc_lock_try(b, o) == lib.SHMIPC_TIMEDOUT
+    assert lib.shmipc_lock_acquire(b, o, in_ns(0.05), SPIN) == lib.SHMIPC_TIMEDOUT
+    assert lib.shmipc_lock_steal(b, o, word) == lib.SHMIPC_OWNERDEAD
+    assert lib.shmipc_load64_acquire(b, o) == lib.shmipc_lock_identity()  # ours now
+    # Another waiter that saw the same dead holder comes too late: the word has moved on.
+    assert lib.shmipc_lock_steal(b, o, word) == lib.SHMIPC_CHANGED
+    assert lib.shmipc_lock_try(b, o) == lib.SHMIPC_DEADLOCK  # held, by us
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
+    # Usable as normal afterwards.
+    assert lib.shmipc_lock_acquire(b, o, in_ns(5), SPIN) == lib.SHMIPC_OK
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
 
 
-def test_mutex_trylock_reports_ownerdead(mutex, procs):
-    b, o = mutex
-    held = o + 128
-    pid = procs.fork(_hold(b, o, held))
-    wait_for(lambda: lib.shmipc_load32_acquire(b, held) == 1, what="holder")
-    procs.kill(pid)
-    assert lib.shmipc_mutex_trylock(b, o) == lib.SHMIPC_OWNERDEAD
-    assert lib.shmipc_mutex_unlock(b, o) == lib.SHMIPC_OK
+def test_dead_threads_word_can_be_stolen(mem):
+    """A thread of this process that ended holding the lock: same as a dead process."""
+    b, o = mem
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(lib.shmipc_lock_acquire(b, o, -1, SPIN)))
+    t.start()
+    t.join(20)
+    assert got == [lib.SHMIPC_OK]
+    word = lib.shmipc_load64_acquire(b, o)
+    assert word & U32 != threading.get_native_id()
+    # join() returns when the Python thread is done, a moment before the OS thread is gone.
+    wait_for(lambda: not _proc.identity_alive(word), what="the thread's end")
+    assert lib.shmipc_load64_acquire(b, o) == word  # nobody released it
+    assert lib.shmipc_lock_try(b, o) == lib.SHMIPC_TIMEDOUT
+    assert lib.shmipc_lock_steal(b, o, word) == lib.SHMIPC_OWNERDEAD
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
+
+
+def test_steal_with_a_stale_observed_value_is_changed(mem):
+    b, o = mem
+    dead = 0x3FFFFFFF | 12345 << 32  # a thread id no kernel issues
+    lib.shmipc_store64_release(b, o, dead)
+    for stale in (dead + 1, dead ^ (1 << 32), 0, lib.shmipc_lock_identity()):
+        assert lib.shmipc_lock_steal(b, o, stale) == lib.SHMIPC_CHANGED
+        assert lib.shmipc_load64_acquire(b, o) == dead  # untouched
+    # A free lock is not stolen either: observed 0 never matches a holder.
+    lib.shmipc_store64_release(b, o, 0)
+    assert lib.shmipc_lock_steal(b, o, 0) == lib.SHMIPC_CHANGED
+    assert lib.shmipc_load64_acquire(b, o) == 0
+    # Nor is our own hold "stolen" from ourselves.
+    assert lib.shmipc_lock_try(b, o) == lib.SHMIPC_OK
+    assert lib.shmipc_lock_steal(b, o, lib.shmipc_lock_identity()) == lib.SHMIPC_CHANGED
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK
+    # The real one takes it.
+    lib.shmipc_store64_release(b, o, dead)
+    assert lib.shmipc_lock_steal(b, o, dead) == lib.SHMIPC_OWNERDEAD
+    assert lib.shmipc_lock_release(b, o) == lib.SHMIPC_OK

@@ -1,8 +1,10 @@
-"""Lock: a robust process-shared mutex, owned per thread, not reentrant."""
+"""Lock: a robust process-shared lock (shmipc's own, not a pthread mutex), owned per thread,
+not reentrant."""
 
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import struct
@@ -182,9 +184,14 @@ def test_other_thread_waits_for_holder():
 def test_layout_matches_docstring():
     from shmipc._native import lib
 
-    assert Lock.LAYOUT["mutex"] == 0
-    assert Lock.LAYOUT["recoveries"] == lib.shmipc_mutex_size()
+    # The Lock docstring's table: word 0 (8 bytes), sleepers 8 (4), recoveries 12 (4).
+    assert Lock.LAYOUT["word"] == 0
+    assert Lock.LAYOUT["sleepers"] == 8 == lib.SHMIPC_LOCK_OFF_WAITERS
+    assert Lock.LAYOUT["recoveries"] == 12 == lib.SHMIPC_LOCK_SIZE - 4
     assert Lock.SIZE % 64 == 0
+    doc = Lock.__doc__ or ""
+    for offset, size, field in ((0, 8, "word"), (8, 4, "sleepers"), (12, 4, "recoveries")):
+        assert re.search(rf"^\s*{offset}\s+{size}\s+{field}:", doc, re.M), field
 
 
 # ---- across processes -----------------------------------------------------------------------
