@@ -15,7 +15,7 @@ def start_time(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+    except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(b")") + 2 :].split()
@@ -39,15 +39,22 @@ def self_identity() -> tuple[int, int]:
 
 
 def is_alive(pid: int, started: int) -> bool:
-    """True while the process that was ``pid`` at start time ``started`` still runs."""
+    """True while the process that was ``pid`` at start time ``started`` still runs (or
+    /proc will not say: unknown is never taken for dead)."""
     if pid <= 0:
         return False
-    return start_time(pid) == started
+    try:
+        return start_time(pid) == started
+    except PermissionError:
+        return True
 
 
 def identity_alive(identity: int) -> bool:
     """True while the thread a native lock word names (tid | start time low 32 bits << 32)
     still runs. /proc/TID resolves for any thread of any process."""
     tid = identity & 0xFFFFFFFF
-    started = start_time(tid)
+    try:
+        started = start_time(tid)
+    except PermissionError:
+        return True  # /proc hides it (hidepid): unknown is never taken for dead
     return started is not None and (started & 0xFFFFFFFF) == identity >> 32

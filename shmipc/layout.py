@@ -25,13 +25,15 @@ offset  size  field                 meaning
 40      8     data_offset           where the payload starts (== header size, 128)
 48      4     creator_uid           uid of the creator (informational, for ``shmipc ls``)
 52      4     flags                 kind-specific bits
-56      72    reserved              zero; room to grow without moving ``data_offset``
+56      8     creator_pidns         inode of the creator's pid namespace (0: unknown)
+64      64    reserved              zero; room to grow without moving ``data_offset``
 ======  ====  ====================  ======================================================
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import struct
 from dataclasses import dataclass
 
@@ -147,13 +149,14 @@ def _segment_layout() -> Layout:
     lay.add("data_offset", 8, "Q")
     lay.add("creator_uid", 4, "I")
     lay.add("flags", 4, "I")
+    lay.add("creator_pidns", 8, "Q")
     lay.pad_to(2 * CACHE_LINE)
     return lay
 
 
 SEGMENT_LAYOUT = _segment_layout()
-_HEADER_STRUCT = struct.Struct("<8sIIIIQQQII")
-assert _HEADER_STRUCT.size == SEGMENT_LAYOUT["flags"] + 4
+_HEADER_STRUCT = struct.Struct("<8sIIIIQQQIIQ")
+assert _HEADER_STRUCT.size == SEGMENT_LAYOUT["creator_pidns"] + 8
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,7 @@ class SegmentHeader:
     data_offset: int
     creator_uid: int
     flags: int
+    creator_pidns: int = 0
 
     size = SEGMENT_LAYOUT.size
 
@@ -185,6 +189,7 @@ class SegmentHeader:
             self.data_offset,
             self.creator_uid,
             self.flags,
+            self.creator_pidns,
         )
 
     @classmethod
@@ -221,9 +226,33 @@ class SegmentHeader:
                 f"{name!r}: header says {self.total_size} bytes but the segment has "
                 f"{mapped_size} (truncated, or the header is corrupted)"
             )
+        ours = pid_namespace()
+        if self.creator_pidns and ours and self.creator_pidns != ours:
+            raise LayoutMismatch(
+                f"{name!r} was created in another pid namespace: shmipc's robust locks name "
+                "their holders by thread id, which only means something inside one pid "
+                "namespace, so sharing across namespaces could break mutual exclusion; run "
+                "the processes in one pid namespace (e.g. docker --pid=container:...)"
+            )
 
 
 SEGMENT_HEADER = SEGMENT_LAYOUT
+
+
+_pidns: tuple[int, int] | None = None
+
+
+def pid_namespace() -> int:
+    """The inode of this process's pid namespace (0 if /proc does not say), cached per pid."""
+    global _pidns
+    pid = os.getpid()
+    if _pidns is None or _pidns[0] != pid:
+        try:
+            ino = os.stat("/proc/self/ns/pid").st_ino
+        except OSError:
+            ino = 0
+        _pidns = (pid, ino)
+    return _pidns[1]
 
 
 def _kind_name(kind: int) -> str:

@@ -43,6 +43,7 @@ from .layout import (
     InitState,
     Kind,
     SegmentHeader,
+    pid_namespace,
 )
 
 __all__ = ["ATTACH_TIMEOUT", "SHM_DIR", "Region"]
@@ -305,6 +306,7 @@ class Region:
                 data_offset=SEGMENT_LAYOUT.size,
                 creator_uid=os.getuid(),
                 flags=flags,
+                creator_pidns=pid_namespace(),
             )
             region = cls(
                 mm,

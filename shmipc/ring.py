@@ -282,6 +282,11 @@ class Ring:
                 "its rules (see docs/internals/ring.md)"
             )
         if rc == lib.SHMIPC_DEADLOCK:
+            if self._local.reserved is None and self._local.peeked is None:
+                raise CorruptedError(
+                    "a side lock of this ring names this thread, which holds nothing on it: "
+                    "the lock word was overwritten"
+                )
             raise RuntimeError(
                 "this thread holds a reservation or a peeked record of this ring: commit, "
                 "abort or release it before the next call"

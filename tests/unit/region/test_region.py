@@ -568,22 +568,22 @@ def test_header_offsets_match_the_documented_table():
     fields = {f.name: (f.offset, f.size) for f in SEGMENT_LAYOUT.fields.values()}
     reserved = table.pop("reserved")
     assert table == fields
-    assert reserved == (56, SEGMENT_LAYOUT.size - 56)
+    assert reserved == (64, SEGMENT_LAYOUT.size - 64)
     assert SEGMENT_LAYOUT.size == 128
-    header = layout_mod.SegmentHeader(MAGIC, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+    header = layout_mod.SegmentHeader(MAGIC, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
     packed = header.pack()
     for name, value in zip(
         ["layout_version", "kind", "init_state", "creator_pid"], [1, 2, 3, 4], strict=True
     ):
         assert struct.unpack_from("<I", packed, SEGMENT_LAYOUT[name])[0] == value
-    assert layout_mod.SegmentHeader.unpack(packed + bytes(72)) == header
+    assert layout_mod.SegmentHeader.unpack(packed + bytes(64)) == header
 
 
 def test_header_table_in_docs_matches_the_layout():
     doc = Path(__file__).resolve().parents[3] / "docs" / "regions.md"
     rows = re.findall(r"^\| (\d+) \| (\d+) \| `?(\w+)`? \|", doc.read_text(), re.MULTILINE)
     table = {name: (int(off), int(size)) for off, size, name in rows}
-    assert table.pop("reserved") == (56, SEGMENT_LAYOUT.size - 56)
+    assert table.pop("reserved") == (64, SEGMENT_LAYOUT.size - 64)
     assert table == {f.name: (f.offset, f.size) for f in SEGMENT_LAYOUT.fields.values()}
 
 
