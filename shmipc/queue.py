@@ -27,7 +27,7 @@ __all__ = ["Empty", "Full", "Queue"]
 Empty = _stdlib_queue.Empty
 Full = _stdlib_queue.Full
 
-# Record types (the ring's type field).
+# Record types (the ring's type field). get_bytes relies on T_OBJ and T_BYTES being adjacent.
 T_OBJ = 1  # a codec frame
 T_BYTES = 2  # raw bytes from put_bytes: get() returns them as bytes
 T_SPILL_OBJ = 3  # a reference to a spilled codec frame
@@ -260,6 +260,8 @@ class Queue:
             self._live_ring()
             raise
         if r >= 0:
+            if T_OBJ <= r >> 40 <= T_BYTES:  # a frame or raw bytes: the payload as it is
+                return _unpack(scratch, r & _LEN_MASK)
             rtype, payload = r >> 40, _unpack(scratch, r & _LEN_MASK)
         else:
             rtype, payload = self._live_ring()._get_record(deadline)

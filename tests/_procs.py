@@ -1,6 +1,9 @@
-"""Shared helpers of the ring and queue stress and fault tests.
+"""Shared helpers of the test suite (imported as ``from _procs import ...``).
 
-* ``Procs``: forked children that always end (reaped by ``join``, SIGKILLed at teardown);
+* ``Procs``: forked children that always end (reaped by ``join``, SIGKILLed at teardown by
+  the ``procs`` fixture of tests/conftest.py);
+* ``Child`` and ``fork_call``: a forked child that reports through a pipe;
+* waiting on other processes: ``wait_for``, ``asleep_in_futex``, ``wait_stopped``, pipe reads;
 * message framing: every message names its producer and sequence number and carries a
   fill pattern derived from both, so a consumer can tell a well-formed message from a torn
   or stale one;
@@ -13,18 +16,20 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import random
 import select
 import signal
 import struct
+import sys
 import time
 import traceback
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from shmipc import Region
+from shmipc import Region, ShmipcError
 from shmipc._native import lib
 
 # ---- children ---------------------------------------------------------------------------------
@@ -33,8 +38,9 @@ from shmipc._native import lib
 class Procs:
     """Forked children that always end: reaped by ``join``/``kill``, SIGKILLed at teardown."""
 
-    def __init__(self) -> None:
+    def __init__(self, join_timeout: float = 60.0) -> None:
         self.live: set[int] = set()
+        self.join_timeout = join_timeout  # the default of ``join``
 
     def fork(self, fn: Callable[[], object]) -> int:
         pid = os.fork()
@@ -52,8 +58,12 @@ class Procs:
         self.live.add(pid)
         return pid
 
-    def join(self, pid: int, timeout: float = 60.0) -> int:
-        """Wait for the child to end; its exit code (negative: the signal that ended it)."""
+    def join(self, pid: int, timeout: float | None = None) -> int:
+        """Wait for the child to end; its exit code (negative: the signal that ended it).
+        A child still running after ``timeout`` (default: ``join_timeout``) is killed and the
+        test fails."""
+        if timeout is None:
+            timeout = self.join_timeout
         code = self.wait(pid, timeout)
         if code is None:
             self.kill(pid)
@@ -156,6 +166,107 @@ def read_exact(fd: int, n: int, timeout: float) -> bytes:
                 return out
             out += chunk
     return out
+
+
+CHILD_TIMEOUT = 30.0  # default wait for a ``Child`` (or ``wait_exit``, ``read_to_eof``)
+
+
+def read_exact_or_fail(fd: int, n: int, timeout: float = CHILD_TIMEOUT) -> bytes:
+    """Like ``read_exact``, but the pipe closing before ``n`` bytes fails too."""
+    out = read_exact(fd, n, timeout)
+    if len(out) < n:
+        raise AssertionError(f"pipe closed after {len(out)} of {n} bytes")
+    return out
+
+
+def read_to_eof(fd: int, timeout: float = CHILD_TIMEOUT) -> bytes:
+    """Everything a pipe carries until its writers close it, waiting at most ``timeout``
+    for each chunk."""
+    out = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            raise AssertionError(f"pipe still open after {timeout} s")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return out
+        out += chunk
+
+
+def wait_exit(pid: int, timeout: float = CHILD_TIMEOUT) -> int:
+    """Wait (without polling) for child ``pid``; return its exit code, or -signal.
+
+    A child still running after ``timeout`` is killed and the test fails, rather than hang.
+    """
+    pidfd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"child {pid} still running after {timeout} s: killed it")
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+class Child:
+    """A forked child running ``fn(report_fd)``; ``finish()`` returns (exit code, report).
+
+    The child leaves with ``os._exit`` (0 when ``fn`` returned, 1 with the traceback on
+    stderr when it raised), so no atexit handler or pytest machinery of the parent runs in it.
+    """
+
+    def __init__(self, fn: Callable[[int], None]) -> None:
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                os.close(rfd)
+                fn(wfd)
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        self.pid = pid
+        self.fd = rfd
+        self._reaped = False
+        self._closed = False
+
+    def finish(self, timeout: float = CHILD_TIMEOUT) -> tuple[int, bytes]:
+        try:
+            reported = read_to_eof(self.fd, timeout)  # EOF when the child exits (or dies)
+        except BaseException:
+            self.kill()
+            raise
+        self._reaped = True  # wait_exit reaps it, whether it exits or has to be killed
+        try:
+            return wait_exit(self.pid, timeout), reported
+        finally:
+            self.kill()  # only closes the pipe now
+
+    def kill(self) -> None:
+        """Kill and reap the child unless it was reaped already; close the pipe."""
+        if not self._reaped:
+            self._reaped = True
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ChildProcessError, ProcessLookupError):
+                pass
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+
+def fork_call(fn: Callable[[int], None], timeout: float = CHILD_TIMEOUT) -> tuple[int, bytes]:
+    """Run ``fn(report_fd)`` in a forked child; return (exit code, bytes it reported)."""
+    return Child(fn).finish(timeout)
 
 
 # ---- messages ---------------------------------------------------------------------------------
@@ -373,6 +484,29 @@ def check_streams(streams: Iterable[array], counts: list[int]) -> list[str]:
     return problems[:20]
 
 
+def note_in_order(got: list[tuple[int, int]], expect: dict[int, int], errors: list[str]) -> bool:
+    """Check a batch of (producer, seq) a consumer got: each producer's sequence numbers must
+    come as 0, 1, 2, ... (``expect`` holds the next one of each; the first 20 departures go to
+    ``errors``). True when the batch ends with a stop message."""
+    for pid, seq in got:
+        if pid == STOP:
+            continue
+        if seq != expect.get(pid, 0) and len(errors) < 20:
+            errors.append(f"producer {pid}: seq {seq}, expected {expect.get(pid, 0)}")
+        expect[pid] = seq + 1
+    return got[-1][0] == STOP
+
+
+def lost_commits(committed: Sequence[Any], expect: dict[int, int]) -> list[tuple[int, int, int]]:
+    """(producer, last committed, last received) of each producer whose committed messages
+    (``committed[i]``: an AtomicCounter, -1 for none) did not all arrive."""
+    return [
+        (i, c.load(), expect.get(i, 0) - 1)
+        for i, c in enumerate(committed)
+        if expect.get(i, 0) - 1 < c.load()
+    ]
+
+
 def run_stress(
     kind: str,
     chan: Any,
@@ -438,6 +572,54 @@ def run_stress(
 
 
 # ---- scribbling ------------------------------------------------------------------------------
+
+TYPED_ERRORS = (ShmipcError, queue.Empty, queue.Full)
+
+
+def typed_errors_only(
+    ops: Sequence[Callable[[random.Random], object]], seconds: float, seed: int
+) -> None:
+    """Call ops drawn at random for ``seconds``; exits 3 if any error was not a typed one
+    (the first of each kind is printed), after going on to the end: a crash still shows as
+    a signal."""
+    rng = random.Random(seed)
+    untyped: set[str] = set()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            ops[rng.randrange(len(ops))](rng)
+        except TYPED_ERRORS:
+            pass
+        except Exception as exc:
+            if type(exc).__name__ not in untyped:
+                untyped.add(type(exc).__name__)
+                traceback.print_exc()
+    if untyped:
+        os._exit(3)
+
+
+def check_scribbled(
+    procs: Procs,
+    name: str,
+    read_ops: Sequence[Callable[[random.Random], object]],
+    write_ops: Sequence[Callable[[random.Random], object]],
+    locks: bool,
+    seed: int,
+    seconds: float = 2.0,
+) -> None:
+    """A reader (``read_ops``) and a writer (``write_ops``) use segment ``name`` while
+    another process scribbles over it (see ``scribble``): both must see typed errors only,
+    and nobody may crash or hang."""
+    reader = procs.fork(lambda: typed_errors_only(read_ops, seconds + 0.5, 1))
+    writer = procs.fork(lambda: typed_errors_only(write_ops, seconds + 0.5, 2))
+    scribbler = procs.fork(lambda: scribble(name, seconds, locks, seed))
+    assert procs.join(scribbler, 30) == 0
+    codes = {"reader": procs.join(reader, 30), "writer": procs.join(writer, 30)}
+    assert codes == {"reader": 0, "writer": 0}, (
+        f"exit codes {codes} (negative: killed by that signal; 3: an untyped error, "
+        "traceback above)"
+    )
+
 
 _P_LOCK = range(lib.SHMIPC_RING_OFF_P_LOCK, lib.SHMIPC_RING_OFF_P_LOCK + lib.SHMIPC_LOCK_SIZE)
 _C_LOCK = range(lib.SHMIPC_RING_OFF_C_LOCK, lib.SHMIPC_RING_OFF_C_LOCK + lib.SHMIPC_LOCK_SIZE)

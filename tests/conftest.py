@@ -15,6 +15,7 @@ import secrets
 import struct
 
 import pytest
+from _procs import Procs
 
 SHM_DIR = "/dev/shm"
 _MAGIC = b"SHMIPC\x00\x1a"
@@ -80,3 +81,13 @@ def shm_name():
         os.unlink(os.path.join(SHM_DIR, name))
     except FileNotFoundError:
         pass
+
+
+@pytest.fixture
+def procs(request):
+    """A ``_procs.Procs``: forked children, every one still alive at teardown SIGKILLed and
+    reaped. ``procs.join`` waits 60 s by default; a test module changes that with a
+    module-level ``PROCS_JOIN_TIMEOUT``."""
+    p = Procs(join_timeout=getattr(request.module, "PROCS_JOIN_TIMEOUT", 60.0))
+    yield p
+    p.kill_all()

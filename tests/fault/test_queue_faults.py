@@ -26,27 +26,22 @@ from _procs import (
     STOP,
     Procs,
     asleep_in_futex,
+    check_scribbled,
     frame,
+    lost_commits,
+    note_in_order,
     obj_message,
     parse_obj,
     read_exact,
-    scribble,
 )
 
-from shmipc import AtomicCounter, Event, Region, ShmipcError
+from shmipc import AtomicCounter, Event, Region
 from shmipc._native import lib
 from shmipc.queue import Queue
 
 pytestmark = pytest.mark.timeout(120)
 
 _TS = struct.Struct("<q")
-
-
-@pytest.fixture
-def procs():
-    p = Procs()
-    yield p
-    p.kill_all()
 
 
 # ---- Ctrl-C -----------------------------------------------------------------------------------
@@ -203,13 +198,7 @@ def _queue_consumer_body(q: Queue, out_path: str) -> None:
                 got = [parse_obj(q.get(timeout=30))]
             else:
                 got = [parse_obj(x) for x in q.get_many(rng.randint(2, 16), timeout=30)]
-            for pid, seq in got:
-                if pid == STOP:
-                    continue
-                if seq != expect.get(pid, 0) and len(errors) < 20:
-                    errors.append(f"producer {pid}: seq {seq}, expected {expect.get(pid, 0)}")
-                expect[pid] = seq + 1
-            if got[-1][0] == STOP:
+            if note_in_order(got, expect, errors):
                 break
     except BaseException:
         error = traceback.format_exc()
@@ -260,11 +249,7 @@ def test_sigkilled_producers_on_a_bounded_queue(procs, tmp_path):
         q.close()
     print(f"worst first put after a death {worst / 1e6:.1f} ms; {stats}")
     assert res["errors"] == [], res["errors"]
-    lost = [
-        (i, c.load(), res["expect"].get(i, 0) - 1)
-        for i, c in enumerate(committed)
-        if res["expect"].get(i, 0) - 1 < c.load()
-    ]
+    lost = lost_commits(committed, res["expect"])
     assert lost == [], f"committed but never received (producer, committed, received): {lost}"
     assert worst < 1.1e9
 
@@ -372,37 +357,6 @@ def test_consumer_dead_right_after_retiring_leaves_a_bounded_queue_usable(procs)
 # ---- scribbling -------------------------------------------------------------------------------
 
 
-def _queue_typed_errors_only(q: Queue, seconds: float, side: str, seed: int) -> None:
-    """Use the queue for ``seconds``; exits 3 if any error was not a typed one."""
-    rng = random.Random(seed)
-    untyped: set[str] = set()
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            op = rng.randrange(3)
-            if side == "read":
-                if op == 0:
-                    q.get(timeout=0.01)
-                elif op == 1:
-                    q.get_many(8, timeout=0.01)
-                else:
-                    q.get_bytes(timeout=0.01)
-            elif op == 0:
-                q.put(obj_message(0, 1, rng.randint(0, 100)), timeout=0.01)
-            elif op == 1:
-                q.put_many([obj_message(0, 2, 10), {"k": [1, 2.5, None]}, "text"], timeout=0.01)
-            else:
-                q.put_bytes(frame(0, 3, 24), timeout=0.01)
-        except (ShmipcError, queue.Empty, queue.Full):
-            pass
-        except Exception as exc:
-            if type(exc).__name__ not in untyped:
-                untyped.add(type(exc).__name__)
-                traceback.print_exc()
-    if untyped:
-        os._exit(3)
-
-
 def test_scribbled_queue_gives_only_typed_errors(procs):
     """Another process writes garbage over a live queue's positions, record headers and
     payloads (the two locks aside: tests/fault/test_ring_faults.py has that case) while a
@@ -411,15 +365,18 @@ def test_scribbled_queue_gives_only_typed_errors(procs):
     try:
         for k in range(20):
             q.put(obj_message(0, k, k))
-        seconds = 2.0
-        reader = procs.fork(lambda: _queue_typed_errors_only(q, seconds + 0.5, "read", 1))
-        writer = procs.fork(lambda: _queue_typed_errors_only(q, seconds + 0.5, "write", 2))
-        scribbler = procs.fork(lambda: scribble(q.name, seconds, False, 4))
-        assert procs.join(scribbler, 30) == 0
-        codes = {"reader": procs.join(reader, 30), "writer": procs.join(writer, 30)}
-        assert codes == {"reader": 0, "writer": 0}, (
-            f"exit codes {codes} (negative: killed by that signal; 3: an untyped error, "
-            "traceback above)"
-        )
+        read_ops = [
+            lambda rng: q.get(timeout=0.01),
+            lambda rng: q.get_many(8, timeout=0.01),
+            lambda rng: q.get_bytes(timeout=0.01),
+        ]
+        write_ops = [
+            lambda rng: q.put(obj_message(0, 1, rng.randint(0, 100)), timeout=0.01),
+            lambda rng: q.put_many(
+                [obj_message(0, 2, 10), {"k": [1, 2.5, None]}, "text"], timeout=0.01
+            ),
+            lambda rng: q.put_bytes(frame(0, 3, 24), timeout=0.01),
+        ]
+        check_scribbled(procs, q.name, read_ops, write_ops, locks=False, seed=4)
     finally:
         q.close()

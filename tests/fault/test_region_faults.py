@@ -16,6 +16,7 @@ from pathlib import Path
 
 import posix_ipc
 import pytest
+from _procs import fork_call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +34,6 @@ from shmipc.region import _unlink_quietly
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit", "region"))
 from region_helpers import (
-    fork_call,
     header_bytes,
     scribble,
     scribble_field,

@@ -26,15 +26,16 @@ import traceback
 import pytest
 from _procs import (
     STOP,
-    Procs,
     asleep_in_futex,
+    check_scribbled,
     check_streams,
     frame,
     load_result,
+    lost_commits,
+    note_in_order,
     parse,
     proc_state,
     read_exact,
-    scribble,
     send_stops,
     stress_consumer,
     stress_producer,
@@ -42,20 +43,13 @@ from _procs import (
     wait_stopped,
 )
 
-from shmipc import AtomicCounter, Event, Region, ShmipcError
+from shmipc import AtomicCounter, Event, Region
 from shmipc._native import lib
 from shmipc.ring import Ring
 
 pytestmark = pytest.mark.timeout(120)
 
 _TS = struct.Struct("<q")
-
-
-@pytest.fixture
-def procs():
-    p = Procs()
-    yield p
-    p.kill_all()
 
 
 # ---- producers SIGKILLed ----------------------------------------------------------------------
@@ -143,13 +137,7 @@ def _draining_consumer_body(ring: Ring, out_path: str) -> None:
                 finally:
                     ring.release()
             received += len(got)
-            for pid, seq in got:
-                if pid == STOP:
-                    continue
-                if seq != expect.get(pid, 0) and len(errors) < 20:
-                    errors.append(f"producer {pid}: seq {seq}, expected {expect.get(pid, 0)}")
-                expect[pid] = seq + 1
-            if got[-1][0] == STOP:
+            if note_in_order(got, expect, errors):
                 break
     except BaseException:
         error = traceback.format_exc()
@@ -228,11 +216,7 @@ def test_sigkilled_producers_lose_no_commit_and_never_block_the_next(procs, tmp_
         f"{worst_steady_us.load() / 1e3:.1f} ms; {stats}"
     )
     assert res["errors"] == [], res["errors"]
-    lost = [
-        (i, c.load(), res["expect"].get(i, 0) - 1)
-        for i, c in enumerate(committed)
-        if res["expect"].get(i, 0) - 1 < c.load()
-    ]
+    lost = lost_commits(committed, res["expect"])
     assert lost == [], f"committed but never received (producer, committed, received): {lost}"
     assert worst_first_put < 1.1e9, "a killed producer blocked the next one"
     assert worst_steady_us.load() < 3e6
@@ -639,42 +623,18 @@ def test_random_sigstop_sigcont_keeps_every_message(procs, tmp_path):
 # ---- scribbling -------------------------------------------------------------------------------
 
 
-def _typed_errors_only(ring: Ring, seconds: float, side: str, seed: int) -> None:
-    """Read (or write) for ``seconds``; exits 3 if any error was not a typed one (the first
-    of each kind is printed), after going on to the end: a crash still shows as a signal."""
-    rng = random.Random(seed)
-    untyped: set[str] = set()
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        try:
-            op = rng.randrange(3)
-            if side == "read":
-                if op == 0:
-                    ring.get(timeout=0.01)
-                elif op == 1:
-                    ring.get_many(8, timeout=0.01)
-                else:
-                    view = ring.peek(timeout=0.01)
-                    try:
-                        bytes(view)
-                    finally:
-                        ring.release()
-            elif op == 0:
-                ring.put(frame(0, 1, rng.randint(0, 200)), timeout=0.01)
-            elif op == 1:
-                ring.put_many([frame(0, 2, 10)] * 5, timeout=0.01)
-            else:
-                view = ring.reserve(40, timeout=0.01)
-                view[:] = frame(0, 3, 24)
-                ring.commit()
-        except (ShmipcError, queue.Empty, queue.Full):
-            pass
-        except Exception as exc:
-            if type(exc).__name__ not in untyped:
-                untyped.add(type(exc).__name__)
-                traceback.print_exc()
-    if untyped:
-        os._exit(3)
+def _peek_and_release(ring: Ring) -> None:
+    view = ring.peek(timeout=0.01)
+    try:
+        bytes(view)
+    finally:
+        ring.release()
+
+
+def _reserve_and_commit(ring: Ring) -> None:
+    view = ring.reserve(40, timeout=0.01)
+    view[:] = frame(0, 3, 24)
+    ring.commit()
 
 
 @pytest.mark.parametrize("locks", [False, True], ids=["positions-and-records", "and-locks"])
@@ -686,15 +646,16 @@ def test_scribbled_ring_gives_only_typed_errors(procs, locks):
     try:
         for k in range(20):
             ring.put(frame(0, k, k))
-        seconds = 2.0
-        reader = procs.fork(lambda: _typed_errors_only(ring, seconds + 0.5, "read", 1))
-        writer = procs.fork(lambda: _typed_errors_only(ring, seconds + 0.5, "write", 2))
-        scribbler = procs.fork(lambda: scribble(ring.name, seconds, locks, 3))
-        assert procs.join(scribbler, 30) == 0
-        codes = {"reader": procs.join(reader, 30), "writer": procs.join(writer, 30)}
-        assert codes == {"reader": 0, "writer": 0}, (
-            f"exit codes {codes} (negative: killed by that signal; 3: an untyped error, "
-            "traceback above)"
-        )
+        read_ops = [
+            lambda rng: ring.get(timeout=0.01),
+            lambda rng: ring.get_many(8, timeout=0.01),
+            lambda rng: _peek_and_release(ring),
+        ]
+        write_ops = [
+            lambda rng: ring.put(frame(0, 1, rng.randint(0, 200)), timeout=0.01),
+            lambda rng: ring.put_many([frame(0, 2, 10)] * 5, timeout=0.01),
+            lambda rng: _reserve_and_commit(ring),
+        ]
+        check_scribbled(procs, ring.name, read_ops, write_ops, locks=locks, seed=3)
     finally:
         ring.close()

@@ -8,15 +8,12 @@ holders are preempted inside critical sections and waiters really sleep.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import select
-import signal
 import struct
 import time
-import traceback
 from collections.abc import Callable
 
 import pytest
+from _procs import Procs
 
 from shmipc import AtomicCounter, Barrier, Event, Lock, Region, Semaphore
 
@@ -25,67 +22,21 @@ pytestmark = pytest.mark.timeout(120)
 ROUNDS = range(3)
 
 
-class Procs:
-    """Forked children that always end: reaped by ``join``, SIGKILLed at teardown."""
+def run_together(procs: Procs, fns: list[Callable[[], object]]) -> None:
+    """Fork all, release them together from a start line, require every one to exit 0."""
+    go = Event()
 
-    def __init__(self) -> None:
-        self.live: set[int] = set()
+    def gated(fn: Callable[[], object]) -> Callable[[], None]:
+        def body() -> None:
+            assert go.wait(30)
+            fn()
 
-    def fork(self, fn: Callable[[], object]) -> int:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 1
-            try:
-                fn()
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        self.live.add(pid)
-        return pid
+        return body
 
-    def join(self, pid: int, timeout: float = 60.0) -> int:
-        fd = os.pidfd_open(pid)
-        try:
-            ready, _, _ = select.select([fd], [], [], timeout)
-        finally:
-            os.close(fd)
-        if not ready:
-            self.kill(pid)
-            raise AssertionError(f"child {pid} still running after {timeout} s")
-        _, status = os.waitpid(pid, 0)
-        self.live.discard(pid)
-        return os.waitstatus_to_exitcode(status)
-
-    def kill(self, pid: int) -> None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        self.live.discard(pid)
-
-    def run(self, fns: list[Callable[[], object]]) -> None:
-        """Fork all, release them together from a start line, require every one to exit 0."""
-        go = Event()
-
-        def gated(fn: Callable[[], object]) -> Callable[[], None]:
-            def body() -> None:
-                assert go.wait(30)
-                fn()
-
-            return body
-
-        pids = [self.fork(gated(fn)) for fn in fns]
-        go.set()
-        codes = [self.join(p) for p in pids]
-        assert codes == [0] * len(fns), codes
-
-
-@pytest.fixture
-def procs():
-    p = Procs()
-    yield p
-    for pid in list(p.live):
-        p.kill(pid)
+    pids = [procs.fork(gated(fn)) for fn in fns]
+    go.set()
+    codes = [procs.join(p) for p in pids]
+    assert codes == [0] * len(fns), codes
 
 
 @pytest.mark.parametrize("round", ROUNDS)
@@ -97,7 +48,7 @@ def test_counter_8_processes_exact(procs, round):
         for _ in range(n):
             counter.add(1)
 
-    procs.run([work] * n_procs)
+    run_together(procs, [work] * n_procs)
     assert counter.load() == n_procs * n
 
 
@@ -124,7 +75,7 @@ def test_lock_sequence_log_exact(procs, round):
                 rec.pack_into(buf, log_off + seq * rec.size, p + 1, i)
                 seq_cell.pack_into(buf, 0, seq + 1)
 
-    procs.run([lambda p=p: worker(p) for p in range(n_procs)])
+    run_together(procs, [lambda p=p: worker(p) for p in range(n_procs)])
     buf = region.buffer
     assert seq_cell.unpack_from(buf, 0)[0] == total
     seen: dict[int, list[int]] = {p: [] for p in range(1, n_procs + 1)}
@@ -157,7 +108,7 @@ def test_semaphore_never_oversubscribed(procs, round):
             done.add(1)
             sem.release()
 
-    procs.run([worker] * n_procs)
+    run_together(procs, [worker] * n_procs)
     assert 1 <= peak.load() <= value
     assert done.load() == n_procs * n
     assert sem.value == value
@@ -178,7 +129,7 @@ def test_barrier_generations(procs, round):
             assert arrived[g].load() == parties
             index_bits[g].add(1 << (8 * idx))
 
-    procs.run([party] * parties)
+    run_together(procs, [party] * parties)
     for g in range(gens):
         assert index_bits[g].load() == 0x0101010101, f"generation {g}"
     assert bar.n_waiting == 0

@@ -7,20 +7,19 @@ regions, shared with forked children.
 
 from __future__ import annotations
 
-import os
-import select
-import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable
 
 import pytest
+from _procs import asleep_in_futex, wait_for
 
 from shmipc import Region, _proc
 from shmipc._native import ABI_VERSION, lib
 
 pytestmark = pytest.mark.timeout(60)
+
+PROCS_JOIN_TIMEOUT = 20.0  # procs.join's default (the procs fixture, tests/conftest.py)
 
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
@@ -31,57 +30,6 @@ SLICE_S = lib.SHMIPC_SLICE_NS / 1e9
 # ---- helpers --------------------------------------------------------------------------------
 
 
-class Procs:
-    """Forked children that always end: reaped by ``join``, SIGKILLed at teardown."""
-
-    def __init__(self) -> None:
-        self.live: set[int] = set()
-
-    def fork(self, fn: Callable[[], object]) -> int:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 1
-            try:
-                fn()
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        self.live.add(pid)
-        return pid
-
-    def join(self, pid: int, timeout: float = 20.0) -> int:
-        """The child's exit code (negative signal number if killed); fails after timeout."""
-        fd = os.pidfd_open(pid)
-        try:
-            ready, _, _ = select.select([fd], [], [], timeout)
-        finally:
-            os.close(fd)
-        if not ready:
-            self.kill(pid)
-            raise AssertionError(f"child {pid} still running after {timeout} s")
-        _, status = os.waitpid(pid, 0)
-        self.live.discard(pid)
-        return os.waitstatus_to_exitcode(status)
-
-    def kill(self, pid: int) -> None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        self.live.discard(pid)
-
-    def cleanup(self) -> None:
-        for pid in list(self.live):
-            self.kill(pid)
-
-
-@pytest.fixture
-def procs():
-    p = Procs()
-    yield p
-    p.cleanup()
-
-
 @pytest.fixture
 def mem():
     """(base, offset) of a zeroed 4 KiB anonymous shared mapping."""
@@ -89,24 +37,6 @@ def mem():
     base, off = region.pointer(0)
     yield base, off
     region.close()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll a condition another process makes true (not a sleep: it returns as soon as true)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
-
-
-def asleep_in_futex(pid: int) -> bool:
-    """True while ``pid`` sleeps inside a futex wait (its kernel wait channel says so)."""
-    try:
-        with open(f"/proc/{pid}/wchan") as f:
-            return "futex" in f.read()
-    except FileNotFoundError:
-        return False
 
 
 def in_ns(seconds: float) -> int:

@@ -18,13 +18,12 @@ from datetime import datetime, timezone
 
 import msgpack
 import pytest
+from _procs import Child, fork_call
 from queue_helpers import (
-    Child,
     JsonCodec,
     Point,
     SpillRecorder,
     close_and_exit,
-    fork_call,
     segment_exists,
     square_worker,
 )

@@ -17,15 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from _procs import fork_call, read_exact_or_fail, wait_exit
 from region_helpers import (
     SHM_DIR,
-    fork_call,
-    read_exact,
     resident_kib,
     segment_exists,
     segment_path,
     spawn_writer,
-    wait_exit,
 )
 
 from shmipc import Closed, CorruptedError, Region
@@ -767,16 +765,16 @@ def test_attach_waits_for_a_live_creator_to_finish(shm_name):
             def init(region: Region) -> None:
                 region.buffer[:4] = b"init"
                 os.write(ev_w, b"i")
-                read_exact(go_r, 1)  # hold the segment in CREATING until told
+                read_exact_or_fail(go_r, 1)  # hold the segment in CREATING until told
 
             with Region._create_segment(PAGE_SIZE, kind=Kind.REGION, name=shm_name, init=init):
                 os.write(ev_w, b"r")
-                read_exact(go_r, 1)  # keep the segment (and its name) until told
+                read_exact_or_fail(go_r, 1)  # keep the segment (and its name) until told
             code = 0
         finally:
             os._exit(code)
     try:
-        assert read_exact(ev_r, 1) == b"i"
+        assert read_exact_or_fail(ev_r, 1) == b"i"
         t0 = time.monotonic()
         with pytest.raises(TimeoutError, match="still being initialised"):
             Region.attach(shm_name, timeout=0.2)
@@ -785,7 +783,7 @@ def test_attach_waits_for_a_live_creator_to_finish(shm_name):
         with Region.attach(shm_name, timeout=20) as a:
             assert bytes(a.buffer[:4]) == b"init"
             assert a.header.init_state == InitState.READY
-        assert read_exact(ev_r, 1) == b"r"
+        assert read_exact_or_fail(ev_r, 1) == b"r"
         os.write(go_w, b"g")
         assert wait_exit(pid) == 0
         pid = 0

@@ -18,15 +18,13 @@ import threading
 import time
 
 import pytest
+from _procs import Child, fork_call, read_exact_or_fail
 from ring_helpers import (
     HEADER,
     PAD_TYPE,
-    Child,
     control,
     data_area,
-    fork_call,
     payload,
-    read_exact,
     read_u64,
     rec_size,
     record_header,
@@ -448,7 +446,7 @@ def test_blocked_put_in_a_child_wakes_on_a_parent_get():
     c = Child(child)
     try:
         os.close(wfd)
-        read_exact(rfd, 1)
+        read_exact_or_fail(rfd, 1)
         ring.get()
         code, _ = c.finish()
     finally:

@@ -2,75 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import select
-import signal
 import time
-import traceback
-from collections.abc import Callable
 
 import pytest
+from _procs import wait_for
 
 from shmipc import AtomicCounter, Region, Semaphore
 from shmipc._native import lib
 
 pytestmark = pytest.mark.timeout(60)
 
-
-class Procs:
-    """Forked children that always end: reaped by ``join``, SIGKILLed at teardown."""
-
-    def __init__(self) -> None:
-        self.live: set[int] = set()
-
-    def fork(self, fn: Callable[[], object]) -> int:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 1
-            try:
-                fn()
-                code = 0
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        self.live.add(pid)
-        return pid
-
-    def join(self, pid: int, timeout: float = 30.0) -> int:
-        fd = os.pidfd_open(pid)
-        try:
-            ready, _, _ = select.select([fd], [], [], timeout)
-        finally:
-            os.close(fd)
-        if not ready:
-            self.kill(pid)
-            raise AssertionError(f"child {pid} still running after {timeout} s")
-        _, status = os.waitpid(pid, 0)
-        self.live.discard(pid)
-        return os.waitstatus_to_exitcode(status)
-
-    def kill(self, pid: int) -> None:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        self.live.discard(pid)
-
-
-@pytest.fixture
-def procs():
-    p = Procs()
-    yield p
-    for pid in list(p.live):
-        p.kill(pid)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll a condition another process makes true (returns as soon as it holds)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
+PROCS_JOIN_TIMEOUT = 30.0  # procs.join's default (the procs fixture, tests/conftest.py)
 
 
 def sleepers(sem: Semaphore) -> int:

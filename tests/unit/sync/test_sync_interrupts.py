@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from _procs import asleep_in_futex, wait_for
 
 from shmipc import AtomicCounter, Barrier, Event, Lock, Semaphore
 
@@ -59,22 +60,6 @@ def reap(pid: int, timeout: float) -> tuple[int | None, float]:
         return None, elapsed
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), elapsed
-
-
-def asleep_in_futex(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/wchan") as f:
-            return "futex" in f.read()
-    except FileNotFoundError:
-        return False
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.001)
 
 
 def interrupt(block: Callable[[], object]) -> float:
