@@ -26,7 +26,7 @@ from operator import itemgetter
 from typing import Any
 
 from ._native import ffi, lib
-from .errors import CorruptedError, LayoutMismatch, MessageTooLarge
+from .errors import Closed, CorruptedError, LayoutMismatch, MessageTooLarge
 from .layout import Kind
 from .region import Region
 from .sync import deadline_ns, take_over_if_dead
@@ -127,7 +127,7 @@ class Ring:
         self._owns_region = owns_region
         base, abs_off = region.pointer(offset)
         self._base = base  # keeps the mapping alive while this ring exists
-        self._ptr = base + abs_off
+        self._ptr: Any = base + abs_off
         self._cap = self._validate()
         self._data = region.buffer[offset + HEADER_SIZE : offset + HEADER_SIZE + self._cap]
         self._data_ro = self._data.toreadonly()
@@ -222,7 +222,7 @@ class Ring:
         """Check the control block before any native call trusts it; returns the capacity."""
         if self._offset % 64 or self._offset + HEADER_SIZE > self._region.size:
             raise CorruptedError(f"no room for a ring control block at offset {self._offset}")
-        p = self._ptr
+        p = self._p
         magic = lib.shmipc_load32_acquire(p, lib.SHMIPC_RING_OFF_MAGIC)
         if magic != lib.SHMIPC_RING_MAGIC:
             raise CorruptedError(f"no ring at offset {self._offset} (magic {magic:#x})")
@@ -244,6 +244,15 @@ class Ring:
         return cap
 
     # ---- properties ----------------------------------------------------------------------
+
+    @property
+    def _p(self) -> Any:
+        """The control block's address; Closed once this handle was closed. (The mapping
+        itself lives as long as this object, so a thread still inside a call is safe.)"""
+        ptr = self._ptr
+        if ptr is None:
+            raise Closed("this ring handle was closed")
+        return ptr
 
     @property
     def capacity(self) -> int:
@@ -311,9 +320,9 @@ class Ring:
         took = False
         for producer, off in ((1, lib.SHMIPC_RING_OFF_P_LOCK), (0, lib.SHMIPC_RING_OFF_C_LOCK)):
             took |= take_over_if_dead(
-                self._ptr,
+                self._p,
                 off,
-                lambda holder, p=producer: lib.shmipc_ring_steal(self._ptr, p, holder),
+                lambda holder, p=producer: lib.shmipc_ring_steal(self._p, p, holder),
             )
         return took
 
@@ -332,11 +341,11 @@ class Ring:
             data = byte_view(data)
         n = len(data) if isinstance(data, bytes) else data.nbytes
         arg = data if isinstance(data, bytes) else ffi.from_buffer(data)
-        rc = lib.shmipc_ring_put(self._ptr, self._cap, arg, n, type, deadline)
+        rc = lib.shmipc_ring_put(self._p, self._cap, arg, n, type, deadline)
         while rc != _OK:
             if not self._retry(rc):
                 self._raise(rc, n)
-            rc = lib.shmipc_ring_put(self._ptr, self._cap, arg, n, type, deadline)
+            rc = lib.shmipc_ring_put(self._p, self._cap, arg, n, type, deadline)
 
     def get_record(self, *, block: bool = True, timeout: float | None = None) -> tuple[int, bytes]:
         """The next record as (type, payload bytes); queue.Empty on timeout."""
@@ -345,7 +354,7 @@ class Ring:
     def _get_record(self, deadline: int) -> tuple[int, bytes]:
         scratch = self._local.scratch_ptr
         while True:
-            r = lib.shmipc_ring_get(self._ptr, self._cap, scratch, SCRATCH_SIZE, deadline)
+            r = lib.shmipc_ring_get(self._p, self._cap, scratch, SCRATCH_SIZE, deadline)
             if r >= 0:
                 return r >> 40, _unpack(scratch, r & _LEN_MASK)
             if -r == _NEEDBUF:
@@ -358,7 +367,7 @@ class Ring:
         out = self._local.peek_out
         idx = self._peek_index(deadline)
         try:
-            data = _unpack(self._ptr + (HEADER_SIZE + idx), out[0])
+            data = _unpack(self._p + (HEADER_SIZE + idx), out[0])
             rtype = int(out[1])
         finally:
             self._release_peeked()
@@ -397,7 +406,7 @@ class Ring:
         done = offset = 0
         while done < total:
             r = lib.shmipc_ring_put_many(
-                self._ptr, self._cap, base + offset, lens + done, total - done, type, deadline
+                self._p, self._cap, base + offset, lens + done, total - done, type, deadline
             )
             if r > 0:
                 offset += sum(lens_list[done : done + r])
@@ -430,7 +439,7 @@ class Ring:
         meta = local.meta
         while True:
             r = lib.shmipc_ring_get_many(
-                self._ptr,
+                self._p,
                 self._cap,
                 local.scratch_ptr,
                 SCRATCH_SIZE,
@@ -473,7 +482,7 @@ class Ring:
             raise RuntimeError("this thread already has a reservation on this ring: commit it")
         deadline = deadline_ns(timeout) if block else 0
         while True:
-            r = lib.shmipc_ring_reserve(self._ptr, self._cap, nbytes, type, deadline)
+            r = lib.shmipc_ring_reserve(self._p, self._cap, nbytes, type, deadline)
             if r >= 0:
                 view = self._data[r : r + nbytes]
                 local.reserved = (view, nbytes)
@@ -484,7 +493,7 @@ class Ring:
     def commit(self) -> None:
         """Publish this thread's reservation; its view becomes unusable."""
         view, nbytes = self._take_reservation()
-        rc = lib.shmipc_ring_commit(self._ptr, self._cap, nbytes)
+        rc = lib.shmipc_ring_commit(self._p, self._cap, nbytes)
         view.release()
         if rc != _OK:
             self._raise(rc)
@@ -492,7 +501,7 @@ class Ring:
     def abort(self) -> None:
         """Drop this thread's reservation: nothing is published."""
         view, _ = self._take_reservation()
-        lib.shmipc_ring_abort(self._ptr)
+        lib.shmipc_ring_abort(self._p)
         view.release()
 
     def _take_reservation(self) -> tuple[memoryview, int]:
@@ -506,7 +515,7 @@ class Ring:
         if self._local.peeked is not None:
             raise RuntimeError("this thread already peeked a record of this ring: release it")
         while True:
-            r = lib.shmipc_ring_peek(self._ptr, self._cap, self._local.peek_out, deadline)
+            r = lib.shmipc_ring_peek(self._p, self._cap, self._local.peek_out, deadline)
             if r >= 0:
                 self._local.peeked = memoryview(b"")
                 return r
@@ -539,7 +548,7 @@ class Ring:
             raise RuntimeError("this thread has not peeked a record of this ring")
         self._local.peeked = None
         view.release()
-        lib.shmipc_ring_unpeek(self._ptr)
+        lib.shmipc_ring_unpeek(self._p)
 
     def _release_peeked(self) -> None:
         view = self._local.peeked
@@ -547,14 +556,14 @@ class Ring:
             raise RuntimeError("this thread has not peeked a record of this ring")
         self._local.peeked = None
         view.release()
-        rc = lib.shmipc_ring_release(self._ptr, self._cap)
+        rc = lib.shmipc_ring_release(self._p, self._cap)
         if rc != _OK:
             self._raise(rc)
 
     # ---- observation ---------------------------------------------------------------------
 
     def _u64(self, off: int) -> int:
-        return lib.shmipc_load64_relaxed(self._ptr, off)
+        return lib.shmipc_load64_relaxed(self._p, off)
 
     def statistics(self) -> RingStatistics:
         """Counters and depth, read without locking (each value is atomic on its own)."""
@@ -592,7 +601,9 @@ class Ring:
     # ---- lifetime ------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Drop this handle (a creator's named segment is unlinked)."""
+        """Drop this handle (a creator's named segment is unlinked); later calls on it raise
+        Closed."""
+        self._ptr = None
         if self._owns_region:
             self._region.close()
 

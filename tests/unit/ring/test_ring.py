@@ -33,7 +33,7 @@ from ring_helpers import (
     write_u64,
 )
 
-from shmipc import CorruptedError, LayoutMismatch, MessageTooLarge, Region, ShmipcError
+from shmipc import Closed, CorruptedError, LayoutMismatch, MessageTooLarge, Region, ShmipcError
 from shmipc._native import lib
 from shmipc.layout import Kind
 from shmipc.ring import SCRATCH_SIZE, Ring, RingStatistics
@@ -1328,3 +1328,23 @@ def test_four_threads_exactly_once():
     st = ring.statistics()
     assert st.messages_in == st.messages_out == total
     assert st.depth == st.depth_bytes == 0
+
+
+def test_a_closed_ring_handle_raises_closed():
+    """close() drops the handle: every later call says so (the memory stays mapped while
+    the object lives, so a thread still inside a call never touches unmapped memory)."""
+    ring = Ring.anonymous(1024)
+    ring.put(b"x")
+    ring.close()
+    for call in (
+        lambda: ring.put(b"y"),
+        lambda: ring.get(block=False),
+        lambda: ring.put_many([b"a"]),
+        lambda: ring.get_many(4, block=False),
+        lambda: ring.reserve(4),
+        lambda: ring.peek(block=False),
+        ring.statistics,
+        ring.qsize,
+    ):
+        with pytest.raises(Closed):
+            call()
