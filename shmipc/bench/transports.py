@@ -71,8 +71,12 @@ class ChannelSpec:
 
     @property
     def capacity(self) -> int:
-        """Bytes a bounded channel may hold: 1 MiB, or 64 MiB for large messages."""
-        return 64 << 20 if self.message_size >= LARGE_MESSAGE else 1 << 20
+        """Bytes a bounded channel may hold: 1 MiB, or 8 MiB (eight messages) for large ones.
+
+        The same bound for every transport. Eight 1 MiB messages in flight keep a stream
+        going while the buffer stays in the CPU cache; a 64 MiB bound makes every copy go to
+        memory (see docs/performance.md for both)."""
+        return 8 << 20 if self.message_size >= LARGE_MESSAGE else 1 << 20
 
     @property
     def capacity_messages(self) -> int:

@@ -382,7 +382,7 @@ def test_shmipc_rows_with_a_stand_in_queue(monkeypatch: pytest.MonkeyPatch) -> N
     for key in expected:
         assert key in rows, out.getvalue()
         assert not rows[key].startswith(("FAILED", "TIMEOUT", "ERROR")), rows[key]
-    assert {q.capacity for q in made} == {1 << 20, 64 << 20}
+    assert {q.capacity for q in made} == {1 << 20, 8 << 20}
 
 
 def test_zero_copy_row_is_skipped_without_reserve(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -430,5 +430,5 @@ def test_bad_arguments_return_2(argv: list[str]) -> None:
 
 def test_channel_spec_capacities() -> None:
     assert ChannelSpec(message_size=64).capacity == 1 << 20
-    assert ChannelSpec(message_size=1 << 20).capacity == 64 << 20
-    assert ChannelSpec(message_size=1 << 20).capacity_messages == 64
+    assert ChannelSpec(message_size=1 << 20).capacity == 8 << 20
+    assert ChannelSpec(message_size=1 << 20).capacity_messages == 8
