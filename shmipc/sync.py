@@ -22,9 +22,9 @@ import time
 from typing import Any, ClassVar, TypeVar
 
 from . import _proc
-from ._native import ffi, lib
+from ._native import lib
 from .errors import LayoutMismatch
-from .layout import CACHE_LINE, Kind, Layout, align_up
+from .layout import CACHE_LINE, Kind, Layout
 from .region import Region
 
 __all__ = ["SPIN_NS", "AtomicCounter", "Barrier", "Event", "Lock", "Semaphore"]
@@ -615,5 +615,3 @@ class Barrier(_Primitive):
     def _state(self) -> str:
         return f"{self.n_waiting}/{self.parties} waiting"
 
-
-del ffi, align_up
