@@ -52,9 +52,15 @@ def is_alive(pid: int, started: int) -> bool:
 def identity_alive(identity: int) -> bool:
     """True while the thread a native lock word names (tid | start time low 32 bits << 32)
     still runs. /proc/TID resolves for any thread of any process."""
+    if not _PROC_WORKS:
+        return True  # no /proc to ask: unknown is never taken for dead
     tid = identity & 0xFFFFFFFF
     try:
         started = start_time(tid)
     except PermissionError:
         return True  # /proc hides it (hidepid): unknown is never taken for dead
     return started is not None and (started & 0xFFFFFFFF) == identity >> 32
+
+
+#: Whether /proc answers at all; without it no holder can be judged dead (nor recovered).
+_PROC_WORKS = os.path.exists("/proc/self/stat")
