@@ -39,7 +39,7 @@ def _producer(q: Any, pid: int, count: int, start: Any, batch: int) -> None:
             q.put({"p": pid, "seq": i, "name": "item", "vals": [1.0, 2.0, 3.0]})
 
 
-def _consumer(q: Any, results: Any, total_stops: int, start: Any, batch: int) -> None:
+def _consumer(q: Any, results: Any, start: Any, batch: int) -> None:
     start.wait()
     last: dict[int, int] = {}
     got = 0
@@ -72,10 +72,7 @@ def run_pipeline(
     start = Barrier(producers + consumers + 1)
     procs = [
         _CTX.Process(target=_producer, args=(q, i, count, start, batch)) for i in range(producers)
-    ] + [
-        _CTX.Process(target=_consumer, args=(q, results, producers, start, batch))
-        for _ in range(consumers)
-    ]
+    ] + [_CTX.Process(target=_consumer, args=(q, results, start, batch)) for _ in range(consumers)]
     for p in procs:
         p.start()
     start.wait(timeout=60)

@@ -83,12 +83,10 @@ class _Primitive:
     def _init_shared(self, **params: Any) -> None:
         """Write the primitive's initial state (memory is zeroed when a region is made)."""
 
-    @classmethod
-    def _standalone(cls: type[_T], **params: Any) -> _T:
-        obj = cls.__new__(cls)
-        obj._bind(Region.anonymous(cls.SIZE), 0, owns_region=True)
-        obj._init_shared(**params)
-        return obj
+    def _bind_standalone(self, **params: Any) -> None:
+        """Live in an anonymous region of one's own: shared with children forked later."""
+        self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
+        self._init_shared(**params)
 
     @classmethod
     def at(cls: type[_T], region: Region, offset: int = 0, *, create: bool, **params: Any) -> _T:
@@ -220,8 +218,7 @@ class AtomicCounter(_Primitive):
     SIZE = LAYOUT.size
 
     def __init__(self, value: int = 0) -> None:
-        self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
-        self._init_shared(value=value)
+        self._bind_standalone(value=value)
 
     @classmethod
     def create(cls, name: str | None = None, *, value: int = 0, mode: int = 0o600) -> AtomicCounter:
@@ -290,7 +287,7 @@ class Event(_Primitive):
     _WAITERS = LAYOUT["waiters"]
 
     def __init__(self) -> None:
-        self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
+        self._bind_standalone()
 
     @classmethod
     def create(cls, name: str | None = None, *, mode: int = 0o600) -> Event:
@@ -341,8 +338,7 @@ class Semaphore(_Primitive):
     MAX_VALUE = _INT_MAX
 
     def __init__(self, value: int = 1) -> None:
-        self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
-        self._init_shared(value=value)
+        self._bind_standalone(value=value)
 
     @classmethod
     def create(cls, name: str | None = None, *, value: int = 1, mode: int = 0o600) -> Semaphore:
@@ -459,7 +455,7 @@ class Lock(_Primitive):
     recovered: bool = False
 
     def __init__(self) -> None:
-        self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
+        self._bind_standalone()
 
     @classmethod
     def create(cls, name: str | None = None, *, mode: int = 0o600) -> Lock:
@@ -536,8 +532,7 @@ class Barrier(_Primitive):
     _WAITERS = LAYOUT["waiters"]
 
     def __init__(self, parties: int) -> None:
-        self._bind(Region.anonymous(self.SIZE), 0, owns_region=True)
-        self._init_shared(parties=parties)
+        self._bind_standalone(parties=parties)
 
     @classmethod
     def create(cls, name: str | None = None, *, parties: int, mode: int = 0o600) -> Barrier:
@@ -614,4 +609,3 @@ class Barrier(_Primitive):
 
     def _state(self) -> str:
         return f"{self.n_waiting}/{self.parties} waiting"
-
