@@ -22,6 +22,8 @@ ffibuilder.set_source(
     include_dirs=[str(HERE.relative_to(HERE.parent))],
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     libraries=["pthread"],
+    # csrc/fastpath.c uses the full C API (METH_FASTCALL, bytes internals): not abi3.
+    py_limited_api=False,
 )
 
 if __name__ == "__main__":

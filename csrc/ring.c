@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "shmipc.h"
+#include "ring_internal.h"
 
 
 #define U64(ring, off) ((_Atomic uint64_t *)((ring) + (off)))
@@ -33,13 +34,8 @@
 #define LOAD_ACQ(p) atomic_load_explicit((p), memory_order_acquire)
 #define STORE(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
 #define STORE_REL(p, v) atomic_store_explicit((p), (v), memory_order_release)
-#define DATA(ring) ((ring) + SHMIPC_RING_HEADER_SIZE)
 #define NO_CLAIM UINT64_MAX
 #define MAX_SPIN_NS 1000000 /* a corrupt spin setting must not turn waits into busy loops */
-
-static inline uint64_t rec_size(uint64_t len) {
-    return (SHMIPC_REC_HEADER + len + 7) & ~(uint64_t)7;
-}
 
 static inline int64_t spin_ns(char *ring) {
     uint64_t s = LOAD(U64(ring, SHMIPC_RING_OFF_SPIN_NS));
@@ -171,7 +167,7 @@ int shmipc_ring_init(char *ring, uint64_t cap, uint64_t max_count, uint64_t spin
  * tail, or the end of a batch not yet published). Returns SHMIPC_OK with *pad set,
  * SHMIPC_FULL if there is no room now (*head_seen says what head to wait on), or
  * SHMIPC_CORRUPT. */
-static int find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec, uint64_t *pad,
+int shmipc_ri_find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec, uint64_t *pad,
                      uint64_t *head_seen) {
     if (t & 7) return SHMIPC_CORRUPT;
     uint64_t idx = t & (cap - 1);
@@ -210,15 +206,18 @@ static int find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec, uint64_
 
 /* Lock the producer side and find room, waiting as the deadline allows. On SHMIPC_OK the
  * lock is held; on any other status it is not. */
-static int claim(char *ring, uint64_t cap, uint64_t rec, int64_t deadline_ns, uint64_t *tail,
+int shmipc_ri_claim(char *ring, uint64_t cap, uint64_t rec, int64_t deadline_ns, uint64_t *tail,
                  uint64_t *pad) {
     for (;;) {
         int rc = side_lock(ring, 1, deadline_ns);
         if (rc != SHMIPC_OK) return rc == SHMIPC_TIMEDOUT ? SHMIPC_FULL : rc;
         uint64_t head_seen = 0;
         *tail = LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL));
-        rc = find_room(ring, cap, *tail, rec, pad, &head_seen);
-        if (rc == SHMIPC_OK) return rc;
+        rc = shmipc_ri_find_room(ring, cap, *tail, rec, pad, &head_seen);
+        if (rc == SHMIPC_OK) {
+            STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), *tail); /* for recover_producer */
+            return rc;
+        }
         /* Count waits that may block; a non-blocking put that finds no room is not one. */
         if (rc == SHMIPC_FULL && may_wait(deadline_ns)) bump(ring, SHMIPC_RING_OFF_P_WAITS, 1);
         side_unlock(ring, 1);
@@ -231,7 +230,7 @@ static int claim(char *ring, uint64_t cap, uint64_t rec, int64_t deadline_ns, ui
 }
 
 /* Write the padding record (if any) and the record header; returns the payload's index. */
-static inline uint64_t place(char *ring, uint64_t cap, uint64_t t, uint64_t pad, size_t len,
+uint64_t shmipc_ri_place(char *ring, uint64_t cap, uint64_t t, uint64_t pad, size_t len,
                              uint32_t type) {
     char *data = DATA(ring);
     uint64_t idx = t & (cap - 1);
@@ -244,7 +243,7 @@ static inline uint64_t place(char *ring, uint64_t cap, uint64_t t, uint64_t pad,
 }
 
 /* Publish records ending at `end`, then let go of the producer side. */
-static inline void publish(char *ring, uint64_t end, uint64_t msgs, uint64_t bytes) {
+void shmipc_ri_publish(char *ring, uint64_t end, uint64_t msgs, uint64_t bytes) {
     uint64_t in = LOAD(U64(ring, SHMIPC_RING_OFF_P_MSGS)) + msgs;
     uint64_t in_bytes = LOAD(U64(ring, SHMIPC_RING_OFF_P_BYTES)) + bytes;
     STORE(U64(ring, SHMIPC_RING_OFF_P_PEND_MSGS), in); /* for recover_producer */
@@ -264,12 +263,25 @@ int shmipc_ring_put(char *ring, uint64_t cap, const char *data, size_t len, uint
     uint64_t rec = rec_size(len);
     if (len > UINT32_MAX || rec > cap / 2) return SHMIPC_TOOBIG;
     uint64_t t, pad;
-    int rc = claim(ring, cap, rec, deadline_ns, &t, &pad);
+    int rc = shmipc_ri_claim(ring, cap, rec, deadline_ns, &t, &pad);
     if (rc != SHMIPC_OK) return rc;
-    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), t);
-    uint64_t at = place(ring, cap, t, pad, len, type);
+    uint64_t at = shmipc_ri_place(ring, cap, t, pad, len, type);
     memcpy(DATA(ring) + at, data, len);
-    publish(ring, t + pad + rec, 1, len);
+    shmipc_ri_publish(ring, t + pad + rec, 1, len);
+    return SHMIPC_OK;
+}
+
+int shmipc_ri_batch_room(char *ring, uint64_t cap, uint64_t t, uint64_t len, size_t i,
+                         uint64_t *pad) {
+    uint64_t rec = rec_size(len), head_seen;
+    if (len > UINT32_MAX || rec > cap / 2) return SHMIPC_TOOBIG;
+    int rc = shmipc_ri_find_room(ring, cap, t, rec, pad, &head_seen);
+    if (rc != SHMIPC_OK) return rc;
+    /* find_room counts messages by P_MSGS, which lags the batch: recheck the limit. */
+    uint64_t max_count = LOAD(U64(ring, SHMIPC_RING_OFF_MAX_COUNT));
+    if (max_count && LOAD(U64(ring, SHMIPC_RING_OFF_P_MSGS)) + i -
+                         LOAD(U64(ring, SHMIPC_RING_OFF_P_OUT_CACHE)) >= max_count)
+        return SHMIPC_FULL;
     return SHMIPC_OK;
 }
 
@@ -279,29 +291,21 @@ int64_t shmipc_ring_put_many(char *ring, uint64_t cap, const char *src, size_t *
     uint64_t rec = rec_size(lens[0]);
     if (lens[0] > UINT32_MAX || rec > cap / 2) return -SHMIPC_TOOBIG;
     uint64_t t, pad;
-    int rc = claim(ring, cap, rec, deadline_ns, &t, &pad);
+    int rc = shmipc_ri_claim(ring, cap, rec, deadline_ns, &t, &pad);
     if (rc != SHMIPC_OK) return -rc;
-    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), t);
     uint64_t bytes = 0;
     size_t i = 0;
     for (;;) {
-        uint64_t at = place(ring, cap, t, pad, lens[i], type);
+        uint64_t at = shmipc_ri_place(ring, cap, t, pad, lens[i], type);
         memcpy(DATA(ring) + at, src, lens[i]);
         src += lens[i];
         t += pad + rec; /* not published yet: the tail moves once, after the whole batch */
         bytes += lens[i];
         if (++i == n) break;
+        if (shmipc_ri_batch_room(ring, cap, t, lens[i], i, &pad) != SHMIPC_OK) break;
         rec = rec_size(lens[i]);
-        uint64_t head_seen;
-        if (lens[i] > UINT32_MAX || rec > cap / 2) break;
-        if (find_room(ring, cap, t, rec, &pad, &head_seen) != SHMIPC_OK) break;
-        /* find_room counts messages by P_MSGS, which lags the batch: recheck the limit. */
-        uint64_t max_count = LOAD(U64(ring, SHMIPC_RING_OFF_MAX_COUNT));
-        if (max_count && LOAD(U64(ring, SHMIPC_RING_OFF_P_MSGS)) + i -
-                             LOAD(U64(ring, SHMIPC_RING_OFF_P_OUT_CACHE)) >= max_count)
-            break;
     }
-    publish(ring, t, i, bytes);
+    shmipc_ri_publish(ring, t, i, bytes);
     return (int64_t)i;
 }
 
@@ -310,10 +314,9 @@ int64_t shmipc_ring_reserve(char *ring, uint64_t cap, size_t len, uint32_t type,
     uint64_t rec = rec_size(len);
     if (len > UINT32_MAX || rec > cap / 2) return -SHMIPC_TOOBIG;
     uint64_t t, pad;
-    int rc = claim(ring, cap, rec, deadline_ns, &t, &pad);
+    int rc = shmipc_ri_claim(ring, cap, rec, deadline_ns, &t, &pad);
     if (rc != SHMIPC_OK) return -rc;
-    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), t);
-    return (int64_t)place(ring, cap, t, pad, len, type);
+    return (int64_t)shmipc_ri_place(ring, cap, t, pad, len, type);
 }
 
 int shmipc_ring_commit(char *ring, uint64_t cap, size_t len) {
@@ -326,7 +329,7 @@ int shmipc_ring_commit(char *ring, uint64_t cap, size_t len) {
         side_unlock(ring, 1);
         return SHMIPC_CORRUPT;
     }
-    publish(ring, t + pad + rec, 1, len);
+    shmipc_ri_publish(ring, t + pad + rec, 1, len);
     return SHMIPC_OK;
 }
 
@@ -342,7 +345,7 @@ int shmipc_ring_abort(char *ring) {
  * the end of a batch not yet retired), stepping over a padding record. Returns SHMIPC_OK with
  * *head (the record's position), *len, *type and *end, SHMIPC_EMPTY with *tail_seen, or
  * SHMIPC_CORRUPT. */
-static int next_record(char *ring, uint64_t cap, uint64_t *head, uint64_t *len, uint32_t *type,
+int shmipc_ri_next_record(char *ring, uint64_t cap, uint64_t *head, uint64_t *len, uint32_t *type,
                        uint64_t *end, uint64_t *tail_seen) {
     _Atomic uint64_t *tc = U64(ring, SHMIPC_RING_OFF_C_TAIL_CACHE);
     uint64_t h = *head;
@@ -382,7 +385,7 @@ static int next_record(char *ring, uint64_t cap, uint64_t *head, uint64_t *len, 
 
 /* Lock the consumer side and find a record, waiting as the deadline allows. On SHMIPC_OK the
  * lock is held; on any other status it is not. */
-static int await_record(char *ring, uint64_t cap, int64_t deadline_ns, uint64_t *head,
+int shmipc_ri_await_record(char *ring, uint64_t cap, int64_t deadline_ns, uint64_t *head,
                         uint64_t *len, uint32_t *type, uint64_t *end) {
     for (;;) {
         int rc = side_lock(ring, 0, deadline_ns);
@@ -390,7 +393,7 @@ static int await_record(char *ring, uint64_t cap, int64_t deadline_ns, uint64_t 
         uint64_t tail_seen = 0;
         *head = LOAD(U64(ring, SHMIPC_RING_OFF_C_HEAD));
         uint64_t start = *head;
-        rc = next_record(ring, cap, head, len, type, end, &tail_seen);
+        rc = shmipc_ri_next_record(ring, cap, head, len, type, end, &tail_seen);
         if (rc == SHMIPC_EMPTY && *head != start)
             STORE_REL(U64(ring, SHMIPC_RING_OFF_C_HEAD), *head); /* a lone padding record */
         if (rc == SHMIPC_OK) return rc;
@@ -405,7 +408,7 @@ static int await_record(char *ring, uint64_t cap, int64_t deadline_ns, uint64_t 
 }
 
 /* Free records up to `end`, then let go of the consumer side. */
-static inline void retire(char *ring, uint64_t cap, uint64_t end, uint64_t msgs,
+void shmipc_ri_retire(char *ring, uint64_t cap, uint64_t end, uint64_t msgs,
                           uint64_t bytes) {
     uint64_t out = LOAD(U64(ring, SHMIPC_RING_OFF_C_MSGS)) + msgs;
     uint64_t out_bytes = LOAD(U64(ring, SHMIPC_RING_OFF_C_BYTES)) + bytes;
@@ -433,7 +436,7 @@ int64_t shmipc_ring_get(char *ring, uint64_t cap, char *dst, size_t dst_cap,
                         int64_t deadline_ns) {
     uint64_t h, len, end;
     uint32_t type;
-    int rc = await_record(ring, cap, deadline_ns, &h, &len, &type, &end);
+    int rc = shmipc_ri_await_record(ring, cap, deadline_ns, &h, &len, &type, &end);
     if (rc != SHMIPC_OK) return -rc;
     if (len > dst_cap) {
         side_unlock(ring, 0);
@@ -441,7 +444,7 @@ int64_t shmipc_ring_get(char *ring, uint64_t cap, char *dst, size_t dst_cap,
         return -SHMIPC_NEEDBUF;
     }
     memcpy(dst, DATA(ring) + (h & (cap - 1)) + SHMIPC_REC_HEADER, len);
-    retire(ring, cap, end, 1, len);
+    shmipc_ri_retire(ring, cap, end, 1, len);
     return (int64_t)(((uint64_t)type << 40) | len);
 }
 
@@ -450,7 +453,7 @@ int64_t shmipc_ring_get_many(char *ring, uint64_t cap, char *dst, size_t dst_cap
     if (max_items == 0) return 0;
     uint64_t h, len, end, tail_seen;
     uint32_t type;
-    int rc = await_record(ring, cap, deadline_ns, &h, &len, &type, &end);
+    int rc = shmipc_ri_await_record(ring, cap, deadline_ns, &h, &len, &type, &end);
     if (rc != SHMIPC_OK) return -rc;
     if (len > dst_cap) {
         side_unlock(ring, 0);
@@ -469,20 +472,20 @@ int64_t shmipc_ring_get_many(char *ring, uint64_t cap, char *dst, size_t dst_cap
         uint64_t done = end; /* not retired yet: the head moves once, after the batch */
         if (count == max_items) break;
         h = done;
-        rc = next_record(ring, cap, &h, &len, &type, &end, &tail_seen);
+        rc = shmipc_ri_next_record(ring, cap, &h, &len, &type, &end, &tail_seen);
         if (rc != SHMIPC_OK || len > dst_cap - used) {
             end = done;
             break;
         }
     }
-    retire(ring, cap, end, count, bytes);
+    shmipc_ri_retire(ring, cap, end, count, bytes);
     return (int64_t)count;
 }
 
 int64_t shmipc_ring_peek(char *ring, uint64_t cap, uint64_t *out, int64_t deadline_ns) {
     uint64_t h, len, end;
     uint32_t type;
-    int rc = await_record(ring, cap, deadline_ns, &h, &len, &type, &end);
+    int rc = shmipc_ri_await_record(ring, cap, deadline_ns, &h, &len, &type, &end);
     if (rc != SHMIPC_OK) return -rc;
     (void)end;
     STORE(U64(ring, SHMIPC_RING_OFF_C_PEEK), h + 1); /* +1: 0 means "nothing peeked" */
@@ -506,7 +509,7 @@ int shmipc_ring_release(char *ring, uint64_t cap) {
         return SHMIPC_CORRUPT;
     }
     STORE(U64(ring, SHMIPC_RING_OFF_C_PEEK), 0);
-    retire(ring, cap, end, 1, len);
+    shmipc_ri_retire(ring, cap, end, 1, len);
     return SHMIPC_OK;
 }
 

@@ -12,7 +12,7 @@
 
 /* Bumped whenever a signature, a constant or a shared layout defined here changes: Python
  * refuses to import an extension whose stamp differs (a stale build). */
-#define SHMIPC_ABI_VERSION 2
+#define SHMIPC_ABI_VERSION 3
 
 /* Wait outcomes (shmipc_futex_wait, shmipc_wait_while32, shmipc_lock_acquire, rings). */
 #define SHMIPC_OK 0          /* woken, or the condition was already met */
@@ -151,6 +151,8 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
 #define SHMIPC_TOOBIG 11      /* record larger than half the ring */
 #define SHMIPC_CORRUPT 12     /* a header or position breaks the ring's rules */
 #define SHMIPC_NEEDBUF 13     /* the next payload does not fit dst: its length is in dst[0..8) */
+#define SHMIPC_CLOSED 14      /* the Port was closed (csrc/fastpath.c) */
+#define SHMIPC_NOTBUF 15      /* the data is not a contiguous buffer: flatten it first */
 
 int shmipc_ring_init(char *ring, uint64_t cap, uint64_t max_count, uint64_t spin_ns,
                      uint32_t flags);
@@ -188,3 +190,9 @@ int shmipc_ring_unpeek(char *ring);
  * caller found dead, do that side's recovery bookkeeping (docs/internals/ring.md) and let go.
  * Returns 1 if it took the lock over, 0 if the lock had moved on. */
 int shmipc_ring_steal(char *ring, int producer, uint64_t observed);
+
+/* ==== CPython entry points (csrc/fastpath.c) =============================================
+ * Adds `Port` (a ring's per-message hot paths as METH_FASTCALL methods that build bytes
+ * straight from the ring) and `RingMiss` to this extension module. Called once at import by
+ * shmipc/_native.py; returns 0, or -1 if the module could not be extended. */
+int shmipc_fastpath_install(void);

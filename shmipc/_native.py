@@ -14,13 +14,20 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
         f"({exc})"
     ) from exc
 
-__all__ = ["ABI_VERSION", "ffi", "lib"]
+__all__ = ["ABI_VERSION", "Port", "RingMiss", "ffi", "lib"]
 
 #: The ABI stamp this Python code was written against; csrc/shmipc.h must say the same.
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 if lib.shmipc_abi_version() != ABI_VERSION:  # pragma: no cover - only with a stale build
     raise ImportError(
         f"shmipc's compiled core has ABI {lib.shmipc_abi_version()} but this code expects "
         f"{ABI_VERSION}: the build is stale; rebuild it with `pip install -e .`"
     )
+
+# The per-message hot paths (csrc/fastpath.c): plain CPython methods, added to the extension
+# module here because cffi's calls cost more than the ring work they would wrap.
+if lib.shmipc_fastpath_install() != 0:  # pragma: no cover - only if the interpreter refuses
+    raise ImportError("shmipc's compiled core could not add its fast paths (Port)")
+
+from ._native_ext import Port, RingMiss  # noqa: E402 - exist only after the install above

@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import _spill
-from ._native import ffi, lib
+from ._native import Port, RingMiss, ffi, lib
 from .codec import Codec, get_codec
 from .errors import Closed, CorruptedError
 from .layout import Kind
-from .ring import DEFAULT_SPIN_NS, SCRATCH_SIZE, Ring, RingStatistics, byte_view, split_blob
+from .ring import DEFAULT_SPIN_NS, Ring, RingStatistics, byte_view
 from .sync import deadline_ns
 
 __all__ = ["Empty", "Full", "Queue"]
@@ -37,12 +37,11 @@ T_SPILL_BYTES = 4  # a reference to spilled raw bytes
 _CODEC_IDS = {"msgpack": 1, "pickle": 2, "raw": 3}
 _CODEC_NAMES = {v: k for k, v in _CODEC_IDS.items()}
 
-_ring_put = lib.shmipc_ring_put
-_ring_get = lib.shmipc_ring_get
-_unpack = ffi.unpack
-_LEN_MASK = (1 << 40) - 1
 _OK = lib.SHMIPC_OK
+_FULL = lib.SHMIPC_FULL
 _TOOBIG = lib.SHMIPC_TOOBIG
+_CLOSED = lib.SHMIPC_CLOSED
+_NOTBUF = lib.SHMIPC_NOTBUF
 
 
 class Queue:
@@ -80,17 +79,23 @@ class Queue:
 
     def _bind(self, ring: Ring, codec: Codec, maxsize: int, spill: bool) -> None:
         self._ring: Ring | None = ring
-        self._ptr = ring._ptr
         self._cap = ring._cap
-        self._local = ring._local
         self._codec = codec
         self._encode = codec.encode
         self._decode_frame = codec.decode
         self._maxsize = maxsize
-        self._max_payload = ring.max_payload
         # With the built-in codecs a bytes object decodes to itself, so it can skip framing.
         self._bytes_as_is = getattr(codec, "name", None) in _CODEC_IDS
         self.spill = spill
+        # The hot paths, one native call a message (csrc/fastpath.c): bound methods of a
+        # Port on this ring, which decodes T_OBJ records and returns T_BYTES ones as bytes.
+        address = int(ffi.cast("uintptr_t", ring._ptr))
+        self._port = port = Port(address, ring._cap, codec.decode, T_OBJ, T_BYTES)
+        self._fput = port.put
+        self._fput_many = port.put_many
+        self._fget = port.get
+        self._fget_bytes = port.get_bytes
+        self._fget_many = port.get_many
 
     @classmethod
     def attach(cls, name: str, *, codec: str | Codec | None = None, spill: bool = True) -> Queue:
@@ -150,17 +155,15 @@ class Queue:
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` on the queue; queue.Full if no room came within ``timeout``."""
+        # The fast path (one native call) is spelled out here and in put_bytes, get and
+        # get_bytes rather than shared: a helper call would add ~10% to every message.
         if type(obj) is bytes and self._bytes_as_is:
             data, rtype = obj, T_BYTES  # bytes travel as they are: no framing to undo
         else:
             data, rtype = self._encode(obj), T_OBJ
         deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
-        try:
-            rc = _ring_put(self._ptr, self._cap, data, len(data), rtype, deadline)
-        except TypeError:
-            self._live_ring()
-            raise
-        if rc != _OK:
+        rc = self._fput(data, rtype, deadline)
+        if rc:
             self._put_slow(rc, data, rtype, deadline)
 
     def put_nowait(self, obj: Any) -> None:
@@ -169,23 +172,20 @@ class Queue:
     def put_bytes(self, data: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put a bytes-like payload as is; ``get`` returns it as bytes."""
         deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
-        if type(data) is bytes:
-            arg, n = data, len(data)
-        else:
-            data = byte_view(data)  # any buffer, without a copy when it is contiguous
-            arg, n = ffi.from_buffer(data), data.nbytes
-        try:
-            rc = _ring_put(self._ptr, self._cap, arg, n, T_BYTES, deadline)
-        except TypeError:
-            self._live_ring()
-            raise
-        if rc != _OK:
+        rc = self._fput(data, T_BYTES, deadline)
+        if rc:
             self._put_slow(rc, data, T_BYTES, deadline)
 
     def _put_slow(self, rc: int, data: Any, rtype: int, deadline: int) -> None:
         """Everything but the one-call fast path: spill, retries between slices, errors.
         ``deadline`` is the caller's, so a retry never stretches the timeout."""
         ring = self._live_ring()
+        if not isinstance(data, bytes):
+            data = byte_view(data)  # any buffer, flattened only if it is not contiguous
+            if rc == _NOTBUF:
+                rc = self._fput(data, rtype, deadline)
+                if rc == _OK:
+                    return
         if rc == _TOOBIG and self.spill:
             ref = _spill.write_spill(data)
             try:
@@ -211,80 +211,76 @@ class Queue:
             frames, rtype = objs, T_BYTES  # a batch of bytes travels as it is
         else:
             frames, rtype = list(map(self._encode, objs)), T_OBJ
-        lens = list(map(len, frames))
-        limit = self._max_payload
-        if max(lens) <= limit:
-            ring._put_joined(frames, rtype, deadline, lens)
-            return
-        batch: list[bytes] = []
-        for frame in frames:  # keep order: flush the batch before each oversized message
-            if len(frame) <= limit:
-                batch.append(frame)
+        total, done = len(frames), 0
+        while done < total:
+            r = self._fput_many(frames, done, rtype, deadline)
+            if r > 0:
+                done += r
                 continue
-            if batch:
-                ring._put_joined(batch, rtype, deadline)
-                batch = []
-            self._put_slow(_TOOBIG, frame, rtype, deadline)
-        if batch:
-            ring._put_joined(batch, rtype, deadline)
+            if -r == _NOTBUF:  # a custom codec's frame that is not bytes
+                frames[done] = byte_view(frames[done]).tobytes()
+                continue
+            if -r == _TOOBIG:  # keeps its place in the order: it goes alone, maybe spilled
+                self._put_slow(_TOOBIG, frames[done], rtype, deadline)
+                done += 1
+                continue
+            if -r != _CLOSED and ring._retry(-r):
+                continue
+            self._live_ring()
+            if done and -r == _FULL:
+                raise Full(f"{done} of {total} items were put before the ring filled")
+            ring._raise(-r, len(frames[done]))
 
     # ---- get -----------------------------------------------------------------------------
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the next object; queue.Empty if none came within ``timeout``."""
-        # The fast path (one native call) is spelled out here and in get_bytes and put/
-        # put_bytes rather than shared: a helper call would add ~10% to every message.
-        scratch = self._local.scratch_ptr
         deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
         try:
-            r = _ring_get(self._ptr, self._cap, scratch, SCRATCH_SIZE, deadline)
-        except TypeError:
-            self._live_ring()
-            raise
-        if r >= 0:
-            if r >> 40 == T_OBJ:
-                return self._decode_frame(_unpack(scratch, r & _LEN_MASK))
-            return self._decode(r >> 40, _unpack(scratch, r & _LEN_MASK))
-        return self._decode(*self._live_ring()._get_record(deadline))
+            return self._fget(deadline)
+        except RingMiss as exc:
+            status, rtype, payload = exc.args
+        if status == _OK:  # a record the port leaves to Python: a spill reference
+            return self._decode(rtype, payload)
+        return self._decode(*self._get_slow(status, deadline))
 
     def get_nowait(self) -> Any:
         return self.get(False)
 
     def get_bytes(self, block: bool = True, timeout: float | None = None) -> bytes:
         """The next message's raw payload (a codec frame, or what put_bytes stored)."""
-        scratch = self._local.scratch_ptr
         deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
         try:
-            r = _ring_get(self._ptr, self._cap, scratch, SCRATCH_SIZE, deadline)
-        except TypeError:
-            self._live_ring()
-            raise
-        if r >= 0:
-            if T_OBJ <= r >> 40 <= T_BYTES:  # a frame or raw bytes: the payload as it is
-                return _unpack(scratch, r & _LEN_MASK)
-            rtype, payload = r >> 40, _unpack(scratch, r & _LEN_MASK)
-        else:
-            rtype, payload = self._live_ring()._get_record(deadline)
+            return self._fget_bytes(deadline)
+        except RingMiss as exc:
+            status, rtype, payload = exc.args
+        if status != _OK:
+            rtype, payload = self._get_slow(status, deadline)
         if rtype in (T_OBJ, T_BYTES):
             return payload
         if rtype in (T_SPILL_OBJ, T_SPILL_BYTES):
             return _spill.read_spill(payload)
         raise CorruptedError(f"queue record of unknown type {rtype}")
 
+    def _get_slow(self, status: int, deadline: int) -> tuple[int, bytes]:
+        """After the port came back empty-handed: a closed handle, a wait slice that ended
+        (signal handlers have run by now), a timeout or an error. Ring._get_record owns the
+        retry loop (taking over dead lock holders) and raises what is left."""
+        return self._live_ring()._get_record(deadline)
+
     def get_many(
         self, max_items: int, timeout: float | None = None, *, block: bool = True
     ) -> list[Any]:
         """Up to ``max_items`` objects: at least one, waiting up to ``timeout`` for it
         (queue.Empty if none came), then whatever else is already there."""
-        ring = self._live_ring()
-        lens, types, blob = ring._get_many_raw(max_items, deadline_ns(timeout) if block else 0)
-        pieces = split_blob(blob, lens)
-        kinds = set(types)
-        if kinds == {T_BYTES}:
-            return pieces
-        if kinds == {T_OBJ}:
-            return list(map(self._decode_frame, pieces))
-        return list(map(self._decode, types, pieces))
+        deadline = deadline_ns(timeout) if block else 0
+        try:
+            return self._fget_many(max_items, deadline)
+        except RingMiss as exc:
+            status, rtype, payload = exc.args
+        if status != _OK:
+            rtype, payload = self._get_slow(status, deadline)
+        return [self._decode(rtype, payload)]
 
     def _decode(self, rtype: int, payload: Any) -> Any:
         if rtype == T_OBJ:
@@ -351,7 +347,7 @@ class Queue:
         """Drop this handle. In the creating process this also unlinks the name: processes
         already attached keep working, new ones can no longer attach."""
         ring, self._ring = self._ring, None
-        self._ptr = None  # the next fast-path call fails, and _live_ring says why
+        self._port.close()  # the next fast-path call fails, and _live_ring says why
         if ring is not None:
             # Keep the ring object (and so the mapping) alive as long as this handle: another
             # thread may still be inside a native call on it.

@@ -1,0 +1,447 @@
+/* The rings' hot paths as CPython entry points: one call per message, no scratch buffer.
+ *
+ * Everything else in csrc/ is reached through cffi. For the per-message calls cffi's argument
+ * conversion and ffi.unpack cost more than the ring work itself (~0.2 us a call and ~0.12 us
+ * to turn the copied payload into bytes, against ~0.03 us for the claim, copy and publish),
+ * so the Queue's put/get go through a `Port` instead: a small object holding a ring's address
+ * and capacity whose METH_FASTCALL methods run the claim + copy + publish (or find + copy +
+ * retire) of csrc/ring.c and build the result `bytes` straight from the ring (one copy).
+ *
+ * The port lives in the cffi extension itself: shmipc_fastpath_install(), declared in the
+ * cdef, adds `Port` and `RingMiss` to the module once at import (shmipc/_native.py).
+ *
+ * GIL: a call first tries without waiting, holding the GIL (the common case costs no GIL
+ * round trip); only if it would wait does it let the GIL go while it spins and sleeps. A
+ * large payload is copied without the GIL too. Anything but the fast case (a timeout, a wait
+ * slice ending, a record type the port does not handle, a closed port) comes back to Python:
+ * put returns the status, the get methods raise RingMiss(status, type, payload), where
+ * payload is the record's bytes when one was taken off the ring (status SHMIPC_OK), else None.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#include "shmipc.h"
+#include "ring_internal.h"
+
+/* Payloads at least this large are copied with the GIL released. */
+#define BIG_COPY (64 << 10)
+
+static PyObject *RingMiss;
+
+typedef struct {
+    PyObject_HEAD
+    char *ring;       /* the ring's control block; NULL once closed */
+    uint64_t cap;     /* capacity as validated by Python on attach */
+    PyObject *decode; /* called on records of obj_type by get/get_many; None: returned as is */
+    uint32_t obj_type;
+    uint32_t raw_type;
+} Port;
+
+static PyObject *miss(int status, uint32_t type, PyObject *payload) {
+    /* payload: a new reference (stolen) or NULL */
+    PyObject *args = Py_BuildValue("(iIN)", status, type, payload ? payload : Py_NewRef(Py_None));
+    if (args) {
+        PyErr_SetObject(RingMiss, args);
+        Py_DECREF(args);
+    }
+    return NULL;
+}
+
+static int arg_count(Py_ssize_t nargs, Py_ssize_t want, const char *usage) {
+    if (nargs == want) return 0;
+    PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", usage, want, nargs);
+    return -1;
+}
+
+static int as_deadline(PyObject *o, int64_t *out) {
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    *out = (int64_t)v;
+    return 0;
+}
+
+static int as_type(PyObject *o, uint32_t *out) {
+    unsigned long v = PyLong_AsUnsignedLong(o);
+    if (v == (unsigned long)-1 && PyErr_Occurred()) return -1;
+    if (v > SHMIPC_REC_TYPE_MAX) {
+        PyErr_Format(PyExc_ValueError, "record type must be in 0..%d", SHMIPC_REC_TYPE_MAX);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* ---- producer side ---------------------------------------------------------------------- */
+
+static int put_buffer(char *ring, uint64_t cap, const char *p, size_t n, uint32_t type,
+                      int64_t deadline) {
+    int rc = SHMIPC_FULL;
+    if (n < BIG_COPY) rc = shmipc_ring_put(ring, cap, p, n, type, 0);
+    if (rc == SHMIPC_FULL && (deadline != 0 || n >= BIG_COPY)) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = shmipc_ring_put(ring, cap, p, n, type, deadline);
+        Py_END_ALLOW_THREADS
+    }
+    return rc;
+}
+
+/* put(data, type, deadline_ns) -> status: data is bytes or any contiguous buffer. */
+static PyObject *port_put(Port *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint32_t type;
+    int64_t deadline;
+    if (arg_count(nargs, 3, "put(data, type, deadline_ns)") || as_type(args[1], &type) ||
+        as_deadline(args[2], &deadline))
+        return NULL;
+    char *ring = self->ring;
+    if (!ring) return PyLong_FromLong(SHMIPC_CLOSED);
+    PyObject *data = args[0];
+    int rc;
+    if (PyBytes_CheckExact(data)) {
+        rc = put_buffer(ring, self->cap, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data),
+                        type, deadline);
+    } else {
+        Py_buffer view;
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear(); /* not a contiguous buffer: Python flattens it and retries */
+            return PyLong_FromLong(SHMIPC_NOTBUF);
+        }
+        rc = put_buffer(ring, self->cap, view.buf, (size_t)view.len, type, deadline);
+        PyBuffer_Release(&view);
+    }
+    return PyLong_FromLong(rc);
+}
+
+/* put_many(frames, start, type, deadline_ns) -> count | -status: stores frames[start:] (a
+ * list of bytes) in order, as many as the ring takes now (at least one, waiting for room for
+ * the first as the deadline allows), under one claim and one publish. A frame that is not
+ * bytes ends the batch (-SHMIPC_NOTBUF if it is the first). */
+static PyObject *port_put_many(Port *self, PyObject *const *args, Py_ssize_t nargs) {
+    uint32_t type;
+    int64_t deadline;
+    if (arg_count(nargs, 4, "put_many(frames, start, type, deadline_ns)") ||
+        as_type(args[2], &type) || as_deadline(args[3], &deadline))
+        return NULL;
+    PyObject *frames = args[0];
+    if (!PyList_CheckExact(frames)) {
+        PyErr_SetString(PyExc_TypeError, "put_many() needs a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    char *ring = self->ring;
+    uint64_t cap = self->cap;
+    if (!ring) return PyLong_FromLong(-SHMIPC_CLOSED);
+    if (start < 0 || start >= PyList_GET_SIZE(frames)) return PyLong_FromLong(0);
+
+    PyObject *first = PyList_GET_ITEM(frames, start);
+    if (!PyBytes_CheckExact(first)) return PyLong_FromLong(-SHMIPC_NOTBUF);
+    Py_INCREF(first); /* ours even if another thread edits the list while we wait */
+    uint64_t len = (uint64_t)PyBytes_GET_SIZE(first);
+    uint64_t rec = rec_size(len);
+    if (len > UINT32_MAX || rec > cap / 2) {
+        Py_DECREF(first);
+        return PyLong_FromLong(-SHMIPC_TOOBIG);
+    }
+    uint64_t t, pad;
+    int rc = shmipc_ri_claim(ring, cap, rec, 0, &t, &pad);
+    if (rc == SHMIPC_FULL && deadline != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = shmipc_ri_claim(ring, cap, rec, deadline, &t, &pad);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc != SHMIPC_OK) {
+        Py_DECREF(first);
+        return PyLong_FromLong(-rc);
+    }
+    /* The producer lock is held from here to publish; nothing below can fail or wait. */
+    uint64_t bytes = 0;
+    Py_ssize_t i = start, n = PyList_GET_SIZE(frames);
+    PyObject *item = first;
+    for (;;) {
+        uint64_t at = shmipc_ri_place(ring, cap, t, pad, (size_t)len, type);
+        memcpy(DATA(ring) + at, PyBytes_AS_STRING(item), (size_t)len);
+        t += pad + rec; /* not published yet: the tail moves once, after the whole batch */
+        bytes += len;
+        if (++i == n) break;
+        item = PyList_GET_ITEM(frames, i);
+        if (!PyBytes_CheckExact(item)) break;
+        len = (uint64_t)PyBytes_GET_SIZE(item);
+        if (shmipc_ri_batch_room(ring, cap, t, len, (size_t)(i - start), &pad) != SHMIPC_OK)
+            break;
+        rec = rec_size(len);
+    }
+    shmipc_ri_publish(ring, t, (uint64_t)(i - start), bytes);
+    Py_DECREF(first);
+    return PyLong_FromSsize_t(i - start);
+}
+
+/* ---- consumer side ---------------------------------------------------------------------- */
+
+/* Lock the consumer side and find the next record: first without waiting (GIL held), then,
+ * if the deadline allows, waiting with the GIL released. On SHMIPC_OK the lock is held. */
+static int await_one(char *ring, uint64_t cap, int64_t deadline, uint64_t *h, uint64_t *len,
+                     uint32_t *type, uint64_t *end) {
+    int rc = shmipc_ri_await_record(ring, cap, 0, h, len, type, end);
+    if (rc == SHMIPC_EMPTY && deadline != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = shmipc_ri_await_record(ring, cap, deadline, h, len, type, end);
+        Py_END_ALLOW_THREADS
+    }
+    return rc;
+}
+
+/* The payload of the record at position h as new bytes (consumer lock held); NULL with
+ * MemoryError set if it cannot be allocated. */
+static PyObject *payload_bytes(char *ring, uint64_t cap, uint64_t h, uint64_t len) {
+    const char *src = DATA(ring) + (h & (cap - 1)) + SHMIPC_REC_HEADER;
+    if (len < BIG_COPY) return PyBytes_FromStringAndSize(src, (Py_ssize_t)len);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+    if (!out) return NULL;
+    char *dst = PyBytes_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    memcpy(dst, src, (size_t)len);
+    Py_END_ALLOW_THREADS
+    return out;
+}
+
+static void unlock_consumer(char *ring) {
+    shmipc_lock_release(ring, SHMIPC_RING_OFF_C_LOCK);
+}
+
+static PyObject *take_one(Port *self, PyObject *const *args, Py_ssize_t nargs, int decode) {
+    int64_t deadline;
+    if (arg_count(nargs, 1, "get(deadline_ns)") || as_deadline(args[0], &deadline)) return NULL;
+    char *ring = self->ring;
+    uint64_t cap = self->cap;
+    if (!ring) return miss(SHMIPC_CLOSED, 0, NULL);
+    uint64_t h, len, end;
+    uint32_t type;
+    int rc = await_one(ring, cap, deadline, &h, &len, &type, &end);
+    if (rc != SHMIPC_OK) return miss(rc, 0, NULL);
+    PyObject *payload = payload_bytes(ring, cap, h, len);
+    if (!payload) {
+        unlock_consumer(ring); /* the record stays the next one */
+        return NULL;
+    }
+    shmipc_ri_retire(ring, cap, end, 1, len);
+    if (type == self->raw_type) return payload;
+    if (type != self->obj_type) return miss(SHMIPC_OK, type, payload);
+    if (!decode || self->decode == Py_None) return payload;
+    PyObject *obj = PyObject_CallOneArg(self->decode, payload);
+    Py_DECREF(payload);
+    return obj;
+}
+
+/* get(deadline_ns): the next record, decoded if of obj_type, as bytes if of raw_type. */
+static PyObject *port_get(Port *self, PyObject *const *args, Py_ssize_t nargs) {
+    return take_one(self, args, nargs, 1);
+}
+
+/* get_bytes(deadline_ns): the next record's payload as bytes, whether of obj or raw type. */
+static PyObject *port_get_bytes(Port *self, PyObject *const *args, Py_ssize_t nargs) {
+    return take_one(self, args, nargs, 0);
+}
+
+/* get_many(max_items, deadline_ns) -> list: at least one record (waiting for it as the
+ * deadline allows), then those already there, up to max_items, under one lock and one
+ * retire. Records of obj_type come out decoded, those of raw_type as bytes; a record of any
+ * other type ends the batch before it, or, if it comes first, is handed over alone through
+ * RingMiss. */
+static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t deadline;
+    if (arg_count(nargs, 2, "get_many(max_items, deadline_ns)") ||
+        as_deadline(args[1], &deadline))
+        return NULL;
+    Py_ssize_t max_items = PyLong_AsSsize_t(args[0]);
+    if (max_items == -1 && PyErr_Occurred()) return NULL;
+    if (max_items < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_items must be >= 1");
+        return NULL;
+    }
+    char *ring = self->ring;
+    uint64_t cap = self->cap;
+    if (!ring) return miss(SHMIPC_CLOSED, 0, NULL);
+    /* A record takes at least 8 bytes, so no batch holds more than cap / 8. */
+    if ((uint64_t)max_items > cap / SHMIPC_REC_HEADER) max_items = (Py_ssize_t)(cap / 8);
+    uint64_t h, len, end, tail_seen, done = 0, bytes = 0;
+    uint32_t type;
+    int rc = await_one(ring, cap, deadline, &h, &len, &type, &end);
+    if (rc != SHMIPC_OK) return miss(rc, 0, NULL);
+    if (type != self->obj_type && type != self->raw_type) {
+        PyObject *payload = payload_bytes(ring, cap, h, len);
+        if (!payload) {
+            unlock_consumer(ring);
+            return NULL;
+        }
+        shmipc_ri_retire(ring, cap, end, 1, len);
+        return miss(SHMIPC_OK, type, payload);
+    }
+    PyObject *out = PyList_New(0);
+    if (!out) {
+        unlock_consumer(ring);
+        return NULL;
+    }
+    /* Which items need decoding: all or none while the batch holds one type; a map is
+     * made at the first change of type. */
+    uint32_t first_type = type;
+    unsigned char *is_obj = NULL;
+    for (;;) {
+        PyObject *payload = payload_bytes(ring, cap, h, len);
+        if (!payload || PyList_Append(out, payload) < 0) {
+            Py_XDECREF(payload);
+            if (PyList_GET_SIZE(out) == 0) {
+                unlock_consumer(ring);
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyErr_Clear(); /* hand over what was taken; the rest stays in the ring */
+            break;
+        }
+        Py_DECREF(payload);
+        if (is_obj) is_obj[PyList_GET_SIZE(out) - 1] = type == self->obj_type;
+        done = end;
+        bytes += len;
+        if (PyList_GET_SIZE(out) == max_items) break;
+        h = end;
+        if (shmipc_ri_next_record(ring, cap, &h, &len, &type, &end, &tail_seen) != SHMIPC_OK)
+            break;
+        if (type != first_type && !is_obj) {
+            if (type != self->obj_type && type != self->raw_type) break;
+            is_obj = PyMem_Malloc((size_t)max_items);
+            if (!is_obj) {
+                PyErr_Clear();
+                break;
+            }
+            memset(is_obj, first_type == self->obj_type, (size_t)PyList_GET_SIZE(out));
+        } else if (type != self->obj_type && type != self->raw_type) {
+            break;
+        }
+    }
+    Py_ssize_t count = PyList_GET_SIZE(out);
+    shmipc_ri_retire(ring, cap, done, (uint64_t)count, bytes);
+    if (self->decode != Py_None && (is_obj || first_type == self->obj_type)) {
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (is_obj ? !is_obj[i] : 0) continue;
+            PyObject *obj = PyObject_CallOneArg(self->decode, PyList_GET_ITEM(out, i));
+            if (!obj) {
+                Py_CLEAR(out);
+                break;
+            }
+            PyList_SetItem(out, i, obj); /* steals obj, drops the payload */
+        }
+    }
+    PyMem_Free(is_obj);
+    return out;
+}
+
+/* ---- the Port type ---------------------------------------------------------------------- */
+
+static PyObject *port_close(Port *self, PyObject *unused) {
+    /* A thread inside a call keeps its own copy of the pointer; the mapping outlives the
+     * port (Python keeps the region referenced). */
+    self->ring = NULL;
+    Py_RETURN_NONE;
+}
+
+static int port_init(Port *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"address", "cap", "decode", "obj_type", "raw_type", NULL};
+    PyObject *address, *decode;
+    unsigned long long cap;
+    unsigned int obj_type, raw_type;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKOII", kwlist, &address, &cap, &decode,
+                                     &obj_type, &raw_type))
+        return -1;
+    void *p = PyLong_AsVoidPtr(address);
+    if (!p && PyErr_Occurred()) return -1;
+    if (!p || cap < 64 || (cap & (cap - 1))) {
+        PyErr_SetString(PyExc_ValueError, "Port needs a ring's address and power-of-two capacity");
+        return -1;
+    }
+    if (decode != Py_None && !PyCallable_Check(decode)) {
+        PyErr_SetString(PyExc_TypeError, "decode must be callable or None");
+        return -1;
+    }
+    self->ring = p;
+    self->cap = cap;
+    Py_XSETREF(self->decode, Py_NewRef(decode));
+    self->obj_type = obj_type;
+    self->raw_type = raw_type;
+    return 0;
+}
+
+static int port_traverse(Port *self, visitproc visit, void *arg) {
+    Py_VISIT(self->decode);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+static int port_clear(Port *self) {
+    Py_CLEAR(self->decode);
+    return 0;
+}
+
+static void port_dealloc(Port *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    port_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef port_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))port_put, METH_FASTCALL,
+     "put(data, type, deadline_ns) -> status"},
+    {"put_many", (PyCFunction)(void (*)(void))port_put_many, METH_FASTCALL,
+     "put_many(frames, start, type, deadline_ns) -> count or -status"},
+    {"get", (PyCFunction)(void (*)(void))port_get, METH_FASTCALL,
+     "get(deadline_ns) -> object; RingMiss otherwise"},
+    {"get_bytes", (PyCFunction)(void (*)(void))port_get_bytes, METH_FASTCALL,
+     "get_bytes(deadline_ns) -> bytes; RingMiss otherwise"},
+    {"get_many", (PyCFunction)(void (*)(void))port_get_many, METH_FASTCALL,
+     "get_many(max_items, deadline_ns) -> list; RingMiss otherwise"},
+    {"close", (PyCFunction)port_close, METH_NOARGS, "Refuse every later call."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot port_slots[] = {
+    {Py_tp_doc, "A ring's hot paths: Port(address, cap, decode, obj_type, raw_type)."},
+    {Py_tp_init, port_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_methods, port_methods},
+    {Py_tp_traverse, port_traverse},
+    {Py_tp_clear, port_clear},
+    {Py_tp_dealloc, port_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec port_spec = {
+    .name = "shmipc._native_ext.Port",
+    .basicsize = sizeof(Port),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = port_slots,
+};
+
+int shmipc_fastpath_install(void) {
+    static int installed = 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int rc = 0;
+    if (!installed) {
+        PyObject *module = PyImport_AddModule("shmipc._native_ext"); /* borrowed */
+        PyObject *port = module ? PyType_FromSpec(&port_spec) : NULL;
+        RingMiss = port ? PyErr_NewException("shmipc._native_ext.RingMiss", NULL, NULL) : NULL;
+        if (RingMiss && PyModule_AddObjectRef(module, "Port", port) == 0 &&
+            PyModule_AddObjectRef(module, "RingMiss", RingMiss) == 0) {
+            installed = 1;
+        } else {
+            PyErr_Clear();
+            rc = -1;
+        }
+        Py_XDECREF(port);
+    }
+    PyGILState_Release(gil);
+    return rc;
+}

@@ -1,0 +1,48 @@
+/* The ring's building blocks, shared by csrc/ring.c (which defines them) and csrc/fastpath.c
+ * (the CPython entry points that build Python objects straight from the ring). Not part of
+ * the cdef: Python never calls these. The protocol they implement is docs/internals/ring.md.
+ *
+ * Producer side: claim (lock + find room, waiting as the deadline allows; the lock stays held
+ * on SHMIPC_OK), find_room (more room under the held lock, for a batch), place (padding and
+ * record header; returns the payload's data index), publish (release-store the tail, unlock,
+ * wake sleeping consumers).
+ * Consumer side: await_record (lock + find the next record; the lock stays held on
+ * SHMIPC_OK), next_record (the record after it, under the held lock), retire (release-store
+ * the head, unlock, wake sleeping producers).
+ */
+#ifndef SHMIPC_RING_INTERNAL_H
+#define SHMIPC_RING_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SHMIPC_HIDDEN __attribute__((visibility("hidden")))
+#define DATA(ring) ((ring) + SHMIPC_RING_HEADER_SIZE)
+
+/* Bytes a record of `len` payload bytes occupies: header plus payload, 8-aligned. */
+static inline uint64_t rec_size(uint64_t len) {
+    return (SHMIPC_REC_HEADER + len + 7) & ~(uint64_t)7;
+}
+
+SHMIPC_HIDDEN int shmipc_ri_find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec,
+                                      uint64_t *pad, uint64_t *head_seen);
+SHMIPC_HIDDEN int shmipc_ri_claim(char *ring, uint64_t cap, uint64_t rec, int64_t deadline_ns,
+                                  uint64_t *tail, uint64_t *pad);
+SHMIPC_HIDDEN uint64_t shmipc_ri_place(char *ring, uint64_t cap, uint64_t t, uint64_t pad,
+                                       size_t len, uint32_t type);
+SHMIPC_HIDDEN void shmipc_ri_publish(char *ring, uint64_t end, uint64_t msgs, uint64_t bytes);
+
+SHMIPC_HIDDEN int shmipc_ri_next_record(char *ring, uint64_t cap, uint64_t *head, uint64_t *len,
+                                        uint32_t *type, uint64_t *end, uint64_t *tail_seen);
+SHMIPC_HIDDEN int shmipc_ri_await_record(char *ring, uint64_t cap, int64_t deadline_ns,
+                                         uint64_t *head, uint64_t *len, uint32_t *type,
+                                         uint64_t *end);
+SHMIPC_HIDDEN void shmipc_ri_retire(char *ring, uint64_t cap, uint64_t end, uint64_t msgs,
+                                    uint64_t bytes);
+
+/* The batch put's room check for item i of a batch whose first i items are claimed but not
+ * yet published (a Queue(maxsize) counts them against its limit). */
+SHMIPC_HIDDEN int shmipc_ri_batch_room(char *ring, uint64_t cap, uint64_t t, uint64_t len,
+                                       size_t i, uint64_t *pad);
+
+#endif
