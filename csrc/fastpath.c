@@ -39,6 +39,12 @@ typedef struct {
     PyObject *decode; /* called on records of obj_type by get/get_many; None: returned as is */
     uint32_t obj_type;
     uint32_t raw_type;
+    /* For the channel-level methods (send/send_bytes/recv/recv_bytes), else None: */
+    PyObject *encode;    /* obj -> frame (bytes-like), for send */
+    PyObject *deadline;  /* timeout seconds -> absolute deadline ns (shmipc.sync.deadline_ns) */
+    PyObject *slow_put;  /* (status, data, type, deadline) -> None: every other outcome */
+    PyObject *slow_get;  /* (status, type, payload, deadline, decode) -> result: likewise */
+    int bytes_as_is;     /* send: an exact bytes object travels as raw_type, unframed */
 } Port;
 
 static PyObject *miss(int status, uint32_t type, PyObject *payload) {
@@ -338,6 +344,196 @@ static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nar
     return out;
 }
 
+/* ---- channel-level methods ------------------------------------------------------------
+ *
+ * The shape of multiprocessing.Queue's put/get: (obj, block=True, timeout=None). The channel
+ * binds these as its instances' own put/put_bytes/get/get_bytes, so a message costs one
+ * call from Python; every outcome but the fast one is handed to the channel's Python code
+ * (slow_put / slow_get) with the status and the deadline it was given. */
+
+/* Parse ([first,] block=True, timeout=None) into *first and an absolute deadline. */
+static int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames, int has_first, const char *fname,
+                          PyObject **first, int64_t *deadline) {
+    PyObject *block = NULL, *timeout = NULL;
+    Py_ssize_t npos = nargs;
+    if (npos > has_first + 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d positional arguments", fname,
+                     has_first + 2);
+        return -1;
+    }
+    if (npos < has_first) {
+        PyErr_Format(PyExc_TypeError, "%s() missing its first argument", fname);
+        return -1;
+    }
+    if (has_first) *first = args[0];
+    if (npos > has_first) block = args[has_first];
+    if (npos > has_first + 1) timeout = args[has_first + 1];
+    if (kwnames) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[npos + i];
+            PyObject **slot = NULL;
+            if (PyUnicode_CompareWithASCIIString(key, "block") == 0) slot = &block;
+            else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) slot = &timeout;
+            if (!slot) {
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                             fname, key);
+                return -1;
+            }
+            if (*slot) {
+                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%U'",
+                             fname, key);
+                return -1;
+            }
+            *slot = value;
+        }
+    }
+    int blocking = 1;
+    if (block && (blocking = PyObject_IsTrue(block)) < 0) return -1;
+    if (!blocking) {
+        *deadline = 0;
+        return 0;
+    }
+    if (!timeout || timeout == Py_None) {
+        *deadline = -1;
+        return 0;
+    }
+    PyObject *d = PyObject_CallOneArg(self->deadline, timeout);
+    if (!d) return -1;
+    int rc = as_deadline(d, deadline);
+    Py_DECREF(d);
+    return rc;
+}
+
+static int channel_ready(Port *self, const char *fname) {
+    if (self->slow_put != Py_None && self->slow_get != Py_None && self->deadline != Py_None)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s() needs a Port made with slow_put, slow_get and deadline",
+                 fname);
+    return -1;
+}
+
+static PyObject *call_slow_put(Port *self, int rc, PyObject *data, uint32_t type,
+                               int64_t deadline) {
+    PyObject *argv[4] = {PyLong_FromLong(rc), data, PyLong_FromUnsignedLong(type),
+                         PyLong_FromLongLong(deadline)};
+    PyObject *out = NULL;
+    if (argv[0] && argv[2] && argv[3]) out = PyObject_Vectorcall(self->slow_put, argv, 4, NULL);
+    Py_XDECREF(argv[0]);
+    Py_XDECREF(argv[2]);
+    Py_XDECREF(argv[3]);
+    return out;
+}
+
+static PyObject *send_impl(Port *self, PyObject *obj, int framed, int64_t deadline) {
+    PyObject *data = obj;
+    uint32_t type = self->raw_type;
+    if (framed && !(self->bytes_as_is && PyBytes_CheckExact(obj))) {
+        data = PyObject_CallOneArg(self->encode, obj);
+        if (!data) return NULL;
+        type = self->obj_type;
+    } else {
+        Py_INCREF(data);
+    }
+    int rc = SHMIPC_CLOSED;
+    char *ring = self->ring;
+    if (ring && PyBytes_CheckExact(data)) {
+        rc = put_buffer(ring, self->cap, PyBytes_AS_STRING(data),
+                        (size_t)PyBytes_GET_SIZE(data), type, deadline);
+    } else if (ring) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            rc = SHMIPC_NOTBUF;
+        } else {
+            rc = put_buffer(ring, self->cap, view.buf, (size_t)view.len, type, deadline);
+            PyBuffer_Release(&view);
+        }
+    }
+    PyObject *out = rc == SHMIPC_OK ? Py_NewRef(Py_None)
+                                    : call_slow_put(self, rc, data, type, deadline);
+    Py_DECREF(data);
+    return out;
+}
+
+/* send(obj, block=True, timeout=None): encode obj (an exact bytes object travels as is when
+ * bytes_as_is) and put it; like Queue.put. */
+static PyObject *port_send(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames) {
+    PyObject *obj;
+    int64_t deadline;
+    if (channel_ready(self, "put") ||
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 1, "put", &obj,
+                       &deadline))
+        return NULL;
+    return send_impl(self, obj, 1, deadline);
+}
+
+/* send_bytes(data, block=True, timeout=None): put a bytes-like payload as raw_type. */
+static PyObject *port_send_bytes(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames) {
+    PyObject *obj;
+    int64_t deadline;
+    if (channel_ready(self, "put_bytes") ||
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 1, "put_bytes", &obj,
+                       &deadline))
+        return NULL;
+    return send_impl(self, obj, 0, deadline);
+}
+
+static PyObject *recv_impl(Port *self, int decode, int64_t deadline) {
+    char *ring = self->ring;
+    uint64_t cap = self->cap;
+    uint64_t h = 0, len = 0, end = 0;
+    uint32_t type = 0;
+    int rc = ring ? await_one(ring, cap, deadline, &h, &len, &type, &end) : SHMIPC_CLOSED;
+    PyObject *payload = NULL;
+    if (rc == SHMIPC_OK) {
+        payload = payload_bytes(ring, cap, h, len);
+        if (!payload) {
+            unlock_consumer(ring); /* the record stays the next one */
+            return NULL;
+        }
+        shmipc_ri_retire(ring, cap, end, 1, len);
+        if (type == self->raw_type || (type == self->obj_type && !decode)) return payload;
+        if (type == self->obj_type && self->decode == Py_None) return payload;
+        if (type == self->obj_type) {
+            PyObject *obj = PyObject_CallOneArg(self->decode, payload);
+            Py_DECREF(payload);
+            return obj;
+        }
+    }
+    PyObject *argv[5] = {PyLong_FromLong(rc), PyLong_FromUnsignedLong(type),
+                         payload ? payload : Py_NewRef(Py_None), PyLong_FromLongLong(deadline),
+                         decode ? Py_True : Py_False};
+    PyObject *out = NULL;
+    if (argv[0] && argv[1] && argv[3]) out = PyObject_Vectorcall(self->slow_get, argv, 5, NULL);
+    for (int i = 0; i < 4; i++) Py_XDECREF(argv[i]);
+    return out;
+}
+
+/* recv(block=True, timeout=None): the next message, decoded; like Queue.get. */
+static PyObject *port_recv(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames) {
+    int64_t deadline;
+    if (channel_ready(self, "get") ||
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 0, "get", NULL,
+                       &deadline))
+        return NULL;
+    return recv_impl(self, 1, deadline);
+}
+
+/* recv_bytes(block=True, timeout=None): the next message's payload, undecoded. */
+static PyObject *port_recv_bytes(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames) {
+    int64_t deadline;
+    if (channel_ready(self, "get_bytes") ||
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 0, "get_bytes", NULL,
+                       &deadline))
+        return NULL;
+    return recv_impl(self, 0, deadline);
+}
+
 /* ---- the Port type ---------------------------------------------------------------------- */
 
 static PyObject *port_close(Port *self, PyObject *unused) {
@@ -348,12 +544,17 @@ static PyObject *port_close(Port *self, PyObject *unused) {
 }
 
 static int port_init(Port *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"address", "cap", "decode", "obj_type", "raw_type", NULL};
-    PyObject *address, *decode;
+    static char *kwlist[] = {"address",     "cap",      "decode",   "obj_type",
+                             "raw_type",    "encode",   "deadline", "slow_put",
+                             "slow_get",    "bytes_as_is", NULL};
+    PyObject *address, *decode, *encode = Py_None, *deadline = Py_None;
+    PyObject *slow_put = Py_None, *slow_get = Py_None;
     unsigned long long cap;
     unsigned int obj_type, raw_type;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKOII", kwlist, &address, &cap, &decode,
-                                     &obj_type, &raw_type))
+    int bytes_as_is = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKOII|$OOOOp", kwlist, &address, &cap,
+                                     &decode, &obj_type, &raw_type, &encode, &deadline,
+                                     &slow_put, &slow_get, &bytes_as_is))
         return -1;
     void *p = PyLong_AsVoidPtr(address);
     if (!p && PyErr_Occurred()) return -1;
@@ -361,26 +562,48 @@ static int port_init(Port *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "Port needs a ring's address and power-of-two capacity");
         return -1;
     }
-    if (decode != Py_None && !PyCallable_Check(decode)) {
-        PyErr_SetString(PyExc_TypeError, "decode must be callable or None");
+    PyObject *callables[] = {decode, encode, deadline, slow_put, slow_get};
+    for (size_t i = 0; i < sizeof callables / sizeof *callables; i++) {
+        if (callables[i] != Py_None && !PyCallable_Check(callables[i])) {
+            PyErr_SetString(PyExc_TypeError,
+                            "decode, encode, deadline, slow_put and slow_get must be callable "
+                            "or None");
+            return -1;
+        }
+    }
+    if (encode == Py_None && slow_put != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "a Port with slow_put needs encode");
         return -1;
     }
     self->ring = p;
     self->cap = cap;
     Py_XSETREF(self->decode, Py_NewRef(decode));
+    Py_XSETREF(self->encode, Py_NewRef(encode));
+    Py_XSETREF(self->deadline, Py_NewRef(deadline));
+    Py_XSETREF(self->slow_put, Py_NewRef(slow_put));
+    Py_XSETREF(self->slow_get, Py_NewRef(slow_get));
     self->obj_type = obj_type;
     self->raw_type = raw_type;
+    self->bytes_as_is = bytes_as_is;
     return 0;
 }
 
 static int port_traverse(Port *self, visitproc visit, void *arg) {
     Py_VISIT(self->decode);
+    Py_VISIT(self->encode);
+    Py_VISIT(self->deadline);
+    Py_VISIT(self->slow_put);
+    Py_VISIT(self->slow_get);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
 
 static int port_clear(Port *self) {
     Py_CLEAR(self->decode);
+    Py_CLEAR(self->encode);
+    Py_CLEAR(self->deadline);
+    Py_CLEAR(self->slow_put);
+    Py_CLEAR(self->slow_get);
     return 0;
 }
 
@@ -403,6 +626,14 @@ static PyMethodDef port_methods[] = {
      "get_bytes(deadline_ns) -> bytes; RingMiss otherwise"},
     {"get_many", (PyCFunction)(void (*)(void))port_get_many, METH_FASTCALL,
      "get_many(max_items, deadline_ns) -> list; RingMiss otherwise"},
+    {"send", (PyCFunction)(void (*)(void))port_send, METH_FASTCALL | METH_KEYWORDS,
+     "send(obj, block=True, timeout=None): Queue.put in one call"},
+    {"send_bytes", (PyCFunction)(void (*)(void))port_send_bytes, METH_FASTCALL | METH_KEYWORDS,
+     "send_bytes(data, block=True, timeout=None): Queue.put_bytes in one call"},
+    {"recv", (PyCFunction)(void (*)(void))port_recv, METH_FASTCALL | METH_KEYWORDS,
+     "recv(block=True, timeout=None): Queue.get in one call"},
+    {"recv_bytes", (PyCFunction)(void (*)(void))port_recv_bytes, METH_FASTCALL | METH_KEYWORDS,
+     "recv_bytes(block=True, timeout=None): Queue.get_bytes in one call"},
     {"close", (PyCFunction)port_close, METH_NOARGS, "Refuse every later call."},
     {NULL, NULL, 0, NULL},
 };

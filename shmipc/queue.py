@@ -11,6 +11,7 @@ or stuck at exit. A message larger than half the ring is spilled to a side segme
 from __future__ import annotations
 
 import queue as _stdlib_queue
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -87,15 +88,37 @@ class Queue:
         # With the built-in codecs a bytes object decodes to itself, so it can skip framing.
         self._bytes_as_is = getattr(codec, "name", None) in _CODEC_IDS
         self.spill = spill
-        # The hot paths, one native call a message (csrc/fastpath.c): bound methods of a
-        # Port on this ring, which decodes T_OBJ records and returns T_BYTES ones as bytes.
-        address = int(ffi.cast("uintptr_t", ring._ptr))
-        self._port = port = Port(address, ring._cap, codec.decode, T_OBJ, T_BYTES)
+        # The hot paths, one native call a message (csrc/fastpath.c): a Port on this ring
+        # decodes T_OBJ records and returns T_BYTES ones as bytes. Its send/recv methods are
+        # put/get whole (block and timeout included); they become this instance's own put,
+        # put_bytes, get and get_bytes unless a subclass overrides those. Every outcome but
+        # the fast one comes back to _put_slow/_get_miss, reached through a weak reference so
+        # that the port does not keep this handle (and its segment) alive.
+        me = weakref.ref(self)
+        self._port = port = Port(
+            int(ffi.cast("uintptr_t", ring._ptr)),
+            ring._cap,
+            codec.decode,
+            T_OBJ,
+            T_BYTES,
+            encode=codec.encode,
+            deadline=deadline_ns,
+            slow_put=lambda *a: _handle(me)._put_slow(*a),
+            slow_get=lambda *a: _handle(me)._get_miss(*a),
+            bytes_as_is=self._bytes_as_is,
+        )
         self._fput = port.put
         self._fput_many = port.put_many
-        self._fget = port.get
-        self._fget_bytes = port.get_bytes
         self._fget_many = port.get_many
+        cls = type(self)
+        for name, fast in (
+            ("put", port.send),
+            ("put_bytes", port.send_bytes),
+            ("get", port.recv),
+            ("get_bytes", port.recv_bytes),
+        ):
+            if getattr(cls, name) is getattr(Queue, name):
+                setattr(self, name, fast)
 
     @classmethod
     def attach(cls, name: str, *, codec: str | Codec | None = None, spill: bool = True) -> Queue:
@@ -153,28 +176,19 @@ class Queue:
 
     # ---- put -----------------------------------------------------------------------------
 
+    # put/put_bytes/get/get_bytes: each handle binds its port's one-call versions over these
+    # (see _bind); these definitions document them and serve subclasses that override one.
+
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` on the queue; queue.Full if no room came within ``timeout``."""
-        # The fast path (one native call) is spelled out here and in put_bytes, get and
-        # get_bytes rather than shared: a helper call would add ~10% to every message.
-        if type(obj) is bytes and self._bytes_as_is:
-            data, rtype = obj, T_BYTES  # bytes travel as they are: no framing to undo
-        else:
-            data, rtype = self._encode(obj), T_OBJ
-        deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
-        rc = self._fput(data, rtype, deadline)
-        if rc:
-            self._put_slow(rc, data, rtype, deadline)
+        self._port.send(obj, block, timeout)
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
 
     def put_bytes(self, data: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put a bytes-like payload as is; ``get`` returns it as bytes."""
-        deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
-        rc = self._fput(data, T_BYTES, deadline)
-        if rc:
-            self._put_slow(rc, data, T_BYTES, deadline)
+        self._port.send_bytes(data, block, timeout)
 
     def _put_slow(self, rc: int, data: Any, rtype: int, deadline: int) -> None:
         """Everything but the one-call fast path: spill, retries between slices, errors.
@@ -235,27 +249,22 @@ class Queue:
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the next object; queue.Empty if none came within ``timeout``."""
-        deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
-        try:
-            return self._fget(deadline)
-        except RingMiss as exc:
-            status, rtype, payload = exc.args
-        if status == _OK:  # a record the port leaves to Python: a spill reference
-            return self._decode(rtype, payload)
-        return self._decode(*self._get_slow(status, deadline))
+        return self._port.recv(block, timeout)
 
     def get_nowait(self) -> Any:
         return self.get(False)
 
     def get_bytes(self, block: bool = True, timeout: float | None = None) -> bytes:
         """The next message's raw payload (a codec frame, or what put_bytes stored)."""
-        deadline = -1 if block and timeout is None else deadline_ns(timeout) if block else 0
-        try:
-            return self._fget_bytes(deadline)
-        except RingMiss as exc:
-            status, rtype, payload = exc.args
+        return self._port.recv_bytes(block, timeout)
+
+    def _get_miss(self, status: int, rtype: int, payload: Any, deadline: int, decode: bool) -> Any:
+        """Everything but the port's fast case: a record type it leaves to Python (a spill
+        reference; status OK), or no record yet (see _get_slow)."""
         if status != _OK:
             rtype, payload = self._get_slow(status, deadline)
+        if decode:
+            return self._decode(rtype, payload)
         if rtype in (T_OBJ, T_BYTES):
             return payload
         if rtype in (T_SPILL_OBJ, T_SPILL_BYTES):
@@ -382,6 +391,13 @@ class Queue:
         if self._ring is None:
             return "<shmipc.Queue closed>"
         return f"<shmipc.Queue {self.name} qsize={self.qsize()} capacity={self._cap}>"
+
+
+def _handle(ref: weakref.ref[Queue]) -> Queue:
+    queue = ref()
+    if queue is None:  # pragma: no cover - a port outliving its queue is never called
+        raise Closed("this queue handle was garbage-collected")
+    return queue
 
 
 def _attach_queue(name: str, codec: Codec | None, spill: bool) -> Queue:
