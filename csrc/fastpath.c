@@ -185,6 +185,22 @@ static PyObject *port_put_many(Port *self, PyObject *const *args, Py_ssize_t nar
     return PyLong_FromSsize_t(i - start);
 }
 
+/* first_not_bytes(items, start) -> index: of the first item at or after start that is not
+ * an exact bytes object (len(items) if none): put_many's check, at ~1 ns an item. */
+static PyObject *port_first_not_bytes(Port *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (arg_count(nargs, 2, "first_not_bytes(items, start)")) return NULL;
+    if (!PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "first_not_bytes() needs a list");
+        return NULL;
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    if (i < 0) i = 0;
+    Py_ssize_t n = PyList_GET_SIZE(args[0]);
+    while (i < n && PyBytes_CheckExact(PyList_GET_ITEM(args[0], i))) i++;
+    return PyLong_FromSsize_t(i < n ? i : n);
+}
+
 /* ---- consumer side ---------------------------------------------------------------------- */
 
 /* Lock the consumer side and find the next record: first without waiting (GIL held), then,
@@ -620,6 +636,8 @@ static PyMethodDef port_methods[] = {
      "put(data, type, deadline_ns) -> status"},
     {"put_many", (PyCFunction)(void (*)(void))port_put_many, METH_FASTCALL,
      "put_many(frames, start, type, deadline_ns) -> count or -status"},
+    {"first_not_bytes", (PyCFunction)(void (*)(void))port_first_not_bytes, METH_FASTCALL,
+     "first_not_bytes(items, start) -> index"},
     {"get", (PyCFunction)(void (*)(void))port_get, METH_FASTCALL,
      "get(deadline_ns) -> object; RingMiss otherwise"},
     {"get_bytes", (PyCFunction)(void (*)(void))port_get_bytes, METH_FASTCALL,

@@ -218,21 +218,36 @@ class Queue:
         """Put every object in order with as few native calls as the ring's room allows."""
         ring = self._live_ring()
         deadline = deadline_ns(timeout) if block else 0
-        objs = list(objs)
-        if not objs:
+        items = list(objs)
+        total = len(items)
+        if self._bytes_as_is and self._port.first_not_bytes(items, 0) == total:
+            self._put_frames(ring, items, T_BYTES, deadline, 0, total)  # bytes go as they are
             return
-        if self._bytes_as_is and set(map(type, objs)) == {bytes}:
-            frames, rtype = objs, T_BYTES  # a batch of bytes travels as it is
-        else:
-            frames, rtype = list(map(self._encode, objs)), T_OBJ
-        total, done = len(frames), 0
-        while done < total:
+        # Encode everything first, so that an object the codec refuses stores nothing. Runs
+        # of bytes still travel as they are (a run of frames, then a run of bytes, ...).
+        as_is, encode = self._bytes_as_is, self._encode
+        raw = [as_is and type(x) is bytes for x in items]
+        frames = [x if r else encode(x) for x, r in zip(items, raw, strict=True)]
+        frames = [f if type(f) is bytes else byte_view(f).tobytes() for f in frames]
+        i = 0
+        while i < total:
+            j = i + 1
+            while j < total and raw[j] == raw[i]:
+                j += 1
+            self._put_frames(ring, frames[i:j], T_BYTES if raw[i] else T_OBJ, deadline, i, total)
+            i = j
+
+    def _put_frames(
+        self, ring: Ring, frames: list[bytes], rtype: int, deadline: int, offset: int, total: int
+    ) -> None:
+        """put_many's loop: store every frame, in order, with as few calls as the room
+        allows. ``offset`` and ``total`` place the frames in the caller's whole batch, for
+        queue.Full's message."""
+        done, n = 0, len(frames)
+        while done < n:
             r = self._fput_many(frames, done, rtype, deadline)
             if r > 0:
                 done += r
-                continue
-            if -r == _NOTBUF:  # a custom codec's frame that is not bytes
-                frames[done] = byte_view(frames[done]).tobytes()
                 continue
             if -r == _TOOBIG:  # keeps its place in the order: it goes alone, maybe spilled
                 self._put_slow(_TOOBIG, frames[done], rtype, deadline)
@@ -241,8 +256,8 @@ class Queue:
             if -r != _CLOSED and ring._retry(-r):
                 continue
             self._live_ring()
-            if done and -r == _FULL:
-                raise Full(f"{done} of {total} items were put before the ring filled")
+            if offset + done and -r == _FULL:
+                raise Full(f"{offset + done} of {total} items were put before the ring filled")
             ring._raise(-r, len(frames[done]))
 
     # ---- get -----------------------------------------------------------------------------
