@@ -71,9 +71,13 @@ static int as_deadline(PyObject *o, int64_t *out) {
 }
 
 static int as_type(PyObject *o, uint32_t *out) {
-    unsigned long v = PyLong_AsUnsignedLong(o);
-    if (v == (unsigned long)-1 && PyErr_Occurred()) return -1;
-    if (v > SHMIPC_REC_TYPE_MAX) {
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+        PyErr_Clear();
+        v = -1; /* out of range either way */
+    }
+    if (v < 0 || v > SHMIPC_REC_TYPE_MAX) {
         PyErr_Format(PyExc_ValueError, "record type must be in 0..%d", SHMIPC_REC_TYPE_MAX);
         return -1;
     }
@@ -163,7 +167,9 @@ static PyObject *port_put_many(Port *self, PyObject *const *args, Py_ssize_t nar
         Py_DECREF(first);
         return PyLong_FromLong(-rc);
     }
-    /* The producer lock is held from here to publish; nothing below can fail or wait. */
+    /* The producer lock is held from here to publish; nothing below can fail or wait. The
+     * list may have changed while we waited: only `first` (our own reference) and the items
+     * now at start + 1 .. len - 1 are read. */
     uint64_t bytes = 0;
     Py_ssize_t i = start, n = PyList_GET_SIZE(frames);
     PyObject *item = first;
@@ -172,7 +178,7 @@ static PyObject *port_put_many(Port *self, PyObject *const *args, Py_ssize_t nar
         memcpy(DATA(ring) + at, PyBytes_AS_STRING(item), (size_t)len);
         t += pad + rec; /* not published yet: the tail moves once, after the whole batch */
         bytes += len;
-        if (++i == n) break;
+        if (++i >= n) break;
         item = PyList_GET_ITEM(frames, i);
         if (!PyBytes_CheckExact(item)) break;
         len = (uint64_t)PyBytes_GET_SIZE(item);
@@ -565,15 +571,26 @@ static int port_init(Port *self, PyObject *args, PyObject *kwds) {
                              "slow_get",    "bytes_as_is", NULL};
     PyObject *address, *decode, *encode = Py_None, *deadline = Py_None;
     PyObject *slow_put = Py_None, *slow_get = Py_None;
-    unsigned long long cap;
-    unsigned int obj_type, raw_type;
+    PyObject *cap_obj, *obj_type_obj, *raw_type_obj;
     int bytes_as_is = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKOII|$OOOOp", kwlist, &address, &cap,
-                                     &decode, &obj_type, &raw_type, &encode, &deadline,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$OOOOp", kwlist, &address, &cap_obj,
+                                     &decode, &obj_type_obj, &raw_type_obj, &encode, &deadline,
                                      &slow_put, &slow_get, &bytes_as_is))
         return -1;
-    void *p = PyLong_AsVoidPtr(address);
-    if (!p && PyErr_Occurred()) return -1;
+    unsigned long long cap = PyLong_AsUnsignedLongLong(cap_obj);
+    if (cap == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    uint32_t obj_type, raw_type;
+    if (as_type(obj_type_obj, &obj_type) || as_type(raw_type_obj, &raw_type)) return -1;
+    if (!PyLong_Check(address)) {
+        PyErr_SetString(PyExc_TypeError, "Port needs a ring's address as an int");
+        return -1;
+    }
+    unsigned long long a = PyLong_AsUnsignedLongLong(address);
+    if (a == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        a = 0; /* negative or too large: refused below */
+    }
+    void *p = (void *)(uintptr_t)a;
     if (!p || cap < 64 || (cap & (cap - 1))) {
         PyErr_SetString(PyExc_ValueError, "Port needs a ring's address and power-of-two capacity");
         return -1;
