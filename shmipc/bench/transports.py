@@ -545,7 +545,7 @@ TRANSPORTS: tuple[Transport, ...] = (
         key="shmipc",
         label="shmipc (batched)",
         make=partial(_ShmipcChannel, style="batched"),
-        serialisation=f"put_many/get_many, {BATCH} per call: msgpack codec",
+        serialisation=f"put_many/get_many, {BATCH} per call: bytes as they are",
         unavailable=_shmipc_unavailable("put_many", "get_many"),
         workloads=frozenset({"64B"}),
     ),
