@@ -237,7 +237,7 @@ static PyObject *payload_bytes(char *ring, uint64_t cap, uint64_t h, uint64_t le
 }
 
 static void unlock_consumer(char *ring) {
-    shmipc_lock_release(ring, SHMIPC_RING_OFF_C_LOCK);
+    shmipc_ri_unlock(ring, 0);
 }
 
 static PyObject *take_one(Port *self, PyObject *const *args, Py_ssize_t nargs, int decode) {

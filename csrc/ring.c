@@ -89,9 +89,29 @@ static void recover_consumer(char *ring) {
 
 #define SIDE_LOCK(producer) ((producer) ? SHMIPC_RING_OFF_P_LOCK : SHMIPC_RING_OFF_C_LOCK)
 
+/* SPSC rings (SHMIPC_RING_SPSC): each side's lock is a role. The first thread to use a
+ * side takes its lock and keeps it between calls, so a message costs no lock traffic; any
+ * other thread is refused (SHMIPC_BUSY) while the holder lives, and takes the role over once
+ * it has died (shmipc_ring_steal, as for any dead holder). shmipc_ring_leave gives roles up. */
+static inline int is_spsc(char *ring) {
+    return (LOAD(U32(ring, SHMIPC_RING_OFF_FLAGS)) & SHMIPC_RING_SPSC) != 0;
+}
+
+/* Whether this thread is between reserve and commit (peek and release) on that side. */
+static inline int side_pending(char *ring, int producer) {
+    return producer ? LOAD(U64(ring, SHMIPC_RING_OFF_P_CLAIM)) != NO_CLAIM
+                    : LOAD(U64(ring, SHMIPC_RING_OFF_C_PEEK)) != 0;
+}
+
 /* Take a side's lock (spinning first, then sleeping for at most one slice). A dead holder's
  * lock is taken over from Python (shmipc_ring_steal) between slices. */
 static inline int side_lock(char *ring, int producer, int64_t deadline_ns) {
+    if (is_spsc(ring)) {
+        if (LOAD(U64(ring, SIDE_LOCK(producer))) == shmipc_lock_identity())
+            return side_pending(ring, producer) ? SHMIPC_DEADLOCK : SHMIPC_OK;
+        int rc = shmipc_lock_try(ring, SIDE_LOCK(producer));
+        return rc == SHMIPC_TIMEDOUT ? SHMIPC_BUSY : rc;
+    }
     int rc = shmipc_lock_try(ring, SIDE_LOCK(producer));
     if (rc == SHMIPC_TIMEDOUT && deadline_ns != 0)
         rc = shmipc_lock_acquire(ring, SIDE_LOCK(producer), deadline_ns, spin_ns(ring));
@@ -99,7 +119,22 @@ static inline int side_lock(char *ring, int producer, int64_t deadline_ns) {
 }
 
 static inline void side_unlock(char *ring, int producer) {
+    if (is_spsc(ring)) return; /* the role stays with this thread */
     shmipc_lock_release(ring, SIDE_LOCK(producer));
+}
+
+void shmipc_ri_unlock(char *ring, int producer) { side_unlock(ring, producer); }
+
+int shmipc_ring_leave(char *ring) {
+    if (!is_spsc(ring)) return 0;
+    int left = 0;
+    for (int producer = 0; producer < 2; producer++) {
+        if (LOAD(U64(ring, SIDE_LOCK(producer))) == shmipc_lock_identity() &&
+            !side_pending(ring, producer) &&
+            shmipc_lock_release(ring, SIDE_LOCK(producer)) == SHMIPC_OK)
+            left++;
+    }
+    return left;
 }
 
 int shmipc_ring_steal(char *ring, int producer, uint64_t observed) {
@@ -108,8 +143,8 @@ int shmipc_ring_steal(char *ring, int producer, uint64_t observed) {
         recover_producer(ring);
     else
         recover_consumer(ring);
-    side_unlock(ring, producer);
-    return 1;
+    shmipc_lock_release(ring, SIDE_LOCK(producer)); /* free, also on an SPSC ring: the role */
+    return 1;                                        /* goes to whoever uses that side next */
 }
 
 /* Wake the other side if anyone sleeps there (the check is the whole cost otherwise). */

@@ -37,6 +37,9 @@ SHMIPC_HIDDEN int shmipc_ri_next_record(char *ring, uint64_t cap, uint64_t *head
 SHMIPC_HIDDEN int shmipc_ri_await_record(char *ring, uint64_t cap, int64_t deadline_ns,
                                          uint64_t *head, uint64_t *len, uint32_t *type,
                                          uint64_t *end);
+/* Let go of a side's lock after a call that found nothing to do with it (a no-op on an SPSC
+ * ring, whose roles stay taken). */
+SHMIPC_HIDDEN void shmipc_ri_unlock(char *ring, int producer);
 SHMIPC_HIDDEN void shmipc_ri_retire(char *ring, uint64_t cap, uint64_t end, uint64_t msgs,
                                     uint64_t bytes);
 

@@ -12,7 +12,7 @@
 
 /* Bumped whenever a signature, a constant or a shared layout defined here changes: Python
  * refuses to import an extension whose stamp differs (a stale build). */
-#define SHMIPC_ABI_VERSION 3
+#define SHMIPC_ABI_VERSION 4
 
 /* Wait outcomes (shmipc_futex_wait, shmipc_wait_while32, shmipc_lock_acquire, rings). */
 #define SHMIPC_OK 0          /* woken, or the condition was already met */
@@ -104,7 +104,7 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
 #define SHMIPC_RING_OFF_CAPACITY 8         /* u64, power of two */
 #define SHMIPC_RING_OFF_MAX_COUNT 16       /* u64, message limit (0 = only bytes limit) */
 #define SHMIPC_RING_OFF_SPIN_NS 24         /* u64, how long waiters spin before sleeping */
-#define SHMIPC_RING_OFF_FLAGS 32           /* u32 */
+#define SHMIPC_RING_OFF_FLAGS 32           /* u32: SHMIPC_RING_SPSC */
 /* producer side: written only by the holder of the producer lock */
 #define SHMIPC_RING_OFF_P_LOCK 64          /* robust lock (SHMIPC_LOCK_SIZE bytes) */
 #define SHMIPC_RING_OFF_P_PEND_MSGS 80     /* u64: messages in once the claim commits */
@@ -153,9 +153,17 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
 #define SHMIPC_NEEDBUF 13     /* the next payload does not fit dst: its length is in dst[0..8) */
 #define SHMIPC_CLOSED 14      /* the Port was closed (csrc/fastpath.c) */
 #define SHMIPC_NOTBUF 15      /* the data is not a contiguous buffer: flatten it first */
+#define SHMIPC_BUSY 16        /* an SPSC ring's side belongs to another live thread */
 
 int shmipc_ring_init(char *ring, uint64_t cap, uint64_t max_count, uint64_t spin_ns,
                      uint32_t flags);
+
+/* Flags (given to init). SPSC: one producer thread and one consumer thread; each side's lock
+ * is a role its first user keeps between calls (no lock traffic per message); another thread
+ * gets SHMIPC_BUSY while the role's holder lives. shmipc_ring_leave gives up the roles the
+ * calling thread holds with nothing pending (returns how many). */
+#define SHMIPC_RING_SPSC 1
+int shmipc_ring_leave(char *ring);
 
 /* Copying paths, one call per message: put returns a status; get returns
  * (type << 40 | length) >= 0 with the payload copied to dst, or a negated status. */

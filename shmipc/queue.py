@@ -51,7 +51,9 @@ class Queue:
     ``maxsize`` bounds the number of messages (0: no bound but the ring's bytes);
     ``capacity`` is the ring's size in bytes (a power of two). ``codec`` frames objects:
     "msgpack" (default), "pickle" (trusted peers only: unpickling runs code), "raw" (bytes
-    only), or a :class:`~shmipc.codec.Codec`.
+    only), or a :class:`~shmipc.codec.Codec`. ``spsc=True`` makes a single-producer/
+    single-consumer queue: one thread puts and one thread gets (see ``Ring.spsc``), and
+    neither side pays for a lock per message.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Queue:
         spill: bool = True,
         mode: int = 0o600,
         spin_ns: int = DEFAULT_SPIN_NS,
+        spsc: bool = False,
     ) -> None:
         codec_obj = get_codec(codec)
         codec_id = _CODEC_IDS.get(codec, 0) if isinstance(codec, str) else 0
@@ -75,6 +78,7 @@ class Queue:
             mode=mode,
             kind=Kind.QUEUE,
             flags=codec_id,
+            spsc=spsc,
         )
         self._bind(ring, codec_obj, max(0, maxsize), spill)
 

@@ -54,6 +54,8 @@ _INTERRUPTED = lib.SHMIPC_INTERRUPTED
 _EMPTY = lib.SHMIPC_EMPTY
 _FULL = lib.SHMIPC_FULL
 _NEEDBUF = lib.SHMIPC_NEEDBUF
+_BUSY = lib.SHMIPC_BUSY
+_SPSC = lib.SHMIPC_RING_SPSC
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,9 @@ class Ring:
         self._base = base  # keeps the mapping alive while this ring exists
         self._ptr: Any = base + abs_off
         self._cap = self._validate()
+        # The mode as it was when this handle attached: a ring that later answers "busy"
+        # without being SPSC had its flags overwritten (CorruptedError, not RuntimeError).
+        self._spsc = bool(lib.shmipc_load32_acquire(self._ptr, lib.SHMIPC_RING_OFF_FLAGS) & _SPSC)
         self._data = region.buffer[offset + HEADER_SIZE : offset + HEADER_SIZE + self._cap]
         self._data_ro = self._data.toreadonly()
         self._local = _PerThread()
@@ -141,7 +146,14 @@ class Ring:
         return HEADER_SIZE + capacity
 
     @staticmethod
-    def _init_at(region: Region, offset: int, capacity: int, max_count: int, spin_ns: int) -> None:
+    def _init_at(
+        region: Region,
+        offset: int,
+        capacity: int,
+        max_count: int,
+        spin_ns: int,
+        spsc: bool = False,
+    ) -> None:
         if not _pow2(capacity) or capacity < 64:
             raise ValueError(f"capacity must be a power of two >= 64, got {capacity}")
         if capacity > 1 << 40:
@@ -156,7 +168,8 @@ class Ring:
                 f"offset {offset}; the region has {region.size}"
             )
         base, abs_off = region.pointer(offset)
-        if lib.shmipc_ring_init(base + abs_off, capacity, max_count, spin_ns, 0) != _OK:
+        flags = lib.SHMIPC_RING_SPSC if spsc else 0
+        if lib.shmipc_ring_init(base + abs_off, capacity, max_count, spin_ns, flags) != _OK:
             err = lib.shmipc_errno()
             raise OSError(err, f"cannot initialise ring locks: {os.strerror(err)}")
 
@@ -171,15 +184,17 @@ class Ring:
         mode: int = 0o600,
         kind: int = Kind.RING,
         flags: int = 0,
+        spsc: bool = False,
     ) -> Ring:
-        """A ring in a new named segment that other processes attach by name."""
+        """A ring in a new named segment that other processes attach by name. ``spsc``: one
+        producer thread and one consumer thread (see :attr:`spsc`)."""
         region = Region._create_segment(
             cls.footprint(capacity),
             kind=kind,
             name=name,
             mode=mode,
             flags=flags,
-            init=lambda r: cls._init_at(r, 0, capacity, max_count, spin_ns),
+            init=lambda r: cls._init_at(r, 0, capacity, max_count, spin_ns, spsc),
         )
         return cls(region, 0, owns_region=True)
 
@@ -195,11 +210,16 @@ class Ring:
 
     @classmethod
     def anonymous(
-        cls, capacity: int = 1 << 20, *, max_count: int = 0, spin_ns: int = DEFAULT_SPIN_NS
+        cls,
+        capacity: int = 1 << 20,
+        *,
+        max_count: int = 0,
+        spin_ns: int = DEFAULT_SPIN_NS,
+        spsc: bool = False,
     ) -> Ring:
         """A ring in anonymous shared memory: shared with children forked after it."""
         region = Region.anonymous(cls.footprint(capacity))
-        cls._init_at(region, 0, capacity, max_count, spin_ns)
+        cls._init_at(region, 0, capacity, max_count, spin_ns, spsc)
         return cls(region, 0, owns_region=True)
 
     @classmethod
@@ -212,10 +232,11 @@ class Ring:
         capacity: int = 1 << 20,
         max_count: int = 0,
         spin_ns: int = DEFAULT_SPIN_NS,
+        spsc: bool = False,
     ) -> Ring:
         """The ring at ``offset`` of a region the caller owns; ``create=True`` builds it."""
         if create:
-            cls._init_at(region, offset, capacity, max_count, spin_ns)
+            cls._init_at(region, offset, capacity, max_count, spin_ns, spsc)
         return cls(region, offset, owns_region=False)
 
     def _validate(self) -> int:
@@ -260,6 +281,14 @@ class Ring:
         return self._cap
 
     @property
+    def spsc(self) -> bool:
+        """True for a single-producer/single-consumer ring: the first thread to put (get)
+        keeps the producer (consumer) side between calls, so a message costs no lock
+        traffic; another thread's put (get) raises RuntimeError while that one lives, and
+        takes the side over once it has died. ``close()`` gives the sides up."""
+        return self._spsc
+
+    @property
     def max_payload(self) -> int:
         """The largest payload one record can carry: half the ring, less its header."""
         return self._cap // 2 - REC_HEADER
@@ -290,6 +319,18 @@ class Ring:
                 f"ring {self.name or ''} is corrupted: a position or record header breaks "
                 "its rules (see docs/internals/ring.md)"
             )
+        if rc == _BUSY and not self._spsc:
+            raise CorruptedError(
+                f"ring {self.name or ''} answers as single-producer/single-consumer but was "
+                "not made so: its flags were overwritten"
+            )
+        if rc == _BUSY:
+            raise RuntimeError(
+                f"ring {self.name or ''} is single-producer/single-consumer and another live "
+                "thread holds this side (the first to put, or to get, keeps it until it closes "
+                "its handle or dies): use one producer and one consumer thread, or a ring "
+                "made without spsc=True"
+            )
         if rc == lib.SHMIPC_DEADLOCK:
             if self._local.reserved is None and self._local.peeked is None:
                 raise CorruptedError(
@@ -314,7 +355,7 @@ class Ring:
         and if that happened the call is worth one more try.
         """
         recovered = self._take_over_dead_holders()
-        return rc in (_SLICE, _INTERRUPTED) or (recovered and rc in (_FULL, _EMPTY))
+        return rc in (_SLICE, _INTERRUPTED) or (recovered and rc in (_FULL, _EMPTY, _BUSY))
 
     def _take_over_dead_holders(self) -> bool:
         took = False
@@ -602,7 +643,9 @@ class Ring:
 
     def close(self) -> None:
         """Drop this handle (a creator's named segment is unlinked); later calls on it raise
-        Closed."""
+        Closed. On an SPSC ring, the sides this thread holds are given up."""
+        if self._ptr is not None:
+            lib.shmipc_ring_leave(self._ptr)
         self._ptr = None
         if self._owns_region:
             self._region.close()
