@@ -223,7 +223,8 @@ int shmipc_lock_try(char *b, size_t o) {
     if (atomic_compare_exchange_strong_explicit(A64(b, o), &expected, me, memory_order_acquire,
                                                 memory_order_relaxed))
         return SHMIPC_OK;
-    return expected == me ? SHMIPC_DEADLOCK : SHMIPC_TIMEDOUT;
+    /* A word naming us, parked or not (a ring reservation, see shmipc.h), is a relock. */
+    return (expected & ~(uint64_t)SHMIPC_LOCK_PARKED) == me ? SHMIPC_DEADLOCK : SHMIPC_TIMEDOUT;
 }
 
 int shmipc_lock_acquire(char *b, size_t o, int64_t deadline_ns, int64_t spin_ns) {

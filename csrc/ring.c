@@ -147,6 +147,68 @@ int shmipc_ring_steal(char *ring, int producer, uint64_t observed) {
     return 1;                                        /* goes to whoever uses that side next */
 }
 
+/* forward: defined below */
+static inline void wake_producers(char *ring);
+static inline void wake_consumers(char *ring);
+
+int shmipc_ring_revoke(char *ring, uint64_t cap, uint64_t observed) {
+    if (!(observed & SHMIPC_LOCK_PARKED)) return 0;
+    /* One quarantine at a time: only a lock holder sets one, and the parked holder holds
+     * the lock, so none can appear between this check and the exchange below. */
+    if (atomic_load_explicit(U64(ring, SHMIPC_RING_OFF_Q_OWNER), memory_order_acquire)) return 0;
+    uint64_t expected = observed;
+    if (!atomic_compare_exchange_strong_explicit(U64(ring, SHMIPC_RING_OFF_P_LOCK), &expected,
+                                                 shmipc_lock_identity(), memory_order_acquire,
+                                                 memory_order_relaxed))
+        return 0;
+    /* The producer side is ours and the parked holder can no longer take it back (its
+     * unpark exchange fails). Its claim is [t, end): headers written at reserve; from now on
+     * it may write only into its payload, which the quarantine keeps from reuse. */
+    uint64_t t = LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL));
+    uint64_t end = LOAD(U64(ring, SHMIPC_RING_OFF_P_CLAIM_END));
+    int ok = LOAD(U64(ring, SHMIPC_RING_OFF_P_CLAIM)) == t && !(t & 7) && !(end & 7) &&
+             end > t && end - t <= cap;
+    if (ok) {
+        uint64_t idx = t & (cap - 1), span = end - t, pad = 0;
+        if (idx + span > cap) { /* a padding record, then the record at index 0 */
+            pad = cap - idx;
+            write_header(DATA(ring), idx, (uint32_t)(pad - SHMIPC_REC_HEADER), SHMIPC_REC_PAD);
+            idx = 0;
+        }
+        if (span - pad < SHMIPC_REC_HEADER || idx + (span - pad) > cap) ok = 0;
+        if (ok) {
+            write_header(DATA(ring), idx, (uint32_t)(span - pad - SHMIPC_REC_HEADER),
+                         SHMIPC_REC_REVOKED);
+            STORE(U64(ring, SHMIPC_RING_OFF_Q_START), t);
+            STORE(U64(ring, SHMIPC_RING_OFF_Q_END), end);
+            STORE_REL(U64(ring, SHMIPC_RING_OFF_Q_OWNER), observed & ~(uint64_t)SHMIPC_LOCK_PARKED);
+            bump(ring, SHMIPC_RING_OFF_P_REVOKED, 1);
+            /* Release: consumers that see the new tail see the REVOKED header. */
+            STORE_REL(U64(ring, SHMIPC_RING_OFF_P_TAIL), end);
+        }
+    }
+    if (!ok) {
+        /* The claim fields break the ring's rules (scribbled): give the lock back as it was
+         * rather than hand out space its holder may still write into. */
+        STORE_REL(U64(ring, SHMIPC_RING_OFF_P_LOCK), observed);
+        return 0;
+    }
+    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), NO_CLAIM);
+    shmipc_lock_release(ring, SHMIPC_RING_OFF_P_LOCK);
+    wake_consumers(ring);
+    return 1;
+}
+
+int shmipc_ring_unquarantine(char *ring, uint64_t owner) {
+    uint64_t expected = owner;
+    if (!owner || !atomic_compare_exchange_strong_explicit(U64(ring, SHMIPC_RING_OFF_Q_OWNER),
+                                                           &expected, 0, memory_order_release,
+                                                           memory_order_relaxed))
+        return 0;
+    wake_producers(ring);
+    return 1;
+}
+
 /* Wake the other side if anyone sleeps there (the check is the whole cost otherwise). */
 static inline void wake_consumers(char *ring) {
     if (shmipc_wake32(ring, SHMIPC_RING_OFF_P_TAIL, SHMIPC_RING_OFF_DATA_WAITERS, 0x7fffffff) > 0)
@@ -182,7 +244,7 @@ static inline int may_wait(int64_t deadline_ns) {
 /* ---- init ------------------------------------------------------------------------------- */
 
 int shmipc_ring_init(char *ring, uint64_t cap, uint64_t max_count, uint64_t spin,
-                     uint32_t flags) {
+                     uint32_t flags, uint64_t liveness_ns) {
     if (cap < 64 || (cap & (cap - 1))) return SHMIPC_ERROR;
     memset(ring, 0, SHMIPC_RING_HEADER_SIZE);
     STORE(U32(ring, SHMIPC_RING_OFF_VERSION), SHMIPC_RING_VERSION);
@@ -190,6 +252,7 @@ int shmipc_ring_init(char *ring, uint64_t cap, uint64_t max_count, uint64_t spin
     STORE(U64(ring, SHMIPC_RING_OFF_MAX_COUNT), max_count);
     STORE(U64(ring, SHMIPC_RING_OFF_SPIN_NS), spin);
     STORE(U32(ring, SHMIPC_RING_OFF_FLAGS), flags);
+    STORE(U64(ring, SHMIPC_RING_OFF_LIVENESS_NS), liveness_ns);
     STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), NO_CLAIM);
     /* Release: pairs with the acquire load of the magic when Python attaches. */
     STORE_REL(U32(ring, SHMIPC_RING_OFF_MAGIC), SHMIPC_RING_MAGIC);
@@ -218,6 +281,16 @@ int shmipc_ri_find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec, uint
         STORE(hc, h);
         if (t - h + need > cap) {
             *head_seen = h;
+            return SHMIPC_FULL;
+        }
+    }
+    if (LOAD(U64(ring, SHMIPC_RING_OFF_Q_OWNER))) {
+        /* A revoked reservation's space is quarantined: nothing may be written over it, so
+         * the ring ends one capacity past its start until the quarantine ends. */
+        uint64_t qs = LOAD(U64(ring, SHMIPC_RING_OFF_Q_START));
+        if (qs > t || (qs & 7) || t - qs > cap) return SHMIPC_CORRUPT;
+        if (t + need - qs > cap) {
+            *head_seen = LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_HEAD));
             return SHMIPC_FULL;
         }
     }
@@ -351,10 +424,34 @@ int64_t shmipc_ring_reserve(char *ring, uint64_t cap, size_t len, uint32_t type,
     uint64_t t, pad;
     int rc = shmipc_ri_claim(ring, cap, rec, deadline_ns, &t, &pad);
     if (rc != SHMIPC_OK) return -rc;
-    return (int64_t)shmipc_ri_place(ring, cap, t, pad, len, type);
+    uint64_t at = shmipc_ri_place(ring, cap, t, pad, len, type);
+    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM_END), t + pad + rec);
+    /* Park: from here until commit/abort this thread runs Python code, and may be revoked
+     * if it stops (shmipc_ring_revoke). Release: a revoker's acquire CAS sees the headers
+     * and the claim fields written above. */
+    STORE_REL(U64(ring, SHMIPC_RING_OFF_P_LOCK), shmipc_lock_identity() | SHMIPC_LOCK_PARKED);
+    return (int64_t)at;
+}
+
+/* Take back the parked lock at commit/abort. SHMIPC_REVOKED if it was revoked meanwhile: the
+ * record is already a skipped REVOKED one; end our quarantine (we will not write any more)
+ * and wake producers the quarantine held back. */
+static int unpark(char *ring) {
+    uint64_t me = shmipc_lock_identity();
+    uint64_t expected = me | SHMIPC_LOCK_PARKED;
+    if (atomic_compare_exchange_strong_explicit(U64(ring, SHMIPC_RING_OFF_P_LOCK), &expected, me,
+                                                memory_order_acquire, memory_order_relaxed))
+        return SHMIPC_OK;
+    expected = me;
+    if (atomic_compare_exchange_strong_explicit(U64(ring, SHMIPC_RING_OFF_Q_OWNER), &expected, 0,
+                                                memory_order_release, memory_order_relaxed))
+        wake_producers(ring);
+    return SHMIPC_REVOKED;
 }
 
 int shmipc_ring_commit(char *ring, uint64_t cap, size_t len) {
+    int rc = unpark(ring);
+    if (rc != SHMIPC_OK) return rc;
     /* We hold the producer lock since reserve: the tail has not moved. */
     uint64_t t = LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL));
     uint64_t rec = rec_size(len);
@@ -369,6 +466,7 @@ int shmipc_ring_commit(char *ring, uint64_t cap, size_t len) {
 }
 
 int shmipc_ring_abort(char *ring) {
+    if (unpark(ring) != SHMIPC_OK) return SHMIPC_OK; /* revoked: dropped already */
     STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), NO_CLAIM);
     side_unlock(ring, 1);
     return SHMIPC_OK;
@@ -407,8 +505,14 @@ int shmipc_ri_next_record(char *ring, uint64_t cap, uint64_t *head, uint64_t *le
             h += cap - idx; /* retired with the record that follows it */
             continue;
         }
-        if (ty > SHMIPC_REC_TYPE_MAX) return SHMIPC_CORRUPT;
         uint64_t rec = rec_size(n);
+        if (ty == SHMIPC_REC_REVOKED) {
+            /* A revoked reservation: stepped over, retired with the record that follows. */
+            if (idx + rec > cap || rec > t - h) return SHMIPC_CORRUPT;
+            h += rec;
+            continue;
+        }
+        if (ty > SHMIPC_REC_TYPE_MAX) return SHMIPC_CORRUPT;
         if (idx + rec > cap || rec > t - h) return SHMIPC_CORRUPT;
         *head = h;
         *len = n;

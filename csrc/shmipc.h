@@ -12,7 +12,7 @@
 
 /* Bumped whenever a signature, a constant or a shared layout defined here changes: Python
  * refuses to import an extension whose stamp differs (a stale build). */
-#define SHMIPC_ABI_VERSION 4
+#define SHMIPC_ABI_VERSION 5
 
 /* Wait outcomes (shmipc_futex_wait, shmipc_wait_while32, shmipc_lock_acquire, rings). */
 #define SHMIPC_OK 0          /* woken, or the condition was already met */
@@ -96,7 +96,7 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
  * is a position masked into the data area; offsets below are from the control block's start.
  */
 #define SHMIPC_RING_MAGIC 0x474e4952       /* "RING" */
-#define SHMIPC_RING_VERSION 1
+#define SHMIPC_RING_VERSION 2
 #define SHMIPC_RING_HEADER_SIZE 512
 /* config line (written once at init, read-only after) */
 #define SHMIPC_RING_OFF_MAGIC 0            /* u32 */
@@ -105,6 +105,7 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
 #define SHMIPC_RING_OFF_MAX_COUNT 16       /* u64, message limit (0 = only bytes limit) */
 #define SHMIPC_RING_OFF_SPIN_NS 24         /* u64, how long waiters spin before sleeping */
 #define SHMIPC_RING_OFF_FLAGS 32           /* u32: SHMIPC_RING_SPSC */
+#define SHMIPC_RING_OFF_LIVENESS_NS 40     /* u64: a stopped reserver is revoked after this */
 /* producer side: written only by the holder of the producer lock */
 #define SHMIPC_RING_OFF_P_LOCK 64          /* robust lock (SHMIPC_LOCK_SIZE bytes) */
 #define SHMIPC_RING_OFF_P_PEND_MSGS 80     /* u64: messages in once the claim commits */
@@ -118,6 +119,13 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
 #define SHMIPC_RING_OFF_P_ABANDONED 176    /* u64: claims of producers that died */
 #define SHMIPC_RING_OFF_P_WAITS 184        /* u64: times a producer waited for room */
 #define SHMIPC_RING_OFF_P_WAKES 192        /* u64: wake syscalls issued to consumers (atomic) */
+#define SHMIPC_RING_OFF_P_CLAIM_END 200    /* u64: end of the claim in progress (reserve) */
+#define SHMIPC_RING_OFF_P_REVOKED 208      /* u64: reservations revoked from stopped producers */
+/* quarantine: the space of a revoked reservation, kept from reuse until its holder has
+ * seen the revocation or died (docs/internals/ring.md, "Revocation") */
+#define SHMIPC_RING_OFF_Q_START 216        /* u64: position where the revoked claim starts */
+#define SHMIPC_RING_OFF_Q_END 224          /* u64: position where it ends */
+#define SHMIPC_RING_OFF_Q_OWNER 232        /* u64: identity of the revoked holder; 0: none */
 /* consumer side: written only by the holder of the consumer lock */
 #define SHMIPC_RING_OFF_C_LOCK 256         /* robust lock */
 #define SHMIPC_RING_OFF_C_PEND_END 272     /* u64: head once the records being retired go */
@@ -142,6 +150,7 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
 #define SHMIPC_REC_HEADER 8
 #define SHMIPC_REC_PAD 0xFFFFFFFF
 #define SHMIPC_REC_TYPE_MAX 0xFFFF
+#define SHMIPC_REC_REVOKED 0xFFFFFFFE /* a revoked reservation: skipped like padding */
 /* The largest payload a ring of capacity C takes: a record of at most C/2 bytes always fits
  * an empty ring whatever the wrap point. Larger messages go through a channel's spill path. */
 
@@ -154,9 +163,10 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
 #define SHMIPC_CLOSED 14      /* the Port was closed (csrc/fastpath.c) */
 #define SHMIPC_NOTBUF 15      /* the data is not a contiguous buffer: flatten it first */
 #define SHMIPC_BUSY 16        /* an SPSC ring's side belongs to another live thread */
+#define SHMIPC_REVOKED 17     /* this thread's reservation was revoked while it was stopped */
 
 int shmipc_ring_init(char *ring, uint64_t cap, uint64_t max_count, uint64_t spin_ns,
-                     uint32_t flags);
+                     uint32_t flags, uint64_t liveness_ns);
 
 /* Flags (given to init). SPSC: one producer thread and one consumer thread; each side's lock
  * is a role its first user keeps between calls (no lock traffic per message); another thread
@@ -198,6 +208,17 @@ int shmipc_ring_unpeek(char *ring);
  * caller found dead, do that side's recovery bookkeeping (docs/internals/ring.md) and let go.
  * Returns 1 if it took the lock over, 0 if the lock had moved on. */
 int shmipc_ring_steal(char *ring, int producer, uint64_t observed);
+
+/* Revocation (docs/internals/ring.md). While a reservation is out (between reserve and
+ * commit/abort, the holder running Python code) the producer lock word carries
+ * SHMIPC_LOCK_PARKED. revoke takes the lock from `observed`, a parked holder the caller found
+ * stopped for the ring's liveness interval, turns its record into a skipped REVOKED record,
+ * quarantines its space and lets go: returns 1, or 0 if the word no longer holds `observed`
+ * or a quarantine is already active. The holder's commit then returns SHMIPC_REVOKED.
+ * unquarantine ends the quarantine of `owner` (a holder the caller found dead): 1 if it did. */
+#define SHMIPC_LOCK_PARKED 0x80000000
+int shmipc_ring_revoke(char *ring, uint64_t cap, uint64_t observed);
+int shmipc_ring_unquarantine(char *ring, uint64_t owner);
 
 /* ==== CPython entry points (csrc/fastpath.c) =============================================
  * Adds `Port` (a ring's per-message hot paths as METH_FASTCALL methods that build bytes

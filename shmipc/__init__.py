@@ -28,6 +28,7 @@ from .errors import (
     LayoutMismatch,
     MessageTooLarge,
     PeerDied,
+    Revoked,
     ShmipcError,
 )
 from .queue import Queue
@@ -48,6 +49,7 @@ __all__ = [
     "PeerDied",
     "Queue",
     "Region",
+    "Revoked",
     "Ring",
     "RingStatistics",
     "Semaphore",

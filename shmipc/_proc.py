@@ -49,12 +49,27 @@ def is_alive(pid: int, started: int) -> bool:
         return True
 
 
+_TID_MASK = 0x7FFFFFFF  # thread ids stay below 2**22 (PID_MAX_LIMIT)
+
+
+def identity_stopped(identity: int) -> bool:
+    """True if the thread a lock word names is stopped (SIGSTOP, or a tracer's stop): alive,
+    but running nothing until it is continued."""
+    try:
+        with open(f"/proc/{identity & _TID_MASK}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    state = stat[stat.rindex(b")") + 2 :].split()[0]
+    return state in (b"T", b"t")
+
+
 def identity_alive(identity: int) -> bool:
     """True while the thread a native lock word names (tid | start time low 32 bits << 32)
     still runs. /proc/TID resolves for any thread of any process."""
     if not _PROC_WORKS:
         return True  # no /proc to ask: unknown is never taken for dead
-    tid = identity & 0xFFFFFFFF
+    tid = identity & _TID_MASK  # bit 31 may be a ring reservation's "parked" mark
     try:
         started = start_time(tid)
     except PermissionError:

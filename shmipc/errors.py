@@ -15,6 +15,7 @@ __all__ = [
     "LayoutMismatch",
     "MessageTooLarge",
     "PeerDied",
+    "Revoked",
     "ShmipcError",
 ]
 
@@ -53,3 +54,9 @@ class Lagged(ShmipcError):
     def __init__(self, missed: int, message: str | None = None) -> None:
         self.missed = missed
         super().__init__(message or f"subscriber lagged behind and missed {missed} messages")
+
+
+class Revoked(ShmipcError):
+    """This thread's reservation was taken back while it was stopped (SIGSTOP) for longer
+    than the ring's liveness interval, so that other producers could go on. Nothing of it
+    was published; reserve again to send the message."""

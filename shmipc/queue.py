@@ -20,7 +20,7 @@ from ._native import Port, RingMiss, ffi, lib
 from .codec import Codec, get_codec
 from .errors import Closed, CorruptedError
 from .layout import Kind
-from .ring import DEFAULT_SPIN_NS, Ring, RingStatistics, byte_view
+from .ring import DEFAULT_LIVENESS, DEFAULT_SPIN_NS, Ring, RingStatistics, byte_view
 from .sync import deadline_ns
 
 __all__ = ["Empty", "Full", "Queue"]
@@ -67,6 +67,7 @@ class Queue:
         mode: int = 0o600,
         spin_ns: int = DEFAULT_SPIN_NS,
         spsc: bool = False,
+        liveness: float = DEFAULT_LIVENESS,
     ) -> None:
         codec_obj = get_codec(codec)
         codec_id = _CODEC_IDS.get(codec, 0) if isinstance(codec, str) else 0
@@ -79,6 +80,7 @@ class Queue:
             kind=Kind.QUEUE,
             flags=codec_id,
             spsc=spsc,
+            liveness=liveness,
         )
         self._bind(ring, codec_obj, max(0, maxsize), spill)
 

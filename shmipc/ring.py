@@ -20,13 +20,15 @@ import os
 import queue
 import struct
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+from . import _proc
 from ._native import ffi, lib
-from .errors import Closed, CorruptedError, LayoutMismatch, MessageTooLarge
+from .errors import Closed, CorruptedError, LayoutMismatch, MessageTooLarge, Revoked
 from .layout import Kind
 from .region import Region
 from .sync import deadline_ns, take_over_if_dead
@@ -36,6 +38,9 @@ __all__ = ["DEFAULT_SPIN_NS", "Ring", "RingStatistics", "byte_view"]
 #: How long a waiter spins before it sleeps on the futex. A wake across cores costs tens of
 #: µs here while a message crosses in well under one, so a busy peer is caught by spinning.
 DEFAULT_SPIN_NS = 50_000
+#: How long a producer may stay stopped (SIGSTOP) holding a reservation before a waiting
+#: producer revokes it (docs/internals/ring.md, "Revocation").
+DEFAULT_LIVENESS = 1.0
 
 HEADER_SIZE = lib.SHMIPC_RING_HEADER_SIZE
 REC_HEADER = lib.SHMIPC_REC_HEADER
@@ -55,6 +60,7 @@ _EMPTY = lib.SHMIPC_EMPTY
 _FULL = lib.SHMIPC_FULL
 _NEEDBUF = lib.SHMIPC_NEEDBUF
 _BUSY = lib.SHMIPC_BUSY
+_PARKED = lib.SHMIPC_LOCK_PARKED
 _SPSC = lib.SHMIPC_RING_SPSC
 
 
@@ -75,6 +81,8 @@ class RingStatistics:
     producer_wakes: int  # futex wakes consumers issued to sleeping producers
     abandoned: int  # claims of producers that died between claim and commit
     consumers_recovered: int  # consumer locks taken over from consumers that died
+    revoked: int = 0  # reservations taken from producers stopped past the liveness interval
+    quarantined: int = 0  # bytes of a revoked reservation kept from reuse now (0: none)
 
 
 def byte_view(data: Any) -> memoryview:
@@ -137,6 +145,7 @@ class Ring:
         self._data = region.buffer[offset + HEADER_SIZE : offset + HEADER_SIZE + self._cap]
         self._data_ro = self._data.toreadonly()
         self._local = _PerThread()
+        self._stopped_since: dict[int, int] = {}  # parked lock word -> first seen stopped
 
     # ---- construction --------------------------------------------------------------------
 
@@ -153,6 +162,7 @@ class Ring:
         max_count: int,
         spin_ns: int,
         spsc: bool = False,
+        liveness: float = DEFAULT_LIVENESS,
     ) -> None:
         if not _pow2(capacity) or capacity < 64:
             raise ValueError(f"capacity must be a power of two >= 64, got {capacity}")
@@ -168,8 +178,14 @@ class Ring:
                 f"offset {offset}; the region has {region.size}"
             )
         base, abs_off = region.pointer(offset)
+        if not liveness > 0:  # also refuses NaN
+            raise ValueError(f"liveness must be a positive number of seconds, got {liveness}")
         flags = lib.SHMIPC_RING_SPSC if spsc else 0
-        if lib.shmipc_ring_init(base + abs_off, capacity, max_count, spin_ns, flags) != _OK:
+        liveness_ns = min(int(liveness * 1e9), 2**63 - 1)
+        if (
+            lib.shmipc_ring_init(base + abs_off, capacity, max_count, spin_ns, flags, liveness_ns)
+            != _OK
+        ):
             err = lib.shmipc_errno()
             raise OSError(err, f"cannot initialise ring locks: {os.strerror(err)}")
 
@@ -185,16 +201,18 @@ class Ring:
         kind: int = Kind.RING,
         flags: int = 0,
         spsc: bool = False,
+        liveness: float = DEFAULT_LIVENESS,
     ) -> Ring:
         """A ring in a new named segment that other processes attach by name. ``spsc``: one
-        producer thread and one consumer thread (see :attr:`spsc`)."""
+        producer thread and one consumer thread (see :attr:`spsc`). ``liveness``: seconds a
+        producer may stay stopped holding a reservation before it is revoked."""
         region = Region._create_segment(
             cls.footprint(capacity),
             kind=kind,
             name=name,
             mode=mode,
             flags=flags,
-            init=lambda r: cls._init_at(r, 0, capacity, max_count, spin_ns, spsc),
+            init=lambda r: cls._init_at(r, 0, capacity, max_count, spin_ns, spsc, liveness),
         )
         return cls(region, 0, owns_region=True)
 
@@ -216,10 +234,11 @@ class Ring:
         max_count: int = 0,
         spin_ns: int = DEFAULT_SPIN_NS,
         spsc: bool = False,
+        liveness: float = DEFAULT_LIVENESS,
     ) -> Ring:
         """A ring in anonymous shared memory: shared with children forked after it."""
         region = Region.anonymous(cls.footprint(capacity))
-        cls._init_at(region, 0, capacity, max_count, spin_ns, spsc)
+        cls._init_at(region, 0, capacity, max_count, spin_ns, spsc, liveness)
         return cls(region, 0, owns_region=True)
 
     @classmethod
@@ -233,10 +252,11 @@ class Ring:
         max_count: int = 0,
         spin_ns: int = DEFAULT_SPIN_NS,
         spsc: bool = False,
+        liveness: float = DEFAULT_LIVENESS,
     ) -> Ring:
         """The ring at ``offset`` of a region the caller owns; ``create=True`` builds it."""
         if create:
-            cls._init_at(region, offset, capacity, max_count, spin_ns, spsc)
+            cls._init_at(region, offset, capacity, max_count, spin_ns, spsc, liveness)
         return cls(region, offset, owns_region=False)
 
     def _validate(self) -> int:
@@ -358,14 +378,33 @@ class Ring:
         return rc in (_SLICE, _INTERRUPTED) or (recovered and rc in (_FULL, _EMPTY, _BUSY))
 
     def _take_over_dead_holders(self) -> bool:
+        """The liveness pass a waiter makes whenever a wait slice ends: take over a side lock
+        whose holder died, end a quarantine whose owner died, and revoke a reservation whose
+        holder has been stopped for the liveness interval. True if anything was freed."""
+        p = self._p
         took = False
         for producer, off in ((1, lib.SHMIPC_RING_OFF_P_LOCK), (0, lib.SHMIPC_RING_OFF_C_LOCK)):
             took |= take_over_if_dead(
-                self._p,
-                off,
-                lambda holder, p=producer: lib.shmipc_ring_steal(self._p, p, holder),
+                p, off, lambda holder, side=producer: lib.shmipc_ring_steal(p, side, holder)
             )
-        return took
+        owner = lib.shmipc_load64_acquire(p, lib.SHMIPC_RING_OFF_Q_OWNER)
+        if owner and not _proc.identity_alive(owner):
+            took |= bool(lib.shmipc_ring_unquarantine(p, owner))
+        return self._revoke_stopped() or took
+
+    def _revoke_stopped(self) -> bool:
+        word = lib.shmipc_load64_acquire(self._p, lib.SHMIPC_RING_OFF_P_LOCK)
+        if not word & _PARKED or not _proc.identity_stopped(word):
+            self._stopped_since.clear()
+            return False
+        now = time.monotonic_ns()
+        since = self._stopped_since.setdefault(word, now)
+        liveness = lib.shmipc_load64_relaxed(self._p, lib.SHMIPC_RING_OFF_LIVENESS_NS)
+        if now - since < liveness:
+            return False
+        # Stopped (not merely slow) for the whole interval, as far as this waiter has seen.
+        self._stopped_since.pop(word, None)
+        return bool(lib.shmipc_ring_revoke(self._p, self._cap, word))
 
     # ---- copying paths -------------------------------------------------------------------
 
@@ -536,6 +575,12 @@ class Ring:
         view, nbytes = self._take_reservation()
         rc = lib.shmipc_ring_commit(self._p, self._cap, nbytes)
         view.release()
+        if rc == lib.SHMIPC_REVOKED:
+            raise Revoked(
+                f"this thread's reservation of {nbytes} bytes on ring {self.name or ''} was "
+                "revoked while the process was stopped for longer than the ring's liveness "
+                "interval; nothing of it was published: reserve again to send it"
+            )
         if rc != _OK:
             self._raise(rc)
 
@@ -627,7 +672,15 @@ class Ring:
             producer_wakes=u(lib.SHMIPC_RING_OFF_C_WAKES),
             abandoned=u(lib.SHMIPC_RING_OFF_P_ABANDONED),
             consumers_recovered=u(lib.SHMIPC_RING_OFF_C_RECOVERED),
+            revoked=u(lib.SHMIPC_RING_OFF_P_REVOKED),
+            quarantined=self._quarantined(),
         )
+
+    def _quarantined(self) -> int:
+        if not self._u64(lib.SHMIPC_RING_OFF_Q_OWNER):
+            return 0
+        span = self._u64(lib.SHMIPC_RING_OFF_Q_END) - self._u64(lib.SHMIPC_RING_OFF_Q_START)
+        return span if 0 < span <= self._cap else 0
 
     def qsize(self) -> int:
         """Messages committed and not yet released (exact when the ring is quiet)."""

@@ -25,6 +25,7 @@ PUBLIC = {
     "PeerDied",
     "Queue",
     "Region",
+    "Revoked",
     "Ring",
     "RingStatistics",
     "Semaphore",

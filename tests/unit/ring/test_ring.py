@@ -1126,7 +1126,10 @@ def test_anonymous_ring_refuses_to_pickle():
 CORRUPTIONS = {
     "magic": (lambda r: write_u32(r, lib.SHMIPC_RING_OFF_MAGIC, 0x12345678), CorruptedError),
     "magic-zero": (lambda r: write_u32(r, lib.SHMIPC_RING_OFF_MAGIC, 0), CorruptedError),
-    "version": (lambda r: write_u32(r, lib.SHMIPC_RING_OFF_VERSION, 2), LayoutMismatch),
+    "version": (
+        lambda r: write_u32(r, lib.SHMIPC_RING_OFF_VERSION, lib.SHMIPC_RING_VERSION + 1),
+        LayoutMismatch,
+    ),
     "version-zero": (lambda r: write_u32(r, lib.SHMIPC_RING_OFF_VERSION, 0), LayoutMismatch),
     "capacity-not-pow2": (
         lambda r: write_u64(r, lib.SHMIPC_RING_OFF_CAPACITY, 1000),

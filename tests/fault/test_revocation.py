@@ -1,0 +1,258 @@
+"""Revocation of a stopped producer's reservation: docs/internals/ring.md, "Revocation".
+
+A producer SIGSTOPped while it holds a reservation (between reserve and commit) for longer
+than the ring's liveness interval has its reservation revoked by a waiting producer: the
+record becomes a skipped REVOKED record, its space is quarantined (never written over) until
+the stopped producer resumes and sees the revocation, or dies; the other producers go on at
+once. Resumed, the stopped producer may still write into its view: that must corrupt
+nothing, and its commit raises Revoked. A slow but running holder is never revoked.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import struct
+import time
+
+import pytest
+from _procs import frame, parse, proc_state, read_exact, wait_for, wait_stopped
+
+from shmipc import Event, Queue, Revoked
+from shmipc.ring import Ring
+
+pytestmark = pytest.mark.timeout(120)
+
+LIVENESS = 0.3  # seconds: short, so that the tests are quick
+CAP = 16 << 10
+_TS = struct.Struct("<qq")
+
+
+def _stopped_reserver(ring: Ring, go: Event, w: int, n_before: int = 10) -> None:
+    """Producer 0: some messages, then a reservation it fills half of before it reports and
+    waits (the parent stops it there); resumed, it scribbles its whole view, commits (which
+    must raise Revoked), then sends the message again and more."""
+    for s in range(n_before):
+        ring.put(frame(0, s, 20), timeout=5)
+    msg = frame(0, n_before, 300)
+    view = ring.reserve(len(msg), timeout=5)
+    view[:150] = msg[:150]
+    os.write(w, b"R")
+    assert go.wait(60)
+    view[:] = b"\xee" * len(view)  # a revoked holder's late writes: quarantined space
+    try:
+        ring.commit()
+    except Revoked:
+        os.write(w, b"V")
+    else:
+        os.write(w, b"C")
+    ring.put(msg, timeout=5)  # sent again, now for real
+    for s in range(n_before + 1, n_before + 20):
+        ring.put(frame(0, s, 20), timeout=5)
+
+
+def _other_producer(ring: Ring, w: int, count: int, size: int = 20) -> None:
+    """Producer 1: reports when its first put got through, then sends the rest."""
+    ring.put(frame(1, 0, size), timeout=30)
+    os.write(w, _TS.pack(time.monotonic_ns(), 0))
+    for s in range(1, count):
+        ring.put(frame(1, s, size), timeout=30)
+
+
+def test_stopped_reservation_is_revoked_and_its_commit_fails_cleanly(procs):
+    ring = Ring.anonymous(CAP, liveness=LIVENESS)
+    go = Event()
+    r, w = os.pipe()
+    a = procs.fork(lambda: _stopped_reserver(ring, go, w))
+    assert read_exact(r, 1, 10) == b"R"
+    os.kill(a, signal.SIGSTOP)
+    wait_stopped(a)
+    t_stop = time.monotonic_ns()
+    b = procs.fork(lambda: _other_producer(ring, w, 200))
+    got = [parse(ring.get(timeout=10)) for _ in range(10)]
+    assert got == [(0, s) for s in range(10)]
+    b_first, _ = _TS.unpack(read_exact(r, _TS.size, 20))
+    waited = (b_first - t_stop) / 1e9
+    assert LIVENESS * 0.9 <= waited < LIVENESS + 2.0  # revoked after the interval, not before
+    assert proc_state(a) == "T"  # still stopped: B went on without it
+    stats = ring.statistics()
+    assert stats.revoked == 1 and stats.abandoned == 0
+    msg_len = len(frame(0, 10, 300))
+    assert stats.quarantined == (8 + msg_len + 7) // 8 * 8  # the REVOKED record's span
+    got = [parse(ring.get(timeout=10)) for _ in range(200)]
+    assert got == [(1, s) for s in range(200)]  # B's messages, none torn by A
+    os.kill(a, signal.SIGCONT)
+    go.set()
+    assert read_exact(r, 1, 10) == b"V"  # A's commit raised Revoked
+    got = [parse(ring.get(timeout=10)) for _ in range(20)]
+    assert got == [(0, s) for s in range(10, 30)]  # A's message once, sent again, in order
+    assert procs.join(a) == 0 and procs.join(b) == 0
+    stats = ring.statistics()
+    assert stats.quarantined == 0 and stats.revoked == 1
+    assert stats.messages_in == stats.messages_out == 230 and stats.depth_bytes == 0
+    for k in range(500):  # still a sound ring: many more wraps over the old hole
+        ring.put(frame(2, k, k % 97), timeout=1)
+        assert parse(ring.get(timeout=1)) == (2, k)
+    os.close(r)
+    os.close(w)
+
+
+def test_quarantine_keeps_the_revoked_space_until_its_holder_resumes(procs):
+    """After revocation the producers may write up to one capacity past the revoked record's
+    start and no further, even with the consumer keeping up: the stopped producer could
+    resume at any instant and write there. Its revoked commit ends the quarantine."""
+    ring = Ring.anonymous(4096, liveness=LIVENESS)
+    go = Event()
+    r, w = os.pipe()
+    a = procs.fork(lambda: _stopped_reserver(ring, go, w, n_before=3))
+    assert read_exact(r, 1, 10) == b"R"
+    os.kill(a, signal.SIGSTOP)
+    wait_stopped(a)
+    b = procs.fork(lambda: _other_producer(ring, w, 400, size=100))
+    got = [parse(ring.get(timeout=10)) for _ in range(3)]
+    read_exact(r, _TS.size, 20)  # B got through: revoked
+    # Drain as B goes: B stops short of the hole, one capacity past its start.
+    while True:
+        try:
+            got.append(parse(ring.get(timeout=1.0)))
+        except queue.Empty:
+            break
+    stats = ring.statistics()
+    assert stats.quarantined > 0 and stats.depth == 0
+    n_b = len([p for p, _ in got if p == 1])
+    assert 0 < n_b < 400  # B is held back by the quarantine, not by the consumer
+    rec = (8 + len(frame(1, 0, 100)) + 7) // 8 * 8
+    room = 4096 - stats.quarantined  # from the hole's end round to its start
+    assert room // rec - 1 <= n_b <= room // rec  # (less one record if a padding fell in it)
+    os.kill(a, signal.SIGCONT)
+    go.set()
+    assert read_exact(r, 1, 10) == b"V"
+    while len(got) < 3 + 400 + 20:
+        got.append(parse(ring.get(timeout=10)))
+    assert procs.join(a) == 0 and procs.join(b) == 0
+    assert [s for p, s in got if p == 1] == list(range(400))
+    assert [s for p, s in got if p == 0] == list(range(23))
+    assert ring.statistics().quarantined == 0
+    os.close(r)
+    os.close(w)
+
+
+def test_quarantine_of_a_holder_that_dies_stopped_ends(procs):
+    """SIGKILLed while stopped after its reservation was revoked: the quarantine's owner is
+    dead, so a waiting producer's liveness pass ends it and the ring is whole again."""
+    ring = Ring.anonymous(4096, liveness=LIVENESS)
+    go = Event()
+    r, w = os.pipe()
+    a = procs.fork(lambda: _stopped_reserver(ring, go, w, n_before=3))
+    assert read_exact(r, 1, 10) == b"R"
+    os.kill(a, signal.SIGSTOP)
+    wait_stopped(a)
+    b = procs.fork(lambda: _other_producer(ring, w, 400, size=100))
+    read_exact(r, _TS.size, 20)  # revoked, B on its way
+    wait_for(lambda: ring.statistics().depth > 20, 20, "B filling up to the hole")
+    os.kill(a, signal.SIGKILL)
+    assert procs.join(a) == -signal.SIGKILL
+    got = [parse(ring.get(timeout=10)) for _ in range(3 + 400)]
+    assert procs.join(b) == 0
+    assert [s for p, s in got if p == 1] == list(range(400))
+    assert [s for p, s in got if p == 0] == [0, 1, 2]
+    stats = ring.statistics()
+    assert stats.quarantined == 0 and stats.revoked == 1 and stats.depth_bytes == 0
+    os.close(r)
+    os.close(w)
+
+
+def test_a_slow_running_holder_is_never_revoked(procs):
+    """Alive and running (here: asleep in time.sleep, state S) past the liveness interval:
+    not stopped, so not revoked; the other producer waits and the commit goes through."""
+    ring = Ring.anonymous(CAP, liveness=LIVENESS)
+    r, w = os.pipe()
+
+    def slow_holder() -> None:
+        view = ring.reserve(100, timeout=5)
+        os.write(w, b"R")
+        time.sleep(4 * LIVENESS)
+        view[:] = frame(0, 0, 100 - 16)
+        ring.commit()
+
+    a = procs.fork(slow_holder)
+    assert read_exact(r, 1, 10) == b"R"
+    t0 = time.monotonic_ns()
+    b = procs.fork(lambda: _other_producer(ring, w, 5))
+    b_first, _ = _TS.unpack(read_exact(r, _TS.size, 20))
+    assert (b_first - t0) / 1e9 >= 3 * LIVENESS  # waited for the commit
+    got = [parse(ring.get(timeout=10)) for _ in range(6)]
+    assert got == [(0, 0)] + [(1, s) for s in range(5)]
+    assert procs.join(a) == 0 and procs.join(b) == 0
+    assert ring.statistics().revoked == 0
+    os.close(r)
+    os.close(w)
+
+
+def test_a_stop_shorter_than_the_liveness_interval_revokes_nothing(procs):
+    ring = Ring.anonymous(CAP, liveness=30.0)
+    go = Event()
+    r, w = os.pipe()
+
+    def holder() -> None:
+        view = ring.reserve(100, timeout=5)
+        os.write(w, b"R")
+        assert go.wait(60)
+        view[:] = frame(0, 0, 100 - 16)
+        ring.commit()
+
+    a = procs.fork(holder)
+    assert read_exact(r, 1, 10) == b"R"
+    os.kill(a, signal.SIGSTOP)
+    wait_stopped(a)
+    with pytest.raises(queue.Full):
+        ring.put(frame(1, 0, 10), timeout=1.0)  # many liveness passes, none revokes
+    assert ring.statistics().revoked == 0
+    os.kill(a, signal.SIGCONT)
+    go.set()
+    assert procs.join(a) == 0
+    ring.put(frame(1, 0, 10), timeout=5)
+    assert [parse(ring.get(timeout=5)) for _ in range(2)] == [(0, 0), (1, 0)]
+    os.close(r)
+    os.close(w)
+
+
+def test_queue_liveness_is_configurable_and_revokes_a_stopped_reserver(procs):
+    q = Queue(capacity=CAP, liveness=LIVENESS)
+    go = Event()
+    r, w = os.pipe()
+
+    def holder() -> None:
+        q.reserve(64)[:] = b"x" * 64
+        os.write(w, b"R")
+        assert go.wait(60)
+        try:
+            q.commit()
+        except Revoked:
+            os.write(w, b"V")
+
+    try:
+        a = procs.fork(holder)
+        assert read_exact(r, 1, 10) == b"R"
+        os.kill(a, signal.SIGSTOP)
+        wait_stopped(a)
+        q.put({"after": 1}, timeout=LIVENESS + 5)  # gets through once the reservation goes
+        assert q.get(timeout=5) == {"after": 1}
+        os.kill(a, signal.SIGCONT)
+        go.set()
+        assert read_exact(r, 1, 10) == b"V"
+        assert procs.join(a) == 0
+        assert q.statistics().revoked == 1 and q.statistics().quarantined == 0
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.1)  # the revoked message never arrives
+    finally:
+        q.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_liveness_must_be_positive():
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="liveness"):
+            Ring.anonymous(4096, liveness=bad)
