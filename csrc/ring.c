@@ -152,7 +152,9 @@ static inline void wake_producers(char *ring);
 static inline void wake_consumers(char *ring);
 
 int shmipc_ring_revoke(char *ring, uint64_t cap, uint64_t observed) {
-    if (!(observed & SHMIPC_LOCK_PARKED)) return 0;
+    /* Not on an SPSC ring: there is no other producer to unblock, and the side is the
+     * holder's role for as long as it lives. */
+    if (!(observed & SHMIPC_LOCK_PARKED) || is_spsc(ring)) return 0;
     /* One quarantine at a time: only a lock holder sets one, and the parked holder holds
      * the lock, so none can appear between this check and the exchange below. */
     if (atomic_load_explicit(U64(ring, SHMIPC_RING_OFF_Q_OWNER), memory_order_acquire)) return 0;

@@ -172,6 +172,11 @@ class Queue:
         return self._cap
 
     @property
+    def spsc(self) -> bool:
+        """True for a single-producer/single-consumer queue (``Queue(spsc=True)``)."""
+        return self._live_ring().spsc
+
+    @property
     def codec(self) -> Codec:
         return self._codec
 

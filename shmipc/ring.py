@@ -125,6 +125,7 @@ class _PerThread(threading.local):
         self.peek_out = ffi.new("uint64_t[2]")
         self.reserved: tuple[memoryview, int] | None = None
         self.peeked: memoryview | None = None
+        self.busy_retries = 0  # consecutive retries of a refused SPSC call (Ring._retry)
 
 
 class Ring:
@@ -318,6 +319,11 @@ class Ring:
         return self._region.name
 
     @property
+    def _label(self) -> str:
+        """How errors name this ring."""
+        return f"ring {self.name}" if self.name else "this anonymous ring"
+
+    @property
     def region(self) -> Region:
         return self._region
 
@@ -336,17 +342,17 @@ class Ring:
             )
         if rc == lib.SHMIPC_CORRUPT:
             raise CorruptedError(
-                f"ring {self.name or ''} is corrupted: a position or record header breaks "
+                f"{self._label} is corrupted: a position or record header breaks "
                 "its rules (see docs/internals/ring.md)"
             )
         if rc == _BUSY and not self._spsc:
             raise CorruptedError(
-                f"ring {self.name or ''} answers as single-producer/single-consumer but was "
+                f"{self._label} answers as single-producer/single-consumer but was "
                 "not made so: its flags were overwritten"
             )
         if rc == _BUSY:
             raise RuntimeError(
-                f"ring {self.name or ''} is single-producer/single-consumer and another live "
+                f"{self._label} is single-producer/single-consumer and another live "
                 "thread holds this side (the first to put, or to get, keeps it until it closes "
                 "its handle or dies): use one producer and one consumer thread, or a ring "
                 "made without spsc=True"
@@ -375,7 +381,40 @@ class Ring:
         and if that happened the call is worth one more try.
         """
         recovered = self._take_over_dead_holders()
+        if rc != _BUSY:
+            self._local.busy_retries = 0
+        elif not recovered:
+            # An SPSC side held by a thread of this process that has finished: its OS
+            # thread (the identity in the word) outlives Thread.join() by a moment.
+            recovered = self._await_finished_holders() and self._take_over_dead_holders()
+            # Or another thread's liveness pass freed the side after this call was refused
+            # (which side refused is not known here: a free one earns a few more tries).
+            local = self._local
+            if not recovered and local.busy_retries < 3:
+                recovered = any(
+                    lib.shmipc_load64_acquire(self._p, off) == 0
+                    for off in (lib.SHMIPC_RING_OFF_P_LOCK, lib.SHMIPC_RING_OFF_C_LOCK)
+                )
+                local.busy_retries += recovered
+            else:
+                local.busy_retries = 0
         return rc in (_SLICE, _INTERRUPTED) or (recovered and rc in (_FULL, _EMPTY, _BUSY))
+
+    def _await_finished_holders(self) -> bool:
+        """Wait (up to a second) for side holders that are threads of this process no
+        longer running Python code to be gone; True if any was waited for."""
+        live = {t.native_id for t in threading.enumerate()}
+        waited = False
+        for off in (lib.SHMIPC_RING_OFF_P_LOCK, lib.SHMIPC_RING_OFF_C_LOCK):
+            word = lib.shmipc_load64_acquire(self._p, off)
+            tid = word & 0x7FFFFFFF
+            if not word or tid in live or not os.path.exists(f"/proc/self/task/{tid}"):
+                continue
+            waited = True
+            deadline = time.monotonic() + 1.0
+            while _proc.identity_alive(word) and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return waited
 
     def _take_over_dead_holders(self) -> bool:
         """The liveness pass a waiter makes whenever a wait slice ends: take over a side lock
@@ -393,6 +432,8 @@ class Ring:
         return self._revoke_stopped() or took
 
     def _revoke_stopped(self) -> bool:
+        if self._spsc:
+            return False  # no other producer to unblock, and the side is its holder's role
         word = lib.shmipc_load64_acquire(self._p, lib.SHMIPC_RING_OFF_P_LOCK)
         if not word & _PARKED or not _proc.identity_stopped(word):
             self._stopped_since.clear()
@@ -577,7 +618,7 @@ class Ring:
         view.release()
         if rc == lib.SHMIPC_REVOKED:
             raise Revoked(
-                f"this thread's reservation of {nbytes} bytes on ring {self.name or ''} was "
+                f"this thread's reservation of {nbytes} bytes on {self._label} was "
                 "revoked while the process was stopped for longer than the ring's liveness "
                 "interval; nothing of it was published: reserve again to send it"
             )
