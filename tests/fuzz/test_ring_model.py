@@ -1,4 +1,5 @@
-"""Ring under a hypothesis state machine, against a model.
+"""Each ring (many-producer/many-consumer, and SPSC) under a hypothesis state machine, against
+a model.
 
 The model is a deque of (type, payload, end position) plus the producer's and consumer's
 positions, so that room is exact: a record of n bytes occupies align8(8 + n) bytes, preceded
@@ -108,10 +109,14 @@ class RingModel(RuleBasedStateMachine):
     @initialize(
         capacity=st.sampled_from([128, 256, 512, 1024, 2048, 4096]),
         max_count=st.sampled_from([0, 0, 0, 1, 2, 5]),
+        spsc=st.booleans(),
     )
-    def make(self, capacity: int, max_count: int) -> None:
-        self.ring = Ring.anonymous(capacity, max_count=max_count)
+    def make(self, capacity: int, max_count: int, spsc: bool) -> None:
+        # Both rings: many-producer/many-consumer, and SPSC (this one thread holds both
+        # sides' roles from its first call on).
+        self.ring = Ring.anonymous(capacity, max_count=max_count, spsc=spsc)
         self.max_count = max_count
+        event(f"spsc={spsc}")
 
     @rule(data=st.data(), rtype=TYPES)
     def put(self, data, rtype):
