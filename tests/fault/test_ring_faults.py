@@ -124,8 +124,10 @@ def _draining_consumer_body(ring: Ring, out_path: str) -> None:
     errors: list[str] = []
     received = 0
     error = None
+    worst_wait = 0.0  # the longest a single get/get_many/peek took
     try:
         while True:
+            t = time.monotonic()
             op = rng.randrange(3)
             if op == 0:
                 got = [parse(ring.get(timeout=30))]
@@ -137,6 +139,7 @@ def _draining_consumer_body(ring: Ring, out_path: str) -> None:
                     got = [parse(view)]
                 finally:
                     ring.release()
+            worst_wait = max(worst_wait, time.monotonic() - t)
             received += len(got)
             if note_in_order(got, expect, errors):
                 break
@@ -146,7 +149,14 @@ def _draining_consumer_body(ring: Ring, out_path: str) -> None:
     finally:
         with open(out_path, "wb") as f:
             pickle.dump(
-                {"expect": expect, "errors": errors, "received": received, "error": error}, f
+                {
+                    "expect": expect,
+                    "errors": errors,
+                    "received": received,
+                    "error": error,
+                    "worst_wait": worst_wait,
+                },
+                f,
             )
 
 
@@ -214,12 +224,15 @@ def test_sigkilled_producers_lose_no_commit_and_never_block_the_next(procs, tmp_
     print(
         f"{N_KILLS} kills in {kill_time:.1f} s; worst first put after a death "
         f"{worst_first_put / 1e6:.1f} ms; steady producer's worst put "
-        f"{worst_steady_us.load() / 1e3:.1f} ms; {stats}"
+        f"{worst_steady_us.load() / 1e3:.1f} ms; consumer's worst wait "
+        f"{res['worst_wait'] * 1e3:.1f} ms; {stats}"
     )
     assert res["errors"] == [], res["errors"]
     lost = lost_commits(committed, res["expect"])
     assert lost == [], f"committed but never received (producer, committed, received): {lost}"
     assert worst_first_put < 1.1e9, "a killed producer blocked the next one"
+    # The bound: the liveness interval (1 s) plus one 100 ms slice.
+    assert res["worst_wait"] < 1.1, "the consumer waited on a dead producer"
     assert worst_steady_us.load() < 3e6
     assert holds <= stats.abandoned <= N_KILLS
     assert stats.messages_out == res["received"]
