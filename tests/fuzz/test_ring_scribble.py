@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from ring_fuzz_helpers import Child, describe, report, run_child
 
 from shmipc import ShmipcError, _proc
-from shmipc._native import lib
+from shmipc._native import Port, RingMiss, ffi, lib
 from shmipc.ring import Ring
 
 pytestmark = pytest.mark.timeout(180)
@@ -67,6 +67,12 @@ U64_FIELDS = [
     lib.SHMIPC_RING_OFF_C_PEND_BYTES,
     lib.SHMIPC_RING_OFF_DATA_WAITERS,
     lib.SHMIPC_RING_OFF_SPACE_WAITERS,
+    lib.SHMIPC_RING_OFF_LIVENESS_NS,
+    lib.SHMIPC_RING_OFF_P_CLAIM_END,
+    lib.SHMIPC_RING_OFF_P_REVOKED,
+    lib.SHMIPC_RING_OFF_Q_START,
+    lib.SHMIPC_RING_OFF_Q_END,
+    lib.SHMIPC_RING_OFF_Q_OWNER,
 ]
 U64_VALUES = st.one_of(
     st.sampled_from([0, 1, 7, 8, 16, 56, 64, 128, 248, 256, 1024, 1 << 32, 2**63, 2**64 - 8]),
@@ -133,6 +139,10 @@ OPS = [
     "peek_wait",
     "recover",
     "stats",
+    "port_put",
+    "port_get",
+    "port_put_many",
+    "port_get_many",
 ]
 
 
@@ -236,6 +246,23 @@ def _op(ring: Ring, op: str, rng: random.Random) -> str:
             return f"peek {n}"
         if op == "recover":
             return f"recover {ring.recover()}"
+        if op.startswith("port_"):
+            # The Queue's hot paths (csrc/fastpath.c) over the same ring: a status or a
+            # RingMiss carrying one, never anything else.
+            port = Port(int(ffi.cast("uintptr_t", ring._ptr)), ring.capacity, None, 1, 2)
+            try:
+                if op == "port_put":
+                    return f"port_put {port.put(b'p' * rng.randint(0, mp), 2, 0)}"
+                if op == "port_put_many":
+                    frames = [b"m" * rng.randint(0, 40) for _ in range(rng.randint(1, 6))]
+                    return f"port_put_many {port.put_many(frames, 0, 2, 0)}"
+                if op == "port_get":
+                    return f"port_get {len(port.get_bytes(0))}"
+                return f"port_get_many {len(port.get_many(rng.randint(1, 5), 0))}"
+            except RingMiss as miss:
+                return f"{op} miss {miss.args[0]}"
+            finally:
+                port.close()
         if op == "stats":
             ring.statistics()
             ring.qsize()
