@@ -729,8 +729,10 @@ class Ring:
         return max(0, n)
 
     def recover(self) -> bool:
-        """Take over a side lock whose holder died (waits do this by themselves between
-        slices); True if one was recovered."""
+        """The liveness pass that waits make by themselves between slices, on demand: take
+        over a side lock whose holder died, end a dead holder's quarantine, revoke a
+        reservation stopped past the liveness interval (as far as this handle has watched
+        it). True if anything was freed."""
         return self._take_over_dead_holders()
 
     # ---- lifetime ------------------------------------------------------------------------
