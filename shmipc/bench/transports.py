@@ -20,6 +20,7 @@ A transport that cannot be imported is reported by :meth:`Transport.unavailable`
 from __future__ import annotations
 
 import importlib
+import inspect
 import itertools
 import multiprocessing
 import shutil
@@ -249,10 +250,16 @@ class _ShmipcChannel(_SharedQueueChannel):
     def __init__(self, spec: ChannelSpec, *, style: str = "plain") -> None:
         super().__init__(spec)
         self._style = style
-        self._q = load_shmipc_queue()(maxsize=0, capacity=spec.capacity)
+        extra = {"spsc": True} if style == "spsc" else {}
+        self._q = load_shmipc_queue()(maxsize=0, capacity=spec.capacity, **extra)
 
     def sender(self, producer: int) -> Sender:
         q = self._q
+        if self._style == "spsc":
+            # The producer thread owns the producer side, so it posts its own end mark (the
+            # parent would be refused).
+            send, end = (q.put, end_mark(self.spec)) if self.spec.objects else (q.put_bytes, END)
+            return Sender(send=send, finish=lambda: send(end))
         if self._style == "batched":
             return Sender(send=q.put, finish=_noop, send_many=q.put_many)
         if self.spec.objects:
@@ -292,6 +299,8 @@ class _ShmipcChannel(_SharedQueueChannel):
             self._q.release()
 
     def _post_end(self, timeout: float) -> None:
+        if self._style == "spsc":
+            return  # posted by the producer itself (see sender)
         if self._style == "batched" or self.spec.objects:
             self._q.put(end_mark(self.spec), timeout=timeout)
         else:
@@ -460,8 +469,9 @@ def _import_check(module: str) -> Callable[[], str | None]:
     return unavailable
 
 
-def _shmipc_unavailable(*methods: str) -> Callable[[], str | None]:
-    """A check that shmipc's Queue imports and its class defines ``methods``."""
+def _shmipc_unavailable(*methods: str, option: str | None = None) -> Callable[[], str | None]:
+    """A check that shmipc's Queue imports, its class defines ``methods`` and its
+    constructor takes the keyword ``option``."""
 
     def unavailable() -> str | None:
         try:
@@ -471,6 +481,8 @@ def _shmipc_unavailable(*methods: str) -> Callable[[], str | None]:
         missing = [m for m in methods if not hasattr(cls, m)]
         if missing:
             return f"shmipc.Queue has no {'/'.join(missing)}"
+        if option is not None and option not in inspect.signature(cls).parameters:
+            return f"shmipc.Queue takes no {option}="
         return None
 
     return unavailable
@@ -556,5 +568,13 @@ TRANSPORTS: tuple[Transport, ...] = (
         serialisation="reserve(n)/fill in place/commit() and peek()/read in place/release()",
         unavailable=_shmipc_unavailable("put_bytes", *_ZERO_COPY_METHODS),
         workloads=frozenset({"1MiB"}),
+    ),
+    Transport(
+        key="shmipc",
+        label="shmipc (spsc)",
+        make=partial(_ShmipcChannel, style="spsc"),
+        serialisation="Queue(spsc=True): as shmipc, with no lock per message (1 -> 1 only)",
+        unavailable=_shmipc_unavailable("put", "get", "put_bytes", "get_bytes", option="spsc"),
+        workloads=frozenset({"64B", "dict", "pingpong"}),
     ),
 )

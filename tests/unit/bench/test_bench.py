@@ -125,6 +125,10 @@ def test_quick_run_over_shmipc_when_it_imports() -> None:
     assert status == 0, out.getvalue()
     for workload in WORKLOADS:
         assert (workload.name, "shmipc") in rows, out.getvalue()
+    # The SPSC row runs where one producer feeds one consumer, its producer posting the end.
+    for name in ("64B", "dict", "pingpong"):
+        assert rows[(name, "shmipc (spsc)")][0].isdigit(), out.getvalue()
+    assert ("2x2", "shmipc (spsc)") not in rows
 
 
 def test_repeat_shows_the_median_run_and_the_spread() -> None:
