@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -170,6 +171,71 @@ int shmipc_wait_while32(char *b, size_t o, uint32_t expected, size_t waiters_off
     return rc;
 }
 
+/* Register in a sleeper registry: count first (so a slot never names a sleeper the count
+ * lacks), then a slot if one is free. Returns the slot taken, or -1. */
+static int register_sleeper(char *b, size_t reg_off, int nslots, uint64_t me) {
+    atomic_fetch_add_explicit(A32(b, reg_off), 1, memory_order_seq_cst);
+    for (int i = 0; i < nslots; i++) {
+        uint64_t expected = 0;
+        if (atomic_compare_exchange_strong_explicit(A64(b, reg_off + 8 + 8 * (size_t)i),
+                                                    &expected, me, memory_order_relaxed,
+                                                    memory_order_relaxed))
+            return i;
+    }
+    return -1;
+}
+
+static void unregister_sleeper(char *b, size_t reg_off, int slot, uint64_t me) {
+    if (slot >= 0) {
+        uint64_t expected = me; /* a reaper never clears a live sleeper's slot */
+        atomic_compare_exchange_strong_explicit(A64(b, reg_off + 8 + 8 * (size_t)slot),
+                                                &expected, 0, memory_order_relaxed,
+                                                memory_order_relaxed);
+    }
+    atomic_fetch_sub_explicit(A32(b, reg_off), 1, memory_order_seq_cst);
+}
+
+int shmipc_wait_while32_reg(char *b, size_t o, uint32_t expected, size_t reg_off, int nslots,
+                            int64_t deadline_ns, int64_t spin_ns) {
+    _Atomic uint32_t *word = A32(b, o);
+    if (atomic_load_explicit(word, memory_order_acquire) != expected) return SHMIPC_OK;
+    if (spin_ns > 0 && spin_while(word, expected, deadline_ns, spin_ns)) return SHMIPC_OK;
+    /* As in shmipc_wait_while32: the seq_cst count increment pairs with the waker's fence. */
+    uint64_t me = shmipc_lock_identity();
+    int slot = register_sleeper(b, reg_off, nslots, me);
+    int rc;
+    if (atomic_load_explicit(word, memory_order_seq_cst) != expected)
+        rc = SHMIPC_OK;
+    else
+        rc = shmipc_futex_wait(b, o, expected, deadline_ns);
+    unregister_sleeper(b, reg_off, slot, me);
+    if (rc == SHMIPC_CHANGED) rc = SHMIPC_OK;
+    if (rc == SHMIPC_OK && atomic_load_explicit(word, memory_order_acquire) == expected)
+        rc = SHMIPC_CHANGED;
+    return rc;
+}
+
+int shmipc_reap_sleepers(char *b, size_t reg_off, int nslots) {
+    int reaped = 0;
+    for (int i = 0; i < nslots; i++) {
+        _Atomic uint64_t *slot = A64(b, reg_off + 8 + 8 * (size_t)i);
+        uint64_t who = atomic_load_explicit(slot, memory_order_relaxed);
+        if (!who || shmipc_identity_alive(who)) continue;
+        /* The sleeper died registered: take its registration back, once. */
+        if (atomic_compare_exchange_strong_explicit(slot, &who, 0, memory_order_relaxed,
+                                                    memory_order_relaxed)) {
+            _Atomic uint32_t *count = A32(b, reg_off);
+            uint32_t c = atomic_load_explicit(count, memory_order_relaxed);
+            while (c && !atomic_compare_exchange_weak_explicit(count, &c, c - 1,
+                                                               memory_order_seq_cst,
+                                                               memory_order_relaxed)) {
+            }
+            reaped++;
+        }
+    }
+    return reaped;
+}
+
 int shmipc_wake32(char *b, size_t o, size_t waiters_off, int n) {
     /* Pairs with the sleeper's seq_cst registration in shmipc_wait_while32. */
     atomic_thread_fence(memory_order_seq_cst);
@@ -189,10 +255,11 @@ __attribute__((constructor)) static void register_fork_handler(void) {
     pthread_atfork(NULL, NULL, forget_identity);
 }
 
-/* Field 22 of /proc/thread-self/stat: the thread's start time in clock ticks since boot. */
-static uint64_t thread_start_time(void) {
+/* Field 22 of a /proc stat file: the thread's start time in clock ticks since boot. 0 when
+ * it cannot be read; *state gets field 3 (the state letter) when state is not NULL. */
+static uint64_t stat_start_time(const char *path, char *state) {
     char buf[1024];
-    int fd = open("/proc/thread-self/stat", O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);
@@ -200,11 +267,28 @@ static uint64_t thread_start_time(void) {
     buf[n] = 0;
     char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
     if (!p) return 0;
+    if (state && p[1] == ' ') *state = p[2];
     /* p is at the end of field 2; each space starts the next field: stop at field 22. */
     for (int field = 2; *p; p++) {
         if (*p == ' ' && ++field == 22) return strtoull(p + 1, NULL, 10);
     }
     return 0;
+}
+
+static uint64_t thread_start_time(void) { return stat_start_time("/proc/thread-self/stat", NULL); }
+
+int shmipc_identity_alive(uint64_t identity) {
+    /* The same rule as shmipc/_proc.py identity_alive: gone, a zombie, or another start time
+     * under the same id means dead; /proc that cannot be read (absent, hidepid) says alive. */
+    if (access("/proc/self/stat", R_OK) != 0) return 1;
+    char path[64], state = 0;
+    unsigned tid = (unsigned)(identity & 0x7fffffffu);
+    snprintf(path, sizeof path, "/proc/%u/stat", tid);
+    if (access(path, F_OK) != 0) return errno != ENOENT && errno != ESRCH; /* gone: dead */
+    uint64_t started = stat_start_time(path, &state);
+    if (!started) return 1; /* unreadable: unknown is never taken for dead */
+    if (state == 'Z' || state == 'X') return 0;
+    return (started & 0xffffffffu) == identity >> 32;
 }
 
 uint64_t shmipc_lock_identity(void) {

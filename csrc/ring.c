@@ -211,15 +211,30 @@ int shmipc_ring_unquarantine(char *ring, uint64_t owner) {
     return 1;
 }
 
+/* Wake syscalls that woke nobody although the registry counted sleepers: a sleeper that is
+ * about to sleep or just woke, or one killed in its sleep. Every REAP_EVERY of them (per
+ * thread) the registry is reaped, so a dead sleeper costs a bounded number of syscalls. */
+#define REAP_EVERY 64
+static _Thread_local unsigned fruitless_wakes;
+
+static void wake_side(char *ring, size_t word_off, size_t reg_off, size_t stat_off) {
+    int n = shmipc_wake32(ring, word_off, reg_off, 0x7fffffff);
+    if (n > 0) {
+        atomic_fetch_add_explicit(U64(ring, stat_off), 1, memory_order_relaxed);
+    } else if (n == 0 && LOAD(U32(ring, reg_off)) && ++fruitless_wakes % REAP_EVERY == 0) {
+        shmipc_reap_sleepers(ring, reg_off, SHMIPC_RING_SLEEPER_SLOTS);
+    }
+}
+
 /* Wake the other side if anyone sleeps there (the check is the whole cost otherwise). */
 static inline void wake_consumers(char *ring) {
-    if (shmipc_wake32(ring, SHMIPC_RING_OFF_P_TAIL, SHMIPC_RING_OFF_DATA_WAITERS, 0x7fffffff) > 0)
-        atomic_fetch_add_explicit(U64(ring, SHMIPC_RING_OFF_P_WAKES), 1, memory_order_relaxed);
+    wake_side(ring, SHMIPC_RING_OFF_P_TAIL, SHMIPC_RING_OFF_DATA_WAITERS,
+              SHMIPC_RING_OFF_P_WAKES);
 }
 
 static inline void wake_producers(char *ring) {
-    if (shmipc_wake32(ring, SHMIPC_RING_OFF_C_HEAD, SHMIPC_RING_OFF_SPACE_WAITERS, 0x7fffffff) > 0)
-        atomic_fetch_add_explicit(U64(ring, SHMIPC_RING_OFF_C_WAKES), 1, memory_order_relaxed);
+    wake_side(ring, SHMIPC_RING_OFF_C_HEAD, SHMIPC_RING_OFF_SPACE_WAITERS,
+              SHMIPC_RING_OFF_C_WAKES);
 }
 
 /* Wait (no lock held) while the low word of the position at `off` still reads `seen`.
@@ -227,8 +242,8 @@ static inline void wake_producers(char *ring) {
 static int wait_position(char *ring, size_t off, size_t waiters_off, uint64_t seen,
                          int64_t deadline_ns, int full) {
     if (deadline_ns == 0) return full ? SHMIPC_FULL : SHMIPC_EMPTY;
-    int rc = shmipc_wait_while32(ring, off, (uint32_t)seen, waiters_off, deadline_ns,
-                                 spin_ns(ring));
+    int rc = shmipc_wait_while32_reg(ring, off, (uint32_t)seen, waiters_off,
+                                     SHMIPC_RING_SLEEPER_SLOTS, deadline_ns, spin_ns(ring));
     switch (rc) {
     case SHMIPC_OK:
     case SHMIPC_CHANGED: return SHMIPC_OK;

@@ -12,7 +12,7 @@
 
 /* Bumped whenever a signature, a constant or a shared layout defined here changes: Python
  * refuses to import an extension whose stamp differs (a stale build). */
-#define SHMIPC_ABI_VERSION 5
+#define SHMIPC_ABI_VERSION 6
 
 /* Wait outcomes (shmipc_futex_wait, shmipc_wait_while32, shmipc_lock_acquire, rings). */
 #define SHMIPC_OK 0          /* woken, or the condition was already met */
@@ -66,6 +66,19 @@ int shmipc_wait_while32(char *base, size_t off, uint32_t expected, size_t waiter
 /* The matching wake: issues the futex syscall only when the sleeper count is non-zero. Call
  * it after the store that changes the word. Returns the number woken (0 when none slept). */
 int shmipc_wake32(char *base, size_t off, size_t waiters_off, int n);
+
+/* A sleeper registry: the u32 sleeper count at `reg_off` followed, from reg_off + 8, by
+ * `nslots` u64 slots where sleepers also write their identity (shmipc_lock_identity), so that
+ * the registration of a sleeper killed in its sleep can be taken back (shmipc_reap_sleepers)
+ * instead of costing every later wake a futex syscall. The _reg wait is shmipc_wait_while32
+ * with that registration; a sleeper that finds no free slot counts only (it cannot be reaped
+ * if it dies asleep). shmipc_reap_sleepers clears the slots of threads that no longer live,
+ * taking their counts back, and returns how many it cleared. */
+int shmipc_wait_while32_reg(char *base, size_t off, uint32_t expected, size_t reg_off,
+                            int nslots, int64_t deadline_ns, int64_t spin_ns);
+int shmipc_reap_sleepers(char *base, size_t reg_off, int nslots);
+/* 1 while the thread a lock word names lives (or /proc cannot tell), 0 once it is gone. */
+int shmipc_identity_alive(uint64_t identity);
 
 /* Robust lock, owned by shmipc (no glibc state in shared memory, so a scribbled lock can
  * make a call wait or fail, never crash): SHMIPC_LOCK_SIZE bytes at an 8-aligned offset.
@@ -140,8 +153,9 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
 #define SHMIPC_RING_OFF_C_RECOVERED 368    /* u64: consumer locks taken over from the dead */
 #define SHMIPC_RING_OFF_C_PEEK 376         /* u64: end position of the peeked record */
 /* sleeper counts, each alone on its line: read after every commit/release */
-#define SHMIPC_RING_OFF_DATA_WAITERS 384   /* u32: consumers asleep on the tail's low word */
-#define SHMIPC_RING_OFF_SPACE_WAITERS 448  /* u32: producers asleep on the head's low word */
+#define SHMIPC_RING_OFF_DATA_WAITERS 384   /* u32: consumers asleep on the tail's low word, */
+#define SHMIPC_RING_OFF_SPACE_WAITERS 448  /* producers on the head's: each a sleeper registry */
+#define SHMIPC_RING_SLEEPER_SLOTS 7        /* u64 identity slots from +8 of each registry */
 
 /* Record header: 8 bytes at an 8-aligned index, never straddling the end of the data area.
  *   bits 0..31  (bytes 0..3): payload length in bytes (explicit; never inferred from padding)
