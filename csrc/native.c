@@ -243,6 +243,20 @@ int shmipc_wake32(char *b, size_t o, size_t waiters_off, int n) {
     return shmipc_futex_wake(b, o, n);
 }
 
+/* Wakes that woke nobody although the registry counted sleepers: a sleeper about to sleep or
+ * just woken, or one killed in its sleep. Every REAP_EVERY of them (per thread) the registry
+ * is reaped, so a dead sleeper costs a bounded number of syscalls. */
+#define REAP_EVERY 64
+static _Thread_local unsigned fruitless_wakes;
+
+int shmipc_wake32_reg(char *b, size_t o, size_t reg_off, int nslots, int n) {
+    int woken = shmipc_wake32(b, o, reg_off, n);
+    if (woken == 0 && atomic_load_explicit(A32(b, reg_off), memory_order_relaxed) &&
+        ++fruitless_wakes % REAP_EVERY == 0)
+        shmipc_reap_sleepers(b, reg_off, nslots);
+    return woken;
+}
+
 /* ---- robust lock ------------------------------------------------------------------------ */
 
 /* This thread's identity, computed once per thread and again in a forked child (whose only
@@ -311,7 +325,10 @@ int shmipc_lock_try(char *b, size_t o) {
     return (expected & ~(uint64_t)SHMIPC_LOCK_PARKED) == me ? SHMIPC_DEADLOCK : SHMIPC_TIMEDOUT;
 }
 
-int shmipc_lock_acquire(char *b, size_t o, int64_t deadline_ns, int64_t spin_ns) {
+/* Lock acquire and release with the sleepers registered at reg_off: the lock's own count
+ * (nslots 0, plain shmipc_wait_while32) or a sleeper registry with identity slots. */
+static int lock_acquire_impl(char *b, size_t o, size_t reg_off, int nslots, int64_t deadline_ns,
+                             int64_t spin_ns) {
     int rc = shmipc_lock_try(b, o);
     if (rc != SHMIPC_TIMEDOUT || deadline_ns == 0) return rc;
     if (spin_ns > 0) {
@@ -333,23 +350,44 @@ int shmipc_lock_acquire(char *b, size_t o, int64_t deadline_ns, int64_t spin_ns)
         /* Sleep while the holder's thread id (the word's low half) stays. The futex checks the
          * word atomically, and the releaser reads the sleeper count after a seq_cst fence:
          * the same no-lost-wakeup argument as shmipc_wait_while32. */
-        rc = shmipc_wait_while32(b, o, (uint32_t)seen, o + SHMIPC_LOCK_OFF_WAITERS,
-                                 deadline_ns, 0);
+        rc = nslots ? shmipc_wait_while32_reg(b, o, (uint32_t)seen, reg_off, nslots,
+                                              deadline_ns, 0)
+                    : shmipc_wait_while32(b, o, (uint32_t)seen, reg_off, deadline_ns, 0);
         if (rc == SHMIPC_OK || rc == SHMIPC_CHANGED) continue;
         if (rc == SHMIPC_TIMEDOUT) return shmipc_lock_try(b, o) == SHMIPC_OK ? SHMIPC_OK : rc;
         return rc; /* SLICE / INTERRUPTED / ERROR: Python checks signals and liveness */
     }
 }
 
-int shmipc_lock_release(char *b, size_t o) {
+static int lock_release_impl(char *b, size_t o, size_t reg_off, int nslots) {
     uint64_t me = shmipc_lock_identity();
     uint64_t expected = me;
     /* Release: pairs with the acquire of the next holder's CAS (shmipc_lock_try). */
     if (!atomic_compare_exchange_strong_explicit(A64(b, o), &expected, 0, memory_order_release,
                                                  memory_order_relaxed))
         return SHMIPC_NOTOWNER;
-    shmipc_wake32(b, o, o + SHMIPC_LOCK_OFF_WAITERS, 1);
+    if (nslots)
+        shmipc_wake32_reg(b, o, reg_off, nslots, 1);
+    else
+        shmipc_wake32(b, o, reg_off, 1);
     return SHMIPC_OK;
+}
+
+int shmipc_lock_acquire(char *b, size_t o, int64_t deadline_ns, int64_t spin_ns) {
+    return lock_acquire_impl(b, o, o + SHMIPC_LOCK_OFF_WAITERS, 0, deadline_ns, spin_ns);
+}
+
+int shmipc_lock_release(char *b, size_t o) {
+    return lock_release_impl(b, o, o + SHMIPC_LOCK_OFF_WAITERS, 0);
+}
+
+int shmipc_lock_acquire_reg(char *b, size_t o, size_t reg_off, int nslots, int64_t deadline_ns,
+                            int64_t spin_ns) {
+    return lock_acquire_impl(b, o, reg_off, nslots, deadline_ns, spin_ns);
+}
+
+int shmipc_lock_release_reg(char *b, size_t o, size_t reg_off, int nslots) {
+    return lock_release_impl(b, o, reg_off, nslots);
 }
 
 int shmipc_lock_steal(char *b, size_t o, uint64_t observed) {

@@ -88,6 +88,16 @@ static void recover_consumer(char *ring) {
 }
 
 #define SIDE_LOCK(producer) ((producer) ? SHMIPC_RING_OFF_P_LOCK : SHMIPC_RING_OFF_C_LOCK)
+/* Each side lock's sleepers register in a registry of the control block (identity slots), so
+ * that a waiter killed asleep on the lock can be taken back. */
+#define SIDE_REG(producer) \
+    ((producer) ? SHMIPC_RING_OFF_P_LOCK_SLEEPERS : SHMIPC_RING_OFF_C_LOCK_SLEEPERS)
+#define SIDE_SLOTS(producer) ((producer) ? SHMIPC_RING_P_LOCK_SLOTS : SHMIPC_RING_C_LOCK_SLOTS)
+
+static inline int lock_release(char *ring, int producer) {
+    return shmipc_lock_release_reg(ring, SIDE_LOCK(producer), SIDE_REG(producer),
+                                   SIDE_SLOTS(producer));
+}
 
 /* SPSC rings (SHMIPC_RING_SPSC): each side's lock is a role. The first thread to use a
  * side takes its lock and keeps it between calls, so a message costs no lock traffic; any
@@ -114,13 +124,14 @@ static inline int side_lock(char *ring, int producer, int64_t deadline_ns) {
     }
     int rc = shmipc_lock_try(ring, SIDE_LOCK(producer));
     if (rc == SHMIPC_TIMEDOUT && deadline_ns != 0)
-        rc = shmipc_lock_acquire(ring, SIDE_LOCK(producer), deadline_ns, spin_ns(ring));
+        rc = shmipc_lock_acquire_reg(ring, SIDE_LOCK(producer), SIDE_REG(producer),
+                                     SIDE_SLOTS(producer), deadline_ns, spin_ns(ring));
     return rc;
 }
 
 static inline void side_unlock(char *ring, int producer) {
     if (is_spsc(ring)) return; /* the role stays with this thread */
-    shmipc_lock_release(ring, SIDE_LOCK(producer));
+    lock_release(ring, producer);
 }
 
 void shmipc_ri_unlock(char *ring, int producer) { side_unlock(ring, producer); }
@@ -130,8 +141,7 @@ int shmipc_ring_leave(char *ring) {
     int left = 0;
     for (int producer = 0; producer < 2; producer++) {
         if (LOAD(U64(ring, SIDE_LOCK(producer))) == shmipc_lock_identity() &&
-            !side_pending(ring, producer) &&
-            shmipc_lock_release(ring, SIDE_LOCK(producer)) == SHMIPC_OK)
+            !side_pending(ring, producer) && lock_release(ring, producer) == SHMIPC_OK)
             left++;
     }
     return left;
@@ -143,8 +153,8 @@ int shmipc_ring_steal(char *ring, int producer, uint64_t observed) {
         recover_producer(ring);
     else
         recover_consumer(ring);
-    shmipc_lock_release(ring, SIDE_LOCK(producer)); /* free, also on an SPSC ring: the role */
-    return 1;                                        /* goes to whoever uses that side next */
+    lock_release(ring, producer); /* free, also on an SPSC ring: the role goes to whoever */
+    return 1;                     /* uses that side next */
 }
 
 /* forward: defined below */
@@ -196,7 +206,7 @@ int shmipc_ring_revoke(char *ring, uint64_t cap, uint64_t observed) {
         return 0;
     }
     STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), NO_CLAIM);
-    shmipc_lock_release(ring, SHMIPC_RING_OFF_P_LOCK);
+    lock_release(ring, 1);
     wake_consumers(ring);
     return 1;
 }
@@ -211,19 +221,11 @@ int shmipc_ring_unquarantine(char *ring, uint64_t owner) {
     return 1;
 }
 
-/* Wake syscalls that woke nobody although the registry counted sleepers: a sleeper that is
- * about to sleep or just woke, or one killed in its sleep. Every REAP_EVERY of them (per
- * thread) the registry is reaped, so a dead sleeper costs a bounded number of syscalls. */
-#define REAP_EVERY 64
-static _Thread_local unsigned fruitless_wakes;
-
+/* Wake sleepers of one side's registry (a dead sleeper's registration is reaped after a
+ * bounded number of wakes that found nobody: shmipc_wake32_reg). */
 static void wake_side(char *ring, size_t word_off, size_t reg_off, size_t stat_off) {
-    int n = shmipc_wake32(ring, word_off, reg_off, 0x7fffffff);
-    if (n > 0) {
+    if (shmipc_wake32_reg(ring, word_off, reg_off, SHMIPC_RING_SLEEPER_SLOTS, 0x7fffffff) > 0)
         atomic_fetch_add_explicit(U64(ring, stat_off), 1, memory_order_relaxed);
-    } else if (n == 0 && LOAD(U32(ring, reg_off)) && ++fruitless_wakes % REAP_EVERY == 0) {
-        shmipc_reap_sleepers(ring, reg_off, SHMIPC_RING_SLEEPER_SLOTS);
-    }
 }
 
 /* Wake the other side if anyone sleeps there (the check is the whole cost otherwise). */

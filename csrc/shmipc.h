@@ -12,7 +12,7 @@
 
 /* Bumped whenever a signature, a constant or a shared layout defined here changes: Python
  * refuses to import an extension whose stamp differs (a stale build). */
-#define SHMIPC_ABI_VERSION 6
+#define SHMIPC_ABI_VERSION 7
 
 /* Wait outcomes (shmipc_futex_wait, shmipc_wait_while32, shmipc_lock_acquire, rings). */
 #define SHMIPC_OK 0          /* woken, or the condition was already met */
@@ -77,6 +77,9 @@ int shmipc_wake32(char *base, size_t off, size_t waiters_off, int n);
 int shmipc_wait_while32_reg(char *base, size_t off, uint32_t expected, size_t reg_off,
                             int nslots, int64_t deadline_ns, int64_t spin_ns);
 int shmipc_reap_sleepers(char *base, size_t reg_off, int nslots);
+/* shmipc_wake32 for a registry: every 64 wakes (per thread) that woke nobody although sleepers
+ * were counted, the registry is reaped. */
+int shmipc_wake32_reg(char *base, size_t off, size_t reg_off, int nslots, int n);
 /* 1 while the thread a lock word names lives (or /proc cannot tell), 0 once it is gone. */
 int shmipc_identity_alive(uint64_t identity);
 
@@ -99,6 +102,11 @@ int shmipc_lock_release(char *base, size_t off);
 /* Take the lock from `observed` (a dead holder): SHMIPC_OWNERDEAD if taken, SHMIPC_CHANGED if
  * the word no longer holds `observed`. */
 int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
+/* The same lock with its sleepers in a sleeper registry at reg_off (see below) instead of its
+ * own count, so that a waiter killed asleep can be taken back (the rings' side locks). */
+int shmipc_lock_acquire_reg(char *base, size_t off, size_t reg_off, int nslots,
+                            int64_t deadline_ns, int64_t spin_ns);
+int shmipc_lock_release_reg(char *base, size_t off, size_t reg_off, int nslots);
 
 /* ==== Byte rings (csrc/ring.c; the protocol is docs/internals/ring.md) ====================
  *
@@ -109,7 +117,7 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
  * is a position masked into the data area; offsets below are from the control block's start.
  */
 #define SHMIPC_RING_MAGIC 0x474e4952       /* "RING" */
-#define SHMIPC_RING_VERSION 2
+#define SHMIPC_RING_VERSION 3
 #define SHMIPC_RING_HEADER_SIZE 512
 /* config line (written once at init, read-only after) */
 #define SHMIPC_RING_OFF_MAGIC 0            /* u32 */
@@ -123,6 +131,8 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
 #define SHMIPC_RING_OFF_P_LOCK 64          /* robust lock (SHMIPC_LOCK_SIZE bytes) */
 #define SHMIPC_RING_OFF_P_PEND_MSGS 80     /* u64: messages in once the claim commits */
 #define SHMIPC_RING_OFF_P_PEND_BYTES 88    /* u64: bytes in once the claim commits */
+#define SHMIPC_RING_OFF_P_LOCK_SLEEPERS 96 /* sleeper registry of the producer lock, 3 slots */
+#define SHMIPC_RING_P_LOCK_SLOTS 3
 #define SHMIPC_RING_OFF_P_TAIL 128         /* u64: end of committed records (consumers read) */
 #define SHMIPC_RING_OFF_P_HEAD_CACHE 136   /* u64: producers' last view of the head */
 #define SHMIPC_RING_OFF_P_OUT_CACHE 144    /* u64: producers' last view of messages out */
@@ -144,6 +154,8 @@ int shmipc_lock_steal(char *base, size_t off, uint64_t observed);
 #define SHMIPC_RING_OFF_C_PEND_END 272     /* u64: head once the records being retired go */
 #define SHMIPC_RING_OFF_C_PEND_MSGS 280    /* u64: messages out once they go */
 #define SHMIPC_RING_OFF_C_PEND_BYTES 288   /* u64: bytes out once they go */
+#define SHMIPC_RING_OFF_C_LOCK_SLEEPERS 296 /* sleeper registry of the consumer lock, 2 slots */
+#define SHMIPC_RING_C_LOCK_SLOTS 2
 #define SHMIPC_RING_OFF_C_HEAD 320         /* u64: end of released records (producers read) */
 #define SHMIPC_RING_OFF_C_TAIL_CACHE 328   /* u64: consumers' last view of the tail */
 #define SHMIPC_RING_OFF_C_MSGS 336         /* u64: messages released */

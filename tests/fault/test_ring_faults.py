@@ -482,12 +482,19 @@ def test_consumers_killed_asleep_do_not_swallow_wakes(procs):
     os.close(w)
 
 
+_REGISTRY_SLOTS = {
+    lib.SHMIPC_RING_OFF_DATA_WAITERS: lib.SHMIPC_RING_SLEEPER_SLOTS,
+    lib.SHMIPC_RING_OFF_SPACE_WAITERS: lib.SHMIPC_RING_SLEEPER_SLOTS,
+    lib.SHMIPC_RING_OFF_P_LOCK_SLEEPERS: lib.SHMIPC_RING_P_LOCK_SLOTS,
+    lib.SHMIPC_RING_OFF_C_LOCK_SLEEPERS: lib.SHMIPC_RING_C_LOCK_SLOTS,
+}
+
+
 def _registry(ring: Ring, off: int) -> tuple[int, list[int]]:
     """(sleeper count, non-empty identity slots) of a ring's sleeper registry."""
     count = lib.shmipc_load32_relaxed(ring._ptr, off)
     slots = [
-        lib.shmipc_load64_relaxed(ring._ptr, off + 8 + 8 * i)
-        for i in range(lib.SHMIPC_RING_SLEEPER_SLOTS)
+        lib.shmipc_load64_relaxed(ring._ptr, off + 8 + 8 * i) for i in range(_REGISTRY_SLOTS[off])
     ]
     return count, [x for x in slots if x]
 
@@ -520,6 +527,30 @@ def test_registrations_of_sleepers_killed_asleep_are_taken_back(procs):
         ring.put(frame(0, k, 10), timeout=5)
         assert parse(ring.get(timeout=5)) == (0, k)
     assert _registry(ring, lib.SHMIPC_RING_OFF_SPACE_WAITERS) == (0, [])
+
+
+def test_registrations_of_lock_waiters_killed_asleep_are_taken_back(procs):
+    """The same for the side locks: consumers asleep waiting for the consumer lock (held here
+    by a peek) are killed; their registrations leave the lock's registry within a bounded
+    number of releases."""
+    ring = Ring.anonymous(4096)
+    ring.put(frame(0, 0, 10), timeout=5)
+    view = ring.peek(timeout=5)  # this thread holds the consumer lock
+    doomed = [procs.fork(lambda: ring.get(timeout=60)) for _ in range(2)]
+    for pid in doomed:
+        wait_for(lambda pid=pid: asleep_in_futex(pid), what="lock waiter asleep")
+    count, slots = _registry(ring, lib.SHMIPC_RING_OFF_C_LOCK_SLEEPERS)
+    assert count == 2 and sorted(x & 0x7FFFFFFF for x in slots) == sorted(doomed)
+    for pid in doomed:
+        assert procs.kill(pid) == -signal.SIGKILL
+    assert parse(view) == (0, 0)
+    del view
+    ring.release()
+    for k in range(1, 200):  # every get releases the lock: wakes that find nobody, then reaped
+        ring.put(frame(0, k, 10), timeout=5)
+        assert parse(ring.get(timeout=5)) == (0, k)
+    assert _registry(ring, lib.SHMIPC_RING_OFF_C_LOCK_SLEEPERS) == (0, [])
+    assert ring.statistics().consumers_recovered == 0  # they died waiting, holding nothing
 
 
 # ---- SIGSTOP / SIGCONT ------------------------------------------------------------------------
