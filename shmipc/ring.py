@@ -38,8 +38,8 @@ __all__ = ["DEFAULT_SPIN_NS", "Ring", "RingStatistics", "byte_view"]
 #: How long a waiter spins before it sleeps on the futex. A wake across cores costs tens of
 #: µs here while a message crosses in well under one, so a busy peer is caught by spinning.
 DEFAULT_SPIN_NS = 50_000
-#: How long a producer may stay stopped (SIGSTOP) holding a reservation before a waiting
-#: producer revokes it (docs/internals/ring.md, "Revocation").
+#: How long a producer may stay stopped (SIGSTOP) holding a reservation before a waiter's
+#: liveness pass revokes it (docs/internals/ring.md, "Revocation").
 DEFAULT_LIVENESS = 1.0
 
 HEADER_SIZE = lib.SHMIPC_RING_HEADER_SIZE
