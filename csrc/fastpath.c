@@ -99,6 +99,25 @@ static int put_buffer(char *ring, uint64_t cap, const char *p, size_t n, uint32_
     return rc;
 }
 
+/* Put `data` (exact bytes, or any contiguous buffer) as one record of `type`: a status;
+ * SHMIPC_NOTBUF for a buffer that is not contiguous (Python flattens it and retries),
+ * SHMIPC_CLOSED once the port was closed. */
+static int put_object(Port *self, PyObject *data, uint32_t type, int64_t deadline) {
+    char *ring = self->ring;
+    if (!ring) return SHMIPC_CLOSED;
+    if (PyBytes_CheckExact(data))
+        return put_buffer(ring, self->cap, PyBytes_AS_STRING(data),
+                          (size_t)PyBytes_GET_SIZE(data), type, deadline);
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return SHMIPC_NOTBUF;
+    }
+    int rc = put_buffer(ring, self->cap, view.buf, (size_t)view.len, type, deadline);
+    PyBuffer_Release(&view);
+    return rc;
+}
+
 /* put(data, type, deadline_ns) -> status: data is bytes or any contiguous buffer. */
 static PyObject *port_put(Port *self, PyObject *const *args, Py_ssize_t nargs) {
     uint32_t type;
@@ -106,23 +125,7 @@ static PyObject *port_put(Port *self, PyObject *const *args, Py_ssize_t nargs) {
     if (arg_count(nargs, 3, "put(data, type, deadline_ns)") || as_type(args[1], &type) ||
         as_deadline(args[2], &deadline))
         return NULL;
-    char *ring = self->ring;
-    if (!ring) return PyLong_FromLong(SHMIPC_CLOSED);
-    PyObject *data = args[0];
-    int rc;
-    if (PyBytes_CheckExact(data)) {
-        rc = put_buffer(ring, self->cap, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data),
-                        type, deadline);
-    } else {
-        Py_buffer view;
-        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-            PyErr_Clear(); /* not a contiguous buffer: Python flattens it and retries */
-            return PyLong_FromLong(SHMIPC_NOTBUF);
-        }
-        rc = put_buffer(ring, self->cap, view.buf, (size_t)view.len, type, deadline);
-        PyBuffer_Release(&view);
-    }
-    return PyLong_FromLong(rc);
+    return PyLong_FromLong(put_object(self, args[0], type, deadline));
 }
 
 /* put_many(frames, start, type, deadline_ns) -> count | -status: stores frames[start:] (a
@@ -240,28 +243,47 @@ static void unlock_consumer(char *ring) {
     shmipc_ri_unlock(ring, 0);
 }
 
-static PyObject *take_one(Port *self, PyObject *const *args, Py_ssize_t nargs, int decode) {
-    int64_t deadline;
-    if (arg_count(nargs, 1, "get(deadline_ns)") || as_deadline(args[0], &deadline)) return NULL;
+/* Take the next record off the ring (waiting as the deadline allows): its payload as new
+ * bytes, with its type in *type and *rc SHMIPC_OK; or NULL with the status in *rc (NULL with
+ * *rc SHMIPC_OK: an exception is set, and the record stays the next one). */
+static PyObject *take_record(Port *self, int64_t deadline, int *rc, uint32_t *type) {
     char *ring = self->ring;
-    uint64_t cap = self->cap;
-    if (!ring) return miss(SHMIPC_CLOSED, 0, NULL);
-    uint64_t h, len, end;
-    uint32_t type;
-    int rc = await_one(ring, cap, deadline, &h, &len, &type, &end);
-    if (rc != SHMIPC_OK) return miss(rc, 0, NULL);
+    uint64_t cap = self->cap, h, len, end;
+    *type = 0;
+    *rc = ring ? await_one(ring, cap, deadline, &h, &len, type, &end) : SHMIPC_CLOSED;
+    if (*rc != SHMIPC_OK) return NULL;
     PyObject *payload = payload_bytes(ring, cap, h, len);
     if (!payload) {
-        unlock_consumer(ring); /* the record stays the next one */
+        unlock_consumer(ring);
         return NULL;
     }
     shmipc_ri_retire(ring, cap, end, 1, len);
-    if (type == self->raw_type) return payload;
-    if (type != self->obj_type) return miss(SHMIPC_OK, type, payload);
-    if (!decode || self->decode == Py_None) return payload;
+    return payload;
+}
+
+/* Whether the fast path hands a record of this type back itself (else Python does). */
+static inline int fast_type(Port *self, uint32_t type) {
+    return type == self->raw_type || type == self->obj_type;
+}
+
+/* What a fast-path record becomes (steals payload): decoded if of obj_type and `decode` is
+ * asked for and set, else the payload as it is. */
+static PyObject *deliver(Port *self, PyObject *payload, uint32_t type, int decode) {
+    if (type != self->obj_type || !decode || self->decode == Py_None) return payload;
     PyObject *obj = PyObject_CallOneArg(self->decode, payload);
     Py_DECREF(payload);
     return obj;
+}
+
+static PyObject *take_one(Port *self, PyObject *const *args, Py_ssize_t nargs, int decode) {
+    int64_t deadline;
+    if (arg_count(nargs, 1, "get(deadline_ns)") || as_deadline(args[0], &deadline)) return NULL;
+    int rc;
+    uint32_t type;
+    PyObject *payload = take_record(self, deadline, &rc, &type);
+    if (!payload) return rc == SHMIPC_OK ? NULL : miss(rc, 0, NULL);
+    if (!fast_type(self, type)) return miss(SHMIPC_OK, type, payload);
+    return deliver(self, payload, type, decode);
 }
 
 /* get(deadline_ns): the next record, decoded if of obj_type, as bytes if of raw_type. */
@@ -299,7 +321,7 @@ static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nar
     uint32_t type;
     int rc = await_one(ring, cap, deadline, &h, &len, &type, &end);
     if (rc != SHMIPC_OK) return miss(rc, 0, NULL);
-    if (type != self->obj_type && type != self->raw_type) {
+    if (!fast_type(self, type)) {
         PyObject *payload = payload_bytes(ring, cap, h, len);
         if (!payload) {
             unlock_consumer(ring);
@@ -338,14 +360,14 @@ static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nar
         if (shmipc_ri_next_record(ring, cap, &h, &len, &type, &end, &tail_seen) != SHMIPC_OK)
             break;
         if (type != first_type && !is_obj) {
-            if (type != self->obj_type && type != self->raw_type) break;
+            if (!fast_type(self, type)) break;
             is_obj = PyMem_Malloc((size_t)max_items);
             if (!is_obj) {
                 PyErr_Clear();
                 break;
             }
             memset(is_obj, first_type == self->obj_type, (size_t)PyList_GET_SIZE(out));
-        } else if (type != self->obj_type && type != self->raw_type) {
+        } else if (!fast_type(self, type)) {
             break;
         }
     }
@@ -457,21 +479,7 @@ static PyObject *send_impl(Port *self, PyObject *obj, int framed, int64_t deadli
     } else {
         Py_INCREF(data);
     }
-    int rc = SHMIPC_CLOSED;
-    char *ring = self->ring;
-    if (ring && PyBytes_CheckExact(data)) {
-        rc = put_buffer(ring, self->cap, PyBytes_AS_STRING(data),
-                        (size_t)PyBytes_GET_SIZE(data), type, deadline);
-    } else if (ring) {
-        Py_buffer view;
-        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
-            PyErr_Clear();
-            rc = SHMIPC_NOTBUF;
-        } else {
-            rc = put_buffer(ring, self->cap, view.buf, (size_t)view.len, type, deadline);
-            PyBuffer_Release(&view);
-        }
-    }
+    int rc = put_object(self, data, type, deadline);
     PyObject *out = rc == SHMIPC_OK ? Py_NewRef(Py_None)
                                     : call_slow_put(self, rc, data, type, deadline);
     Py_DECREF(data);
@@ -504,27 +512,11 @@ static PyObject *port_send_bytes(Port *self, PyObject *const *args, Py_ssize_t n
 }
 
 static PyObject *recv_impl(Port *self, int decode, int64_t deadline) {
-    char *ring = self->ring;
-    uint64_t cap = self->cap;
-    uint64_t h = 0, len = 0, end = 0;
-    uint32_t type = 0;
-    int rc = ring ? await_one(ring, cap, deadline, &h, &len, &type, &end) : SHMIPC_CLOSED;
-    PyObject *payload = NULL;
-    if (rc == SHMIPC_OK) {
-        payload = payload_bytes(ring, cap, h, len);
-        if (!payload) {
-            unlock_consumer(ring); /* the record stays the next one */
-            return NULL;
-        }
-        shmipc_ri_retire(ring, cap, end, 1, len);
-        if (type == self->raw_type || (type == self->obj_type && !decode)) return payload;
-        if (type == self->obj_type && self->decode == Py_None) return payload;
-        if (type == self->obj_type) {
-            PyObject *obj = PyObject_CallOneArg(self->decode, payload);
-            Py_DECREF(payload);
-            return obj;
-        }
-    }
+    int rc;
+    uint32_t type;
+    PyObject *payload = take_record(self, deadline, &rc, &type);
+    if (!payload && rc == SHMIPC_OK) return NULL;
+    if (payload && fast_type(self, type)) return deliver(self, payload, type, decode);
     PyObject *argv[5] = {PyLong_FromLong(rc), PyLong_FromUnsignedLong(type),
                          payload ? payload : Py_NewRef(Py_None), PyLong_FromLongLong(deadline),
                          decode ? Py_True : Py_False};

@@ -285,6 +285,21 @@ def frame(pid: int, seq: int, n: int = 0) -> bytes:
     return HDR.pack(MAGIC, pid, seq) + bytes((fill_byte(pid, seq),)) * n
 
 
+def reserve_in_halves(chan: Any, msg: bytes, linger: float = 0.0) -> None:
+    """Send ``msg`` through a reservation (a Ring or a Queue), written in two halves with
+    ``linger`` seconds of busy waiting between them, inside the claim, where kills and stops
+    land; then commit."""
+    view = chan.reserve(len(msg), timeout=5)
+    half = len(msg) // 2
+    view[:half] = msg[:half]
+    until = time.perf_counter() + linger
+    while time.perf_counter() < until:
+        pass
+    view[half:] = msg[half:]
+    del view
+    chan.commit()
+
+
 def parse(buf: Any) -> tuple[int, int]:
     """(producer id, sequence number) of a message; AssertionError if it is malformed."""
     if len(buf) < HDR.size:

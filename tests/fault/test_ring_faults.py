@@ -37,6 +37,7 @@ from _procs import (
     parse,
     proc_state,
     read_exact,
+    reserve_in_halves,
     send_stops,
     stress_consumer,
     stress_producer,
@@ -87,14 +88,9 @@ def _kill_producer_body(
             seq += k
         else:
             msg = frame(i, seq, rng.randint(0, 300))
-            view = ring.reserve(len(msg), timeout=5)
-            view[: len(msg) // 2] = msg[: len(msg) // 2]
-            if op == "reserve_pause":  # linger inside the claim: kills land here often
-                until = time.perf_counter() + rng.uniform(0, 0.0004)
-                while time.perf_counter() < until:
-                    pass
-            view[len(msg) // 2 :] = msg[len(msg) // 2 :]
-            ring.commit()
+            # reserve_pause lingers inside the claim: kills land there often
+            linger = rng.uniform(0, 0.0004) if op == "reserve_pause" else 0.0
+            reserve_in_halves(ring, msg, linger)
             committed.store(seq)
             seq += 1
 

@@ -41,6 +41,7 @@ from _procs import (
     parse_obj,
     read_exact,
     read_exact_or_fail,
+    reserve_in_halves,
     send_stops,
     wait_for,
     wait_stopped,
@@ -152,14 +153,9 @@ def _doomed_producer(
             seq += k
         else:
             msg = frame(i, seq, rng.randint(0, 300))
-            view = chan.reserve(len(msg), timeout=5)
-            view[: len(msg) // 2] = msg[: len(msg) // 2]
-            if op == "reserve_pause":  # linger inside the claim: kills land here often
-                until = time.perf_counter() + rng.uniform(0, 0.0004)
-                while time.perf_counter() < until:
-                    pass
-            view[len(msg) // 2 :] = msg[len(msg) // 2 :]
-            chan.commit()
+            # reserve_pause lingers inside the claim: kills land there often
+            linger = rng.uniform(0, 0.0004) if op == "reserve_pause" else 0.0
+            reserve_in_halves(chan, msg, linger)
             committed.store(seq)
             seq += 1
 
