@@ -113,8 +113,10 @@ def test_a_zombie_leader_with_running_threads_is_alive():
         ctypes.CDLL(None).pthread_exit(None)
         os._exit(1)
     try:
-        wait_for(lambda: _proc._stat(pid) is not None and _proc._stat(pid)[0] == b"Z",
-                 what="the leader's exit")
+        wait_for(
+            lambda: _proc._stat(pid) is not None and _proc._stat(pid)[0] == b"Z",
+            what="the leader's exit",
+        )
         started = _proc._stat(pid)[1]
         assert _proc.is_alive(pid, started) is True
         # The leader thread itself has ended: a lock it held is its to lose.
@@ -140,7 +142,10 @@ def test_a_start_time_mismatch_across_time_namespaces_is_not_death(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     p = subprocess.Popen(
         ["unshare", "-T", "--boottime", "1000", "--fork", sys.executable, "-c", code],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env=env,
     )
     try:
