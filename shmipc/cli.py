@@ -19,7 +19,7 @@ import stat
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import _proc, _spill
 from .layout import MAGIC, SEGMENT_LAYOUT, InitState, Kind, SegmentHeader, pid_namespace
@@ -97,11 +97,12 @@ def _describe(name: str) -> SegmentInfo | None:
         return None
     st, raw = entry
     age = time.time() - st.st_mtime
-    ident = dict(
-        inode=(st.st_dev, st.st_ino), uid=st.st_uid, gid=st.st_gid, mode=stat.S_IMODE(st.st_mode)
-    )
+    base = SegmentInfo(  # as a spill segment; a headed one replaces what its header says
+        name, st.st_size, "spill", None, None, "-", age,
+        (st.st_dev, st.st_ino), st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode),
+    )  # fmt: skip
     if name.startswith(_SPILL_PREFIX):
-        return SegmentInfo(name, st.st_size, "spill", None, None, "-", age, **ident)
+        return base
     if len(raw) < SEGMENT_LAYOUT.size or raw[: len(MAGIC)] != MAGIC:
         return None
     header = SegmentHeader.unpack(raw)
@@ -121,15 +122,12 @@ def _describe(name: str) -> SegmentInfo | None:
     else:
         verdict = _proc.process_state(header.creator_pid, header.creator_start)
         alive = None if verdict is _proc.Liveness.UNKNOWN else verdict is _proc.Liveness.ALIVE
-    return SegmentInfo(
-        name,
-        st.st_size,
-        kind,
-        header.creator_pid,
-        alive,
-        state,
-        age,
-        **ident,
+    return replace(
+        base,
+        kind=kind,
+        creator_pid=header.creator_pid,
+        creator_alive=alive,
+        state=state,
         foreign_pidns=foreign,
     )
 
