@@ -189,10 +189,15 @@ static int register_sleeper(char *b, size_t reg_off, int nslots, uint64_t me) {
 
 static void unregister_sleeper(char *b, size_t reg_off, int slot, uint64_t me) {
     if (slot >= 0) {
-        uint64_t expected = me; /* a reaper never clears a live sleeper's slot */
-        atomic_compare_exchange_strong_explicit(A64(b, reg_off + 8 + 8 * (size_t)slot),
-                                                &expected, 0, memory_order_relaxed,
-                                                memory_order_relaxed);
+        uint64_t expected = me;
+        /* A reaper clears only the slots of sleepers known to be dead (shmipc_identity_alive),
+         * and takes their count back with the slot. Should our slot be gone all the same
+         * (a liveness error, a scribbling peer), that count was taken already: taking it
+         * again would count one sleeper less than sleep, and a waker would skip its wake. */
+        if (!atomic_compare_exchange_strong_explicit(A64(b, reg_off + 8 + 8 * (size_t)slot),
+                                                     &expected, 0, memory_order_relaxed,
+                                                     memory_order_relaxed))
+            return;
     }
     atomic_fetch_sub_explicit(A32(b, reg_off), 1, memory_order_seq_cst);
 }

@@ -266,3 +266,35 @@ def test_a_lock_holder_hidden_by_hidepid_is_not_robbed():
         lock.release()
         lock.close()
         registry.close()
+
+
+def test_a_sleeper_reaped_while_alive_does_not_take_its_count_back_twice():
+    """Defence in depth for the sleeper registry (csrc/native.c): if a live sleeper's slot is
+    ever taken back (with its count) by a reaper that erred, the sleeper's own unregistering
+    must not decrement the count again (it would wrap, or hide another sleeper)."""
+    region = Region.anonymous(4096)
+    base, off = region.pointer(0)
+    b = base + off
+    reg, word = 64, 0
+    out: list[int] = []
+    tid: list[int] = []
+
+    def sleeper() -> None:
+        tid.append(threading.get_native_id())
+        out.append(lib.shmipc_wait_while32_reg(b, word, 0, reg, 2, -1, 0))
+
+    t = threading.Thread(target=sleeper)
+    t.start()
+    try:
+        wait_for(lambda: lib.shmipc_load32_relaxed(b, reg) == 1, what="the sleeper registered")
+        wait_for(lambda: lib.shmipc_load64_relaxed(b, reg + 8) != 0, what="its slot")
+        # What a mistaken reaper does: clear the slot, take the count back.
+        lib.shmipc_store64_relaxed(b, reg + 8, 0)
+        lib.shmipc_store32_relaxed(b, reg, 0)
+    finally:
+        lib.shmipc_store32_release(b, word, 1)
+        lib.shmipc_futex_wake(b, word, 1)
+        t.join(10)
+    assert not t.is_alive() and out == [lib.SHMIPC_OK]
+    assert lib.shmipc_load32_relaxed(b, reg) == 0  # not 0xFFFFFFFF
+    region.close()
