@@ -28,6 +28,7 @@ from .region import SHM_DIR
 __all__ = ["GcReport", "SegmentInfo", "collect_garbage", "display_name", "list_segments", "main"]
 
 _SPILL_PREFIX = "shmipc_spill_"
+UNREADABLE = "unreadable"  # the kind shown for a shmipc-named file we may not read
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -70,19 +71,29 @@ def display_name(name: str) -> str:
     return "".join(out)
 
 
-def _read_entry(name: str) -> tuple[os.stat_result, bytes] | None:
-    """(fstat, first header bytes) of /dev/shm/NAME if it is a regular file; never follows a
-    symlink, never blocks (FIFO), never opens a device, socket or directory."""
+def _read_entry(name: str) -> tuple[os.stat_result, bytes | None] | None:
+    """(stat, first header bytes) of /dev/shm/NAME if it is a regular file, None otherwise;
+    the bytes are None for a spill segment (never opened: its name says what it is) or a
+    file we may not read. Never follows a symlink, never blocks (a FIFO), never opens a
+    device, socket or directory."""
     path = os.path.join(SHM_DIR, name)
     try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    if name.startswith(_SPILL_PREFIX):
+        return st, None
+    try:
         fd = os.open(path, _OPEN_FLAGS)
+    except PermissionError:
+        return st, None
     except OSError:
         return None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        fst = os.fstat(fd)
+        if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
             return None  # replaced between lstat and open
         return st, os.pread(fd, SEGMENT_LAYOUT.size, 0)
     except OSError:
@@ -103,6 +114,8 @@ def _describe(name: str) -> SegmentInfo | None:
     )  # fmt: skip
     if name.startswith(_SPILL_PREFIX):
         return base
+    if raw is None:  # another user's, not readable to us: say so rather than hide it
+        return replace(base, kind=UNREADABLE) if name.startswith("shmipc") else None
     if len(raw) < SEGMENT_LAYOUT.size or raw[: len(MAGIC)] != MAGIC:
         return None
     header = SegmentHeader.unpack(raw)
@@ -242,6 +255,8 @@ class GcReport:
 
 def _why_keep(info: SegmentInfo, users: _Users) -> str | None:
     """Why ``info`` (not a spill) must stay, or None if every user it can have is dead."""
+    if info.kind == UNREADABLE:
+        return "cannot read its header (another user's segment)"
     if info.foreign_pidns:
         return "created in another pid namespace: its creator's liveness is unknown here"
     if info.creator_alive is None:

@@ -246,6 +246,27 @@ def test_gc_reports_a_permission_error_and_goes_on(made):
     assert _exists(theirs) and not _exists(mine)
 
 
+def test_another_users_unreadable_segment_is_listed_and_kept(made):
+    """An unprivileged ls/gc cannot read a root 0600 segment: it says so and keeps it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a reader of another uid")
+    pid, started = _dead_pid()
+    name = _segment(made, "gcunread", pid=pid, started=started)
+
+    def look(fd: int) -> None:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        kinds = [i.kind for i in cli.list_segments() if i.name == name]
+        report = cli.collect_garbage(dry_run=False, names=[name])
+        os.write(fd, repr((kinds, report.removed, [n for n, _ in report.kept])).encode())
+
+    code, out = Child(look).finish()
+    assert code == 0
+    assert out == repr(([cli.UNREADABLE], [], [name])).encode()
+    assert _exists(name)
+
+
 # ---- ls and gc: never hang, never follow, never print raw -------------------------------------
 
 
