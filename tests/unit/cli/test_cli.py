@@ -32,6 +32,10 @@ from shmipc.region import SHM_DIR
 pytestmark = pytest.mark.timeout(90)
 
 NOBODY = 65534
+# The uid of the unprivileged gc below: one no other process uses (random, high), since a
+# process of the segment owner's uid that gc cannot inspect (one that changed uid is not
+# dumpable) rightly keeps the segment.
+GC_UID = 100_000 + secrets.randbelow(1 << 20)
 
 
 @pytest.fixture
@@ -223,20 +227,20 @@ def test_gc_reports_a_permission_error_and_goes_on(made):
         "",
         pid=pid,
         started=started,
-        uid=NOBODY - 1,
-        gid=NOBODY,
+        uid=GC_UID + 1,
+        gid=GC_UID,
         mode=0o640,
         name=f"shmipc_test_gcperm_a_{tag}",
     )
     mine = _segment(
-        made, "", pid=pid, started=started, uid=NOBODY, name=f"shmipc_test_gcperm_b_{tag}"
+        made, "", pid=pid, started=started, uid=GC_UID, name=f"shmipc_test_gcperm_b_{tag}"
     )
     assert stat.S_IMODE(os.stat(SHM_DIR).st_mode) & stat.S_ISVTX
 
     def gc(fd: int) -> None:
         os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        os.setgid(GC_UID)
+        os.setuid(GC_UID)
         report = cli.collect_garbage(dry_run=False, names=[theirs, mine])
         os.write(fd, repr((report.removed, [n for n, _ in report.errors])).encode())
 
