@@ -24,6 +24,7 @@ from _procs import Child, wait_for
 
 from shmipc import Lock, Region, _proc
 from shmipc._native import lib
+from shmipc.ring import Ring
 from shmipc.sync import take_over_if_dead
 
 pytestmark = pytest.mark.timeout(60)
@@ -228,12 +229,16 @@ def _hide_other_users_processes() -> str | None:
 
 def test_a_lock_holder_hidden_by_hidepid_is_not_robbed():
     """Under hidepid=2 another user's holder has no /proc entry at all (ENOENT, as if gone):
-    the lock must not be taken over, nor its sleeper registration reaped."""
+    the lock must not be taken over, its sleeper registration reaped, nor a quarantine it
+    owns ended (it could still write the space)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to mount /proc and change uid")
     lock = Lock()
     assert lock.acquire(timeout=1)
     word = lib.shmipc_load64_acquire(lock._base, lock._off)
+    # A ring quarantined by this (live) thread: a liveness pass must not end the quarantine.
+    ring = Ring.anonymous(4096)
+    lib.shmipc_store64_relaxed(ring._p, lib.SHMIPC_RING_OFF_Q_OWNER, word)
     registry = Region.anonymous(4096)  # a sleeper registry: u32 count, identity slots from +8
     base, off = registry.pointer(0)
     reg = base + off
@@ -250,6 +255,8 @@ def test_a_lock_holder_hidden_by_hidepid_is_not_robbed():
             assert lib.shmipc_identity_alive(word) == 1
             assert take_over_if_dead(lock._base, lock._off) is False
             assert lock.acquire(timeout=0.5) is False  # waited out, not robbed
+            ring._take_over_dead_holders()
+            assert lib.shmipc_load64_acquire(ring._p, lib.SHMIPC_RING_OFF_Q_OWNER) == word
             lib.shmipc_store32_relaxed(reg, 0, 1)
             lib.shmipc_store64_relaxed(reg, 8, word)
             assert lib.shmipc_reap_sleepers(reg, 0, 1) == 0  # alive: its count stays
@@ -266,6 +273,8 @@ def test_a_lock_holder_hidden_by_hidepid_is_not_robbed():
         lock.release()
         lock.close()
         registry.close()
+        lib.shmipc_store64_relaxed(ring._p, lib.SHMIPC_RING_OFF_Q_OWNER, 0)
+        ring.close()
 
 
 def test_a_sleeper_reaped_while_alive_does_not_take_its_count_back_twice():
