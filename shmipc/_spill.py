@@ -17,7 +17,7 @@ import posix_ipc
 from .errors import CorruptedError
 from .region import random_name
 
-__all__ = ["read_spill", "write_spill"]
+__all__ = ["owner_of", "read_spill", "write_spill"]
 
 _REF = struct.Struct("<Q")  # payload length, then the segment name (ASCII)
 _MAX_NAME = 255
@@ -48,6 +48,13 @@ def write_spill(payload: Any, mode: int = 0o600) -> bytes:
     finally:
         shm.close_fd()
     return _REF.pack(total) + name.encode("ascii")
+
+
+def owner_of(name: str) -> str | None:
+    """The name of the queue segment whose spill ``name`` is, or None when that is not known
+    (``shmipc gc`` keeps a spill segment whose queue it cannot name). Today's spill names
+    carry no owner."""
+    return None
 
 
 def discard_spill(ref: bytes | memoryview) -> None:

@@ -408,7 +408,7 @@ class Ring:
         for off in (lib.SHMIPC_RING_OFF_P_LOCK, lib.SHMIPC_RING_OFF_C_LOCK):
             word = lib.shmipc_load64_acquire(self._p, off)
             tid = word & 0x7FFFFFFF
-            if not word or tid in live or not os.path.exists(f"/proc/self/task/{tid}"):
+            if not word or tid in live or not _proc.is_own_thread(tid):
                 continue
             waited = True
             deadline = time.monotonic() + 1.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import struct
 
 import pytest
@@ -32,13 +33,20 @@ def _orphaned(name: str) -> bool:
     """True if no live process owns the segment ``name`` (so this run leaked it)."""
     from shmipc import _proc
 
+    # Never follow a symlink nor block on a FIFO (tests of `shmipc ls` make both).
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        with open(os.path.join(SHM_DIR, name), "rb") as f:
-            head = f.read(32)
+        fd = os.open(os.path.join(SHM_DIR, name), flags)
     except FileNotFoundError:
         return False  # removed by its owner since we listed it
     except OSError:
-        return True
+        return not os.path.islink(os.path.join(SHM_DIR, name))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False  # not a segment
+        head = os.pread(fd, 32, 0)
+    finally:
+        os.close(fd)
     if len(head) < 32 or head[:8] != _MAGIC:
         return True
     pid, started = struct.unpack_from("<IQ", head, 20)  # creator_pid, creator_start
