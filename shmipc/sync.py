@@ -157,10 +157,12 @@ class _Primitive:
         """
         if "_base" not in self.__dict__:
             return
-        # Every operation reads self._base: without it, __getattr__ raises Closed, and the
-        # open handle's hot paths pay nothing for the check. A call already under way in
-        # another thread holds its own reference to the pointer, so the mapping outlives it.
+        # Every operation reads self._base. Without it, the closed class's __getattr__ raises
+        # Closed; the open class has no __getattr__, so its hot paths pay nothing for the
+        # check (attribute loads stay specialised). A call already under way in another
+        # thread holds its own reference to the pointer, so the mapping outlives it.
         del self._base
+        self.__class__ = _closed_class(type(self))
         if self._owns_region:
             self._region.close()
 
@@ -168,12 +170,6 @@ class _Primitive:
     def closed(self) -> bool:
         """True once this handle was closed."""
         return "_base" not in self.__dict__
-
-    def __getattr__(self, attr: str) -> Any:
-        # Only reached when normal lookup fails: on a closed handle, for its pointer.
-        if attr == "_base" and "_off" in self.__dict__:
-            raise Closed(f"this {type(self).__name__} handle is closed")
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
 
     def unlink(self) -> None:
         self._base  # noqa: B018 - raises Closed on a closed handle
@@ -201,6 +197,27 @@ class _Primitive:
 
     def _state(self) -> str:
         return ""
+
+
+_CLOSED_CLASSES: dict[type, type] = {}
+
+
+def _closed_getattr(self: _Primitive, attr: str) -> Any:
+    """A closed handle's missing attributes: its pointer (read by every operation) is Closed."""
+    if attr == "_base":
+        raise Closed(f"this {type(self).__name__} handle is closed")
+    raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+
+
+def _closed_class(cls: type) -> type:
+    """The class a handle of ``cls`` takes when closed: ``cls`` with a ``__getattr__``."""
+    closed = _CLOSED_CLASSES.get(cls)
+    if closed is None:
+        attrs = {"__getattr__": _closed_getattr, "__module__": cls.__module__}
+        closed = type(cls.__name__, (cls,), attrs)
+        closed.__qualname__ = cls.__qualname__
+        _CLOSED_CLASSES[cls] = closed
+    return closed
 
 
 def _reattach(cls: type[_Primitive], name: str, offset: int, whole_segment: bool) -> _Primitive:

@@ -180,3 +180,14 @@ def test_missing_attributes_are_still_attribute_errors():
     ev.close()
     with pytest.raises(AttributeError, match="no_such"):
         ev.no_such  # noqa: B018
+
+
+@pytest.mark.parametrize("cls", [AtomicCounter, Event, Semaphore, Lock, Barrier])
+def test_open_handles_pay_nothing_for_the_closed_check(cls):
+    """The open classes define no __getattr__ (which would slow every attribute load of the
+    hot paths); only a closed handle's class has one, and it is still an instance of its own."""
+    assert not hasattr(cls, "__getattr__")
+    obj = cls(2) if cls is Barrier else cls()
+    obj.close()
+    assert isinstance(obj, cls)
+    assert type(obj).__name__ == cls.__name__
