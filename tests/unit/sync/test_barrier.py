@@ -373,3 +373,26 @@ def test_at_create_resets_stale_arrivals():
     assert generation(b) == 0
     assert b.parties == 2
     region.close()
+
+
+def test_generation_wraps_around():
+    """The generation is 16 bits: passing 0xFFFF -> 0 keeps telling released from broken."""
+    b = Barrier(2)
+    lib.shmipc_store32_release(b._base, b._off + Barrier._GEN, 0xFFFC << 16 | 0xFFFD)
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            for _ in range(6):
+                b.wait(timeout=30)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    indices = [b.wait(timeout=30) for _ in range(6)]
+    t.join(30)
+    assert not errors
+    assert all(i in (0, 1) for i in indices)
+    assert generation(b) == (0xFFFD + 6) & 0xFFFF
+    assert not b.broken
