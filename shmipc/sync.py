@@ -161,8 +161,10 @@ class _Primitive:
         # Closed; the open class has no __getattr__, so its hot paths pay nothing for the
         # check (attribute loads stay specialised). A call already under way in another
         # thread holds its own reference to the pointer, so the mapping outlives it.
-        del self._base
+        # The class first: a call racing this close in another thread then finds either the
+        # pointer or Closed, never a bare AttributeError.
         self.__class__ = _closed_class(type(self))
+        self.__dict__.pop("_base", None)
         if self._owns_region:
             self._region.close()
 
@@ -211,6 +213,8 @@ def _closed_getattr(self: _Primitive, attr: str) -> Any:
 
 def _closed_class(cls: type) -> type:
     """The class a handle of ``cls`` takes when closed: ``cls`` with a ``__getattr__``."""
+    if cls in _CLOSED_CLASSES.values():  # closed already (by a close racing this one)
+        return cls
     closed = _CLOSED_CLASSES.get(cls)
     if closed is None:
         attrs = {"__getattr__": _closed_getattr, "__module__": cls.__module__}

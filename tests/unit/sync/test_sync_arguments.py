@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 
 import pytest
+from _procs import fork_call
 
 from shmipc import AtomicCounter, Barrier, Closed, Event, Lock, Semaphore
 from shmipc.sync import BarrierTimeout, deadline_ns
@@ -191,3 +193,47 @@ def test_open_handles_pay_nothing_for_the_closed_check(cls):
     obj.close()
     assert isinstance(obj, cls)
     assert type(obj).__name__ == cls.__name__
+
+
+def test_close_racing_calls_in_other_threads_gives_closed():
+    """Threads hammering a primitive while another thread closes it end with Closed, never an
+    AttributeError or a crash (run in a child: a crash there fails the test, not the run)."""
+
+    def body(report: int) -> None:
+        outcomes: list[str] = []
+        for _ in range(20):
+            objs = [AtomicCounter(), Event(), Semaphore(1), Barrier(1)]
+            go = threading.Barrier(len(objs) + 1)
+
+            def hammer(obj, go: threading.Barrier = go) -> None:
+                go.wait()
+                try:
+                    while True:
+                        if isinstance(obj, AtomicCounter):
+                            obj.add(1)
+                        elif isinstance(obj, Event):
+                            obj.set()
+                            obj.is_set()
+                        elif isinstance(obj, Semaphore):
+                            obj.acquire(timeout=1)
+                            obj.release()
+                        else:
+                            obj.wait(timeout=1)
+                except Closed:
+                    outcomes.append("Closed")
+                except BaseException as exc:
+                    outcomes.append(repr(exc))
+
+            threads = [threading.Thread(target=hammer, args=(o,)) for o in objs]
+            for t in threads:
+                t.start()
+            go.wait()
+            for obj in objs:
+                obj.close()
+            for t in threads:
+                t.join(30)
+        os.write(report, ",".join(sorted(set(outcomes))).encode())
+
+    code, report = fork_call(body)
+    assert code == 0
+    assert report == b"Closed"
