@@ -53,8 +53,11 @@ def deadline_ns(timeout: float | None) -> int:
     """
     if timeout is None:
         return -1
-    if math.isnan(timeout):
-        raise ValueError("timeout must be a number, not NaN")
+    try:
+        if math.isnan(timeout):
+            raise ValueError("timeout must be a number, not NaN")
+    except OverflowError:  # an int past a float's range: as good as an infinity
+        return -1 if timeout > 0 else time.monotonic_ns()
     if timeout >= _FOREVER_S:  # inf, or past what an int64 deadline holds: no deadline
         return -1
     if timeout <= 0:  # -inf too: int(-inf * 1e9) would be OverflowError
