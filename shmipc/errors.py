@@ -40,8 +40,13 @@ class LayoutMismatch(ShmipcError):
     """A segment was made by another layout version or is another kind of object."""
 
 
-class Closed(ShmipcError):
-    """The object was closed by this process; it cannot be used any more."""
+class Closed(ShmipcError, ValueError):
+    """The object was closed by this process; it cannot be used any more.
+
+    A ``ValueError`` as well, as the standard library's closed objects raise
+    (``multiprocessing.Queue``: ``ValueError("Queue ... is closed")``; files: ``ValueError("I/O
+    operation on closed file")``), so code written for those catches it unchanged.
+    """
 
 
 class PeerDied(ShmipcError):

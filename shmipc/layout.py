@@ -54,7 +54,9 @@ __all__ = [
 
 CACHE_LINE = 64
 MAGIC = b"SHMIPC\x00\x1a"
-LAYOUT_VERSION = 1
+#: Bumped whenever a shared layout changes meaning. 2: Barrier's epoch word (broken flag,
+#: last released epoch) for the stdlib's abort/reset/broken semantics.
+LAYOUT_VERSION = 2
 
 
 def align_up(n: int, alignment: int) -> int:

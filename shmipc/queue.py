@@ -182,7 +182,7 @@ class Queue:
 
     def _live_ring(self) -> Ring:
         if self._ring is None:
-            raise Closed("this queue handle was closed")
+            raise Closed("this queue handle is closed")
         return self._ring
 
     # ---- put -----------------------------------------------------------------------------
@@ -422,7 +422,7 @@ class Queue:
 def _handle(ref: weakref.ref[Queue]) -> Queue:
     queue = ref()
     if queue is None:  # pragma: no cover - a port outliving its queue is never called
-        raise Closed("this queue handle was garbage-collected")
+        raise Closed("this queue handle is closed (garbage-collected)")
     return queue
 
 

@@ -552,7 +552,7 @@ class Region:
 
     def _check_open(self) -> None:
         if self._mm is None:
-            raise Closed("this region was closed")
+            raise Closed("this region is closed")
 
     def __enter__(self) -> Region:
         return self

@@ -16,6 +16,7 @@ Three ways to read and write:
 
 from __future__ import annotations
 
+import operator
 import os
 import queue
 import struct
@@ -50,6 +51,10 @@ _LEN_MASK = (1 << 40) - 1
 #: turned into bytes by ffi.unpack; larger ones are read with a single copy straight out of
 #: the ring (peek, copy, release), since for them the copy costs more than two more calls.
 SCRATCH_SIZE = 64 << 10
+#: The most records one get_many/get_many_records call returns (a larger max_items is
+#: capped): their lengths and types fit the per-thread table allocated once, so a huge
+#: max_items never allocates, or keeps, memory in proportion to it.
+GET_MANY_MAX = 1024
 _unpack = ffi.unpack
 _first = itemgetter(0)
 
@@ -121,7 +126,7 @@ class _PerThread(threading.local):
     def __init__(self) -> None:
         self.scratch = bytearray(SCRATCH_SIZE)
         self.scratch_ptr = ffi.from_buffer(self.scratch)
-        self.meta = ffi.new("uint64_t[]", 2048)
+        self.meta = ffi.new("uint64_t[]", 2 * GET_MANY_MAX)
         self.peek_out = ffi.new("uint64_t[2]")
         self.reserved: tuple[memoryview, int] | None = None
         self.peeked: memoryview | None = None
@@ -182,7 +187,8 @@ class Ring:
         if not liveness > 0:  # also refuses NaN
             raise ValueError(f"liveness must be a positive number of seconds, got {liveness}")
         flags = lib.SHMIPC_RING_SPSC if spsc else 0
-        liveness_ns = min(int(liveness * 1e9), 2**63 - 1)
+        # inf (or anything past an int64 of nanoseconds): never revoke.
+        liveness_ns = 2**63 - 1 if liveness >= 2**63 / 1e9 else int(liveness * 1e9)
         if (
             lib.shmipc_ring_init(base + abs_off, capacity, max_count, spin_ns, flags, liveness_ns)
             != _OK
@@ -293,7 +299,7 @@ class Ring:
         itself lives as long as this object, so a thread still inside a call is safe.)"""
         ptr = self._ptr
         if ptr is None:
-            raise Closed("this ring handle was closed")
+            raise Closed("this ring handle is closed")
         return ptr
 
     @property
@@ -542,9 +548,12 @@ class Ring:
         self, max_items: int, *, block: bool = True, timeout: float | None = None
     ) -> list[tuple[int, bytes]]:
         """Up to ``max_items`` records as (type, payload bytes): at least one, waiting up to
-        ``timeout`` for it (queue.Empty if none came), then whatever else is there."""
+        ``timeout`` for it (queue.Empty if none came), then whatever else is there. One call
+        returns at most :data:`GET_MANY_MAX` records, whatever ``max_items`` says."""
+        max_items = operator.index(max_items)  # TypeError for a float or a str
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
+        max_items = min(max_items, GET_MANY_MAX)
         return self._get_many_records(max_items, deadline_ns(timeout) if block else 0)
 
     def _get_many_records(self, max_items: int, deadline: int) -> list[tuple[int, bytes]]:
@@ -555,8 +564,7 @@ class Ring:
         """One native call's batch: the records' lengths, their types, and their payloads
         back to back in one bytes object (cheaper to slice than to build one by one)."""
         local = self._local
-        if len(local.meta) < 2 * max_items:
-            local.meta = ffi.new("uint64_t[]", 2 * max_items)
+        assert max_items <= GET_MANY_MAX  # the callers cap it: the table is never regrown
         meta = local.meta
         while True:
             r = lib.shmipc_ring_get_many(

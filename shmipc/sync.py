@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 from . import _proc
 from ._native import lib
-from .errors import LayoutMismatch
+from .errors import Closed, LayoutMismatch
 from .layout import CACHE_LINE, Kind, Layout
 from .region import Region
 
-__all__ = ["SPIN_NS", "AtomicCounter", "Barrier", "Event", "Lock", "Semaphore"]
+__all__ = ["SPIN_NS", "AtomicCounter", "Barrier", "BarrierTimeout", "Event", "Lock", "Semaphore"]
 
 #: How long a waiter spins (checking the condition, with a CPU pause) before it sleeps.
 #: A cross-core futex wake costs tens of µs here, so spinning that long first decides latency.
@@ -44,14 +46,23 @@ _T = TypeVar("_T", bound="_Primitive")
 
 
 def deadline_ns(timeout: float | None) -> int:
-    """Absolute CLOCK_MONOTONIC deadline for ``timeout`` seconds (-1: wait forever)."""
+    """Absolute CLOCK_MONOTONIC deadline for ``timeout`` seconds (-1: wait forever).
+
+    None and +inf (or anything past what an int64 deadline holds) wait forever; zero and
+    negative numbers, -inf included, do not wait (one attempt); NaN is ValueError.
+    """
     if timeout is None:
         return -1
-    if math.isnan(timeout):
-        raise ValueError("timeout must be a number, not NaN")
+    try:
+        if math.isnan(timeout):
+            raise ValueError("timeout must be a number, not NaN")
+    except OverflowError:  # an int past a float's range: as good as an infinity
+        return -1 if timeout > 0 else time.monotonic_ns()
     if timeout >= _FOREVER_S:  # inf, or past what an int64 deadline holds: no deadline
         return -1
-    return time.monotonic_ns() + max(0, int(timeout * 1e9))
+    if timeout <= 0:  # -inf too: int(-inf * 1e9) would be OverflowError
+        return time.monotonic_ns()
+    return time.monotonic_ns() + int(timeout * 1e9)
 
 
 class _Primitive:
@@ -138,17 +149,39 @@ class _Primitive:
 
     @property
     def region(self) -> Region:
+        self._base  # noqa: B018 - raises Closed on a closed handle
         return self._region
 
     def close(self) -> None:
-        """Drop this handle; a creator's named segment is unlinked. Placed ones do nothing."""
+        """Drop this handle; a creator's named segment is unlinked. Placed ones do nothing.
+
+        Every later call on this handle raises :class:`~shmipc.Closed` (closing again is a
+        no-op). Other handles on the same memory, in this process or others, keep working.
+        """
+        if "_base" not in self.__dict__:
+            return
+        # Every operation reads self._base. Without it, the closed class's __getattr__ raises
+        # Closed; the open class has no __getattr__, so its hot paths pay nothing for the
+        # check (attribute loads stay specialised). A call already under way in another
+        # thread holds its own reference to the pointer, so the mapping outlives it.
+        # The class first: a call racing this close in another thread then finds either the
+        # pointer or Closed, never a bare AttributeError.
+        self.__class__ = _closed_class(type(self))
+        self.__dict__.pop("_base", None)
         if self._owns_region:
             self._region.close()
 
+    @property
+    def closed(self) -> bool:
+        """True once this handle was closed."""
+        return "_base" not in self.__dict__
+
     def unlink(self) -> None:
+        self._base  # noqa: B018 - raises Closed on a closed handle
         self._region.unlink()
 
     def __reduce__(self) -> tuple[Any, ...]:
+        self._base  # noqa: B018 - raises Closed on a closed handle
         if self._region.name is None:
             raise TypeError(
                 f"this {type(self).__name__} lives in anonymous memory, shared only with "
@@ -162,11 +195,36 @@ class _Primitive:
         return (_reattach, (type(self), self._region.name, self._offset, whole_segment))
 
     def __repr__(self) -> str:
+        # "<Event at WHERE set>", the shape of multiprocessing.synchronize's reprs.
         where = self._region.name or "anonymous"
-        return f"<shmipc.{type(self).__name__} {where}@{self._offset} {self._state()}>"
+        state = "closed" if self.closed else self._state()
+        return f"<{type(self).__qualname__} at {where}@{self._offset} {state}>"
 
     def _state(self) -> str:
         return ""
+
+
+_CLOSED_CLASSES: dict[type, type] = {}
+
+
+def _closed_getattr(self: _Primitive, attr: str) -> Any:
+    """A closed handle's missing attributes: its pointer (read by every operation) is Closed."""
+    if attr == "_base":
+        raise Closed(f"this {type(self).__name__} handle is closed")
+    raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+
+
+def _closed_class(cls: type) -> type:
+    """The class a handle of ``cls`` takes when closed: ``cls`` with a ``__getattr__``."""
+    if cls in _CLOSED_CLASSES.values():  # closed already (by a close racing this one)
+        return cls
+    closed = _CLOSED_CLASSES.get(cls)
+    if closed is None:
+        attrs = {"__getattr__": _closed_getattr, "__module__": cls.__module__}
+        closed = type(cls.__name__, (cls,), attrs)
+        closed.__qualname__ = cls.__qualname__
+        _CLOSED_CLASSES[cls] = closed
+    return closed
 
 
 def _reattach(cls: type[_Primitive], name: str, offset: int, whole_segment: bool) -> _Primitive:
@@ -316,7 +374,7 @@ class Event(_Primitive):
         return True
 
     def _state(self) -> str:
-        return "set" if self.is_set() else "clear"
+        return "set" if self.is_set() else "unset"
 
 
 class Semaphore(_Primitive):
@@ -505,46 +563,114 @@ class Lock(_Primitive):
         self.release()
 
 
+class BarrierTimeout(threading.BrokenBarrierError, TimeoutError):
+    """``Barrier.wait`` timed out and broke the barrier (as ``threading.Barrier`` does).
+
+    A ``threading.BrokenBarrierError``, which the stdlib raises, and a ``TimeoutError``, so
+    that code catching either works.
+    """
+
+
 class Barrier(_Primitive):
-    """``parties`` processes wait until all have arrived, then all go on; reusable.
+    """``parties`` processes wait until all have arrived, then all go on: ``threading.Barrier``
+    across processes, with its ``action``, ``timeout``, ``abort()``, ``reset()`` and ``broken``.
 
-    The arrival count and the generation share one 64-bit word, so that arriving, the last
-    arrival's reset and a timed-out waiter's withdrawal are each a single compare-exchange:
-    a timeout withdraws cleanly and leaves the barrier usable (unlike threading.Barrier,
-    which breaks).
+    The state is one 64-bit word, so that arriving, releasing, breaking, resetting and an
+    interrupted waiter's withdrawal are each a single compare-exchange. Its high half is the
+    futex word waiters sleep on: every end of a generation (release or break) bumps the epoch
+    in it, and a release also records the epoch it released, so a waiter that wakes late still
+    knows whether its own generation went through or broke.
 
-    ======  ====  ===================================================
+    ======  ====  ==============================================================
     offset  size  field
-    ======  ====  ===================================================
-    0       4     arrived: parties waiting in this generation
-    4       4     generation: bumped when the last party arrives (futex)
+    ======  ====  ==============================================================
+    0       4     arrived: bits 0-30 parties waiting now; bit 31 broken
+    4       4     epoch: bits 0-15 generation (the futex word), 16-31 last released
     8       4     parties
-    12      4     waiters: processes asleep on the generation
-    ======  ====  ===================================================
+    12      4     waiters: processes asleep on the epoch word
+    ======  ====  ==============================================================
     """
 
     KIND = Kind.BARRIER
-    LAYOUT = _layout("barrier", ("arrived", 4), ("generation", 4), ("parties", 4), ("waiters", 4))
+    LAYOUT = _layout("barrier", ("arrived", 4), ("epoch", 4), ("parties", 4), ("waiters", 4))
     SIZE = LAYOUT.size
-    _STATE = LAYOUT["arrived"]  # the 64-bit word (arrived | generation << 32), little-endian
-    _GEN = LAYOUT["generation"]
+    _STATE = LAYOUT["arrived"]  # the 64-bit word (arrived | epoch << 32), little-endian
+    _GEN = LAYOUT["epoch"]
     _PARTIES = LAYOUT["parties"]
     _WAITERS = LAYOUT["waiters"]
+    _BROKEN = 1 << 31
+    _COUNT = _BROKEN - 1
 
-    def __init__(self, parties: int) -> None:
+    #: This handle's action (run by the last party to arrive) and default wait timeout. They
+    #: belong to the handle, as in multiprocessing.Barrier, and travel with it when pickled.
+    action: Callable[[], object] | None = None
+    timeout: float | None = None
+
+    def __init__(
+        self,
+        parties: int,
+        action: Callable[[], object] | None = None,
+        timeout: float | None = None,
+    ) -> None:
         self._bind_standalone(parties=parties)
+        self._set_handle(action, timeout)
 
     @classmethod
-    def create(cls, name: str | None = None, *, parties: int, mode: int = 0o600) -> Barrier:
-        return cls._create_named(name, mode, parties=parties)
+    def create(
+        cls,
+        name: str | None = None,
+        *,
+        parties: int,
+        action: Callable[[], object] | None = None,
+        timeout: float | None = None,
+        mode: int = 0o600,
+    ) -> Barrier:
+        obj = cls._create_named(name, mode, parties=parties)
+        obj._set_handle(action, timeout)
+        return obj
+
+    @classmethod
+    def attach(
+        cls,
+        name: str,
+        *,
+        action: Callable[[], object] | None = None,
+        timeout: float | None = None,
+    ) -> Barrier:
+        obj = super().attach(name)
+        obj._set_handle(action, timeout)
+        return obj
+
+    @classmethod
+    def at(  # type: ignore[override]
+        cls,
+        region: Region,
+        offset: int = 0,
+        *,
+        create: bool,
+        action: Callable[[], object] | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> Barrier:
+        obj = super().at(region, offset, create=create, **params)
+        obj._set_handle(action, timeout)
+        return obj
+
+    def _set_handle(self, action: Callable[[], object] | None, timeout: float | None) -> None:
+        if timeout is not None:
+            deadline_ns(timeout)  # NaN or a non-number fails here, not at the first wait
+        self.action = action
+        self.timeout = timeout
 
     def _init_shared(self, parties: int = 0) -> None:
-        if not 1 <= parties <= _INT_MAX:
-            raise ValueError(f"parties must be in 1..{_INT_MAX}, got {parties}")
+        if not 1 <= parties <= self._COUNT:
+            raise ValueError(f"parties must be in 1..{self._COUNT}, got {parties}")
         lib.shmipc_store32_release(self._base, self._off + self._PARTIES, parties)
+        # No generation released yet: "last released" must not name the current one (0).
+        lib.shmipc_store32_release(self._base, self._off + self._GEN, 0xFFFF << 16)
 
     def _check_attached(self) -> None:
-        if not 1 <= self.parties <= _INT_MAX:
+        if not 1 <= self.parties <= self._COUNT:
             raise LayoutMismatch(f"barrier has an invalid party count {self.parties}")
 
     @property
@@ -553,59 +679,163 @@ class Barrier(_Primitive):
 
     @property
     def n_waiting(self) -> int:
-        return lib.shmipc_load32_acquire(self._base, self._off + self._STATE)
+        """Parties waiting in the current generation."""
+        return lib.shmipc_load32_acquire(self._base, self._off + self._STATE) & self._COUNT
+
+    @property
+    def broken(self) -> bool:
+        """True once a wait timed out, the action raised or ``abort()`` was called, until
+        ``reset()``."""
+        return bool(lib.shmipc_load32_acquire(self._base, self._off + self._STATE) & self._BROKEN)
 
     def wait(self, timeout: float | None = None) -> int:
-        """Arrive and wait for the others; returns this party's arrival index (0-based).
+        """Arrive and wait for the others; returns this party's arrival index, 0 .. parties-1.
 
-        Raises TimeoutError if the others did not all arrive within ``timeout`` seconds; the
-        caller's arrival is then withdrawn and the barrier stays usable. An interrupted wait
-        (Ctrl-C) withdraws the same way.
+        The last to arrive runs ``action`` (if any) before anyone goes on. Like
+        ``threading.Barrier``: ``timeout`` (default: the handle's ``timeout``) passing breaks
+        the barrier and raises :class:`BarrierTimeout` (a ``BrokenBarrierError``); every other
+        waiter, and every later arrival until ``reset()``, gets ``BrokenBarrierError``; an
+        exception in ``action`` breaks it too and propagates from the party that ran it. An
+        interrupted wait (Ctrl-C) withdraws its arrival instead and leaves the barrier whole.
         """
+        if timeout is None:
+            timeout = self.timeout
+        base = self._base
         parties = self.parties
-        state_off = self._off + self._STATE
-        while True:
-            state = lib.shmipc_load64_acquire(self._base, state_off)
-            gen, arrived = state >> 32, state & 0xFFFFFFFF
-            if arrived + 1 >= parties:
-                new = ((gen + 1) & 0xFFFFFFFF) << 32  # last one in: next generation, count 0
-            else:
-                new = (gen << 32) | (arrived + 1)
-            # A failed CAS means another party arrived or withdrew: each retry follows progress.
-            if lib.shmipc_cas64_acq_rel(self._base, state_off, state, new) == state:
-                break
-        gen_off = self._off + self._GEN
-        if arrived + 1 >= parties:
-            lib.shmipc_wake32(self._base, gen_off, self._off + self._WAITERS, _INT_MAX)
-            return arrived
+        state_off, gen_off = self._off + self._STATE, self._off + self._GEN
+        waiters_off = self._off + self._WAITERS
         deadline = deadline_ns(timeout)
+        while True:
+            state = lib.shmipc_load64_acquire(base, state_off)
+            low, high = state & 0xFFFFFFFF, state >> 32
+            if low & self._BROKEN:
+                raise threading.BrokenBarrierError
+            arrived = low & self._COUNT
+            if arrived >= parties:
+                # A generation is being released (its action runs): arrive in the next one.
+                if not _wait_until(base, gen_off, waiters_off, high, deadline):
+                    self._break_timed_out(high, timeout)
+                continue
+            last = arrived + 1 == parties
+            # The last one in, with no action to run, starts the next generation (none
+            # arrived); else arrived + 1 (== parties: releasing, while the action runs).
+            new = _released(high) << 32 if last and self.action is None else state + 1
+            # A failed CAS means another party arrived, withdrew or broke the barrier: each
+            # retry follows progress.
+            if lib.shmipc_cas64_acq_rel(base, state_off, state, new) == state:
+                break
+        if last:
+            if self.action is not None:
+                self._run_action(high, parties)
+            else:
+                lib.shmipc_wake32(base, gen_off, waiters_off, _INT_MAX)
+            return arrived
         try:
-            while lib.shmipc_load32_acquire(self._base, gen_off) == gen:
-                if not _wait_until(self._base, gen_off, self._off + self._WAITERS, gen, deadline):
-                    if self._withdraw(gen):
-                        raise TimeoutError(
-                            f"barrier timed out after {timeout} s with {self.n_waiting + 1} "
-                            f"of {parties} parties arrived"
-                        )
-                    return arrived  # the last party arrived just as we timed out
-        except TimeoutError:
+            while lib.shmipc_load32_acquire(base, gen_off) == high:
+                if not _wait_until(base, gen_off, waiters_off, high, deadline):
+                    self._break_timed_out(high, timeout)
+        except threading.BrokenBarrierError:
             raise
         except BaseException:
-            # Interrupted (Ctrl-C) while waiting: withdraw like a timeout, or the stale arrival
-            # would let the next generation through one party early.
-            self._withdraw(gen)
+            # Interrupted (Ctrl-C) while waiting: withdraw, or the stale arrival would let
+            # this generation through one party early.
+            self._withdraw(high)
             raise
+        # Our generation ended: it went through if it is the one last released.
+        if lib.shmipc_load32_acquire(base, gen_off) >> 16 != high & 0xFFFF:
+            raise threading.BrokenBarrierError
         return arrived
 
-    def _withdraw(self, gen: int) -> bool:
-        """Take back our arrival unless the generation already moved on; True if taken back."""
+    def _run_action(self, high: int, parties: int) -> None:
+        """The last party, every other waiting: run the action, then release them all (or
+        break the barrier if the action raised)."""
+        assert self.action is not None
+        releasing = (high << 32) | parties
+        try:
+            self.action()
+        except BaseException:
+            self._end(releasing, (_bumped(high) << 32) | self._BROKEN)
+            raise
+        if not self._end(releasing, _released(high) << 32):
+            raise threading.BrokenBarrierError  # broken or reset while the action ran
+
+    def _end(self, expected: int, new: int) -> bool:
+        """End a generation with one CAS from ``expected`` and wake its waiters; True if ours."""
+        if lib.shmipc_cas64_acq_rel(self._base, self._off + self._STATE, expected, new) != expected:
+            return False
+        if new >> 32 != expected >> 32:  # the epoch word changed: the sleepers must see it
+            gen_off, waiters_off = self._off + self._GEN, self._off + self._WAITERS
+            lib.shmipc_wake32(self._base, gen_off, waiters_off, _INT_MAX)
+        return True
+
+    def _break_timed_out(self, high: int, timeout: float | None) -> None:
+        """This waiter's timeout passed in generation ``high``: break the barrier, like
+        threading.Barrier, unless the generation ended just now (then the caller looks)."""
         state_off = self._off + self._STATE
         while True:
             state = lib.shmipc_load64_acquire(self._base, state_off)
-            if state >> 32 != gen:
+            if state >> 32 != high or state & self._BROKEN:
+                return
+            if self._end(state, (_bumped(high) << 32) | self._BROKEN):
+                raise BarrierTimeout(
+                    f"barrier timed out after {timeout} s with {state & self._COUNT} of "
+                    f"{self.parties} parties arrived; it is broken until reset()"
+                )
+
+    def _withdraw(self, high: int) -> bool:
+        """Take back our arrival unless our generation already ended or is being released."""
+        state_off = self._off + self._STATE
+        parties = self.parties
+        while True:
+            state = lib.shmipc_load64_acquire(self._base, state_off)
+            count = state & self._COUNT
+            if state >> 32 != high or state & self._BROKEN or not 0 < count < parties:
                 return False
             if lib.shmipc_cas64_acq_rel(self._base, state_off, state, state - 1) == state:
                 return True
 
+    def abort(self) -> None:
+        """Break the barrier: every waiter, and every later ``wait`` until ``reset()``, gets
+        ``threading.BrokenBarrierError``."""
+        state_off = self._off + self._STATE
+        while True:
+            state = lib.shmipc_load64_acquire(self._base, state_off)
+            if state & self._BROKEN:
+                return
+            if self._end(state, (_bumped(state >> 32) << 32) | self._BROKEN):
+                return
+
+    def reset(self) -> None:
+        """Return the barrier to its initial state: parties waiting now get
+        ``threading.BrokenBarrierError``; a broken barrier becomes usable again."""
+        state_off = self._off + self._STATE
+        while True:
+            state = lib.shmipc_load64_acquire(self._base, state_off)
+            high = state >> 32
+            if state & self._BROKEN:
+                new = high << 32  # its waiters were woken when it broke: just mend it
+            elif state & self._COUNT:
+                new = _bumped(high) << 32  # end their generation unreleased: they see it broken
+            else:
+                return
+            if self._end(state, new):
+                return
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The action and the default timeout are the handle's: they travel with it.
+        return (*super().__reduce__(), {"action": self.action, "timeout": self.timeout})
+
     def _state(self) -> str:
+        if self.broken:
+            return "broken"
         return f"{self.n_waiting}/{self.parties} waiting"
+
+
+def _bumped(high: int) -> int:
+    """The epoch word with the next generation and the same last-released one."""
+    return (high & 0xFFFF0000) | ((high + 1) & 0xFFFF)
+
+
+def _released(high: int) -> int:
+    """The epoch word after generation ``high`` went through: next one, and it released."""
+    return ((high & 0xFFFF) << 16) | ((high + 1) & 0xFFFF)
