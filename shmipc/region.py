@@ -147,26 +147,23 @@ class Region:
         data_offset: int,
         name: str | None = None,
         path: str | None = None,
-        fd: int | None = None,
+        ident: tuple[int, int] | None = None,
         owner: bool = False,
         kind: int = Kind.REGION,
         private: bool = False,
         trusted_uids: tuple[int, ...] = (),
     ) -> None:
-        # Use the class methods; this constructor only takes ownership of a made mapping (and
-        # of ``fd``, kept so check_size can fstat it and close can tell our segment by inode).
+        # Use the class methods; this constructor only takes ownership of a made mapping.
+        # The mmap object keeps its own duplicate of the file's fd (check_size fstats it
+        # through ``mm.size()``), so a region holds no other fd that dropping it could leak.
         self._mm: mmap.mmap | None = mm
         self._data_offset = data_offset
         self._name = name
         self._path = path
-        self._fd = fd
         self._trusted_uids = trusted_uids
         # (st_dev, st_ino) of the segment this process created: close unlinks the name only
         # while it still names that segment, never a newcomer's that reused the name.
-        self._ident: tuple[int, int] | None = None
-        if owner and fd is not None:
-            st = os.fstat(fd)
-            self._ident = (st.st_dev, st.st_ino)
+        self._ident = ident
         self._owner_pid = os.getpid() if owner else None
         self._kind = kind
         self._private = private
@@ -266,10 +263,9 @@ class Region:
                 _reserve(fd, size, f"file {path!r}", os.path.dirname(os.path.abspath(path)))
             access = mmap.ACCESS_COPY if private else mmap.ACCESS_WRITE
             mm = mmap.mmap(fd, size, access=access)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(mm, data_offset=0, path=path, fd=fd, private=private)
+        finally:
+            os.close(fd)  # the mmap keeps a duplicate of its own, closed with it
+        return cls(mm, data_offset=0, path=path, private=private)
 
     # ---- named segments (used by every structure that lives in one) -----------------------
 
@@ -314,12 +310,11 @@ class Region:
             raise FileExistsError("could not find a free random segment name")
         assert chosen is not None
         region = None
-        fd = None
         try:
             os.fchmod(shm.fd, mode)  # exactly the mode asked for, whatever the umask
             _reserve(shm.fd, total, f"segment {chosen!r}", SHM_DIR)
             mm = mmap.mmap(shm.fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            fd = os.dup(shm.fd)  # kept by the region (check_size, close's inode check)
+            st = os.fstat(shm.fd)
             shm.close_fd()
             pid, started = _proc.self_identity()
             header = SegmentHeader(
@@ -339,7 +334,7 @@ class Region:
                 mm,
                 data_offset=SEGMENT_LAYOUT.size,
                 name=chosen,
-                fd=fd,
+                ident=(st.st_dev, st.st_ino),
                 owner=True,
                 kind=kind,
             )
@@ -361,8 +356,6 @@ class Region:
             if region is not None:
                 region.close()
             else:
-                if fd is not None:
-                    os.close(fd)
                 try:
                     shm.unlink()
                 finally:
@@ -385,7 +378,6 @@ class Region:
         deadline = time.monotonic() + check_timeout(timeout)
         trusted = _check_uids(trusted_uids)
         shm = _open_shm(name)
-        fd = None
         try:
             _check_owner(shm.fd, name, trusted)
             # A creator sizes the segment right after creating it: wait for that briefly.
@@ -400,12 +392,9 @@ class Region:
                     )
                 time.sleep(0.001)
             mm = mmap.mmap(shm.fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            fd = os.dup(shm.fd)  # kept for check_size
         finally:
             shm.close_fd()
-        region = cls(
-            mm, data_offset=SEGMENT_LAYOUT.size, name=name, fd=fd, trusted_uids=trusted
-        )
+        region = cls(mm, data_offset=SEGMENT_LAYOUT.size, name=name, trusted_uids=trusted)
         try:
             # A zero magic: the creator has sized the segment but not yet published its header
             # (see _create_segment). Wait for it; any other magic is judged at once.
@@ -541,9 +530,9 @@ class Region:
         Touching a page past the end of a truncated file kills the process with SIGBUS; this
         one fstat says so safely. ``flush()`` calls it; anonymous regions cannot shrink.
         """
-        if self._fd is None or self._mm is None:
+        if self._mm is None or (self._name is None and self._path is None):
             return
-        actual = os.fstat(self._fd).st_size
+        actual = self._mm.size()  # an fstat of the mapping's own fd
         if actual < len(self._mm):
             what = f"file {self._path!r}" if self._path is not None else f"segment {self._name!r}"
             raise CorruptedError(
@@ -580,7 +569,6 @@ class Region:
             # them, and it must keep the mapping alive rather than dangle.
             self._buffer = self._view = memoryview(b"")
             self._base_ptr = None
-            self._close_fd()
             try:
                 mm.close()
             except BufferError:
@@ -597,11 +585,6 @@ class Region:
         if self._mm is None:
             raise Closed("this region was closed")
 
-    def _close_fd(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
     def __enter__(self) -> Region:
         return self
 
@@ -612,8 +595,6 @@ class Region:
         try:
             if self._mm is not None and self._owner_pid == os.getpid():
                 self.close()
-            else:
-                self._close_fd()  # the mapping goes with its last user; the fd goes now
         except Exception:
             pass
 
