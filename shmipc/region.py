@@ -13,7 +13,9 @@ Three kinds, one class (see docs/regions.md for which to pick):
   copy-on-write). The file is the user's array: no header of ours is written into it.
 
 The creator of a named segment owns the name: it unlinks it on ``close()``, when its handle is
-garbage-collected, and at interpreter exit. Attachers and forked children never unlink.
+garbage-collected, and at interpreter exit, while the name still names the segment it made
+(compared by inode). Attachers and forked children never unlink. Names are checked by
+:mod:`shmipc._names`; attach refuses a segment another uid owns unless ``trusted_uids`` names it.
 """
 
 from __future__ import annotations
