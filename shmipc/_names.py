@@ -44,8 +44,7 @@ def check_name(name: object) -> str:
         raise ValueError(f"invalid segment name {_shown(name)}: it is empty")
     if len(bare.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise ValueError(
-            f"invalid segment name {_shown(name)}: more than the limit of {MAX_NAME_BYTES} "
-            "bytes"
+            f"invalid segment name {_shown(name)}: more than the limit of {MAX_NAME_BYTES} bytes"
         )
     bad = _BAD_CHAR.search(bare)
     if bad is not None:

@@ -228,9 +228,7 @@ class Ring:
     ) -> Ring:
         """Attach the ring a ``create`` call made under ``name`` (``timeout`` and
         ``trusted_uids`` as for ``Region.attach``)."""
-        region = Region._attach_segment(
-            name, kind=kind, timeout=timeout, trusted_uids=trusted_uids
-        )
+        region = Region._attach_segment(name, kind=kind, timeout=timeout, trusted_uids=trusted_uids)
         try:
             return cls(region, 0, owns_region=True)
         except BaseException:

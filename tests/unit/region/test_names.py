@@ -16,13 +16,15 @@ import pytest
 from _procs import fork_call
 from region_helpers import segment_exists
 
-from shmipc import AtomicCounter, Barrier, Event, Lock, Queue, Region, Semaphore
+from shmipc import AtomicCounter, Barrier, CorruptedError, Event, Lock, Queue, Region, Semaphore
 from shmipc import queue as queue_mod
 from shmipc import region as region_mod
 from shmipc import ring as ring_mod
 from shmipc import sync as sync_mod
 from shmipc._names import MAX_NAME_BYTES, check_name
+from shmipc._spill import _REF, read_spill
 from shmipc.layout import Kind
+from shmipc.queue import T_SPILL_OBJ
 from shmipc.ring import Ring
 
 pytestmark = pytest.mark.timeout(120)
@@ -202,3 +204,32 @@ def test_nan_timeout_on_a_segment_never_sized_does_not_loop(shm_name):
         assert (code, reported) == (0, b"refused")
     finally:
         posix_ipc.unlink_shared_memory("/" + shm_name)
+
+
+# ---- names read from shared memory -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"shmipc_spill_\x00x", b"shmipc_spill_a\nb", b"shmipc_spill_\x1b[2J", b"shmipc_spill_ "],
+)
+def test_a_spill_reference_naming_a_bad_name_is_corrupted_not_a_crash(name):
+    """A spill reference is a name a peer wrote into the ring: the reader checks it too."""
+
+    def child(report_fd: int) -> None:
+        try:
+            read_spill(_REF.pack(4) + name)
+        except CorruptedError:
+            pass
+        with Queue(capacity=4096) as q:
+            q._ring.put(_REF.pack(4) + name, type=T_SPILL_OBJ)
+            q.put("next")
+            try:
+                q.get(timeout=5)
+            except CorruptedError:
+                os.write(report_fd, b"corrupted;")
+            os.write(report_fd, q.get(timeout=5).encode())
+
+    code, reported = fork_call(child)
+    assert code != -signal.SIGSEGV, "a NUL in a spill reference crashed the reader"
+    assert (code, reported) == (0, b"corrupted;next")
