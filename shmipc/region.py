@@ -377,7 +377,7 @@ class Region:
         """Map a named segment and validate its owner and its header against ``kind`` (None:
         any). Every structure's attach comes through here."""
         name = check_name(name)
-        deadline = time.monotonic() + check_timeout(timeout)
+        deadline = time.monotonic() + _check_timeout(timeout)
         trusted = _check_uids(trusted_uids)
         shm = _open_shm(name)
         try:
@@ -634,7 +634,7 @@ def _check_size(size: int) -> int:
     return size
 
 
-def check_timeout(timeout: float) -> float:
+def _check_timeout(timeout: float) -> float:
     """An attach timeout in seconds: a number, not NaN, not negative (inf: wait for good)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
