@@ -14,6 +14,7 @@ from typing import Any
 
 import posix_ipc
 
+from ._names import check_name
 from .errors import CorruptedError
 from .region import random_name
 
@@ -77,6 +78,10 @@ def _parse(ref: bytes | memoryview) -> tuple[int, str]:
         raise CorruptedError("spill reference names no valid segment") from exc
     if not name.startswith("shmipc_spill_") or "/" in name:
         raise CorruptedError(f"spill reference names a foreign segment {name!r}")
+    try:
+        check_name(name)  # a NUL would crash posix_ipc
+    except ValueError as exc:
+        raise CorruptedError(f"spill reference: {exc}") from None
     return total, name
 
 

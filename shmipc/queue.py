@@ -20,6 +20,7 @@ from ._native import Port, RingMiss, ffi, lib
 from .codec import Codec, get_codec
 from .errors import Closed, CorruptedError
 from .layout import Kind
+from .region import ATTACH_TIMEOUT
 from .ring import DEFAULT_LIVENESS, DEFAULT_SPIN_NS, Ring, RingStatistics, byte_view
 from .sync import deadline_ns
 
@@ -127,14 +128,36 @@ class Queue:
                 setattr(self, name, fast)
 
     @classmethod
-    def attach(cls, name: str, *, codec: str | Codec | None = None, spill: bool = True) -> Queue:
-        """Attach the queue another process created under ``name``."""
-        ring = Ring.attach(name, kind=Kind.QUEUE)
+    def attach(
+        cls,
+        name: str,
+        *,
+        codec: str | Codec | None = None,
+        spill: bool = True,
+        timeout: float = ATTACH_TIMEOUT,
+        trusted_uids: Iterable[int] = (),
+    ) -> Queue:
+        """Attach the queue another process created under ``name``.
+
+        ``codec=None`` takes the codec named in the segment, except "pickle": unpickling runs
+        code, so only ``codec="pickle"`` from the caller ever unpickles. A queue another user
+        owns is refused unless that uid is in ``trusted_uids``; ``timeout`` bounds the wait
+        for a creator still initialising it (see ``Region.attach``).
+        """
+        ring = Ring.attach(name, kind=Kind.QUEUE, timeout=timeout, trusted_uids=trusted_uids)
         try:
             header = ring.region.header
             assert header is not None
             made_with = _CODEC_NAMES.get(header.flags & 0xFF)
             if codec is None:
+                if made_with == "pickle":
+                    # The header is shared memory anyone with write access can scribble: it
+                    # may refuse a codec, never choose the one that runs code.
+                    raise ValueError(
+                        f"queue {name!r} says it was made with codec 'pickle', and unpickling "
+                        "runs code: attach never picks pickle by itself. Pass "
+                        "codec='pickle' if you trust every process that can write this queue"
+                    )
                 if made_with is None:
                     raise ValueError(
                         f"queue {name!r} uses a custom codec: pass the same codec= to attach"
@@ -406,8 +429,10 @@ class Queue:
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        custom = None if isinstance(self._codec_spec(), str) else self._codec
-        return (_attach_queue, (self.name, custom, self.spill))
+        # The handle carries the codec and the trust this process chose (never left to the
+        # header): a spawned child of a pickle queue unpickles because its parent asked to.
+        trusted = self._live_ring().region._trusted_uids
+        return (_attach_queue, (self.name, self._codec_spec(), self.spill, trusted))
 
     def _codec_spec(self) -> str | Codec:
         name = getattr(self._codec, "name", None)
@@ -426,5 +451,7 @@ def _handle(ref: weakref.ref[Queue]) -> Queue:
     return queue
 
 
-def _attach_queue(name: str, codec: Codec | None, spill: bool) -> Queue:
-    return Queue.attach(name, codec=codec, spill=spill)
+def _attach_queue(
+    name: str, codec: str | Codec | None, spill: bool, trusted_uids: tuple[int, ...] = ()
+) -> Queue:
+    return Queue.attach(name, codec=codec, spill=spill, trusted_uids=trusted_uids)

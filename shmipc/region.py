@@ -13,13 +13,16 @@ Three kinds, one class (see docs/regions.md for which to pick):
   copy-on-write). The file is the user's array: no header of ours is written into it.
 
 The creator of a named segment owns the name: it unlinks it on ``close()``, when its handle is
-garbage-collected, and at interpreter exit. Attachers and forked children never unlink.
+garbage-collected, and at interpreter exit, while the name still names the segment it made
+(compared by inode). Attachers and forked children never unlink. Names are checked by
+:mod:`shmipc._names`; attach refuses a segment another uid owns unless ``trusted_uids`` names it.
 """
 
 from __future__ import annotations
 
 import atexit
 import errno
+import math
 import mmap
 import os
 import secrets
@@ -28,12 +31,13 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import posix_ipc
 
 from . import _proc
+from ._names import check_name
 from ._native import ffi, lib
 from .errors import Closed, CorruptedError, PeerDied
 from .layout import (
@@ -73,11 +77,8 @@ _MAGIC_WORD = int.from_bytes(MAGIC, sys.byteorder)  # the magic as one native 64
 
 
 def _shm_name(name: str) -> str:
-    """posix_ipc's spelling of a segment name: one leading slash, no other slash."""
-    bare = name.lstrip("/")
-    if not bare or "/" in bare or len(bare) > 250:
-        raise ValueError(f"invalid segment name {name!r}: want 1-250 characters without '/'")
-    return "/" + bare
+    """posix_ipc's spelling of a valid segment name (see :mod:`shmipc._names`)."""
+    return "/" + check_name(name)
 
 
 def random_name(prefix: str = "shmipc") -> str:
@@ -148,17 +149,23 @@ class Region:
         data_offset: int,
         name: str | None = None,
         path: str | None = None,
-        fd: int | None = None,
+        ident: tuple[int, int] | None = None,
         owner: bool = False,
         kind: int = Kind.REGION,
         private: bool = False,
+        trusted_uids: tuple[int, ...] = (),
     ) -> None:
         # Use the class methods; this constructor only takes ownership of a made mapping.
+        # The mmap object keeps its own duplicate of the file's fd (check_size fstats it
+        # through ``mm.size()``), so a region holds no other fd that dropping it could leak.
         self._mm: mmap.mmap | None = mm
         self._data_offset = data_offset
         self._name = name
         self._path = path
-        self._fd = fd
+        self._trusted_uids = trusted_uids
+        # (st_dev, st_ino) of the segment this process created: close unlinks the name only
+        # while it still names that segment, never a newcomer's that reused the name.
+        self._ident = ident
         self._owner_pid = os.getpid() if owner else None
         self._kind = kind
         self._private = private
@@ -211,9 +218,15 @@ class Region:
         )
 
     @classmethod
-    def attach(cls, name: str, *, timeout: float = ATTACH_TIMEOUT) -> Region:
-        """Map an existing named segment (any kind). Never takes ownership of the name."""
-        return cls._attach_segment(name, kind=None, timeout=timeout)
+    def attach(
+        cls, name: str, *, timeout: float = ATTACH_TIMEOUT, trusted_uids: Iterable[int] = ()
+    ) -> Region:
+        """Map an existing named segment (any kind). Never takes ownership of the name.
+
+        A segment owned by another user is refused (PermissionError) unless its owner's uid
+        is in ``trusted_uids``: whoever owns a segment can write anything into it.
+        """
+        return cls._attach_segment(name, kind=None, timeout=timeout, trusted_uids=trusted_uids)
 
     @classmethod
     def file(
@@ -223,13 +236,16 @@ class Region:
 
         With ``size``, the file is created if missing and grown (space reserved) to at least
         ``size`` bytes; without it, the whole existing file is mapped. ``private=True`` maps
-        copy-on-write (``MAP_PRIVATE``): writes stay in this process and never reach the file.
+        copy-on-write (``MAP_PRIVATE``): writes stay in this process and the file is never
+        modified, so it is neither created nor grown: a ``size`` larger than the file is a
+        ValueError (pages past its end would SIGBUS).
         """
         path = os.fspath(path)
         flags = os.O_RDONLY if private else os.O_RDWR
         if size is not None:
             size = _check_size(size)
-            flags = os.O_RDWR | os.O_CREAT
+            if not private:
+                flags = os.O_RDWR | os.O_CREAT
         fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
         try:
             st = os.fstat(fd)
@@ -239,14 +255,19 @@ class Region:
                 size = st.st_size
                 if size == 0:
                     raise ValueError(f"{path!r} is empty: pass size= to grow it before mapping")
+            elif st.st_size < size and private:
+                raise ValueError(
+                    f"{path!r} has {st.st_size} bytes, fewer than size={size}: a private "
+                    "mapping never modifies the file, so it cannot grow it (and pages past its "
+                    "end would SIGBUS); grow the file first or map it shared"
+                )
             elif st.st_size < size:
                 _reserve(fd, size, f"file {path!r}", os.path.dirname(os.path.abspath(path)))
             access = mmap.ACCESS_COPY if private else mmap.ACCESS_WRITE
             mm = mmap.mmap(fd, size, access=access)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(mm, data_offset=0, path=path, fd=fd, private=private)
+        finally:
+            os.close(fd)  # the mmap keeps a duplicate of its own, closed with it
+        return cls(mm, data_offset=0, path=path, private=private)
 
     # ---- named segments (used by every structure that lives in one) -----------------------
 
@@ -275,6 +296,8 @@ class Region:
                 "have; use hugepages='auto' (transparent hugepages) or Region.anonymous"
             )
         total = SEGMENT_LAYOUT.size + size
+        if name is not None:
+            name = check_name(name)
         chosen = name
         for _attempt in range(16):
             if name is None:
@@ -293,6 +316,7 @@ class Region:
             os.fchmod(shm.fd, mode)  # exactly the mode asked for, whatever the umask
             _reserve(shm.fd, total, f"segment {chosen!r}", SHM_DIR)
             mm = mmap.mmap(shm.fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            st = os.fstat(shm.fd)
             shm.close_fd()
             pid, started = _proc.self_identity()
             header = SegmentHeader(
@@ -311,7 +335,8 @@ class Region:
             region = cls(
                 mm,
                 data_offset=SEGMENT_LAYOUT.size,
-                name=chosen.lstrip("/"),
+                name=chosen,
+                ident=(st.st_dev, st.st_ino),
                 owner=True,
                 kind=kind,
             )
@@ -342,12 +367,21 @@ class Region:
 
     @classmethod
     def _attach_segment(
-        cls, name: str, *, kind: int | None, timeout: float = ATTACH_TIMEOUT
+        cls,
+        name: str,
+        *,
+        kind: int | None,
+        timeout: float = ATTACH_TIMEOUT,
+        trusted_uids: Iterable[int] = (),
     ) -> Region:
-        """Map a named segment and validate its header against ``kind`` (None: any)."""
-        deadline = time.monotonic() + timeout
+        """Map a named segment and validate its owner and its header against ``kind`` (None:
+        any). Every structure's attach comes through here."""
+        name = check_name(name)
+        deadline = time.monotonic() + _check_timeout(timeout)
+        trusted = _check_uids(trusted_uids)
         shm = _open_shm(name)
         try:
+            _check_owner(shm.fd, name, trusted)
             # A creator sizes the segment right after creating it: wait for that briefly.
             while True:
                 total = os.fstat(shm.fd).st_size
@@ -362,7 +396,7 @@ class Region:
             mm = mmap.mmap(shm.fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             shm.close_fd()
-        region = cls(mm, data_offset=SEGMENT_LAYOUT.size, name=name.lstrip("/"), owner=False)
+        region = cls(mm, data_offset=SEGMENT_LAYOUT.size, name=name, trusted_uids=trusted)
         try:
             # A zero magic: the creator has sized the segment but not yet published its header
             # (see _create_segment). Wait for it; any other magic is judged at once.
@@ -492,17 +526,19 @@ class Region:
         self._mm.madvise(flag, aligned, size + start - aligned)
 
     def check_size(self) -> None:
-        """For a file mapping: raise CorruptedError if the file shrank below the mapping.
+        """For a file mapping or a named segment: raise CorruptedError if the file (the
+        segment's file in /dev/shm) shrank below the mapping.
 
-        Touching a page past the end of a truncated file kills the process with SIGBUS; every
-        shmipc structure built on a file calls this (an fstat) before it touches the mapping.
+        Touching a page past the end of a truncated file kills the process with SIGBUS; this
+        one fstat says so safely. ``flush()`` calls it; anonymous regions cannot shrink.
         """
-        if self._fd is None or self._mm is None:
+        if self._mm is None or (self._name is None and self._path is None):
             return
-        actual = os.fstat(self._fd).st_size
+        actual = self._mm.size()  # an fstat of the mapping's own fd
         if actual < len(self._mm):
+            what = f"file {self._path!r}" if self._path is not None else f"segment {self._name!r}"
             raise CorruptedError(
-                f"file {self._path!r} was truncated to {actual} bytes while mapped with "
+                f"{what} was truncated to {actual} bytes while mapped with "
                 f"{len(self._mm)}: touching the missing pages would raise SIGBUS"
             )
 
@@ -529,15 +565,12 @@ class Region:
             mm, self._mm = self._mm, None
             _owned.discard(self)
             if self._owner_pid == os.getpid() and self._name is not None:
-                _unlink_quietly(self._name)
+                _unlink_if_ours(self._name, self._ident)
             self._owner_pid = None
             # Drop (not release) our views: a structure may still hold a pointer made from
             # them, and it must keep the mapping alive rather than dangle.
             self._buffer = self._view = memoryview(b"")
             self._base_ptr = None
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
             try:
                 mm.close()
             except BufferError:
@@ -569,7 +602,8 @@ class Region:
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._name is not None:
-            return (_attach_by_name, (self._name,))
+            # The trust this handle was attached with travels with it: the sender chose it.
+            return (_attach_by_name, (self._name, self._trusted_uids))
         if self._path is not None:
             return (_map_file, (self._path, self._private))
         raise TypeError(
@@ -584,8 +618,8 @@ class Region:
         return f"<shmipc.Region {what} {state}>"
 
 
-def _attach_by_name(name: str) -> Region:
-    return Region.attach(name)
+def _attach_by_name(name: str, trusted_uids: tuple[int, ...] = ()) -> Region:
+    return Region.attach(name, trusted_uids=trusted_uids)
 
 
 def _map_file(path: str, private: bool) -> Region:
@@ -598,6 +632,53 @@ def _check_size(size: int) -> int:
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     return size
+
+
+def _check_timeout(timeout: float) -> float:
+    """An attach timeout in seconds: a number, not NaN, not negative (inf: wait for good)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+    return timeout
+
+
+def _check_uids(uids: Iterable[int]) -> tuple[int, ...]:
+    if isinstance(uids, int):
+        raise TypeError("trusted_uids must be a collection of uids, e.g. (1000,), not an int")
+    checked = tuple(uids)
+    for uid in checked:
+        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
+            raise TypeError(f"trusted_uids must hold uids (ints >= 0), not {uid!r}")
+    return checked
+
+
+def _check_owner(fd: int, name: str, trusted: tuple[int, ...]) -> None:
+    """Refuse a segment another user owns unless the caller trusts that user: its owner can
+    write anything into it (and, with the pickle codec, that would be code to run)."""
+    owner = os.fstat(fd).st_uid
+    euid = os.geteuid()
+    if owner != euid and owner not in trusted:
+        raise PermissionError(
+            errno.EPERM,
+            f"segment {name!r} is owned by uid {owner}, not by this process's uid {euid}: "
+            f"its owner can write anything into it. If you trust that user, attach with "
+            f"trusted_uids=({owner},)",
+        )
+
+
+def _unlink_if_ours(name: str, ident: tuple[int, int] | None) -> None:
+    """Unlink ``name`` only while it still names the segment whose (st_dev, st_ino) is
+    ``ident``: someone may have removed ours and created a new segment under the name.
+    (A name replaced between this stat and the unlink is a window no POSIX call closes.)"""
+    if ident is None:
+        return
+    try:
+        st = os.stat(os.path.join(SHM_DIR, name), follow_symlinks=False)
+    except OSError:
+        return  # gone already (or not ours to judge): nothing of ours to remove
+    if (st.st_dev, st.st_ino) == ident:
+        _unlink_quietly(name)
 
 
 def _unlink_quietly(name: str, *, missing_ok: bool = True) -> None:

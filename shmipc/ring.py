@@ -31,7 +31,7 @@ from . import _proc
 from ._native import ffi, lib
 from .errors import Closed, CorruptedError, LayoutMismatch, MessageTooLarge, Revoked
 from .layout import Kind
-from .region import Region
+from .region import ATTACH_TIMEOUT, Region
 from .sync import deadline_ns, take_over_if_dead
 
 __all__ = ["DEFAULT_SPIN_NS", "Ring", "RingStatistics", "byte_view"]
@@ -224,9 +224,17 @@ class Ring:
         return cls(region, 0, owns_region=True)
 
     @classmethod
-    def attach(cls, name: str, *, kind: int = Kind.RING) -> Ring:
-        """Attach the ring a ``create`` call made under ``name``."""
-        region = Region._attach_segment(name, kind=kind)
+    def attach(
+        cls,
+        name: str,
+        *,
+        kind: int = Kind.RING,
+        timeout: float = ATTACH_TIMEOUT,
+        trusted_uids: Iterable[int] = (),
+    ) -> Ring:
+        """Attach the ring a ``create`` call made under ``name`` (``timeout`` and
+        ``trusted_uids`` as for ``Region.attach``)."""
+        region = Region._attach_segment(name, kind=kind, timeout=timeout, trusted_uids=trusted_uids)
         try:
             return cls(region, 0, owns_region=True)
         except BaseException:
@@ -769,19 +777,20 @@ class Ring:
                 "this ring lives in anonymous memory, shared only with children forked after "
                 "it was made; use Ring.create() for one that other processes attach by name"
             )
+        trusted = self._region._trusted_uids  # the trust it was attached with goes along
         if self._owns_region:
-            return (_attach_ring, (self._region.name, self._region.kind))
-        return (_attach_ring_at, (self._region.name, self._offset))
+            return (_attach_ring, (self._region.name, self._region.kind, trusted))
+        return (_attach_ring_at, (self._region.name, self._offset, trusted))
 
     def __repr__(self) -> str:
         return f"<shmipc.Ring {self.name or 'anonymous'} capacity={self._cap}>"
 
 
-def _attach_ring(name: str, kind: int) -> Ring:
-    return Ring.attach(name, kind=kind)
+def _attach_ring(name: str, kind: int, trusted_uids: tuple[int, ...] = ()) -> Ring:
+    return Ring.attach(name, kind=kind, trusted_uids=trusted_uids)
 
 
-def _attach_ring_at(name: str, offset: int) -> Ring:
-    ring = Ring.at(Region.attach(name), offset, create=False)
+def _attach_ring_at(name: str, offset: int, trusted_uids: tuple[int, ...] = ()) -> Ring:
+    ring = Ring.at(Region.attach(name, trusted_uids=trusted_uids), offset, create=False)
     ring._owns_region = True
     return ring

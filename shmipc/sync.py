@@ -20,14 +20,14 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
 from . import _proc
 from ._native import lib
 from .errors import Closed, LayoutMismatch
 from .layout import CACHE_LINE, Kind, Layout
-from .region import Region
+from .region import ATTACH_TIMEOUT, Region
 
 __all__ = ["SPIN_NS", "AtomicCounter", "Barrier", "BarrierTimeout", "Event", "Lock", "Semaphore"]
 
@@ -125,9 +125,18 @@ class _Primitive:
         return obj
 
     @classmethod
-    def attach(cls: type[_T], name: str) -> _T:
-        """Attach the primitive that ``create`` made under ``name`` (any process)."""
-        region = Region._attach_segment(name, kind=cls.KIND)
+    def attach(
+        cls: type[_T],
+        name: str,
+        *,
+        timeout: float = ATTACH_TIMEOUT,
+        trusted_uids: Iterable[int] = (),
+    ) -> _T:
+        """Attach the primitive that ``create`` made under ``name`` (any process);
+        ``timeout`` and ``trusted_uids`` as for ``Region.attach``."""
+        region = Region._attach_segment(
+            name, kind=cls.KIND, timeout=timeout, trusted_uids=trusted_uids
+        )
         obj = cls.__new__(cls)
         try:
             if region.size < cls.SIZE:
@@ -192,7 +201,8 @@ class _Primitive:
         # the primitive is placed in a Region and re-attaches through it, however often the
         # handle is passed on.
         whole_segment = self._region.kind == self.KIND
-        return (_reattach, (type(self), self._region.name, self._offset, whole_segment))
+        trusted = self._region._trusted_uids  # the trust it was attached with goes along
+        return (_reattach, (type(self), self._region.name, self._offset, whole_segment, trusted))
 
     def __repr__(self) -> str:
         # "<Event at WHERE set>", the shape of multiprocessing.synchronize's reprs.
@@ -227,10 +237,16 @@ def _closed_class(cls: type) -> type:
     return closed
 
 
-def _reattach(cls: type[_Primitive], name: str, offset: int, whole_segment: bool) -> _Primitive:
+def _reattach(
+    cls: type[_Primitive],
+    name: str,
+    offset: int,
+    whole_segment: bool,
+    trusted_uids: tuple[int, ...] = (),
+) -> _Primitive:
     if whole_segment:
-        return cls.attach(name)
-    obj = cls.at(Region.attach(name), offset, create=False)
+        return cls.attach(name, trusted_uids=trusted_uids)
+    obj = cls.at(Region.attach(name, trusted_uids=trusted_uids), offset, create=False)
     obj._owns_region = True
     return obj
 

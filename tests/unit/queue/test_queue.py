@@ -354,7 +354,9 @@ def test_pickle_codec_carries_any_picklable(shm_name):
         assert q.codec.name == "pickle"
         q.put(Point(1, 2))
         q.put({"p": [Point(3, 4)]})
-        other = Queue.attach(shm_name)  # no codec=: the segment says pickle
+        with pytest.raises(ValueError, match="codec='pickle'"):
+            Queue.attach(shm_name)  # the segment says pickle: never chosen from shared memory
+        other = Queue.attach(shm_name, codec="pickle")
         try:
             assert other.codec.name == "pickle"
             assert other.get() == Point(1, 2)
