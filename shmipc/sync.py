@@ -652,8 +652,12 @@ class Barrier(_Primitive):
         *,
         action: Callable[[], object] | None = None,
         timeout: float | None = None,
+        attach_timeout: float = ATTACH_TIMEOUT,
+        trusted_uids: Iterable[int] = (),
     ) -> Barrier:
-        obj = super().attach(name)
+        """Attach a named Barrier; ``action`` and ``timeout`` are this handle's (as for the
+        constructor), ``attach_timeout`` and ``trusted_uids`` as for ``Region.attach``."""
+        obj = super().attach(name, timeout=attach_timeout, trusted_uids=trusted_uids)
         obj._set_handle(action, timeout)
         return obj
 
