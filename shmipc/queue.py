@@ -5,7 +5,8 @@ spawned children and unrelated processes attach by name (the handle pickles by n
 are framed by a codec (msgpack by default, see :mod:`shmipc.codec`). There is no feeder
 thread: ``put`` has stored the message in shared memory when it returns, so nothing is lost
 or stuck at exit. A message larger than half the ring is spilled to a side segment (or, with
-``spill=False``, refused at once with :class:`~shmipc.MessageTooLarge`).
+``spill=False``, refused at once with :class:`~shmipc.MessageTooLarge`); see
+:mod:`shmipc._spill` for how a spill is tied to its queue and checked.
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ class Queue:
     "msgpack" (default), "pickle" (trusted peers only: unpickling runs code), "raw" (bytes
     only), or a :class:`~shmipc.codec.Codec`. ``spsc=True`` makes a single-producer/
     single-consumer queue: one thread puts and one thread gets (see ``Ring.spsc``), and
-    neither side pays for a lock per message.
+    neither side pays for a lock per message. ``max_message`` is the largest message this
+    handle puts or gets (a spill reference claiming more is ``CorruptedError``, refused before
+    allocating); ``max_spilled`` bounds the bytes of this queue's spilled messages waiting at
+    once when this handle spills (``queue.Full`` past it).
     """
 
     def __init__(
@@ -68,6 +72,8 @@ class Queue:
         spin_ns: int = DEFAULT_SPIN_NS,
         spsc: bool = False,
         liveness: float = DEFAULT_LIVENESS,
+        max_message: int = _spill.DEFAULT_MAX_MESSAGE,
+        max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
     ) -> None:
         codec_obj = get_codec(codec)
         codec_id = _CODEC_IDS.get(codec, 0) if isinstance(codec, str) else 0
@@ -82,9 +88,17 @@ class Queue:
             spsc=spsc,
             liveness=liveness,
         )
-        self._bind(ring, codec_obj, max(0, maxsize), spill)
+        self._bind(ring, codec_obj, max(0, maxsize), spill, max_message, max_spilled)
 
-    def _bind(self, ring: Ring, codec: Codec, maxsize: int, spill: bool) -> None:
+    def _bind(
+        self,
+        ring: Ring,
+        codec: Codec,
+        maxsize: int,
+        spill: bool,
+        max_message: int = _spill.DEFAULT_MAX_MESSAGE,
+        max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
+    ) -> None:
         self._ring: Ring | None = ring
         self._cap = ring._cap
         self._codec = codec
@@ -94,6 +108,17 @@ class Queue:
         # With the built-in codecs a bytes object decodes to itself, so it can skip framing.
         self._bytes_as_is = getattr(codec, "name", None) in _CODEC_IDS
         self.spill = spill
+        # Where this queue's large messages go, and the bounds this handle holds them to.
+        header = ring.region.header
+        assert header is not None and ring.name is not None
+        self._spills = _spill.SpillSpace.of_queue(
+            ring.name,
+            header.creator_pid,
+            header.creator_start,
+            header.creator_uid,
+            max_message=max_message,
+            max_spilled=max_spilled,
+        )
         # The hot paths, one native call a message (csrc/fastpath.c): a Port on this ring
         # decodes T_OBJ records and returns T_BYTES ones as bytes. Its send/recv methods are
         # put/get whole (block and timeout included); they become this instance's own put,
@@ -127,7 +152,15 @@ class Queue:
                 setattr(self, name, fast)
 
     @classmethod
-    def attach(cls, name: str, *, codec: str | Codec | None = None, spill: bool = True) -> Queue:
+    def attach(
+        cls,
+        name: str,
+        *,
+        codec: str | Codec | None = None,
+        spill: bool = True,
+        max_message: int = _spill.DEFAULT_MAX_MESSAGE,
+        max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
+    ) -> Queue:
         """Attach the queue another process created under ``name``."""
         ring = Ring.attach(name, kind=Kind.QUEUE)
         try:
@@ -148,7 +181,7 @@ class Queue:
                     )
             maxsize = lib.shmipc_load64_relaxed(ring._ptr, lib.SHMIPC_RING_OFF_MAX_COUNT)
             self = cls.__new__(cls)
-            self._bind(ring, get_codec(codec), maxsize, spill)
+            self._bind(ring, get_codec(codec), maxsize, spill, max_message, max_spilled)
         except BaseException:
             ring.close()
             raise
@@ -212,11 +245,11 @@ class Queue:
                 if rc == _OK:
                     return
         if rc == _TOOBIG and self.spill:
-            ref = _spill.write_spill(data)
+            ref = self._spills.write(data)
             try:
                 ring._put(ref, T_SPILL_OBJ if rtype == T_OBJ else T_SPILL_BYTES, deadline)
             except BaseException:
-                _spill.discard_spill(ref)
+                self._spills.discard(ref)
                 raise
             return
         # SLICE/INTERRUPTED (a wait came back so signal handlers could run), FULL or an
@@ -294,7 +327,7 @@ class Queue:
         if rtype in (T_OBJ, T_BYTES):
             return payload
         if rtype in (T_SPILL_OBJ, T_SPILL_BYTES):
-            return _spill.read_spill(payload)
+            return self._spills.read(payload)
         raise CorruptedError(f"queue record of unknown type {rtype}")
 
     def _get_slow(self, status: int, deadline: int) -> tuple[int, bytes]:
@@ -323,9 +356,9 @@ class Queue:
         if rtype == T_BYTES:
             return payload
         if rtype == T_SPILL_OBJ:
-            return self._decode_frame(_spill.read_spill(payload))
+            return self._decode_frame(self._spills.read(payload))
         if rtype == T_SPILL_BYTES:
-            return _spill.read_spill(payload)
+            return self._spills.read(payload)
         raise CorruptedError(f"queue record of unknown type {rtype}")
 
     # ---- zero-copy -----------------------------------------------------------------------
@@ -380,10 +413,13 @@ class Queue:
 
     def close(self) -> None:
         """Drop this handle. In the creating process this also unlinks the name: processes
-        already attached keep working, new ones can no longer attach."""
+        already attached keep working, new ones can no longer attach; and it removes the
+        queue's spilled messages still waiting."""
         ring, self._ring = self._ring, None
         self._port.close()  # the next fast-path call fails, and _live_ring says why
         if ring is not None:
+            if ring.region.owner:
+                self._spills.remove_all()
             # Keep the ring object (and so the mapping) alive as long as this handle: another
             # thread may still be inside a native call on it.
             self._closed_ring = ring
@@ -407,7 +443,11 @@ class Queue:
 
     def __reduce__(self) -> tuple[Any, ...]:
         custom = None if isinstance(self._codec_spec(), str) else self._codec
-        return (_attach_queue, (self.name, custom, self.spill))
+        spills = self._spills
+        return (
+            _attach_queue,
+            (self.name, custom, self.spill, spills.max_message, spills.max_spilled),
+        )
 
     def _codec_spec(self) -> str | Codec:
         name = getattr(self._codec, "name", None)
@@ -426,5 +466,13 @@ def _handle(ref: weakref.ref[Queue]) -> Queue:
     return queue
 
 
-def _attach_queue(name: str, codec: Codec | None, spill: bool) -> Queue:
-    return Queue.attach(name, codec=codec, spill=spill)
+def _attach_queue(
+    name: str,
+    codec: Codec | None,
+    spill: bool,
+    max_message: int = _spill.DEFAULT_MAX_MESSAGE,
+    max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
+) -> Queue:
+    return Queue.attach(
+        name, codec=codec, spill=spill, max_message=max_message, max_spilled=max_spilled
+    )
