@@ -242,11 +242,7 @@ class SpillSpace:
         except UnicodeDecodeError:
             raise CorruptedError(f"spill reference names no valid segment: {raw!r}") from None
         rest = name[len(self.prefix) :]
-        if (
-            not name.startswith(self.prefix)
-            or len(rest) != _RAND_HEX
-            or not _HEX.issuperset(rest)
-        ):
+        if not name.startswith(self.prefix) or len(rest) != _RAND_HEX or not _HEX.issuperset(rest):
             raise CorruptedError(
                 f"spill reference names {name!r}, which is not a spill segment of queue "
                 f"{self.queue_name!r} (its spills are named {self.prefix}<16 hex digits>): "

@@ -172,16 +172,23 @@ def test_symlink_is_refused_and_its_target_left_alone(q):
 
 
 @pytest.mark.timeout(30)
-def test_fifo_is_refused_without_waiting(q):
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_fifo_or_directory_is_refused_without_waiting(q, kind):
     names = []
 
-    def fifo() -> bytes:
+    def make() -> bytes:
         names.append(our_name(q))
-        os.mkfifo(os.path.join(SHM, names[-1]), 0o600)
+        (os.mkfifo if kind == "fifo" else os.mkdir)(os.path.join(SHM, names[-1]), 0o700)
         return REF.pack(6) + names[-1].encode()
 
-    expect_refused_between_good_ones(q, fifo, "not a regular file")
-    assert not [n for n in names if os.path.exists(os.path.join(SHM, n))]
+    try:
+        expect_refused_between_good_ones(q, make, "not a regular file")
+        if kind == "fifo":
+            assert not [n for n in names if os.path.exists(os.path.join(SHM, n))]
+    finally:
+        for n in names:
+            if os.path.isdir(os.path.join(SHM, n)):
+                os.rmdir(os.path.join(SHM, n))
 
 
 def test_hard_link_is_refused(q):
