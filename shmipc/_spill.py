@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_MAX_SPILLED",
     "SPILL_HEADER",
     "SpillSpace",
+    "belongs_to",
     "owner_of",
 ]
 
@@ -87,6 +88,16 @@ def owner_of(spill_name: str) -> str | None:
     if not queue or suffix[0] != "_" or not _HEX.issuperset(suffix[1:]):
         return None
     return queue
+
+
+def belongs_to(spill_name: str, queue_name: str, creator_pid: int, creator_start: int) -> bool:
+    """True if ``spill_name`` is a spill of this incarnation of ``queue_name`` (whose header
+    names ``creator_pid`` and ``creator_start``); False for a spill of an earlier queue that
+    had the same name, or anything else."""
+    if owner_of(spill_name) != queue_name:
+        return False
+    tag = spill_name[-_TAG_HEX - _RAND_HEX : -_RAND_HEX]
+    return tag == queue_tag(queue_name, creator_pid, creator_start).hex()
 
 
 def queue_tag(queue_name: str, creator_pid: int, creator_start: int) -> bytes:
@@ -250,9 +261,11 @@ class SpillSpace:
             )
         return total, name
 
-    def read(self, ref: bytes | memoryview) -> bytes:
+    def read(self, ref: bytes | memoryview, *, frame: bool = False) -> bytes | bytearray:
         """The payload a reference names, checked and read with one copy; its segment is
-        unlinked (or emptied). CorruptedError for any reference that fails a check."""
+        unlinked (or emptied). CorruptedError for any reference that fails a check.
+        ``frame=True`` (a codec frame, to be decoded): a payload over 1 GiB may come back as
+        the bytearray it was read into, sparing the second copy ``bytes`` would cost."""
         total, name = self._parse(ref)
         path = os.path.join(SHM_DIR, name)
         if total > self.max_message:
@@ -278,7 +291,7 @@ class SpillSpace:
             try:
                 self._check(name, st, total)
                 checked = True
-                data = self._read_payload(fd, name, total)
+                data = self._read_payload(fd, name, total, frame)
             finally:
                 self._dispose(path, st, may_empty=checked)
         finally:
@@ -309,7 +322,7 @@ class SpillSpace:
                 f"bytes, its reference says {total}: refused before allocating"
             )
 
-    def _read_payload(self, fd: int, name: str, total: int) -> bytes:
+    def _read_payload(self, fd: int, name: str, total: int, frame: bool) -> bytes | bytearray:
         head = os.pread(fd, SPILL_HEADER.size, 0)
         if len(head) != SPILL_HEADER.size:
             raise CorruptedError(f"spill segment {name!r} ended early")
@@ -319,18 +332,21 @@ class SpillSpace:
                 f"spill segment {name!r} has a bad header (magic {magic!r}, length {length}, "
                 f"reference {total}; or another queue's tag)"
             )
+        data: bytes | bytearray
         if total <= _CHUNK:
             data = os.pread(fd, total, SPILL_HEADER.size)  # the one copy, into the result
-        else:  # one call reads at most ~2 GiB: fill a buffer, then it becomes bytes
+        else:  # one call reads at most ~2 GiB: fill a buffer (raw bytes then copy it once more)
             buf = bytearray(total)
-            view = memoryview(buf)
-            done = 0
-            while done < total:
-                n = os.preadv(fd, [view[done : done + _CHUNK]], SPILL_HEADER.size + done)
-                if n == 0:
-                    break
-                done += n
-            data = bytes(buf) if done == total else b""
+            with memoryview(buf) as view:
+                done = 0
+                while done < total:
+                    n = os.preadv(fd, [view[done : done + _CHUNK]], SPILL_HEADER.size + done)
+                    if n == 0:
+                        break
+                    done += n
+            if done != total:
+                raise CorruptedError(f"spilled message segment {name!r} ended early")
+            data = buf if frame else bytes(buf)
         if len(data) != total:
             raise CorruptedError(f"spilled message segment {name!r} ended early")
         return data

@@ -356,7 +356,7 @@ class Queue:
         if rtype == T_BYTES:
             return payload
         if rtype == T_SPILL_OBJ:
-            return self._decode_frame(self._spills.read(payload))
+            return self._decode_frame(self._spills.read(payload, frame=True))
         if rtype == T_SPILL_BYTES:
             return self._spills.read(payload)
         raise CorruptedError(f"queue record of unknown type {rtype}")

@@ -311,3 +311,30 @@ def test_closing_the_creator_removes_pending_spills(monkeypatch):
     assert len(recorder.existing()) == 4
     q.close()
     assert recorder.existing() == []
+
+
+def test_belongs_to_tells_a_reused_queue_name_apart(q):
+    q.put_bytes(bytes(3000))
+    _, ref = take_ref(q)
+    name = ref_name(ref)
+    header = q._ring.region.header
+    try:
+        assert _spill.belongs_to(name, q.name, header.creator_pid, header.creator_start)
+        assert not _spill.belongs_to(name, q.name, header.creator_pid, header.creator_start + 1)
+        assert not _spill.belongs_to(name, q.name + "x", header.creator_pid, header.creator_start)
+        assert not _spill.belongs_to("shmipc_spill_1a2b", q.name, header.creator_pid, 0)
+    finally:
+        os.unlink(os.path.join(SHM, name))
+
+
+def test_payloads_over_one_read_call_arrive_whole(monkeypatch):
+    """Payloads over _CHUNK (1 GiB: one read call's limit) are written and read in chunks:
+    shown with the chunk made small."""
+    monkeypatch.setattr(_spill, "_CHUNK", 1000)
+    with Queue(capacity=SMALL) as q:
+        blob = secrets.token_bytes(5500)
+        q.put_bytes(blob)
+        q.put({"blob": blob})
+        got = q.get_bytes(timeout=5)
+        assert type(got) is bytes and got == blob
+        assert q.get(timeout=5) == {"blob": blob}
