@@ -394,16 +394,19 @@ def _spill_name(q: Queue) -> str:
     return prefix + os.urandom(8).hex()
 
 
-def test_sparse_spill_of_100_gib_is_refused_with_bounded_memory():
+@pytest.mark.parametrize("max_message", [None, 200 << 30], ids=["default", "200GiB"])
+def test_sparse_spill_of_100_gib_is_refused_with_bounded_memory(max_message):
     """A producer names a sparse file that claims 100 GiB and costs nothing: the reader must
     refuse it (CorruptedError) without allocating it, in a child whose address space is
-    limited to 1 GiB more than it uses, and the next message still arrives."""
+    limited to 1 GiB more than it uses, and the next message still arrives. Past the default
+    max_message that bound refuses it; with a bound raised past 100 GiB, the file's holes do."""
     import resource
 
     from shmipc import _spill
 
     claimed = 100 << 30
-    with Queue(capacity=4096) as q:
+    bound = {} if max_message is None else {"max_message": max_message}
+    with Queue(capacity=4096, **bound) as q:
         name = _spill_name(q)
         path = os.path.join("/dev/shm", name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -438,6 +441,7 @@ def test_sparse_spill_of_100_gib_is_refused_with_bounded_memory():
             assert code == 0, f"consumer exited with {code}"
             outcome = report.decode()
             assert outcome.startswith("CorruptedError") and "refused before allocating" in outcome
+            assert ("sparse" in outcome) == (max_message is not None)
             assert outcome.endswith("| 'next'")
         finally:
             try:
