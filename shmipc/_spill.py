@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import operator
 import os
 import queue as _stdlib_queue
 import secrets
@@ -100,6 +101,13 @@ def belongs_to(spill_name: str, queue_name: str, creator_pid: int, creator_start
     return tag == queue_tag(queue_name, creator_pid, creator_start).hex()
 
 
+def check_bounds(max_message: int, max_spilled: int) -> None:
+    """ValueError (TypeError) unless both bounds are byte counts (ints >= 0)."""
+    for what, value in (("max_message", max_message), ("max_spilled", max_spilled)):
+        if operator.index(value) < 0:
+            raise ValueError(f"{what} must be a byte count >= 0, not {value!r}")
+
+
 def queue_tag(queue_name: str, creator_pid: int, creator_start: int) -> bytes:
     """The 8 bytes that tie spills to one incarnation of the queue ``queue_name``."""
     seed = f"{queue_name}\0{creator_pid}\0{creator_start}".encode("utf-8", "surrogatepass")
@@ -120,6 +128,7 @@ class SpillSpace:
         max_message: int = DEFAULT_MAX_MESSAGE,
         max_spilled: int = DEFAULT_MAX_SPILLED,
     ) -> None:
+        check_bounds(max_message, max_spilled)
         self.queue_name = queue_name
         self.tag = tag
         self.prefix = f"{PREFIX}{queue_name}_{tag.hex()}"

@@ -76,6 +76,7 @@ class Queue:
         max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
     ) -> None:
         codec_obj = get_codec(codec)
+        _spill.check_bounds(max_message, max_spilled)  # before there is a segment to leak
         codec_id = _CODEC_IDS.get(codec, 0) if isinstance(codec, str) else 0
         ring = Ring.create(
             capacity,

@@ -338,3 +338,19 @@ def test_payloads_over_one_read_call_arrive_whole(monkeypatch):
         got = q.get_bytes(timeout=5)
         assert type(got) is bytes and got == blob
         assert q.get(timeout=5) == {"blob": blob}
+
+
+def test_spill_bounds_are_checked_and_travel_with_a_pickled_handle():
+    import pickle
+
+    for bad in ({"max_message": -1}, {"max_spilled": -5}):
+        with pytest.raises(ValueError, match="byte count"):
+            Queue(capacity=SMALL, **bad)
+    with pytest.raises(TypeError):
+        Queue(capacity=SMALL, max_message=1.5)
+    with Queue(capacity=SMALL, max_message=5000, max_spilled=7000) as q:
+        clone = pickle.loads(pickle.dumps(q))
+        try:
+            assert (clone._spills.max_message, clone._spills.max_spilled) == (5000, 7000)
+        finally:
+            clone.close()
