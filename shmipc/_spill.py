@@ -74,7 +74,7 @@ _CHUNK = 1 << 30  # read/write at most this much per syscall (Linux caps one cal
 _HEX = frozenset("0123456789abcdef")
 
 DEFAULT_MAX_MESSAGE = 1 << 30
-"""The largest message a queue handle puts or gets by default (1 GiB); ``max_message=``."""
+"""The largest message a queue handle spills or reads from a spill by default (1 GiB)."""
 
 DEFAULT_MAX_SPILLED = 4 << 30
 """How many bytes of a queue's spilled messages may wait at once by default; ``max_spilled=``."""

@@ -55,9 +55,9 @@ class Queue:
     only), or a :class:`~shmipc.codec.Codec`. ``spsc=True`` makes a single-producer/
     single-consumer queue: one thread puts and one thread gets (see ``Ring.spsc``), and
     neither side pays for a lock per message. ``max_message`` is the largest message this
-    handle puts or gets (a spill reference claiming more is ``CorruptedError``, refused before
-    allocating); ``max_spilled`` bounds the bytes of this queue's spilled messages waiting at
-    once when this handle spills (``queue.Full`` past it).
+    handle spills or reads from a spill (``MessageTooLarge`` on put; a reference claiming more
+    is ``CorruptedError``, refused before allocating); ``max_spilled`` bounds the bytes of
+    this queue's spilled messages waiting at once when this handle spills (``queue.Full``).
     """
 
     def __init__(
