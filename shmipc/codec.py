@@ -20,7 +20,9 @@ nested frame by a fresh packer, one nesting level deeper; both sides refuse more
 ``msgpack.unpackb``, which reads any buffer in place (a read-only memoryview of shared memory
 included) and bounds every declared length by the buffer's own length: a frame of n bytes can
 never make it allocate more than O(n) per ext nesting level. Decoded values never refer to the
-input buffer, so a ring may reuse its record as soon as :func:`decode` returns. Subclasses of
+input buffer, so a ring may reuse its record as soon as :func:`decode` returns. More than
+:data:`MAX_EQUAL_HASHES` map keys or set members with one hash are refused, so colliding keys
+cannot make decoding quadratic (see :func:`decode` for the three tiers). Subclasses of
 supported types (IntEnum, OrderedDict, namedtuple, ...) raise ``TypeError`` unless registered:
 the receiver could only rebuild the base type, and code relying on the subclass would break there.
 
@@ -39,9 +41,11 @@ import pickle
 import struct
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from functools import partial
+from operator import itemgetter
 from typing import Any, Protocol, runtime_checkable
 
 from msgpack import ExtType, Packer, unpackb
@@ -49,6 +53,7 @@ from msgpack import ExtType, Packer, unpackb
 from .errors import CorruptedError
 
 __all__ = [
+    "MAX_EQUAL_HASHES",
     "MAX_NESTING",
     "USER_EXT_CODES",
     "Buffer",
@@ -72,6 +77,19 @@ MAX_NESTING = 32
 Lists and dicts do not count (msgpack bounds those itself). Decoding a frame of n bytes copies at
 most ``MAX_NESTING * n`` bytes, which is why the bound is small.
 """
+
+MAX_EQUAL_HASHES = 64
+"""How many keys of one map, or members of one set, may share one hash value on decode.
+
+Inserting k keys with equal hashes costs k*k/2 comparisons, and ext-typed keys (big ints
+``2**64 + i * (2**61 - 1)``, tuples or frozensets of such, complex numbers, msgpack Timestamps)
+can be made to collide at will; a frame with more is refused with ``CorruptedError``, so that
+decoding time stays linear in the frame. Honest data stays far below: distinct values share a
+hash by chance about once in 2**61, and the most regular case, powers of two, puts at most 35
+floats (all of them) or 64 ints below 2**3904 on one hash value.
+"""
+
+_FAST_MAP_LEN = 32  # maps up to this long are built by msgpack directly (see decode)
 
 USER_EXT_CODES = range(64, 128)
 """The ext codes :func:`register_type` accepts. 0-63 are shmipc's; msgpack owns -128..-1."""
@@ -394,14 +412,82 @@ def _unsupported(obj: object) -> TypeError:
 
 def decode(data: Buffer) -> object:
     """Decode one msgpack frame; ``CorruptedError`` if it is malformed, truncated or hostile."""
-    # unpackb's max_str_len, max_bin_len, max_array_len, max_ext_len (and max_map_len, half)
-    # default to len(data): a declared length the frame cannot hold fails before allocating.
+    # unpackb's max_str_len, max_bin_len, max_array_len, max_ext_len default to len(data): a
+    # declared length the frame cannot hold fails before allocating. Maps are held to
+    # _FAST_MAP_LEN entries on this fast tier (so at most that many keys can collide); a
+    # longer map, like any error, sends the frame to the guarded tiers, which decide.
     try:
-        return unpackb(data, ext_hook=_HOOK, strict_map_key=False, unicode_errors="surrogatepass")
+        return unpackb(
+            data,
+            ext_hook=_HOOK,
+            strict_map_key=False,
+            unicode_errors="surrogatepass",
+            max_map_len=_FAST_MAP_LEN,
+        )
+    except (_HashFlood, MemoryError):
+        raise  # the same on every tier
+    except Exception:
+        pass
+    return _decode_guarded(data)
+
+
+def _decode_guarded(data: Buffer) -> object:
+    """The frames the fast tier gave up on (a map longer than _FAST_MAP_LEN, or an error).
+
+    First with str/bytes map keys only (their hashes are randomised, so they cannot be made to
+    collide), any length; then, if that fails too, with every map built by :func:`_guarded_map`,
+    which refuses more than MAX_EQUAL_HASHES keys sharing one hash. Each tier is linear in the
+    frame, so decoding stays linear whatever the frame holds."""
+    try:
+        return unpackb(
+            data,
+            ext_hook=_HOOKS_BY_MODE[_STRICT][0],
+            strict_map_key=True,
+            unicode_errors="surrogatepass",
+        )
+    except (_HashFlood, MemoryError):
+        raise
+    except Exception:
+        pass
+    try:
+        return unpackb(
+            data,
+            ext_hook=_HOOKS_BY_MODE[_GUARDED][0],
+            strict_map_key=False,
+            unicode_errors="surrogatepass",
+            object_pairs_hook=_guarded_map,
+        )
     except (CorruptedError, MemoryError):
         raise
     except Exception as exc:
         raise _decode_error(data, exc) from exc
+
+
+class _HashFlood(CorruptedError):
+    """Too many keys or members with one hash: every decoding tier would refuse it alike."""
+
+
+def _check_hashes(items: list[Any], what: str) -> None:
+    """Refuse ``items`` (a map's keys or a set's members) if more than MAX_EQUAL_HASHES of them
+    share one hash: inserting k colliding keys costs k*k/2 comparisons. Linear: one hash each."""
+    # k items sharing a hash make the set of hashes k - 1 smaller: a small shortfall needs no
+    # count per hash (the common case: no collision at all).
+    if len(items) - len(set(map(hash, items))) < MAX_EQUAL_HASHES:
+        return
+    worst = max(Counter(map(hash, items)).values(), default=0)
+    if worst > MAX_EQUAL_HASHES:
+        raise _HashFlood(
+            f"{what} of {len(items)} items has {worst} with one hash value, more than "
+            f"MAX_EQUAL_HASHES = {MAX_EQUAL_HASHES} (colliding keys would make decoding "
+            "quadratic): refused"
+        )
+
+
+def _guarded_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """The guarded tier's map builder: checks the keys' hashes before inserting them."""
+    if len(pairs) > MAX_EQUAL_HASHES:
+        _check_hashes(list(map(itemgetter(0), pairs)), "map")
+    return dict(pairs)
 
 
 def _decode_error(data: object, exc: Exception) -> Exception:
@@ -417,21 +503,36 @@ def _decode_error(data: object, exc: Exception) -> Exception:
     return CorruptedError(f"corrupt frame of {nbytes} bytes: {type(exc).__name__}: {detail}")
 
 
-def _decode_nested(data: Buffer, depth: int) -> object:
-    """Decode the nested frame inside an ext record found at ``depth``."""
+def _decode_nested(data: Buffer, depth: int, mode: int) -> object:
+    """Decode the nested frame inside an ext record found at ``depth``, on ``mode``'s tier."""
     if depth >= MAX_NESTING:
         raise CorruptedError(f"ext values nested over {MAX_NESTING} deep")
+    hook = _HOOKS_BY_MODE[mode][depth + 1]
+    if mode == _FAST:
+        return unpackb(
+            data,
+            ext_hook=hook,
+            strict_map_key=False,
+            unicode_errors="surrogatepass",
+            max_map_len=_FAST_MAP_LEN,
+        )
+    if mode == _STRICT:
+        return unpackb(data, ext_hook=hook, strict_map_key=True, unicode_errors="surrogatepass")
     return unpackb(
-        data, ext_hook=_HOOKS[depth + 1], strict_map_key=False, unicode_errors="surrogatepass"
+        data,
+        ext_hook=hook,
+        strict_map_key=False,
+        unicode_errors="surrogatepass",
+        object_pairs_hook=_guarded_map,
     )
 
 
-def _ext_hook(depth: int, code: int, data: bytes) -> object:
+def _ext_hook(mode: int, depth: int, code: int, data: bytes) -> object:
     """msgpack's hook for every ext record; ``data`` is a fresh ``bytes`` copy of the payload."""
     decoder = _DECODERS.get(code)
     try:
         if decoder is not None:
-            return decoder(data, depth)
+            return decoder(data, depth, mode)
         entry = _USER_BY_CODE.get(code)
         if entry is not None:
             return entry[1](data)
@@ -451,30 +552,44 @@ def _ext_hook(depth: int, code: int, data: bytes) -> object:
     raise CorruptedError(f"unknown ext code {code} ({len(data)} bytes)")
 
 
-_HOOKS = tuple(partial(_ext_hook, depth) for depth in range(MAX_NESTING + 1))
-_HOOK = _HOOKS[0]
+# The decoding tiers (see decode): fast (maps of at most MAX_EQUAL_HASHES entries), strict
+# (str/bytes map keys only), guarded (every map's keys checked). Nested frames stay on their
+# frame's tier.
+_FAST, _STRICT, _GUARDED = 0, 1, 2
+_HOOKS_BY_MODE = tuple(
+    tuple(partial(_ext_hook, mode, depth) for depth in range(MAX_NESTING + 1))
+    for mode in (_FAST, _STRICT, _GUARDED)
+)
+_HOOK = _HOOKS_BY_MODE[_FAST][0]
 
 
-def _dec_items(data: bytes, depth: int) -> list[Any]:
-    items = _decode_nested(data, depth)
+def _dec_items(data: bytes, depth: int, mode: int) -> list[Any]:
+    items = _decode_nested(data, depth, mode)
     if type(items) is not list:
         raise ValueError(f"payload holds {_type_name(type(items))}, not an array")
     return items
 
 
-def _dec_tuple(data: bytes, depth: int) -> tuple[Any, ...]:
-    return tuple(_dec_items(data, depth))
+def _dec_tuple(data: bytes, depth: int, mode: int) -> tuple[Any, ...]:
+    return tuple(_dec_items(data, depth, mode))
 
 
-def _dec_set(data: bytes, depth: int) -> set[Any]:
-    return set(_dec_items(data, depth))
+def _set_items(data: bytes, depth: int, mode: int) -> list[Any]:
+    items = _dec_items(data, depth, mode)
+    if len(items) > MAX_EQUAL_HASHES:
+        _check_hashes(items, "set")
+    return items
 
 
-def _dec_frozenset(data: bytes, depth: int) -> frozenset[Any]:
-    return frozenset(_dec_items(data, depth))
+def _dec_set(data: bytes, depth: int, mode: int) -> set[Any]:
+    return set(_set_items(data, depth, mode))
 
 
-def _dec_bigint(data: bytes, depth: int) -> int:
+def _dec_frozenset(data: bytes, depth: int, mode: int) -> frozenset[Any]:
+    return frozenset(_set_items(data, depth, mode))
+
+
+def _dec_bigint(data: bytes, depth: int, mode: int) -> int:
     value = int.from_bytes(data, "big", signed=True)
     if -(1 << 63) <= value < (1 << 64):
         raise ValueError("value fits in 64 bits: it should be a msgpack int")
@@ -483,45 +598,46 @@ def _dec_bigint(data: bytes, depth: int) -> int:
     return value
 
 
-def _dec_complex(data: bytes, depth: int) -> complex:
+def _dec_complex(data: bytes, depth: int, mode: int) -> complex:
     real, imag = _COMPLEX_BODY.unpack(data)
     return complex(real, imag)
 
 
-def _dec_tzinfo(data: bytes, offset: int, depth: int) -> tzinfo | None:
+def _dec_tzinfo(data: bytes, offset: int, depth: int, mode: int) -> tzinfo | None:
     if len(data) == offset:
         return None
     if len(data) - offset == len(_UTC_FRAME) and data.endswith(_UTC_FRAME):
         return timezone.utc
-    tz = _decode_nested(memoryview(data)[offset:], depth)
+    tz = _decode_nested(memoryview(data)[offset:], depth, mode)
     if not isinstance(tz, tzinfo):
         raise ValueError(f"tzinfo slot holds {_type_name(type(tz))}")
     return tz
 
 
-def _dec_datetime(data: bytes, depth: int) -> datetime:
+def _dec_datetime(data: bytes, depth: int, mode: int) -> datetime:
     year, month, day, hour, minute, second, us, fold = _DATETIME_HEAD.unpack_from(data)
-    tz = _dec_tzinfo(data, _DATETIME_HEAD.size, depth)
+    tz = _dec_tzinfo(data, _DATETIME_HEAD.size, depth, mode)
     return datetime(year, month, day, hour, minute, second, us, tz, fold=fold)
 
 
-def _dec_date(data: bytes, depth: int) -> date:
+def _dec_date(data: bytes, depth: int, mode: int) -> date:
     return date(*_DATE_BODY.unpack(data))
 
 
-def _dec_time(data: bytes, depth: int) -> time:
+def _dec_time(data: bytes, depth: int, mode: int) -> time:
     hour, minute, second, us, fold = _TIME_HEAD.unpack_from(data)
-    return time(hour, minute, second, us, _dec_tzinfo(data, _TIME_HEAD.size, depth), fold=fold)
+    tz = _dec_tzinfo(data, _TIME_HEAD.size, depth, mode)
+    return time(hour, minute, second, us, tz, fold=fold)
 
 
-def _dec_timedelta(data: bytes, depth: int) -> timedelta:
+def _dec_timedelta(data: bytes, depth: int, mode: int) -> timedelta:
     days, seconds, us = _TIMEDELTA_BODY.unpack(data)
     if seconds >= 86400 or us >= 1_000_000:
         raise ValueError("seconds or microseconds out of their normalised range")
     return timedelta(days, seconds, us)
 
 
-def _dec_timezone(data: bytes, depth: int) -> timezone:
+def _dec_timezone(data: bytes, depth: int, mode: int) -> timezone:
     offset_us, has_name = _TIMEZONE_HEAD.unpack_from(data)
     offset = timedelta(microseconds=offset_us)
     if has_name > 1 or (not has_name and len(data) > _TIMEZONE_HEAD.size):
@@ -531,13 +647,13 @@ def _dec_timezone(data: bytes, depth: int) -> timezone:
     return timezone(offset)
 
 
-def _dec_zoneinfo(data: bytes, depth: int) -> tzinfo:
+def _dec_zoneinfo(data: bytes, depth: int, mode: int) -> tzinfo:
     import zoneinfo
 
     return zoneinfo.ZoneInfo(data.decode())
 
 
-def _dec_ndarray(data: bytes, depth: int) -> Any:
+def _dec_ndarray(data: bytes, depth: int, mode: int) -> Any:
     try:
         import numpy as np
     except ImportError as exc:
@@ -546,7 +662,7 @@ def _dec_ndarray(data: bytes, depth: int) -> Any:
     start = _U32.size + header_len
     if start > len(data):
         raise ValueError(f"header of {header_len} bytes overruns the payload")
-    header = _decode_nested(memoryview(data)[_U32.size : start], depth)
+    header = _decode_nested(memoryview(data)[_U32.size : start], depth, mode)
     if type(header) is not list or len(header) != 3:
         raise ValueError("header is not [descr, shape, flags]")
     descr, shape, flags = header
@@ -576,14 +692,14 @@ def _dec_ndarray(data: bytes, depth: int) -> Any:
     return arr
 
 
-def _dec_npscalar(data: bytes, depth: int) -> Any:
-    arr = _dec_ndarray(data, depth)
+def _dec_npscalar(data: bytes, depth: int, mode: int) -> Any:
+    arr = _dec_ndarray(data, depth, mode)
     if arr.ndim:
         raise ValueError("a numpy scalar must be a 0-d array")
     return arr[()]
 
 
-_DECODERS: dict[int, Callable[[bytes, int], Any]] = {
+_DECODERS: dict[int, Callable[[bytes, int, int], Any]] = {
     _TUPLE: _dec_tuple,
     _SET: _dec_set,
     _FROZENSET: _dec_frozenset,

@@ -5,7 +5,8 @@ spawned children and unrelated processes attach by name (the handle pickles by n
 are framed by a codec (msgpack by default, see :mod:`shmipc.codec`). There is no feeder
 thread: ``put`` has stored the message in shared memory when it returns, so nothing is lost
 or stuck at exit. A message larger than half the ring is spilled to a side segment (or, with
-``spill=False``, refused at once with :class:`~shmipc.MessageTooLarge`).
+``spill=False``, refused at once with :class:`~shmipc.MessageTooLarge`); see
+:mod:`shmipc._spill` for how a spill is tied to its queue and checked.
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ class Queue:
     "msgpack" (default), "pickle" (trusted peers only: unpickling runs code), "raw" (bytes
     only), or a :class:`~shmipc.codec.Codec`. ``spsc=True`` makes a single-producer/
     single-consumer queue: one thread puts and one thread gets (see ``Ring.spsc``), and
-    neither side pays for a lock per message.
+    neither side pays for a lock per message. ``max_message`` is the largest message this
+    handle spills or reads from a spill (``MessageTooLarge`` on put; a reference claiming more
+    is ``CorruptedError``, refused before allocating); ``max_spilled`` bounds the bytes of
+    this queue's spilled messages waiting at once when this handle spills (``queue.Full``).
     """
 
     def __init__(
@@ -69,8 +73,11 @@ class Queue:
         spin_ns: int = DEFAULT_SPIN_NS,
         spsc: bool = False,
         liveness: float = DEFAULT_LIVENESS,
+        max_message: int = _spill.DEFAULT_MAX_MESSAGE,
+        max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
     ) -> None:
         codec_obj = get_codec(codec)
+        _spill.check_bounds(max_message, max_spilled)  # before there is a segment to leak
         codec_id = _CODEC_IDS.get(codec, 0) if isinstance(codec, str) else 0
         ring = Ring.create(
             capacity,
@@ -83,9 +90,17 @@ class Queue:
             spsc=spsc,
             liveness=liveness,
         )
-        self._bind(ring, codec_obj, max(0, maxsize), spill)
+        self._bind(ring, codec_obj, max(0, maxsize), spill, max_message, max_spilled)
 
-    def _bind(self, ring: Ring, codec: Codec, maxsize: int, spill: bool) -> None:
+    def _bind(
+        self,
+        ring: Ring,
+        codec: Codec,
+        maxsize: int,
+        spill: bool,
+        max_message: int = _spill.DEFAULT_MAX_MESSAGE,
+        max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
+    ) -> None:
         self._ring: Ring | None = ring
         self._cap = ring._cap
         self._codec = codec
@@ -95,6 +110,17 @@ class Queue:
         # With the built-in codecs a bytes object decodes to itself, so it can skip framing.
         self._bytes_as_is = getattr(codec, "name", None) in _CODEC_IDS
         self.spill = spill
+        # Where this queue's large messages go, and the bounds this handle holds them to.
+        header = ring.region.header
+        assert header is not None and ring.name is not None
+        self._spills = _spill.SpillSpace.of_queue(
+            ring.name,
+            header.creator_pid,
+            header.creator_start,
+            header.creator_uid,
+            max_message=max_message,
+            max_spilled=max_spilled,
+        )
         # The hot paths, one native call a message (csrc/fastpath.c): a Port on this ring
         # decodes T_OBJ records and returns T_BYTES ones as bytes. Its send/recv methods are
         # put/get whole (block and timeout included); they become this instance's own put,
@@ -136,13 +162,16 @@ class Queue:
         spill: bool = True,
         timeout: float = ATTACH_TIMEOUT,
         trusted_uids: Iterable[int] = (),
+        max_message: int = _spill.DEFAULT_MAX_MESSAGE,
+        max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
     ) -> Queue:
         """Attach the queue another process created under ``name``.
 
         ``codec=None`` takes the codec named in the segment, except "pickle": unpickling runs
         code, so only ``codec="pickle"`` from the caller ever unpickles. A queue another user
         owns is refused unless that uid is in ``trusted_uids``; ``timeout`` bounds the wait
-        for a creator still initialising it (see ``Region.attach``).
+        for a creator still initialising it (see ``Region.attach``). ``max_message`` and
+        ``max_spilled`` bound this handle's spills (see ``Queue``).
         """
         ring = Ring.attach(name, kind=Kind.QUEUE, timeout=timeout, trusted_uids=trusted_uids)
         try:
@@ -171,7 +200,7 @@ class Queue:
                     )
             maxsize = lib.shmipc_load64_relaxed(ring._ptr, lib.SHMIPC_RING_OFF_MAX_COUNT)
             self = cls.__new__(cls)
-            self._bind(ring, get_codec(codec), maxsize, spill)
+            self._bind(ring, get_codec(codec), maxsize, spill, max_message, max_spilled)
         except BaseException:
             ring.close()
             raise
@@ -235,11 +264,11 @@ class Queue:
                 if rc == _OK:
                     return
         if rc == _TOOBIG and self.spill:
-            ref = _spill.write_spill(data)
+            ref = self._spills.write(data)
             try:
                 ring._put(ref, T_SPILL_OBJ if rtype == T_OBJ else T_SPILL_BYTES, deadline)
             except BaseException:
-                _spill.discard_spill(ref)
+                self._spills.discard(ref)
                 raise
             return
         # SLICE/INTERRUPTED (a wait came back so signal handlers could run), FULL or an
@@ -317,7 +346,7 @@ class Queue:
         if rtype in (T_OBJ, T_BYTES):
             return payload
         if rtype in (T_SPILL_OBJ, T_SPILL_BYTES):
-            return _spill.read_spill(payload)
+            return self._spills.read(payload)
         raise CorruptedError(f"queue record of unknown type {rtype}")
 
     def _get_slow(self, status: int, deadline: int) -> tuple[int, bytes]:
@@ -346,9 +375,9 @@ class Queue:
         if rtype == T_BYTES:
             return payload
         if rtype == T_SPILL_OBJ:
-            return self._decode_frame(_spill.read_spill(payload))
+            return self._decode_frame(self._spills.read(payload, frame=True))
         if rtype == T_SPILL_BYTES:
-            return _spill.read_spill(payload)
+            return self._spills.read(payload)
         raise CorruptedError(f"queue record of unknown type {rtype}")
 
     # ---- zero-copy -----------------------------------------------------------------------
@@ -403,10 +432,13 @@ class Queue:
 
     def close(self) -> None:
         """Drop this handle. In the creating process this also unlinks the name: processes
-        already attached keep working, new ones can no longer attach."""
+        already attached keep working, new ones can no longer attach; and it removes the
+        queue's spilled messages still waiting."""
         ring, self._ring = self._ring, None
         self._port.close()  # the next fast-path call fails, and _live_ring says why
         if ring is not None:
+            if ring.region.owner:
+                self._spills.remove_all()
             # Keep the ring object (and so the mapping) alive as long as this handle: another
             # thread may still be inside a native call on it.
             self._closed_ring = ring
@@ -432,7 +464,18 @@ class Queue:
         # The handle carries the codec and the trust this process chose (never left to the
         # header): a spawned child of a pickle queue unpickles because its parent asked to.
         trusted = self._live_ring().region._trusted_uids
-        return (_attach_queue, (self.name, self._codec_spec(), self.spill, trusted))
+        spills = self._spills
+        return (
+            _attach_queue,
+            (
+                self.name,
+                self._codec_spec(),
+                self.spill,
+                trusted,
+                spills.max_message,
+                spills.max_spilled,
+            ),
+        )
 
     def _codec_spec(self) -> str | Codec:
         name = getattr(self._codec, "name", None)
@@ -452,6 +495,18 @@ def _handle(ref: weakref.ref[Queue]) -> Queue:
 
 
 def _attach_queue(
-    name: str, codec: str | Codec | None, spill: bool, trusted_uids: tuple[int, ...] = ()
+    name: str,
+    codec: str | Codec | None,
+    spill: bool,
+    trusted_uids: tuple[int, ...] = (),
+    max_message: int = _spill.DEFAULT_MAX_MESSAGE,
+    max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
 ) -> Queue:
-    return Queue.attach(name, codec=codec, spill=spill, trusted_uids=trusted_uids)
+    return Queue.attach(
+        name,
+        codec=codec,
+        spill=spill,
+        trusted_uids=trusted_uids,
+        max_message=max_message,
+        max_spilled=max_spilled,
+    )

@@ -380,3 +380,106 @@ def test_scribbled_queue_gives_only_typed_errors(procs):
         check_scribbled(procs, q.name, read_ops, write_ops, locks=False, seed=4)
     finally:
         q.close()
+
+
+# ---- hostile spill references (issue 7, item 11) -----------------------------------------------
+
+_SPILL_REF = struct.Struct("<Q")
+
+
+def _spill_name(q: Queue) -> str:
+    """A fresh name a reader of ``q`` takes for one of its spills."""
+    spills = getattr(q, "_spills", None)
+    prefix = spills.prefix if spills is not None else "shmipc_spill_"  # the old reader: any
+    return prefix + os.urandom(8).hex()
+
+
+@pytest.mark.parametrize("max_message", [None, 200 << 30], ids=["default", "200GiB"])
+def test_sparse_spill_of_100_gib_is_refused_with_bounded_memory(max_message):
+    """A producer names a sparse file that claims 100 GiB and costs nothing: the reader must
+    refuse it (CorruptedError) without allocating it, in a child whose address space is
+    limited to 1 GiB more than it uses, and the next message still arrives. Past the default
+    max_message that bound refuses it; with a bound raised past 100 GiB, the file's holes do."""
+    import resource
+
+    from shmipc import _spill
+
+    claimed = 100 << 30
+    bound = {} if max_message is None else {"max_message": max_message}
+    with Queue(capacity=4096, **bound) as q:
+        name = _spill_name(q)
+        path = os.path.join("/dev/shm", name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if hasattr(_spill, "SPILL_HEADER"):
+                head = _spill.SPILL_HEADER.pack(_spill.SPILL_MAGIC, q._spills.tag, claimed)
+                os.write(fd, head)
+                os.ftruncate(fd, len(head) + claimed)
+            else:
+                os.ftruncate(fd, claimed)
+        finally:
+            os.close(fd)
+        try:
+            q._ring.put(_SPILL_REF.pack(claimed) + name.encode(), type=4)  # T_SPILL_BYTES
+            q.put("next")
+
+            def consumer(report: int) -> None:
+                with open("/proc/self/statm") as f:
+                    vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+                resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), vm + (1 << 30)))
+                try:
+                    q.get_bytes(timeout=10)
+                    outcome = "read it"
+                except Exception as exc:
+                    outcome = f"{type(exc).__name__}: {exc}"
+                outcome += " | " + repr(q.get(timeout=10))
+                os.write(report, outcome.encode())
+
+            from _procs import fork_call
+
+            code, report = fork_call(consumer)
+            assert code == 0, f"consumer exited with {code}"
+            outcome = report.decode()
+            assert outcome.startswith("CorruptedError") and "refused before allocating" in outcome
+            assert ("sparse" in outcome) == (max_message is not None)
+            assert outcome.endswith("| 'next'")
+        finally:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another uid")
+def test_consumer_of_another_uid_reads_the_spills_of_a_0o666_queue(monkeypatch):
+    """Spills take the queue's mode: a consumer running as nobody (65534) on a queue made
+    0o666 by root gets the large messages; what it could not unlink (the sticky /dev/shm) it
+    emptied, and the creator's close removes the rest."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit", "queue"))
+    from _procs import fork_call
+    from queue_helpers import SpillRecorder
+
+    recorder = SpillRecorder(monkeypatch)
+    big_bytes, big_obj = os.urandom(3000), {"blob": os.urandom(3000)}
+    q = Queue(capacity=4096, mode=0o666)
+    try:
+        q.put_bytes(big_bytes)
+        q.put(big_obj)
+        q.put("small")
+
+        def nobody(report: int) -> None:
+            os.setgid(65534)
+            os.setuid(65534)
+            got = [q.get_bytes(timeout=10) == big_bytes, q.get(timeout=10) == big_obj]
+            got.append(q.get(timeout=10) == "small")
+            os.write(report, repr(got).encode())
+
+        code, report = fork_call(nobody)
+        assert (code, report) == (0, b"[True, True, True]")
+        for name in recorder.existing():  # read, so gone or an empty tombstone
+            assert os.stat(os.path.join("/dev/shm", name)).st_size == 0
+    finally:
+        q.close()
+    assert recorder.existing() == []

@@ -291,3 +291,74 @@ def test_an_empty_array_with_a_huge_side_is_valid_and_allocates_nothing():
         tracemalloc.stop()
     assert got.shape == (0, 2**62) and got.size == 0
     assert peak < 1 << 20
+
+
+# --- hash-colliding keys: time per byte stays bounded (issue 7, item 12) --------------------------
+
+_P = 2**61 - 1  # int hashes are taken modulo this
+_EQUAL_HASH_INTS = [5 + j * _P for j in range(1, 9)]  # 8 uint64 values hashing like 5
+
+
+def _family(kind: str, n: int) -> tuple[list[object], list[object]]:
+    """``n`` distinct keys of ``kind`` that all share one hash, and ``n`` of the same kind and
+    encoded size whose hashes differ."""
+    import itertools
+
+    if kind == "bigint":
+        return [2**64 + i * _P for i in range(n)], [2**64 + i * (_P + 1) for i in range(n)]
+    if kind == "tuple-of-bigint":
+        return [(2**64 + i * _P,) for i in range(n)], [(2**64 + i * (_P + 1),) for i in range(n)]
+    if kind == "tuple-of-ints":  # plain uint64 items: only the tuple is an ext value
+        combos = list(itertools.islice(itertools.product(_EQUAL_HASH_INTS, repeat=4), n))
+        return combos, [(2**62 + i, 2**62 + 1, 2**62 + 2, 2**62 + 3) for i in range(len(combos))]
+    if kind == "frozenset":
+        return (
+            [frozenset([2**64 + i * _P]) for i in range(n)],
+            [frozenset([2**64 + i * (_P + 1)]) for i in range(n)],
+        )
+    assert kind == "complex"  # 2.0 ** (61 * k) all hash to 1
+    powers = [2.0 ** (61 * k) for k in range(-17, 17)]
+    pairs = list(itertools.islice(itertools.product(powers, repeat=2), n))
+    return [complex(a, b) for a, b in pairs], [complex(i + 0.5, 1.5) for i in range(len(pairs))]
+
+
+def _best_times(*frames: bytes) -> list[float]:
+    """Each frame's fastest decode in 5 interleaved rounds (so that load hits them alike)."""
+    import time as _time
+
+    best = [float("inf")] * len(frames)
+    for _ in range(5):
+        for i, frame in enumerate(frames):
+            start = _time.perf_counter()
+            decode_or_corrupted(frame)
+            best[i] = min(best[i], _time.perf_counter() - start)
+    return best
+
+
+@settings(
+    deadline=None,
+    max_examples=12,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    kind=st.sampled_from(["bigint", "tuple-of-bigint", "tuple-of-ints", "frozenset", "complex"]),
+    n=st.integers(2000, 4000),
+    container=st.sampled_from(["map", "set", "map-in-tuple"]),
+    value=st.none() | st.integers(0, 2**64 - 1) | st.text(max_size=8),
+)
+@pytest.mark.timeout(300)
+def test_colliding_keys_decode_in_time_linear_in_the_frame(kind, n, container, value):
+    colliding, honest = _family(kind, n)
+
+    def frame(keys: list[object]) -> bytes:
+        if container == "set":
+            return encode(set(keys))
+        mapping = dict.fromkeys(keys, value)
+        return encode((mapping,) if container == "map-in-tuple" else mapping)
+
+    hostile, control = frame(colliding), frame(honest)
+    assert abs(len(hostile) - len(control)) <= len(control) // 10
+    # The bound is relative, measured here from an honest frame of the same size and shape,
+    # and generous (10x); quadratic decoding of these 2 000+ keys costs 25x and more.
+    hostile_time, control_time = _best_times(hostile, control)
+    assert hostile_time / len(hostile) < 10 * control_time / len(control)

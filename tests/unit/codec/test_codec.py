@@ -793,3 +793,80 @@ def test_a_large_frame_does_not_pin_a_large_packer_buffer():
     assert len(frame) > 1 << 20
     assert codec._tls.pack is not before  # replaced, so msgpack's grown buffer is freed
     roundtrip({"small": 1})
+
+
+# --- hash-colliding keys: decoding stays linear in the frame (issue 7, item 12) ------------------
+
+_P = 2**61 - 1  # int hashes are taken modulo this, so 2**64 + i * _P all hash alike
+
+
+def _best_decode_times(*frames: bytes, rounds: int = 3) -> list[float]:
+    """Each frame's fastest decode in ``rounds`` interleaved rounds (refused ones count too),
+    so that other load on the machine hits every frame alike."""
+    import time as _time
+
+    best = [math.inf] * len(frames)
+    for _ in range(rounds):
+        for i, frame in enumerate(frames):
+            start = _time.perf_counter()
+            try:
+                decode(frame)
+            except CorruptedError:
+                pass
+            best[i] = min(best[i], _time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.timeout(120)
+def test_a_512k_frame_of_colliding_keys_is_refused_in_linear_time():
+    n = 40_000  # 13 bytes an entry: ~512 KiB
+    colliding = encode({2**64 + i * _P: 1 for i in range(n)})
+    honest = encode({2**64 + i * (_P + 1): 1 for i in range(n)})  # distinct hashes
+    assert 500_000 < len(colliding) < len(honest) * 1.01
+    with pytest.raises(CorruptedError, match="MAX_EQUAL_HASHES"):
+        decode(colliding)
+    assert decode(honest) == {2**64 + i * (_P + 1): 1 for i in range(n)}
+    # No absolute timing: refusing the hostile frame costs about what decoding the honest one
+    # of the same size does (before the bound, 40 000 colliding keys took tens of seconds).
+    hostile_time, honest_time = _best_decode_times(colliding, honest)
+    assert hostile_time < 10 * honest_time
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda i: 2**64 + i * _P,
+        lambda i: (2**64 + i * _P,),
+        lambda i: frozenset([2**64 + i * _P]),
+        lambda i: complex(2.0 ** (61 * (i % 34 - 17)), 2.0 ** (61 * (i // 34 - 17))),
+    ],
+    ids=["bigint", "tuple", "frozenset", "complex"],
+)
+def test_colliding_keys_and_members_over_the_bound_are_refused(make):
+    bound = codec.MAX_EQUAL_HASHES
+    at_bound = [make(i) for i in range(bound)]
+    assert len({hash(k) for k in at_bound}) == 1 and len(set(at_bound)) == bound
+    over = [*at_bound, make(bound)]
+    assert decode(encode(dict.fromkeys(at_bound, 0))) == dict.fromkeys(at_bound, 0)
+    assert decode(encode(set(at_bound))) == set(at_bound)
+    assert decode(encode(frozenset(at_bound))) == frozenset(at_bound)
+    for value in (dict.fromkeys(over, 0), set(over), frozenset(over), [(dict.fromkeys(over),)]):
+        with pytest.raises(CorruptedError, match=f"MAX_EQUAL_HASHES = {bound}"):
+            decode(encode(value))
+
+
+def test_honest_large_maps_and_sets_still_round_trip():
+    floats = {2.0**i for i in range(-1074, 1024)}  # 35 of them share each hash value
+    ints = {2**i for i in range(3000)}  # up to 50 share one
+    values = [
+        floats,
+        frozenset(ints),
+        dict.fromkeys(floats, 1),
+        {str(i): i for i in range(5000)},  # str keys only: the strict tier
+        {(i, str(i)): [i] for i in range(5000)},  # tuple keys: the guarded tier
+        {**{i: i for i in range(100)}, "x": 1, b"y": 2, None: 3, 1.5: 4, (1, 2): 5},
+        [{i: i for i in range(40)} for _ in range(50)],  # many maps past the fast tier
+        (dict.fromkeys(range(100)), {str(i): {i: (i,)} for i in range(50)}),
+    ]
+    for value in values:
+        assert_same(decode(encode(value)), value)

@@ -794,24 +794,25 @@ def test_spilled_message_on_a_full_queue_times_out_and_leaves_nothing(no_spill_l
 
 
 def test_a_failed_spill_leaves_no_segment(monkeypatch):
-    """write_spill creates its segment first: any failure after that (not only OSError) must
+    """A spill creates its segment first: any failure after that (not only OSError) must
     unlink it (shmipc/_spill.py removes it only on OSError today)."""
     from shmipc import _spill
 
     recorder = SpillRecorder(monkeypatch)
     outcomes = []
-    with pytest.raises(TypeError):
-        _spill.write_spill(object())  # type: ignore[arg-type]
-    outcomes.append(recorder.remove_left())
+    with Queue(capacity=SMALL) as q:
+        with pytest.raises(TypeError):
+            q._spills.write(object())  # type: ignore[arg-type]
+        outcomes.append(recorder.remove_left())
 
-    def interrupted(*args):
-        raise KeyboardInterrupt
+        def interrupted(*args):
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(_spill.os, "pwrite", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _spill.write_spill(bytes(100))
-    monkeypatch.undo()
-    outcomes.append(recorder.remove_left())
+        monkeypatch.setattr(_spill.os, "pwrite", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            q._spills.write(bytes(100))
+        monkeypatch.undo()
+        outcomes.append(recorder.remove_left())
     assert outcomes == [[], []]
 
 
