@@ -68,7 +68,9 @@ def test_dropping_the_last_reference_while_another_thread_waits_in_get():
 
         t = threading.Thread(target=consumer)
         t.start()
-        wait_for(lambda: ring.statistics().consumer_waits >= 1, what="the consumer to wait")
+        waiting = lambda r=ring: r.statistics().consumer_waits >= 1  # noqa: E731
+        wait_for(waiting, what="the consumer to wait")
+        del waiting
         del q, ring
         gc.collect()
         t.join(30)
@@ -139,7 +141,9 @@ def race_close(make: Callable[[], Any], ops: list[Op], rounds: int) -> dict[str,
         calls = [0]
         errors: list[BaseException] = []
 
-        def worker(op: Op, handle: Any = handle, calls: list[int] = calls) -> None:
+        def worker(
+            op: Op, handle: Any = handle, calls: list[int] = calls, errors: list[Any] = errors
+        ) -> None:
             while True:
                 try:
                     op(handle)
@@ -148,7 +152,7 @@ def race_close(make: Callable[[], Any], ops: list[Op], rounds: int) -> dict[str,
                     outcome = "Closed"
                 except (queue.Empty, queue.Full):
                     outcome = "empty/full"
-                except BaseException as exc:  # noqa: BLE001 - reported below
+                except BaseException as exc:
                     errors.append(exc)
                     return
                 with lock:
