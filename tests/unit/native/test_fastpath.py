@@ -28,7 +28,7 @@ import pytest
 from _procs import Child, fork_call, wait_for
 
 from shmipc import Closed, Ring
-from shmipc._native import Port, RingMiss, lib
+from shmipc._native import Port, RingMiss, ffi, lib
 from shmipc.queue import Queue
 
 pytestmark = pytest.mark.timeout(60)
@@ -708,6 +708,49 @@ def test_close_with_a_call_blocked_in_another_thread(ring):
     assert time.monotonic() - closed < 2.0
     assert statuses[-1] == CLOSED and set(statuses[:-1]) <= {SLICE}
     assert ring.statistics().messages_out == 0
+
+
+def test_the_port_pins_its_mapping_until_the_last_call_leaves():
+    """A port holds an export of its mapping (a bytearray here, which cannot resize while
+    exported): close() with a call blocked in another thread keeps it until that call
+    leaves; with none inside, close() lets go at once (docs/internals/lifetime.md)."""
+    mem = bytearray(lib.SHMIPC_RING_HEADER_SIZE + SMALL_CAP)
+    ptr = ffi.from_buffer(mem)
+    assert lib.shmipc_ring_init(ptr, SMALL_CAP, 0, 0, 0, 10**9) == OK
+    ffi.release(ptr)
+    port = Port(mem, 0, SMALL_CAP, None, OBJ, RAW)
+    with pytest.raises(BufferError):
+        mem.append(0)  # exported while the port may use it
+    out: list[Any] = []
+
+    def consumer() -> None:
+        try:
+            port.get(-1)
+        except RingMiss as exc:
+            out.append(exc.args[0])
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    try:
+        wait_for(lambda: port.inflight == 1, 5, "a call inside the ring")
+        port.close()
+        assert port.inflight == 1
+        with pytest.raises(BufferError):
+            mem.append(0)  # the blocked call still uses it
+    finally:
+        port.close()
+        t.join(5)
+    assert not t.is_alive()
+    assert out == [SLICE] and port.inflight == 0
+    mem.append(0)  # let go by the call that left last
+    with pytest.raises(RingMiss) as info:
+        port.get(0)
+    assert info.value.args[0] == CLOSED
+
+    mem2 = bytearray(lib.SHMIPC_RING_HEADER_SIZE + SMALL_CAP)
+    port2 = Port(mem2, 0, SMALL_CAP, None, OBJ, RAW)
+    port2.close()
+    mem2.append(0)  # nothing inside: let go at once
 
 
 _QUEUE_CALLS = {

@@ -136,7 +136,7 @@ def race_close(make: Callable[[], Any], ops: list[Op], rounds: int) -> dict[str,
     Full is a failure. Returns how often each outcome was seen."""
     seen: dict[str, int] = {}
     lock = threading.Lock()
-    for _ in range(rounds):
+    for round_no in range(rounds):
         handle = make()
         calls = [0]
         errors: list[BaseException] = []
@@ -164,7 +164,9 @@ def race_close(make: Callable[[], Any], ops: list[Op], rounds: int) -> dict[str,
         threads = [threading.Thread(target=worker, args=(op,)) for op in ops]
         for t in threads:
             t.start()
-        wait_for(lambda calls=calls: calls[0] >= len(ops), what="every op to run once")
+        # Close early or later in the threads' loops, round by round.
+        target = len(ops) * (1 + round_no % 7)
+        wait_for(lambda c=calls, n=target: c[0] >= n, what="the ops to run")
         handle.close()
         for t in threads:
             t.join(30)
@@ -175,16 +177,16 @@ def race_close(make: Callable[[], Any], ops: list[Op], rounds: int) -> dict[str,
 
 def test_close_racing_queue_calls_in_other_threads_gives_closed():
     def body() -> str:
-        seen = race_close(lambda: Queue(capacity=4096), QUEUE_OPS, rounds=60)
-        return "ok" if seen.get("Closed", 0) >= 60 * len(QUEUE_OPS) else repr(seen)
+        seen = race_close(lambda: Queue(capacity=4096), QUEUE_OPS, rounds=150)
+        return "ok" if seen.get("Closed", 0) >= 150 * len(QUEUE_OPS) else repr(seen)
 
     assert run_in_child(body) == b"'ok'"
 
 
 def test_close_racing_ring_calls_in_other_threads_gives_closed():
     def body() -> str:
-        seen = race_close(lambda: Ring.anonymous(4096), RING_OPS, rounds=60)
-        return "ok" if seen.get("Closed", 0) >= 60 * len(RING_OPS) else repr(seen)
+        seen = race_close(lambda: Ring.anonymous(4096), RING_OPS, rounds=150)
+        return "ok" if seen.get("Closed", 0) >= 150 * len(RING_OPS) else repr(seen)
 
     assert run_in_child(body) == b"'ok'"
 
