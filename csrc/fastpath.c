@@ -332,7 +332,7 @@ static PyObject *deliver(Port *self, PyObject *payload, uint32_t type, int decod
     if (type != self->obj_type || !decode || self->decode == Py_None) return payload;
     PyObject *obj = PyObject_CallOneArg(self->decode, payload);
     Py_DECREF(payload);
-    if (!obj) self->undecodable++;
+    if (!obj && PyErr_ExceptionMatches(PyExc_Exception)) self->undecodable++;
     return obj;
 }
 
@@ -371,7 +371,7 @@ static PyObject *decode_batch(Port *self, PyObject *out, const unsigned char *is
             PyObject *obj = PyObject_CallOneArg(self->decode, item);
             Py_DECREF(item);
             if (!obj) {
-                self->undecodable++;
+                if (PyErr_ExceptionMatches(PyExc_Exception)) self->undecodable++;
                 PyObject *type, *value, *tb;
                 PyErr_Fetch(&type, &value, &tb);
                 PyErr_NormalizeException(&type, &value, &tb);

@@ -493,9 +493,9 @@ class Ring:
     def _get_large(self, deadline: int) -> tuple[int, bytes]:
         """A record too large for the scratch: copy it once, straight out of the ring."""
         out = self._local.peek_out
-        idx = self._peek_index(deadline)
+        idx, ptr = self._peek_index(deadline)
         try:
-            data = _unpack(self._local.peeked[2] + (HEADER_SIZE + idx), out[0])  # type: ignore[index]
+            data = _unpack(ptr + (HEADER_SIZE + idx), out[0])
             rtype = int(out[1])
         finally:
             self._release_peeked()
@@ -659,7 +659,8 @@ class Ring:
         self._local.reserved = None
         return nbytes, ptr
 
-    def _peek_index(self, deadline: int) -> int:
+    def _peek_index(self, deadline: int) -> tuple[int, Any]:
+        """Peek the next record: (its data index, the ring address the peek was made on)."""
         if self._local.peeked is not None:
             raise RuntimeError("this thread already peeked a record of this ring: release it")
         while True:
@@ -667,7 +668,7 @@ class Ring:
             r = lib.shmipc_ring_peek(ptr, self._cap, self._local.peek_out, deadline)
             if r >= 0:
                 self._local.peeked = (None, None, ptr)
-                return r
+                return r, ptr
             if not self._retry(-r):
                 self._raise(-r)
 
@@ -677,8 +678,7 @@ class Ring:
         Until this thread releases it, other consumers wait.
         """
         local = self._local
-        idx = self._peek_index(deadline_ns(timeout) if block else 0)
-        ptr = local.peeked[2]  # type: ignore[index]
+        idx, ptr = self._peek_index(deadline_ns(timeout) if block else 0)
         try:
             window = View(self._mapping, self._map_off + HEADER_SIZE + idx, local.peek_out[0], True)
             view = memoryview(window)
