@@ -43,10 +43,8 @@ static PyObject *RingMiss;
 typedef struct {
     PyObject_HEAD
     char *ring;       /* the ring's control block; NULL once closed */
-    Py_buffer lease;  /* an export of the mapping the ring lives in (lease.obj NULL: none) */
     Py_ssize_t inflight; /* calls inside the ring now (changed under the GIL only) */
     PyObject *pending;   /* a decode error get_many kept for the next consumer call, or NULL */
-    Py_ssize_t undecodable; /* records taken off the ring that failed to decode */
     uint64_t cap;     /* capacity as validated by Python on attach */
     PyObject *decode; /* called on records of obj_type by get/get_many; None: returned as is */
     uint32_t obj_type;
@@ -57,6 +55,9 @@ typedef struct {
     PyObject *slow_put;  /* (status, data, type, deadline) -> None: every other outcome */
     PyObject *slow_get;  /* (status, type, payload, deadline, decode) -> result: likewise */
     int bytes_as_is;     /* send: an exact bytes object travels as raw_type, unframed */
+    /* Cold fields last, off the hot fields' cache lines: */
+    Py_ssize_t undecodable; /* records taken off the ring that failed to decode */
+    Py_buffer lease;  /* an export of the mapping the ring lives in (lease.obj NULL: none) */
 } Port;
 
 static PyObject *miss(int status, uint32_t type, PyObject *payload) {
