@@ -843,14 +843,8 @@ typedef struct {
     Py_ssize_t exports; /* buffers handed out and not yet released */
 } View;
 
-static int view_init(View *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"mapping", "offset", "length", "readonly", NULL};
-    PyObject *mapping;
-    Py_ssize_t offset, length;
-    int readonly;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onnp", kwlist, &mapping, &offset, &length,
-                                     &readonly))
-        return -1;
+static int view_setup(View *self, PyObject *mapping, Py_ssize_t offset, Py_ssize_t length,
+                      int readonly) {
     if (self->src.obj || self->exports) {
         PyErr_SetString(PyExc_TypeError, "a View is initialised once");
         return -1;
@@ -868,6 +862,38 @@ static int view_init(View *self, PyObject *args, PyObject *kwds) {
     self->len = length;
     self->readonly = readonly;
     return 0;
+}
+
+static int view_init(View *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"mapping", "offset", "length", "readonly", NULL};
+    PyObject *mapping;
+    Py_ssize_t offset, length;
+    int readonly;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onnp", kwlist, &mapping, &offset, &length,
+                                     &readonly))
+        return -1;
+    return view_setup(self, mapping, offset, length, readonly);
+}
+
+/* View.memoryview(mapping, offset, length, readonly) -> memoryview: a new View and the one
+ * memoryview handed out over it (its exporter is mv.obj), in one call: the zero-copy paths'
+ * per-record cost. */
+static PyObject *view_memoryview(PyObject *cls, PyObject *const *args, Py_ssize_t nargs) {
+    if (arg_count(nargs, 4, "View.memoryview(mapping, offset, length, readonly)")) return NULL;
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    if (offset == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t length = PyLong_AsSsize_t(args[2]);
+    if (length == -1 && PyErr_Occurred()) return NULL;
+    int readonly = PyObject_IsTrue(args[3]);
+    if (readonly < 0) return NULL;
+    PyTypeObject *tp = (PyTypeObject *)cls;
+    View *self = (View *)tp->tp_alloc(tp, 0);
+    if (!self) return NULL;
+    PyObject *mv = NULL;
+    if (view_setup(self, args[0], offset, length, readonly) == 0)
+        mv = PyMemoryView_FromObject((PyObject *)self);
+    Py_DECREF(self); /* the memoryview's export keeps it */
+    return mv;
 }
 
 static int view_getbuffer(View *self, Py_buffer *view, int flags) {
@@ -920,7 +946,10 @@ static PyObject *view_retire(View *self, PyObject *mv) {
         return NULL;
     }
     if (m) {
-        PyObject *r = PyObject_CallMethod(mv, "release", NULL);
+        static PyObject *release_name;
+        if (!release_name && !(release_name = PyUnicode_InternFromString("release")))
+            return NULL;
+        PyObject *r = PyObject_CallMethodNoArgs(mv, release_name);
         if (!r) return NULL;
         Py_DECREF(r);
     }
@@ -945,6 +974,9 @@ static void view_dealloc(View *self) {
 }
 
 static PyMethodDef view_methods[] = {
+    {"memoryview", (PyCFunction)(void (*)(void))view_memoryview, METH_FASTCALL | METH_CLASS,
+     "memoryview($cls, mapping, offset, length, readonly, /)\n--\n\nA new View over "
+     "mapping[offset:offset + length] and the memoryview handed out over it."},
     {"retire", (PyCFunction)view_retire, METH_O,
      "retire($self, mv, /)\n--\n\nRelease mv (the memoryview made from this view, or None) "
      "and end the view; BufferError, nothing changed, while anything else holds its bytes."},

@@ -55,6 +55,7 @@ _LEN_MASK = (1 << 40) - 1
 SCRATCH_SIZE = 64 << 10
 _unpack = ffi.unpack
 _first = itemgetter(0)
+_new_view = View.memoryview  # a View over a record and the memoryview handed out over it
 
 _OK = lib.SHMIPC_OK
 _SLICE = lib.SHMIPC_SLICE
@@ -615,12 +616,11 @@ class Ring:
             r = lib.shmipc_ring_reserve(ptr, self._cap, nbytes, type, deadline)
             if r >= 0:
                 try:
-                    window = View(self._mapping, self._map_off + HEADER_SIZE + r, nbytes, False)
-                    view = memoryview(window)
+                    view = _new_view(self._mapping, self._map_off + HEADER_SIZE + r, nbytes, False)
                 except BaseException:
                     lib.shmipc_ring_abort(ptr)
                     raise
-                local.reserved = (view, window, nbytes, ptr)
+                local.reserved = (view, view.obj, nbytes, ptr)
                 return view
             if not self._retry(-r):
                 self._raise(-r, nbytes)
@@ -655,7 +655,7 @@ class Ring:
         if reserved is None:
             raise RuntimeError("this thread has no reservation on this ring")
         view, window, nbytes, ptr = reserved
-        _retire(view, window)
+        window.retire(view)  # BufferError, nothing changed, while anything holds its bytes
         self._local.reserved = None
         return nbytes, ptr
 
@@ -680,13 +680,14 @@ class Ring:
         local = self._local
         idx, ptr = self._peek_index(deadline_ns(timeout) if block else 0)
         try:
-            window = View(self._mapping, self._map_off + HEADER_SIZE + idx, local.peek_out[0], True)
-            view = memoryview(window)
+            view = _new_view(
+                self._mapping, self._map_off + HEADER_SIZE + idx, local.peek_out[0], True
+            )
         except BaseException:
             local.peeked = None
             lib.shmipc_ring_unpeek(ptr)
             raise
-        local.peeked = (view, window, ptr)
+        local.peeked = (view, view.obj, ptr)
         return view
 
     @property
@@ -711,7 +712,8 @@ class Ring:
         if peeked is None:
             raise RuntimeError("this thread has not peeked a record of this ring")
         view, window, ptr = peeked
-        _retire(view, window)
+        if window is not None:  # BufferError, nothing changed, while anything holds its bytes
+            window.retire(view)
         self._local.peeked = None
         return ptr
 
