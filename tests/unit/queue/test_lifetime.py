@@ -213,6 +213,38 @@ def test_a_claim_held_when_another_thread_closes_is_given_back():
         q.close()
 
 
+def test_a_peek_held_when_another_thread_closes_is_given_back():
+    q = Queue(capacity=4096)
+    other = Queue.attach(q.name)
+    try:
+        q.put_bytes(b"first")
+        view = q.peek()
+        assert bytes(view) == b"first"
+        closer = threading.Thread(target=q.close)
+        closer.start()
+        closer.join()
+        with pytest.raises(Closed):
+            q.release()
+        assert other.get_bytes(timeout=5) == b"first"  # not consumed, and the side is free
+        with pytest.raises(Closed):
+            q.peek(block=False)
+    finally:
+        other.close()
+        q.close()
+
+
+def test_close_on_the_peeking_thread_leaves_the_record_next():
+    q = Queue(capacity=4096)
+    other = Queue.attach(q.name)
+    try:
+        q.put_bytes(b"first")
+        q.peek()
+        q.close()
+        assert other.get_bytes(timeout=5) == b"first"
+    finally:
+        other.close()
+
+
 # ---- the Port's methods look like multiprocessing.Queue's ------------------------------------
 
 
