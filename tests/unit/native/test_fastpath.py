@@ -678,8 +678,8 @@ def test_a_closed_port_refuses_every_call_and_leaves_the_ring(ring, dec):
 
 
 def test_close_with_a_call_blocked_in_another_thread(ring):
-    """The blocked call keeps its own copy of the ring (the Ring keeps the mapping): it comes
-    back at the end of its slice, and the next call finds the port closed."""
+    """The blocked call keeps its own copy of the ring (the port's export keeps the mapping):
+    it comes back at the end of its slice, and the next call finds the port closed."""
     port = make_port(ring)
     statuses: list[int] = []
 
