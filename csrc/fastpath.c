@@ -8,7 +8,15 @@
  * retire) of csrc/ring.c and build the result `bytes` straight from the ring (one copy).
  *
  * The port lives in the cffi extension itself: shmipc_fastpath_install(), declared in the
- * cdef, adds `Port` and `RingMiss` to the module once at import (shmipc/_native.py).
+ * cdef, adds `Port`, `View` and `RingMiss` to the module once at import (shmipc/_native.py).
+ *
+ * Lifetime (docs/internals/lifetime.md): a Port is made over a mapping (any writable buffer
+ * exporter, the region's mmap) and holds a buffer export on it, so the mapping cannot be
+ * unmapped while the port may still use it. Every call that touches the ring counts itself
+ * in `inflight` (under the GIL); close() refuses later calls (SHMIPC_CLOSED) and drops the
+ * export once no call is inside, or else when the last one leaves. A `View` is the exporter
+ * behind the memoryviews Ring.reserve/peek hand out: it counts its own exports, so that the
+ * ring refuses to commit/release a record while any view of it is alive.
  *
  * GIL: a call first tries without waiting, holding the GIL (the common case costs no GIL
  * round trip); only if it would wait does it let the GIL go while it spins and sleeps. A
@@ -35,6 +43,8 @@ static PyObject *RingMiss;
 typedef struct {
     PyObject_HEAD
     char *ring;       /* the ring's control block; NULL once closed */
+    Py_ssize_t inflight; /* calls inside the ring now (changed under the GIL only) */
+    PyObject *pending;   /* a decode error get_many kept for the next consumer call, or NULL */
     uint64_t cap;     /* capacity as validated by Python on attach */
     PyObject *decode; /* called on records of obj_type by get/get_many; None: returned as is */
     uint32_t obj_type;
@@ -45,6 +55,9 @@ typedef struct {
     PyObject *slow_put;  /* (status, data, type, deadline) -> None: every other outcome */
     PyObject *slow_get;  /* (status, type, payload, deadline, decode) -> result: likewise */
     int bytes_as_is;     /* send: an exact bytes object travels as raw_type, unframed */
+    /* Cold fields last, off the hot fields' cache lines: */
+    Py_ssize_t undecodable; /* records taken off the ring that failed to decode */
+    Py_buffer lease;  /* an export of the mapping the ring lives in (lease.obj NULL: none) */
 } Port;
 
 static PyObject *miss(int status, uint32_t type, PyObject *payload) {
@@ -85,6 +98,37 @@ static int as_type(PyObject *o, uint32_t *out) {
     return 0;
 }
 
+/* ---- lifetime ------------------------------------------------------------------------- */
+
+/* The ring's address for a call that is about to touch it, counted in `inflight`; NULL once
+ * the port was closed (the caller answers SHMIPC_CLOSED). Every enter() is paired with one
+ * leave(), both under the GIL; the GIL may be let go in between. */
+static inline char *enter(Port *self) {
+    char *ring = self->ring;
+    if (ring) self->inflight++;
+    return ring;
+}
+
+static void drop_lease(Port *self) {
+    if (self->lease.obj) PyBuffer_Release(&self->lease); /* may unmap: the GIL is held */
+}
+
+/* After close(), the last call to leave lets go of the mapping. */
+static inline void leave(Port *self) {
+    if (--self->inflight == 0 && !self->ring) drop_lease(self);
+}
+
+/* A decode error get_many kept (it delivered the valid records of its batch first) is raised
+ * by the next consumer call: -1 with it set, else 0. */
+static inline int raise_pending(Port *self) {
+    if (!self->pending) return 0;
+    PyObject *exc = self->pending;
+    self->pending = NULL;
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return -1;
+}
+
 /* ---- producer side ---------------------------------------------------------------------- */
 
 static int put_buffer(char *ring, uint64_t cap, const char *p, size_t n, uint32_t type,
@@ -103,17 +147,25 @@ static int put_buffer(char *ring, uint64_t cap, const char *p, size_t n, uint32_
  * SHMIPC_NOTBUF for a buffer that is not contiguous (Python flattens it and retries),
  * SHMIPC_CLOSED once the port was closed. */
 static int put_object(Port *self, PyObject *data, uint32_t type, int64_t deadline) {
-    char *ring = self->ring;
-    if (!ring) return SHMIPC_CLOSED;
-    if (PyBytes_CheckExact(data))
-        return put_buffer(ring, self->cap, PyBytes_AS_STRING(data),
-                          (size_t)PyBytes_GET_SIZE(data), type, deadline);
+    int rc;
+    if (PyBytes_CheckExact(data)) {
+        char *ring = enter(self);
+        if (!ring) return SHMIPC_CLOSED;
+        rc = put_buffer(ring, self->cap, PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data),
+                        type, deadline);
+        leave(self);
+        return rc;
+    }
+    if (!self->ring) return SHMIPC_CLOSED;
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) { /* may run Python code */
         PyErr_Clear();
         return SHMIPC_NOTBUF;
     }
-    int rc = put_buffer(ring, self->cap, view.buf, (size_t)view.len, type, deadline);
+    char *ring = enter(self);
+    rc = ring ? put_buffer(ring, self->cap, view.buf, (size_t)view.len, type, deadline)
+              : SHMIPC_CLOSED;
+    if (ring) leave(self);
     PyBuffer_Release(&view);
     return rc;
 }
@@ -145,20 +197,17 @@ static PyObject *port_put_many(Port *self, PyObject *const *args, Py_ssize_t nar
     }
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     if (start == -1 && PyErr_Occurred()) return NULL;
-    char *ring = self->ring;
     uint64_t cap = self->cap;
-    if (!ring) return PyLong_FromLong(-SHMIPC_CLOSED);
+    if (!self->ring) return PyLong_FromLong(-SHMIPC_CLOSED);
     if (start < 0 || start >= PyList_GET_SIZE(frames)) return PyLong_FromLong(0);
 
     PyObject *first = PyList_GET_ITEM(frames, start);
     if (!PyBytes_CheckExact(first)) return PyLong_FromLong(-SHMIPC_NOTBUF);
-    Py_INCREF(first); /* ours even if another thread edits the list while we wait */
     uint64_t len = (uint64_t)PyBytes_GET_SIZE(first);
     uint64_t rec = rec_size(len);
-    if (len > UINT32_MAX || rec > cap / 2) {
-        Py_DECREF(first);
-        return PyLong_FromLong(-SHMIPC_TOOBIG);
-    }
+    if (len > UINT32_MAX || rec > cap / 2) return PyLong_FromLong(-SHMIPC_TOOBIG);
+    Py_INCREF(first); /* ours even if another thread edits the list while we wait */
+    char *ring = enter(self);
     uint64_t t, pad;
     int rc = shmipc_ri_claim(ring, cap, rec, 0, &t, &pad);
     if (rc == SHMIPC_FULL && deadline != 0) {
@@ -167,6 +216,7 @@ static PyObject *port_put_many(Port *self, PyObject *const *args, Py_ssize_t nar
         Py_END_ALLOW_THREADS
     }
     if (rc != SHMIPC_OK) {
+        leave(self);
         Py_DECREF(first);
         return PyLong_FromLong(-rc);
     }
@@ -190,6 +240,7 @@ static PyObject *port_put_many(Port *self, PyObject *const *args, Py_ssize_t nar
         rec = rec_size(len);
     }
     shmipc_ri_publish(ring, t, (uint64_t)(i - start), bytes);
+    leave(self);
     Py_DECREF(first);
     return PyLong_FromSsize_t(i - start);
 }
@@ -247,17 +298,27 @@ static void unlock_consumer(char *ring) {
  * bytes, with its type in *type and *rc SHMIPC_OK; or NULL with the status in *rc (NULL with
  * *rc SHMIPC_OK: an exception is set, and the record stays the next one). */
 static PyObject *take_record(Port *self, int64_t deadline, int *rc, uint32_t *type) {
-    char *ring = self->ring;
     uint64_t cap = self->cap, h, len, end;
     *type = 0;
-    *rc = ring ? await_one(ring, cap, deadline, &h, &len, type, &end) : SHMIPC_CLOSED;
-    if (*rc != SHMIPC_OK) return NULL;
-    PyObject *payload = payload_bytes(ring, cap, h, len);
-    if (!payload) {
-        unlock_consumer(ring);
+    if (raise_pending(self)) {
+        *rc = SHMIPC_OK;
         return NULL;
     }
-    shmipc_ri_retire(ring, cap, end, 1, len);
+    char *ring = enter(self);
+    if (!ring) {
+        *rc = SHMIPC_CLOSED;
+        return NULL;
+    }
+    *rc = await_one(ring, cap, deadline, &h, &len, type, &end);
+    PyObject *payload = NULL;
+    if (*rc == SHMIPC_OK) {
+        payload = payload_bytes(ring, cap, h, len);
+        if (payload)
+            shmipc_ri_retire(ring, cap, end, 1, len);
+        else
+            unlock_consumer(ring);
+    }
+    leave(self);
     return payload;
 }
 
@@ -272,6 +333,7 @@ static PyObject *deliver(Port *self, PyObject *payload, uint32_t type, int decod
     if (type != self->obj_type || !decode || self->decode == Py_None) return payload;
     PyObject *obj = PyObject_CallOneArg(self->decode, payload);
     Py_DECREF(payload);
+    if (!obj && PyErr_ExceptionMatches(PyExc_Exception)) self->undecodable++;
     return obj;
 }
 
@@ -296,6 +358,52 @@ static PyObject *port_get_bytes(Port *self, PyObject *const *args, Py_ssize_t na
     return take_one(self, args, nargs, 0);
 }
 
+/* Decode the records of a retired batch in place (those is_obj marks, all if NULL). A record
+ * that fails to decode never takes the others with it: it is counted and dropped, the valid
+ * ones are returned in order, and its error is raised now if none was valid, else by the next
+ * consumer call (raise_pending). Steals `out`. */
+static PyObject *decode_batch(Port *self, PyObject *out, const unsigned char *is_obj) {
+    Py_ssize_t count = PyList_GET_SIZE(out), kept = 0;
+    PyObject *error = NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(out, i); /* ours from here: its slot is cleared */
+        PyList_SET_ITEM(out, i, NULL);
+        if (!is_obj || is_obj[i]) {
+            PyObject *obj = PyObject_CallOneArg(self->decode, item);
+            Py_DECREF(item);
+            if (!obj) {
+                if (PyErr_ExceptionMatches(PyExc_Exception)) self->undecodable++;
+                PyObject *type, *value, *tb;
+                PyErr_Fetch(&type, &value, &tb);
+                PyErr_NormalizeException(&type, &value, &tb);
+                if (value && tb) PyException_SetTraceback(value, tb);
+                Py_XDECREF(type);
+                Py_XDECREF(tb);
+                if (!error)
+                    error = value;
+                else
+                    Py_XDECREF(value);
+                continue;
+            }
+            item = obj;
+        }
+        PyList_SET_ITEM(out, kept++, item);
+    }
+    Py_SET_SIZE(out, kept); /* slots kept.. are NULL: nothing to drop */
+    if (!error) return out;
+    if (kept == 0) {
+        Py_DECREF(out);
+        PyErr_SetObject((PyObject *)Py_TYPE(error), error);
+        Py_DECREF(error);
+        return NULL;
+    }
+    if (self->pending)
+        Py_DECREF(error); /* one is waiting already; this one is counted */
+    else
+        self->pending = error;
+    return out;
+}
+
 /* get_many(max_items, deadline_ns) -> list: at least one record (waiting for it as the
  * deadline allows), then those already there, up to max_items, under one lock and one
  * retire. Records of obj_type come out decoded, those of raw_type as bytes; a record of any
@@ -312,27 +420,34 @@ static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_ValueError, "max_items must be >= 1");
         return NULL;
     }
-    char *ring = self->ring;
+    if (raise_pending(self)) return NULL;
     uint64_t cap = self->cap;
+    char *ring = enter(self);
     if (!ring) return miss(SHMIPC_CLOSED, 0, NULL);
     /* A record takes at least 8 bytes, so no batch holds more than cap / 8. */
     if ((uint64_t)max_items > cap / SHMIPC_REC_HEADER) max_items = (Py_ssize_t)(cap / 8);
     uint64_t h, len, end, tail_seen, done = 0, bytes = 0;
     uint32_t type;
     int rc = await_one(ring, cap, deadline, &h, &len, &type, &end);
-    if (rc != SHMIPC_OK) return miss(rc, 0, NULL);
+    if (rc != SHMIPC_OK) {
+        leave(self);
+        return miss(rc, 0, NULL);
+    }
     if (!fast_type(self, type)) {
         PyObject *payload = payload_bytes(ring, cap, h, len);
         if (!payload) {
             unlock_consumer(ring);
+            leave(self);
             return NULL;
         }
         shmipc_ri_retire(ring, cap, end, 1, len);
+        leave(self);
         return miss(SHMIPC_OK, type, payload);
     }
     PyObject *out = PyList_New(0);
     if (!out) {
         unlock_consumer(ring);
+        leave(self);
         return NULL;
     }
     /* Which items need decoding: all or none while the batch holds one type; a map is
@@ -345,6 +460,7 @@ static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nar
             Py_XDECREF(payload);
             if (PyList_GET_SIZE(out) == 0) {
                 unlock_consumer(ring);
+                leave(self);
                 Py_DECREF(out);
                 return NULL;
             }
@@ -373,17 +489,9 @@ static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nar
     }
     Py_ssize_t count = PyList_GET_SIZE(out);
     shmipc_ri_retire(ring, cap, done, (uint64_t)count, bytes);
-    if (self->decode != Py_None && (is_obj || first_type == self->obj_type)) {
-        for (Py_ssize_t i = 0; i < count; i++) {
-            if (is_obj ? !is_obj[i] : 0) continue;
-            PyObject *obj = PyObject_CallOneArg(self->decode, PyList_GET_ITEM(out, i));
-            if (!obj) {
-                Py_CLEAR(out);
-                break;
-            }
-            PyList_SetItem(out, i, obj); /* steals obj, drops the payload */
-        }
-    }
+    leave(self);
+    if (self->decode != Py_None && (is_obj || first_type == self->obj_type))
+        out = decode_batch(self, out, is_obj);
     PyMem_Free(is_obj);
     return out;
 }
@@ -406,11 +514,7 @@ static int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t nargs,
                      has_first + 2);
         return -1;
     }
-    if (npos < has_first) {
-        PyErr_Format(PyExc_TypeError, "%s() missing its first argument", fname);
-        return -1;
-    }
-    if (has_first) *first = args[0];
+    if (has_first) *first = npos ? args[0] : NULL;
     if (npos > has_first) block = args[has_first];
     if (npos > has_first + 1) timeout = args[has_first + 1];
     if (kwnames) {
@@ -419,6 +523,8 @@ static int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t nargs,
             PyObject **slot = NULL;
             if (PyUnicode_CompareWithASCIIString(key, "block") == 0) slot = &block;
             else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) slot = &timeout;
+            else if (has_first && PyUnicode_CompareWithASCIIString(key, "obj") == 0)
+                slot = first;
             if (!slot) {
                 PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
                              fname, key);
@@ -431,6 +537,11 @@ static int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t nargs,
             }
             *slot = value;
         }
+    }
+    if (has_first && !*first) {
+        PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: 'obj'",
+                     fname);
+        return -1;
     }
     int blocking = 1;
     if (block && (blocking = PyObject_IsTrue(block)) < 0) return -1;
@@ -499,7 +610,7 @@ static PyObject *port_send(Port *self, PyObject *const *args, Py_ssize_t nargs,
     return send_impl(self, obj, 1, deadline);
 }
 
-/* send_bytes(data, block=True, timeout=None): put a bytes-like payload as raw_type. */
+/* send_bytes(obj, block=True, timeout=None): put a bytes-like payload as raw_type. */
 static PyObject *port_send_bytes(Port *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames) {
     PyObject *obj;
@@ -551,40 +662,42 @@ static PyObject *port_recv_bytes(Port *self, PyObject *const *args, Py_ssize_t n
 /* ---- the Port type ---------------------------------------------------------------------- */
 
 static PyObject *port_close(Port *self, PyObject *unused) {
-    /* A thread inside a call keeps its own copy of the pointer; the mapping outlives the
-     * port (Python keeps the region referenced). */
+    /* Later calls answer SHMIPC_CLOSED. A call inside the ring now (another thread, waiting
+     * with the GIL let go) keeps its own copy of the address and the mapping with it: the
+     * export is dropped by the last such call to leave, or here if there is none. */
     self->ring = NULL;
+    if (self->inflight == 0) drop_lease(self);
     Py_RETURN_NONE;
 }
 
 static int port_init(Port *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"address",     "cap",      "decode",   "obj_type",
-                             "raw_type",    "encode",   "deadline", "slow_put",
-                             "slow_get",    "bytes_as_is", NULL};
-    PyObject *address, *decode, *encode = Py_None, *deadline = Py_None;
+    static char *kwlist[] = {"mapping",  "offset",   "cap",      "decode",
+                             "obj_type", "raw_type", "encode",   "deadline",
+                             "slow_put", "slow_get", "bytes_as_is", NULL};
+    PyObject *mapping, *decode, *encode = Py_None, *deadline = Py_None;
     PyObject *slow_put = Py_None, *slow_get = Py_None;
-    PyObject *cap_obj, *obj_type_obj, *raw_type_obj;
+    PyObject *offset_obj, *cap_obj, *obj_type_obj, *raw_type_obj;
     int bytes_as_is = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$OOOOp", kwlist, &address, &cap_obj,
-                                     &decode, &obj_type_obj, &raw_type_obj, &encode, &deadline,
-                                     &slow_put, &slow_get, &bytes_as_is))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO|$OOOOp", kwlist, &mapping, &offset_obj,
+                                     &cap_obj, &decode, &obj_type_obj, &raw_type_obj, &encode,
+                                     &deadline, &slow_put, &slow_get, &bytes_as_is))
         return -1;
+    if (self->ring || self->lease.obj || self->inflight) {
+        PyErr_SetString(PyExc_TypeError, "a Port is initialised once");
+        return -1;
+    }
+    if (!PyLong_Check(offset_obj) || !PyLong_Check(cap_obj)) {
+        PyErr_SetString(PyExc_TypeError, "Port's offset and cap must be ints");
+        return -1;
+    }
     unsigned long long cap = PyLong_AsUnsignedLongLong(cap_obj);
     if (cap == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    Py_ssize_t offset = PyLong_AsSsize_t(offset_obj);
+    if (offset == -1 && PyErr_Occurred()) return -1;
     uint32_t obj_type, raw_type;
     if (as_type(obj_type_obj, &obj_type) || as_type(raw_type_obj, &raw_type)) return -1;
-    if (!PyLong_Check(address)) {
-        PyErr_SetString(PyExc_TypeError, "Port needs a ring's address as an int");
-        return -1;
-    }
-    unsigned long long a = PyLong_AsUnsignedLongLong(address);
-    if (a == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        a = 0; /* negative or too large: refused below */
-    }
-    void *p = (void *)(uintptr_t)a;
-    if (!p || cap < 64 || (cap & (cap - 1))) {
-        PyErr_SetString(PyExc_ValueError, "Port needs a ring's address and power-of-two capacity");
+    if (cap < 64 || (cap & (cap - 1)) || cap > ((unsigned long long)1 << 40)) {
+        PyErr_SetString(PyExc_ValueError, "Port needs a ring's power-of-two capacity");
         return -1;
     }
     PyObject *callables[] = {decode, encode, deadline, slow_put, slow_get};
@@ -600,7 +713,21 @@ static int port_init(Port *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_TypeError, "a Port with slow_put needs encode");
         return -1;
     }
-    self->ring = p;
+    /* The export pins the mapping (an mmap refuses to close, and cannot be freed, while it
+     * is exported) for as long as this port may touch it. */
+    Py_buffer lease;
+    if (PyObject_GetBuffer(mapping, &lease, PyBUF_WRITABLE) < 0) return -1;
+    if (offset < 0 || offset % 64 ||
+        (unsigned long long)lease.len < (unsigned long long)offset + SHMIPC_RING_HEADER_SIZE ||
+        (unsigned long long)lease.len - (unsigned long long)offset - SHMIPC_RING_HEADER_SIZE <
+            cap) {
+        PyBuffer_Release(&lease);
+        PyErr_SetString(PyExc_ValueError,
+                        "Port's ring (offset, control block and cap) does not fit its mapping");
+        return -1;
+    }
+    self->lease = lease;
+    self->ring = (char *)lease.buf + offset;
     self->cap = cap;
     Py_XSETREF(self->decode, Py_NewRef(decode));
     Py_XSETREF(self->encode, Py_NewRef(encode));
@@ -614,6 +741,7 @@ static int port_init(Port *self, PyObject *args, PyObject *kwds) {
 }
 
 static int port_traverse(Port *self, visitproc visit, void *arg) {
+    Py_VISIT(self->pending);
     Py_VISIT(self->decode);
     Py_VISIT(self->encode);
     Py_VISIT(self->deadline);
@@ -624,6 +752,7 @@ static int port_traverse(Port *self, visitproc visit, void *arg) {
 }
 
 static int port_clear(Port *self) {
+    Py_CLEAR(self->pending);
     Py_CLEAR(self->decode);
     Py_CLEAR(self->encode);
     Py_CLEAR(self->deadline);
@@ -636,6 +765,8 @@ static void port_dealloc(Port *self) {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     port_clear(self);
+    self->ring = NULL;
+    drop_lease(self); /* no call is inside: each holds a reference to the port */
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -654,19 +785,29 @@ static PyMethodDef port_methods[] = {
     {"get_many", (PyCFunction)(void (*)(void))port_get_many, METH_FASTCALL,
      "get_many(max_items, deadline_ns) -> list; RingMiss otherwise"},
     {"send", (PyCFunction)(void (*)(void))port_send, METH_FASTCALL | METH_KEYWORDS,
-     "send(obj, block=True, timeout=None): Queue.put in one call"},
+     "send($self, /, obj, block=True, timeout=None)\n--\n\nQueue.put in one call."},
     {"send_bytes", (PyCFunction)(void (*)(void))port_send_bytes, METH_FASTCALL | METH_KEYWORDS,
-     "send_bytes(data, block=True, timeout=None): Queue.put_bytes in one call"},
+     "send_bytes($self, /, obj, block=True, timeout=None)\n--\n\nQueue.put_bytes in one call."},
     {"recv", (PyCFunction)(void (*)(void))port_recv, METH_FASTCALL | METH_KEYWORDS,
-     "recv(block=True, timeout=None): Queue.get in one call"},
+     "recv($self, /, block=True, timeout=None)\n--\n\nQueue.get in one call."},
     {"recv_bytes", (PyCFunction)(void (*)(void))port_recv_bytes, METH_FASTCALL | METH_KEYWORDS,
-     "recv_bytes(block=True, timeout=None): Queue.get_bytes in one call"},
-    {"close", (PyCFunction)port_close, METH_NOARGS, "Refuse every later call."},
+     "recv_bytes($self, /, block=True, timeout=None)\n--\n\nQueue.get_bytes in one call."},
+    {"close", (PyCFunction)port_close, METH_NOARGS,
+     "Refuse every later call; let go of the mapping once no call is inside it."},
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef port_members[] = {
+    {"undecodable", T_PYSSIZET, offsetof(Port, undecodable), 0,
+     "records this port took off the ring that failed to decode"},
+    {"inflight", T_PYSSIZET, offsetof(Port, inflight), READONLY,
+     "calls inside the ring now"},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyType_Slot port_slots[] = {
-    {Py_tp_doc, "A ring's hot paths: Port(address, cap, decode, obj_type, raw_type)."},
+    {Py_tp_doc, "A ring's hot paths: Port(mapping, offset, cap, decode, obj_type, raw_type)."},
+    {Py_tp_members, port_members},
     {Py_tp_init, port_init},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_methods, port_methods},
@@ -683,6 +824,190 @@ static PyType_Spec port_spec = {
     .slots = port_slots,
 };
 
+/* ---- the View type -----------------------------------------------------------------------
+ *
+ * View(mapping, offset, length, readonly): the exporter behind the memoryview Ring.reserve
+ * and Ring.peek hand out. It pins the mapping with an export of its own, and counts the
+ * exports made from it, as mmap does: every memoryview, slice, PickleBuffer or numpy array
+ * made from the view holds one (a memoryview and its slices share one). retire() refuses
+ * (BufferError) while any is alive, else ends the view for good: the ring calls it before it
+ * commits, aborts, releases or unpeeks the record, so no view outlives its record and none
+ * ever shows a later record's bytes. */
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer src;      /* the export pinning the mapping (src.obj NULL once retired) */
+    char *buf;          /* the record's bytes; NULL once retired */
+    Py_ssize_t len;
+    int readonly;
+    Py_ssize_t exports; /* buffers handed out and not yet released */
+} View;
+
+static int view_setup(View *self, PyObject *mapping, Py_ssize_t offset, Py_ssize_t length,
+                      int readonly) {
+    if (self->src.obj || self->exports) {
+        PyErr_SetString(PyExc_TypeError, "a View is initialised once");
+        return -1;
+    }
+    Py_buffer src;
+    if (PyObject_GetBuffer(mapping, &src, readonly ? PyBUF_SIMPLE : PyBUF_WRITABLE) < 0)
+        return -1;
+    if (offset < 0 || length < 0 || offset > src.len || length > src.len - offset) {
+        PyBuffer_Release(&src);
+        PyErr_SetString(PyExc_ValueError, "View's range does not fit its mapping");
+        return -1;
+    }
+    self->src = src;
+    self->buf = (char *)src.buf + offset;
+    self->len = length;
+    self->readonly = readonly;
+    return 0;
+}
+
+static int view_init(View *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"mapping", "offset", "length", "readonly", NULL};
+    PyObject *mapping;
+    Py_ssize_t offset, length;
+    int readonly;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onnp", kwlist, &mapping, &offset, &length,
+                                     &readonly))
+        return -1;
+    return view_setup(self, mapping, offset, length, readonly);
+}
+
+/* View.memoryview(mapping, offset, length, readonly) -> memoryview: a new View and the one
+ * memoryview handed out over it (its exporter is mv.obj), in one call: the zero-copy paths'
+ * per-record cost. */
+static PyObject *view_memoryview(PyObject *cls, PyObject *const *args, Py_ssize_t nargs) {
+    if (arg_count(nargs, 4, "View.memoryview(mapping, offset, length, readonly)")) return NULL;
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    if (offset == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t length = PyLong_AsSsize_t(args[2]);
+    if (length == -1 && PyErr_Occurred()) return NULL;
+    int readonly = PyObject_IsTrue(args[3]);
+    if (readonly < 0) return NULL;
+    PyTypeObject *tp = (PyTypeObject *)cls;
+    View *self = (View *)tp->tp_alloc(tp, 0);
+    if (!self) return NULL;
+    PyObject *mv = NULL;
+    if (view_setup(self, args[0], offset, length, readonly) == 0)
+        mv = PyMemoryView_FromObject((PyObject *)self);
+    Py_DECREF(self); /* the memoryview's export keeps it */
+    return mv;
+}
+
+static int view_getbuffer(View *self, Py_buffer *view, int flags) {
+    if (!self->buf) {
+        PyErr_SetString(PyExc_BufferError,
+                        "this view's record was committed, aborted or released: the view is "
+                        "no longer valid");
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->buf, self->len, self->readonly, flags) <
+        0)
+        return -1;
+    self->exports++;
+    return 0;
+}
+
+static void view_releasebuffer(View *self, Py_buffer *view) {
+    self->exports--;
+}
+
+/* retire(mv): end the view, first releasing `mv` (the memoryview made from it, or None).
+ * BufferError, with nothing changed (mv still usable), while anything else holds the bytes:
+ * an export of mv itself (a PickleBuffer, a numpy array), another memoryview sharing mv's
+ * buffer (a slice, memoryview(mv)) or any other export of this view. */
+static PyObject *view_retire(View *self, PyObject *mv) {
+    Py_ssize_t others = self->exports;
+    PyMemoryViewObject *m = NULL;
+    if (mv != Py_None) {
+        if (!PyMemoryView_Check(mv)) {
+            PyErr_SetString(PyExc_TypeError, "retire() takes a memoryview or None");
+            return NULL;
+        }
+        m = (PyMemoryViewObject *)mv;
+        if (m->flags & _Py_MEMORYVIEW_RELEASED) {
+            m = NULL; /* released before: it holds nothing */
+        } else if (m->mbuf->master.obj != (PyObject *)self) {
+            PyErr_SetString(PyExc_ValueError, "retire() was given another object's memoryview");
+            return NULL;
+        } else {
+            /* mv's managed buffer holds one export of ours, shared by every memoryview
+             * registered on it (mbuf->exports of them); mv->exports counts its own. */
+            others = self->exports - 1 + (m->mbuf->exports - 1) + m->exports;
+        }
+    }
+    if (others > 0) {
+        PyErr_SetString(PyExc_BufferError,
+                        "a view of this record is still in use (a memoryview slice, a "
+                        "PickleBuffer, a numpy array, ...): drop it and call again");
+        return NULL;
+    }
+    if (m) {
+        static PyObject *release_name;
+        if (!release_name && !(release_name = PyUnicode_InternFromString("release")))
+            return NULL;
+        PyObject *r = PyObject_CallMethodNoArgs(mv, release_name);
+        if (!r) return NULL;
+        Py_DECREF(r);
+    }
+    if (self->exports > 0) { /* cannot happen after the count above; never retire under one */
+        PyErr_SetString(PyExc_BufferError, "a view of this record is still in use");
+        return NULL;
+    }
+    self->buf = NULL;
+    if (self->src.obj) PyBuffer_Release(&self->src);
+    Py_RETURN_NONE;
+}
+
+static PyObject *view_get_exports(View *self, void *closure) {
+    return PyLong_FromSsize_t(self->exports);
+}
+
+static void view_dealloc(View *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    if (self->src.obj) PyBuffer_Release(&self->src); /* no export is alive: each refers to us */
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef view_methods[] = {
+    {"memoryview", (PyCFunction)(void (*)(void))view_memoryview, METH_FASTCALL | METH_CLASS,
+     "memoryview($cls, mapping, offset, length, readonly, /)\n--\n\nA new View over "
+     "mapping[offset:offset + length] and the memoryview handed out over it."},
+    {"retire", (PyCFunction)view_retire, METH_O,
+     "retire($self, mv, /)\n--\n\nRelease mv (the memoryview made from this view, or None) "
+     "and end the view; BufferError, nothing changed, while anything else holds its bytes."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef view_getset[] = {
+    {"exports", (getter)view_get_exports, NULL, "buffers made from this view still alive", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot view_slots[] = {
+    {Py_tp_doc, "The exporter of a reserved or peeked record: View(mapping, offset, length, "
+                "readonly)."},
+    {Py_tp_init, view_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, view_dealloc},
+    {Py_tp_methods, view_methods},
+    {Py_tp_getset, view_getset},
+    {Py_bf_getbuffer, view_getbuffer},
+    {Py_bf_releasebuffer, view_releasebuffer},
+    {0, NULL},
+};
+
+static PyType_Spec view_spec = {
+    .name = "shmipc._native_ext.View",
+    .basicsize = sizeof(View),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = view_slots,
+};
+
 int shmipc_fastpath_install(void) {
     static int installed = 0;
     PyGILState_STATE gil = PyGILState_Ensure();
@@ -690,8 +1015,10 @@ int shmipc_fastpath_install(void) {
     if (!installed) {
         PyObject *module = PyImport_AddModule("shmipc._native_ext"); /* borrowed */
         PyObject *port = module ? PyType_FromSpec(&port_spec) : NULL;
-        RingMiss = port ? PyErr_NewException("shmipc._native_ext.RingMiss", NULL, NULL) : NULL;
+        PyObject *view = port ? PyType_FromSpec(&view_spec) : NULL;
+        RingMiss = view ? PyErr_NewException("shmipc._native_ext.RingMiss", NULL, NULL) : NULL;
         if (RingMiss && PyModule_AddObjectRef(module, "Port", port) == 0 &&
+            PyModule_AddObjectRef(module, "View", view) == 0 &&
             PyModule_AddObjectRef(module, "RingMiss", RingMiss) == 0) {
             installed = 1;
         } else {
@@ -699,6 +1026,7 @@ int shmipc_fastpath_install(void) {
             rc = -1;
         }
         Py_XDECREF(port);
+        Py_XDECREF(view);
     }
     PyGILState_Release(gil);
     return rc;

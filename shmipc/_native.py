@@ -14,7 +14,7 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
         f"({exc})"
     ) from exc
 
-__all__ = ["ABI_VERSION", "Port", "RingMiss", "ffi", "lib"]
+__all__ = ["ABI_VERSION", "Port", "RingMiss", "View", "ffi", "lib"]
 
 #: The ABI stamp this Python code was written against; csrc/shmipc.h must say the same.
 ABI_VERSION = 7
@@ -30,4 +30,4 @@ if lib.shmipc_abi_version() != ABI_VERSION:  # pragma: no cover - only with a st
 if lib.shmipc_fastpath_install() != 0:  # pragma: no cover - only if the interpreter refuses
     raise ImportError("shmipc's compiled core could not add its fast paths (Port)")
 
-from ._native_ext import Port, RingMiss  # noqa: E402 - exist only after the install above
+from ._native_ext import Port, RingMiss, View  # noqa: E402 - exist only after the install above

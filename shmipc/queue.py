@@ -11,13 +11,14 @@ or stuck at exit. A message larger than half the ring is spilled to a side segme
 
 from __future__ import annotations
 
+import dataclasses
 import queue as _stdlib_queue
 import weakref
 from collections.abc import Iterable
 from typing import Any
 
 from . import _spill
-from ._native import Port, RingMiss, ffi, lib
+from ._native import Port, RingMiss, lib
 from .codec import Codec, get_codec
 from .errors import Closed, CorruptedError
 from .layout import Kind
@@ -102,6 +103,7 @@ class Queue:
         max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
     ) -> None:
         self._ring: Ring | None = ring
+        self._closed_ring: Ring | None = None
         self._cap = ring._cap
         self._codec = codec
         self._encode = codec.encode
@@ -126,10 +128,13 @@ class Queue:
         # put/get whole (block and timeout included); they become this instance's own put,
         # put_bytes, get and get_bytes unless a subclass overrides those. Every outcome but
         # the fast one comes back to _put_slow/_get_miss, reached through a weak reference so
-        # that the port does not keep this handle (and its segment) alive.
+        # that the port does not keep this handle alive. The port holds an export of the
+        # mapping itself: a bound method that outlives this handle (or a call still inside the
+        # ring) keeps the memory mapped, and answers Closed (docs/internals/lifetime.md).
         me = weakref.ref(self)
         self._port = port = Port(
-            int(ffi.cast("uintptr_t", ring._ptr)),
+            ring._mapping,
+            ring._map_off,
             ring._cap,
             codec.decode,
             T_OBJ,
@@ -249,9 +254,9 @@ class Queue:
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
 
-    def put_bytes(self, data: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put_bytes(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put a bytes-like payload as is; ``get`` returns it as bytes."""
-        self._port.send_bytes(data, block, timeout)
+        self._port.send_bytes(obj, block, timeout)
 
     def _put_slow(self, rc: int, data: Any, rtype: int, deadline: int) -> None:
         """Everything but the one-call fast path: spill, retries between slices, errors.
@@ -371,14 +376,22 @@ class Queue:
 
     def _decode(self, rtype: int, payload: Any) -> Any:
         if rtype == T_OBJ:
-            return self._decode_frame(payload)
+            return self._decode_counted(payload)
         if rtype == T_BYTES:
             return payload
         if rtype == T_SPILL_OBJ:
-            return self._decode_frame(self._spills.read(payload, frame=True))
+            return self._decode_counted(self._spills.read(payload, frame=True))
         if rtype == T_SPILL_BYTES:
             return self._spills.read(payload)
         raise CorruptedError(f"queue record of unknown type {rtype}")
+
+    def _decode_counted(self, frame: Any) -> Any:
+        """Decode a frame taken off the ring; one that fails is counted (``undecodable``)."""
+        try:
+            return self._decode_frame(frame)
+        except Exception:
+            self._port.undecodable += 1
+            raise
 
     # ---- zero-copy -----------------------------------------------------------------------
 
@@ -387,10 +400,10 @@ class Queue:
         return self._live_ring().reserve(nbytes, type=T_BYTES, block=block, timeout=timeout)
 
     def commit(self) -> None:
-        self._live_ring().commit()
+        self._claim_ring().commit()
 
     def abort(self) -> None:
-        self._live_ring().abort()
+        self._claim_ring().abort()
 
     def peek(self, block: bool = True, timeout: float | None = None) -> memoryview:
         """A read-only view of the next message's raw payload; ``release()`` frees it."""
@@ -409,7 +422,16 @@ class Queue:
         return view
 
     def release(self) -> None:
-        self._live_ring().release()
+        self._claim_ring().release()
+
+    def _claim_ring(self) -> Ring:
+        """The ring for commit/abort/release: still there after close(), so that a thread
+        holding a reservation or a peek when another closed the handle gives it back (the
+        ring then raises Closed) instead of keeping the side locked."""
+        ring = self._ring or self._closed_ring
+        if ring is None:
+            raise Closed("this queue handle was closed")
+        return ring
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -426,7 +448,10 @@ class Queue:
         return self._maxsize > 0 and size >= self._maxsize
 
     def statistics(self) -> RingStatistics:
-        return self._live_ring().statistics()
+        """The ring's counters, and ``undecodable``: the messages this handle took off the
+        queue that failed to decode (each raised CorruptedError; none took others with it)."""
+        stats = self._live_ring().statistics()
+        return dataclasses.replace(stats, undecodable=self._port.undecodable)
 
     # ---- lifetime ------------------------------------------------------------------------
 
@@ -434,13 +459,18 @@ class Queue:
         """Drop this handle. In the creating process this also unlinks the name: processes
         already attached keep working, new ones can no longer attach; and it removes the
         queue's spilled messages still waiting."""
-        ring, self._ring = self._ring, None
-        self._port.close()  # the next fast-path call fails, and _live_ring says why
+        ring = self._ring
+        if ring is not None:
+            ring._let_go()  # this thread's reserve/peek: BufferError while its view is in use
+        self._ring = None
+        # The next fast-path call fails, and _live_ring says why. A call inside the ring in
+        # another thread keeps the mapping (the port's export until it leaves, or its frame's
+        # ring object); the ring object stays with this handle so that another thread's
+        # reservation or peek can still be given back (docs/internals/lifetime.md).
+        self._port.close()
         if ring is not None:
             if ring.region.owner:
                 self._spills.remove_all()
-            # Keep the ring object (and so the mapping) alive as long as this handle: another
-            # thread may still be inside a native call on it.
             self._closed_ring = ring
             ring.close()
 

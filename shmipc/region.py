@@ -499,6 +499,16 @@ class Region:
             raise ValueError(f"offset {offset} outside region of {self.size} bytes")
         return self._base, self._data_offset + offset
 
+    def _mapping(self, offset: int = 0) -> tuple[mmap.mmap, int]:
+        """(the mmap, absolute offset) of payload ``offset``: what a native object that keeps
+        an address into the region exports, to pin the mapping for as long as it lives
+        (docs/internals/lifetime.md)."""
+        self._check_open()
+        if offset < 0 or offset > self.size:
+            raise ValueError(f"offset {offset} outside region of {self.size} bytes")
+        assert self._mm is not None
+        return self._mm, self._data_offset + offset
+
     # ---- operations ----------------------------------------------------------------------
 
     def flush(self, offset: int = 0, size: int | None = None) -> None:

@@ -11,7 +11,10 @@ Three ways to read and write:
 * copying: ``put(data)`` / ``get()`` and the batches ``put_many`` / ``get_many``;
 * zero-copy: ``reserve(n)`` returns a writable view inside the ring, ``commit()`` publishes it
   (``abort()`` drops it); ``peek()`` returns a read-only view of the next record and
-  ``release()`` frees it. The thread that reserved (peeked) must commit (release).
+  ``release()`` frees it. The thread that reserved (peeked) must commit (release). A view
+  counts what is made from it (slices, PickleBuffers, numpy arrays): while any is alive,
+  commit/abort/release/unpeek/close raise BufferError and change nothing, so no view ever
+  outlives its record (docs/internals/lifetime.md).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from operator import itemgetter
 from typing import Any
 
 from . import _proc
-from ._native import ffi, lib
+from ._native import View, ffi, lib
 from .errors import Closed, CorruptedError, LayoutMismatch, MessageTooLarge, Revoked
 from .layout import Kind
 from .region import ATTACH_TIMEOUT, Region
@@ -57,6 +60,7 @@ SCRATCH_SIZE = 64 << 10
 GET_MANY_MAX = 1024
 _unpack = ffi.unpack
 _first = itemgetter(0)
+_new_view = View.memoryview  # a View over a record and the memoryview handed out over it
 
 _OK = lib.SHMIPC_OK
 _SLICE = lib.SHMIPC_SLICE
@@ -88,6 +92,7 @@ class RingStatistics:
     consumers_recovered: int  # consumer locks taken over from consumers that died
     revoked: int = 0  # reservations taken from producers stopped past the liveness interval
     quarantined: int = 0  # bytes of a revoked reservation kept from reuse now (0: none)
+    undecodable: int = 0  # (Queue) messages this handle took off that failed to decode
 
 
 def byte_view(data: Any) -> memoryview:
@@ -128,8 +133,10 @@ class _PerThread(threading.local):
         self.scratch_ptr = ffi.from_buffer(self.scratch)
         self.meta = ffi.new("uint64_t[]", 2 * GET_MANY_MAX)
         self.peek_out = ffi.new("uint64_t[2]")
-        self.reserved: tuple[memoryview, int] | None = None
-        self.peeked: memoryview | None = None
+        # (view, its View exporter, nbytes, ring address) while this thread holds a reservation
+        self.reserved: tuple[memoryview, Any, int, Any] | None = None
+        # (view or None, its View exporter or None, ring address) while it holds a peek
+        self.peeked: tuple[memoryview | None, Any, Any] | None = None
         self.busy_retries = 0  # consecutive retries of a refused SPSC call (Ring._retry)
 
 
@@ -144,12 +151,13 @@ class Ring:
         base, abs_off = region.pointer(offset)
         self._base = base  # keeps the mapping alive while this ring exists
         self._ptr: Any = base + abs_off
+        # The mmap and the ring's offset in it: what a Port or a View exports to pin the
+        # mapping for as long as it keeps an address into it (docs/internals/lifetime.md).
+        self._mapping, self._map_off = region._mapping(offset)
         self._cap = self._validate()
         # The mode as it was when this handle attached: a ring that later answers "busy"
         # without being SPSC had its flags overwritten (CorruptedError, not RuntimeError).
         self._spsc = bool(lib.shmipc_load32_acquire(self._ptr, lib.SHMIPC_RING_OFF_FLAGS) & _SPSC)
-        self._data = region.buffer[offset + HEADER_SIZE : offset + HEADER_SIZE + self._cap]
-        self._data_ro = self._data.toreadonly()
         self._local = _PerThread()
         self._stopped_since: dict[int, int] = {}  # parked lock word -> first seen stopped
 
@@ -500,9 +508,9 @@ class Ring:
     def _get_large(self, deadline: int) -> tuple[int, bytes]:
         """A record too large for the scratch: copy it once, straight out of the ring."""
         out = self._local.peek_out
-        idx = self._peek_index(deadline)
+        idx, ptr = self._peek_index(deadline)
         try:
-            data = _unpack(self._p + (HEADER_SIZE + idx), out[0])
+            data = _unpack(ptr + (HEADER_SIZE + idx), out[0])
             rtype = int(out[1])
         finally:
             self._release_peeked()
@@ -609,6 +617,7 @@ class Ring:
         """A writable view of ``nbytes`` inside the ring; ``commit()`` publishes it.
 
         Until this thread commits or aborts, other producers wait: fill the view promptly.
+        Drop whatever was made from the view (slices, arrays) before committing.
         """
         if not 0 <= type <= TYPE_MAX:
             raise ValueError(f"record type must be in 0..{TYPE_MAX}, got {type}")
@@ -619,19 +628,27 @@ class Ring:
             raise RuntimeError("this thread already has a reservation on this ring: commit it")
         deadline = deadline_ns(timeout) if block else 0
         while True:
-            r = lib.shmipc_ring_reserve(self._p, self._cap, nbytes, type, deadline)
+            ptr = self._p
+            r = lib.shmipc_ring_reserve(ptr, self._cap, nbytes, type, deadline)
             if r >= 0:
-                view = self._data[r : r + nbytes]
-                local.reserved = (view, nbytes)
+                try:
+                    view = _new_view(self._mapping, self._map_off + HEADER_SIZE + r, nbytes, False)
+                except BaseException:
+                    lib.shmipc_ring_abort(ptr)
+                    raise
+                local.reserved = (view, view.obj, nbytes, ptr)
                 return view
             if not self._retry(-r):
                 self._raise(-r, nbytes)
 
     def commit(self) -> None:
-        """Publish this thread's reservation; its view becomes unusable."""
-        view, nbytes = self._take_reservation()
-        rc = lib.shmipc_ring_commit(self._p, self._cap, nbytes)
-        view.release()
+        """Publish this thread's reservation; its view becomes unusable. BufferError (nothing
+        published, the reservation kept) while anything made from the view is alive."""
+        nbytes, ptr = self._take_reservation()
+        if self._ptr is None:  # closed by another thread: give the claim back
+            lib.shmipc_ring_abort(ptr)
+            raise Closed("this ring handle was closed; nothing was published")
+        rc = lib.shmipc_ring_commit(ptr, self._cap, nbytes)
         if rc == lib.SHMIPC_REVOKED:
             raise Revoked(
                 f"this thread's reservation of {nbytes} bytes on {self._label} was "
@@ -642,26 +659,32 @@ class Ring:
             self._raise(rc)
 
     def abort(self) -> None:
-        """Drop this thread's reservation: nothing is published."""
-        view, _ = self._take_reservation()
-        lib.shmipc_ring_abort(self._p)
-        view.release()
+        """Drop this thread's reservation: nothing is published. BufferError (the
+        reservation kept) while anything made from its view is alive."""
+        _, ptr = self._take_reservation()
+        lib.shmipc_ring_abort(ptr)
 
-    def _take_reservation(self) -> tuple[memoryview, int]:
+    def _take_reservation(self) -> tuple[int, Any]:
+        """End this thread's reservation's view (BufferError, nothing changed, while it is
+        exported) and take the reservation: (nbytes, ring address)."""
         reserved = self._local.reserved
         if reserved is None:
             raise RuntimeError("this thread has no reservation on this ring")
+        view, window, nbytes, ptr = reserved
+        window.retire(view)  # BufferError, nothing changed, while anything holds its bytes
         self._local.reserved = None
-        return reserved
+        return nbytes, ptr
 
-    def _peek_index(self, deadline: int) -> int:
+    def _peek_index(self, deadline: int) -> tuple[int, Any]:
+        """Peek the next record: (its data index, the ring address the peek was made on)."""
         if self._local.peeked is not None:
             raise RuntimeError("this thread already peeked a record of this ring: release it")
         while True:
-            r = lib.shmipc_ring_peek(self._p, self._cap, self._local.peek_out, deadline)
+            ptr = self._p
+            r = lib.shmipc_ring_peek(ptr, self._cap, self._local.peek_out, deadline)
             if r >= 0:
-                self._local.peeked = memoryview(b"")
-                return r
+                self._local.peeked = (None, None, ptr)
+                return r, ptr
             if not self._retry(-r):
                 self._raise(-r)
 
@@ -670,9 +693,17 @@ class Ring:
 
         Until this thread releases it, other consumers wait.
         """
-        idx = self._peek_index(deadline_ns(timeout) if block else 0)
-        view = self._data_ro[idx : idx + self._local.peek_out[0]]
-        self._local.peeked = view
+        local = self._local
+        idx, ptr = self._peek_index(deadline_ns(timeout) if block else 0)
+        try:
+            view = _new_view(
+                self._mapping, self._map_off + HEADER_SIZE + idx, local.peek_out[0], True
+            )
+        except BaseException:
+            local.peeked = None
+            lib.shmipc_ring_unpeek(ptr)
+            raise
+        local.peeked = (view, view.obj, ptr)
         return view
 
     @property
@@ -681,25 +712,33 @@ class Ring:
         return int(self._local.peek_out[1])
 
     def release(self) -> None:
-        """Free the record this thread peeked; its view becomes unusable."""
+        """Free the record this thread peeked; its view becomes unusable. BufferError (the
+        record kept, still peeked) while anything made from the view is alive."""
         self._release_peeked()
 
     def unpeek(self) -> None:
-        """Let go of the record this thread peeked without consuming it (it stays next)."""
-        view = self._local.peeked
-        if view is None:
+        """Let go of the record this thread peeked without consuming it (it stays next).
+        BufferError (still peeked) while anything made from the view is alive."""
+        lib.shmipc_ring_unpeek(self._take_peek())
+
+    def _take_peek(self) -> Any:
+        """End this thread's peeked view (BufferError, nothing changed, while it is
+        exported) and take the peek: the ring address it was made on."""
+        peeked = self._local.peeked
+        if peeked is None:
             raise RuntimeError("this thread has not peeked a record of this ring")
+        view, window, ptr = peeked
+        if window is not None:  # BufferError, nothing changed, while anything holds its bytes
+            window.retire(view)
         self._local.peeked = None
-        view.release()
-        lib.shmipc_ring_unpeek(self._p)
+        return ptr
 
     def _release_peeked(self) -> None:
-        view = self._local.peeked
-        if view is None:
-            raise RuntimeError("this thread has not peeked a record of this ring")
-        self._local.peeked = None
-        view.release()
-        rc = lib.shmipc_ring_release(self._p, self._cap)
+        ptr = self._take_peek()
+        if self._ptr is None:  # closed by another thread: the record stays the next one
+            lib.shmipc_ring_unpeek(ptr)
+            raise Closed("this ring handle was closed; the record was not consumed")
+        rc = lib.shmipc_ring_release(ptr, self._cap)
         if rc != _OK:
             self._raise(rc)
 
@@ -755,12 +794,28 @@ class Ring:
 
     def close(self) -> None:
         """Drop this handle (a creator's named segment is unlinked); later calls on it raise
-        Closed. On an SPSC ring, the sides this thread holds are given up."""
+        Closed. A reservation (peek) this thread holds is aborted (unpeeked) first:
+        BufferError, nothing changed, while anything made from its view is alive. On an SPSC
+        ring, the sides this thread holds are given up. The mapping stays while this object
+        lives, so a call another thread is inside ends with Closed, never a crash."""
+        self._let_go()
         if self._ptr is not None:
             lib.shmipc_ring_leave(self._ptr)
         self._ptr = None
         if self._owns_region:
             self._region.close()
+
+    def _let_go(self) -> None:
+        """Abort this thread's reservation and unpeek its peek, checking both views' exports
+        before touching either (BufferError)."""
+        local = self._local
+        for held in (local.reserved, local.peeked):
+            if held is not None:  # retiring is idempotent: a retry after BufferError is fine
+                _retire(held[0], held[1])
+        if local.reserved is not None:
+            self.abort()
+        if local.peeked is not None:
+            lib.shmipc_ring_unpeek(self._take_peek())
 
     def unlink(self) -> None:
         self._region.unlink()
@@ -784,6 +839,13 @@ class Ring:
 
     def __repr__(self) -> str:
         return f"<shmipc.Ring {self.name or 'anonymous'} capacity={self._cap}>"
+
+
+def _retire(view: memoryview | None, window: Any) -> None:
+    """End a reserved or peeked record's view: BufferError, and nothing changed, while a
+    slice, PickleBuffer, array or other buffer made from it is alive."""
+    if window is not None:
+        window.retire(view)  # counts the view's own exports and its slices' before any change
 
 
 def _attach_ring(name: str, kind: int, trusted_uids: tuple[int, ...] = ()) -> Ring:

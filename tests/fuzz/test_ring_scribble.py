@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from ring_fuzz_helpers import Child, describe, report, run_child
 
 from shmipc import ShmipcError, _proc
-from shmipc._native import Port, RingMiss, ffi, lib
+from shmipc._native import Port, RingMiss, lib
 from shmipc.ring import Ring
 
 pytestmark = pytest.mark.timeout(180)
@@ -249,7 +249,7 @@ def _op(ring: Ring, op: str, rng: random.Random) -> str:
         if op.startswith("port_"):
             # The Queue's hot paths (csrc/fastpath.c) over the same ring: a status or a
             # RingMiss carrying one, never anything else.
-            port = Port(int(ffi.cast("uintptr_t", ring._ptr)), ring.capacity, None, 1, 2)
+            port = Port(ring._mapping, ring._map_off, ring.capacity, None, 1, 2)
             try:
                 if op == "port_put":
                     return f"port_put {port.put(b'p' * rng.randint(0, mp), 2, 0)}"

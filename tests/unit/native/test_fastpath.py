@@ -1,6 +1,7 @@
 """The Port of csrc/fastpath.c: the rings' per-message hot paths as CPython methods.
 
-A ``Port(address, cap, decode, obj_type, raw_type)`` wraps one ring. ``put`` returns a status,
+A ``Port(mapping, offset, cap, decode, obj_type, raw_type)`` wraps one ring (``mapping`` is the
+buffer it lives in, which the port keeps exported while it may touch it). ``put`` returns a status,
 ``put_many`` a count or a negated status, and the get methods return the payload (decoded when
 of ``obj_type``) or raise ``RingMiss(status, type, payload)``. These tests drive a Port on a
 ``Ring`` directly, below the Queue, and pin each status, each record count and the ring's
@@ -69,12 +70,8 @@ class Decoder:
         return ("obj", frame)
 
 
-def address(ring: Ring) -> int:
-    return int(ffi.cast("uintptr_t", ring._ptr))
-
-
 def make_port(ring: Ring, decode: Any = None, obj_type: int = OBJ, raw_type: int = RAW) -> Port:
-    return Port(address(ring), ring._cap, decode, obj_type, raw_type)
+    return Port(ring._mapping, ring._map_off, ring._cap, decode, obj_type, raw_type)
 
 
 def after(seconds: float) -> int:
@@ -681,8 +678,8 @@ def test_a_closed_port_refuses_every_call_and_leaves_the_ring(ring, dec):
 
 
 def test_close_with_a_call_blocked_in_another_thread(ring):
-    """The blocked call keeps its own copy of the ring (the Ring keeps the mapping): it comes
-    back at the end of its slice, and the next call finds the port closed."""
+    """The blocked call keeps its own copy of the ring (the port's export keeps the mapping):
+    it comes back at the end of its slice, and the next call finds the port closed."""
     port = make_port(ring)
     statuses: list[int] = []
 
@@ -711,6 +708,49 @@ def test_close_with_a_call_blocked_in_another_thread(ring):
     assert time.monotonic() - closed < 2.0
     assert statuses[-1] == CLOSED and set(statuses[:-1]) <= {SLICE}
     assert ring.statistics().messages_out == 0
+
+
+def test_the_port_pins_its_mapping_until_the_last_call_leaves():
+    """A port holds an export of its mapping (a bytearray here, which cannot resize while
+    exported): close() with a call blocked in another thread keeps it until that call
+    leaves; with none inside, close() lets go at once (docs/internals/lifetime.md)."""
+    mem = bytearray(lib.SHMIPC_RING_HEADER_SIZE + SMALL_CAP)
+    ptr = ffi.from_buffer(mem)
+    assert lib.shmipc_ring_init(ptr, SMALL_CAP, 0, 0, 0, 10**9) == OK
+    ffi.release(ptr)
+    port = Port(mem, 0, SMALL_CAP, None, OBJ, RAW)
+    with pytest.raises(BufferError):
+        mem.append(0)  # exported while the port may use it
+    out: list[Any] = []
+
+    def consumer() -> None:
+        try:
+            port.get(-1)
+        except RingMiss as exc:
+            out.append(exc.args[0])
+
+    t = threading.Thread(target=consumer)
+    t.start()
+    try:
+        wait_for(lambda: port.inflight == 1, 5, "a call inside the ring")
+        port.close()
+        assert port.inflight == 1
+        with pytest.raises(BufferError):
+            mem.append(0)  # the blocked call still uses it
+    finally:
+        port.close()
+        t.join(5)
+    assert not t.is_alive()
+    assert out == [SLICE] and port.inflight == 0
+    mem.append(0)  # let go by the call that left last
+    with pytest.raises(RingMiss) as info:
+        port.get(0)
+    assert info.value.args[0] == CLOSED
+
+    mem2 = bytearray(lib.SHMIPC_RING_HEADER_SIZE + SMALL_CAP)
+    port2 = Port(mem2, 0, SMALL_CAP, None, OBJ, RAW)
+    port2.close()
+    mem2.append(0)  # nothing inside: let go at once
 
 
 _QUEUE_CALLS = {
@@ -991,42 +1031,50 @@ def test_bad_arguments_name_the_call(port):
 
 
 def test_port_construction_checks_its_arguments(ring):
-    addr = address(ring)
+    mm, off = ring._mapping, ring._map_off
     before = ring.statistics()
     bad: list[tuple[type[BaseException], Callable[[], object]]] = [
-        (ValueError, lambda: Port(0, CAP, None, OBJ, RAW)),
-        (ValueError, lambda: Port(addr, CAP - 8, None, OBJ, RAW)),
-        (ValueError, lambda: Port(addr, 3 * 1024, None, OBJ, RAW)),
-        (ValueError, lambda: Port(addr, 32, None, OBJ, RAW)),  # a power of two below 64
-        (ValueError, lambda: Port(addr, 0, None, OBJ, RAW)),
-        (TypeError, lambda: Port(addr, CAP, 5, OBJ, RAW)),
-        (TypeError, lambda: Port(addr, CAP, "decode", OBJ, RAW)),
-        (TypeError, lambda: Port(addr, CAP, None, OBJ)),
-        (TypeError, lambda: Port(addr, CAP, None, OBJ, RAW, 0)),
+        (TypeError, lambda: Port(0, off, CAP, None, OBJ, RAW)),  # no mapping: no address
+        (BufferError, lambda: Port(b"x" * 8192, 0, CAP, None, OBJ, RAW)),  # read-only buffer
+        (ValueError, lambda: Port(bytearray(CAP), 0, CAP, None, OBJ, RAW)),  # too small
+        (ValueError, lambda: Port(mm, off + 64, CAP, None, OBJ, RAW)),  # past the end
+        (ValueError, lambda: Port(mm, off + 8, CAP - 8, None, OBJ, RAW)),  # misaligned
+        (ValueError, lambda: Port(mm, -64, CAP, None, OBJ, RAW)),
+        (ValueError, lambda: Port(mm, off, CAP - 8, None, OBJ, RAW)),
+        (ValueError, lambda: Port(mm, off, 3 * 1024, None, OBJ, RAW)),
+        (ValueError, lambda: Port(mm, off, 32, None, OBJ, RAW)),  # a power of two below 64
+        (ValueError, lambda: Port(mm, off, 0, None, OBJ, RAW)),
+        (TypeError, lambda: Port(mm, off, CAP, 5, OBJ, RAW)),
+        (TypeError, lambda: Port(mm, off, CAP, "decode", OBJ, RAW)),
+        (TypeError, lambda: Port(mm, off, CAP, None, OBJ)),
+        (TypeError, lambda: Port(mm, off, CAP, None, OBJ, RAW, 0)),
         (TypeError, lambda: Port()),
-        (TypeError, lambda: Port("addr", CAP, None, OBJ, RAW)),
-        (TypeError, lambda: Port(addr, float(CAP), None, OBJ, RAW)),
-        (TypeError, lambda: Port(addr, CAP, None, OBJ, RAW, flags=1)),
-        (ValueError, lambda: Port(-addr, CAP, None, OBJ, RAW)),
-        (OverflowError, lambda: Port(addr, 2**64 + CAP, None, OBJ, RAW)),  # never wrapped
-        (ValueError, lambda: Port(addr, CAP, None, 0x10000, RAW)),
-        (ValueError, lambda: Port(addr, CAP, None, OBJ, 2**32 + RAW)),
-        (ValueError, lambda: Port(addr, CAP, None, -1, RAW)),
-        (TypeError, lambda: Port(addr, CAP, None, OBJ, RAW, slow_put=print)),  # no encode
-        (TypeError, lambda: Port(addr, CAP, None, OBJ, RAW, encode=5)),
+        (TypeError, lambda: Port(mm, "off", CAP, None, OBJ, RAW)),
+        (TypeError, lambda: Port(mm, off, float(CAP), None, OBJ, RAW)),
+        (TypeError, lambda: Port(mm, off, CAP, None, OBJ, RAW, flags=1)),
+        (OverflowError, lambda: Port(mm, off, 2**64 + CAP, None, OBJ, RAW)),  # never wrapped
+        (ValueError, lambda: Port(mm, off, CAP, None, 0x10000, RAW)),
+        (ValueError, lambda: Port(mm, off, CAP, None, OBJ, 2**32 + RAW)),
+        (ValueError, lambda: Port(mm, off, CAP, None, -1, RAW)),
+        (TypeError, lambda: Port(mm, off, CAP, None, OBJ, RAW, slow_put=print)),  # no encode
+        (TypeError, lambda: Port(mm, off, CAP, None, OBJ, RAW, encode=5)),
     ]
     for exc, make in bad:
         with pytest.raises(exc):
             make()
     with pytest.raises(ValueError, match="power-of-two capacity"):
-        Port(0, CAP, None, OBJ, RAW)
+        Port(mm, off, 0, None, OBJ, RAW)
+    with pytest.raises(ValueError, match="does not fit its mapping"):
+        Port(mm, off + 64, CAP, None, OBJ, RAW)
     with pytest.raises(TypeError, match="must be callable or None"):
-        Port(addr, CAP, 5, OBJ, RAW)
+        Port(mm, off, CAP, 5, OBJ, RAW)
     assert ring.statistics() == before
-    port = Port(address=addr, cap=CAP, decode=len, obj_type=OBJ, raw_type=RAW)  # keywords
+    port = Port(mapping=mm, offset=off, cap=CAP, decode=len, obj_type=OBJ, raw_type=RAW)
     try:
         assert port.put(b"four", OBJ, 0) == OK
         assert port.get(0) == 4
+        with pytest.raises(TypeError, match="initialised once"):
+            port.__init__(mm, off, CAP, len, OBJ, RAW)
     finally:
         port.close()
 
@@ -1052,7 +1100,8 @@ class SlowPaths:
 
 def channel_port(ring: Ring, slow: SlowPaths, *, as_is: bool = True) -> Port:
     return Port(
-        address(ring),
+        ring._mapping,
+        ring._map_off,
         ring._cap,
         lambda frame: ("decoded", frame),
         OBJ,
@@ -1174,24 +1223,48 @@ def test_decode_raising_consumes_the_record_and_the_port_goes_on(ring, method):
         port.close()
 
 
-def test_decode_raising_in_a_batch_loses_the_whole_batch(ring):
-    """get_many takes the batch off the ring before it decodes: an error in one record
-    propagates and the batch is gone (as it was with the Queue's Python get_many before the
-    Port); what came after the batch is still there."""
+def test_a_record_that_fails_to_decode_never_takes_the_batch_with_it(ring):
+    """get_many takes the batch off the ring before it decodes: a record that fails to decode
+    is counted and dropped, every valid one is delivered in order, and the error is raised by
+    the next consumer call (issue 7, item 7)."""
     dec = Decoder(fail_on=b"bad")
     port = make_port(ring, dec)
     try:
-        assert port.put_many([b"one", b"bad", b"three"], 0, OBJ, 0) == 3
+        assert port.put_many([b"one", b"two", b"three", b"bad", b"four"], 0, OBJ, 0) == 5
         assert port.put(b"raw", RAW, 0) == OK
         assert port.put(b"ref", OTHER, 0) == OK
         assert port.put(b"last", OBJ, 0) == OK
+        got = port.get_many(10, 0)
+        assert got == [
+            ("obj", b"one"),
+            ("obj", b"two"),
+            ("obj", b"three"),
+            ("obj", b"four"),
+            b"raw",
+        ]
+        assert port.undecodable == 1
         with pytest.raises(ValueError, match="cannot decode b'bad'"):
-            port.get_many(10, 0)
-        assert dec.calls == [b"one", b"bad"]  # decoding stops at the error
+            port.get_many(10, 0)  # the kept error, before anything is taken
         s = ring.statistics()
-        assert (s.messages_out, s.depth) == (4, 2)
+        assert (s.messages_out, s.depth) == (6, 2)
         assert miss_of(port.get_many, 10, 0) == (OK, OTHER, b"ref")
         assert port.get_many(10, 0) == [("obj", b"last")]
+        # A batch of nothing but bad records raises at once; so does get().
+        assert port.put_many([b"bad", b"bad"], 0, OBJ, 0) == 2
+        with pytest.raises(ValueError, match="cannot decode"):
+            port.get_many(10, 0)
+        assert port.undecodable == 3
+        assert miss_of(port.get_many, 10, 0)[0] == lib.SHMIPC_EMPTY  # one error, not two
+        assert port.put(b"bad", OBJ, 0) == OK
+        with pytest.raises(ValueError, match="cannot decode"):
+            port.get(0)
+        assert port.undecodable == 4
+        # The kept error is raised by whichever consumer call comes next.
+        assert port.put_many([b"bad", b"five"], 0, OBJ, 0) == 2
+        assert port.get_many(10, 0) == [("obj", b"five")]
+        with pytest.raises(ValueError, match="cannot decode"):
+            port.get_bytes(0)
+        assert miss_of(port.get_bytes, 0)[0] == lib.SHMIPC_EMPTY
     finally:
         port.close()
 
