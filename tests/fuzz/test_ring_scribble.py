@@ -419,10 +419,11 @@ def _word(buf, off: int) -> int:
 @pytest.mark.parametrize("word", ["nobody", "tid-only", "pid-reused"])
 def test_lock_word_naming_no_live_thread_is_taken_over(side, word):
     """A peer writes a holder into a free lock's word that names no running thread: a thread
-    id no kernel issues, this very thread's id without its start time (high half 0), or this
-    process's live pid under another start time (a reused id). The holder is dead as far as
-    the word says, so the next blocking call takes the lock over within a slice or so and
-    proceeds; the recovery is counted, and the lock is free again afterwards."""
+    id no kernel issues, or this process's live pid under another start time (a reused id).
+    The holder is dead as far as the word says, so the next blocking call takes the lock over
+    within a slice or so and proceeds; the recovery is counted, and the lock is free again
+    afterwards. A live thread's id without its start time (high half 0) is "unknown", which
+    is never dead: that call waits out its timeout and robs nobody."""
 
     def body(ring, buf) -> str:
         me = lib.shmipc_lock_identity()
@@ -434,6 +435,18 @@ def test_lock_word_naming_no_live_thread_is_taken_over(side, word):
         off = C_LOCK if side == "consumer" else P_LOCK
         struct.pack_into("<Q", buf, off, value)
         t = time.monotonic()
+        if word == "tid-only":
+            # A start time of 0 is what a holder records where /proc could not be read: the
+            # liveness module cannot compare it, so the holder is "unknown", never dead. The
+            # call waits out its own timeout and the word stays as the peer wrote it.
+            with pytest.raises(queue.Empty if side == "consumer" else queue.Full):
+                if side == "consumer":
+                    ring.get(timeout=0.3)
+                else:
+                    ring.put(b"xyz", timeout=0.3)
+            assert time.monotonic() - t < 2.0
+            assert _word(buf, off) == value
+            return "proceeded"
         if side == "consumer":
             assert ring.get(timeout=5) == b"abc"
         else:
