@@ -387,7 +387,8 @@ def _start_paused_revocation(procs, ring: Ring, step: int, count: int):
 
 
 @pytest.mark.timeout(90)
-def test_holder_that_commits_while_its_revoker_is_mid_way_leaves_no_quarantine(procs):
+@pytest.mark.parametrize("step", ["TAKE", "MARK", "PUBLISH"])
+def test_holder_that_commits_while_its_revoker_is_mid_way_leaves_no_quarantine(procs, step):
     """The race of the old design: the revoker has taken the parked lock word; the holder
     resumes, fails to unpark and concludes it was revoked; only then does the revoker go on.
     The old revoker stored the quarantine owner after that, nobody ever cleared it, and the
@@ -396,7 +397,10 @@ def test_holder_that_commits_while_its_revoker_is_mid_way_leaves_no_quarantine(p
 
     ring = Ring.anonymous(4096, liveness=LIVENESS)
     count = 200  # ~24 KiB through a 4 KiB ring: six laps
-    a, b, go, done, r, w = _start_paused_revocation(procs, ring, lib.SHMIPC_CLAIM_PAUSE_TAKE, count)
+    pause = getattr(lib, f"SHMIPC_CLAIM_PAUSE_{step}", None)
+    if pause is None:
+        pytest.skip(f"no pause point {step} in this build")
+    a, b, go, done, r, w = _start_paused_revocation(procs, ring, pause, count)
     os.kill(a, signal.SIGCONT)
     go.set()
     assert read_exact(r, 1, 10) == b"V"  # its unpark failed: revoked
