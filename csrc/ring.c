@@ -66,11 +66,12 @@ static inline uint64_t read_header(const char *data, uint64_t idx) {
  * whether that store happened and finish the bookkeeping: counters stay exact whatever
  * instant the holder died at (a bounded queue's message count depends on them). */
 static void recover_producer(char *ring, uint64_t cap, uint64_t observed) {
-    _Atomic uint64_t *claim = U64(ring, SHMIPC_RING_OFF_P_CLAIM);
-    if (LOAD(claim) == NO_CLAIM) return;
-    /* A reservation's registration, or a dead revoker's unfinished revocation (claim.c). */
+    /* First the dead holder's claim registration, or a dead revoker's unfinished revocation
+     * (csrc/claim.c: recover_unregister, recover_finish), then the bookkeeping. */
     shmipc_claim_recover(ring, cap, observed);
+    _Atomic uint64_t *claim = U64(ring, SHMIPC_RING_OFF_P_CLAIM);
     uint64_t c = LOAD(claim);
+    if (c == NO_CLAIM) return;
     if (c == LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL))) {
         bump(ring, SHMIPC_RING_OFF_P_ABANDONED, 1); /* never published */
     } else {

@@ -298,7 +298,7 @@ class Model:
         if pc == "idle":
             if s.lock is not None and self.dead(s, s.lock[0]):  # CAS observed -> LV
                 st = replace(s, lock=("LV", False), lv_obs=s.lock)
-                yield "steal", go(st, "recover" if s.claim is not None else "release")
+                yield "steal", go(st, "recover")
             if s.q is not None and self.dead(s, s.q):  # CAS owner -> 0
                 yield "unquarantine", replace(s, q=None)
         elif pc == "recover":  # shmipc_claim_recover's decision (reads Q, claim, tail, QS)
