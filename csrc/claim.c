@@ -120,8 +120,9 @@ int shmipc_claim_unpark(char *ring) {
     /* Not parked (SPSC, or not registered): the lock was ours all along. Relaxed: our own
      * last store to the word, or a revoker's (which never writes `me`). */
     if (atomic_load_explicit(lock, RELAXED) == me) return SHMIPC_OK;
-    /* unpark: L from me|PARKED to me. Acquire: pairs with nothing newer than our own park
-     * (nobody else writes the word while we are parked but a revoker, whose value fails). */
+    /* unpark: L from me|PARKED to me. Won: the word still holds our own park, nothing to
+     * pair with (acquire for the lock's usual contract). Lost: a revoker's revoke_take
+     * wrote it; we need nothing of the revoker's, only to stop writing (end_quarantine). */
     uint64_t expected = me | PARKED;
     if (atomic_compare_exchange_strong_explicit(lock, &expected, me, memory_order_acquire,
                                                 RELAXED)) {
@@ -212,7 +213,9 @@ int shmipc_ring_unquarantine(char *ring, uint64_t owner) {
 }
 
 int shmipc_claim_recover(char *ring, uint64_t cap, uint64_t observed) {
-    /* Called by recover_producer with the lock just taken from `observed`, found dead. */
+    /* Called by recover_producer with the lock just taken from `observed`, found dead. Q:
+     * acquire, pairs with end_quarantine's release (a Q seen 0 was ended by its owner or for
+     * its death); a Q set by register was made visible by the steal's acquire CAS. */
     uint64_t q = atomic_load_explicit(W64(ring, SHMIPC_RING_OFF_Q_OWNER), memory_order_acquire);
     if (!q) return 0;
     if (q == (observed & ~PARKED)) {

@@ -11,8 +11,9 @@ holder reads ride with the step they belong to). Actors:
 * ``P``, a producer putting records (lock, find_room, place, publish, unlock) until it has
   lapped the ring;
 * ``LV``, the liveness pass of any waiter: steal (a lock word naming a dead thread), then
-  recover (recover_unregister, or revoke_mark + revoke_publish to finish a dead revoker's
-  revocation, or the plain abandon), release; and unquarantine (a dead owner);
+  recover (shmipc_claim_recover's decision: recover_unregister, or recover_finish, which
+  is revoke_mark + revoke_publish of a dead revoker's revocation), recover_abandon
+  (recover_producer's bookkeeping), release; and unquarantine (a dead owner);
 * ``K``, a consumer that frees published records and reads their headers.
 
 Between any two steps, any of H, R1, R2, P may be SIGKILLed, and H may be SIGSTOPped and
