@@ -14,9 +14,10 @@
  * [QS, QE), the tail T and the claim position C (recovery accounting).
  *
  * INVARIANTS (H is a holder, R a revoker, "dead" means really dead: docs/sync.md liveness)
- *  I1 (registered before parked) L == H|PARKED implies Q == H and [QS, QE) is H's current
- *     claim. H sets Q (register) and the bounds (note) before it parks, with the lock held;
- *     only a lock holder ever sets Q, and nobody but H clears it while H lives.
+ *  I1 (registered before parked) L == H|PARKED with H alive implies Q == H and [QS, QE) is
+ *     H's current claim. H sets Q (register) and the bounds (note) before it parks, with the
+ *     lock held; only a lock holder ever sets Q, and nobody but H clears it while H lives
+ *     (the bounds stay H's even after: nobody else can register without the lock).
  *  I2 (one winner) L leaves H|PARKED exactly once, by a compare-exchange: H's unpark
  *     (commit/abort go on normally) or R's revoke_take (H's unpark then fails). There is no
  *     roll-back: a revoker that has taken the word finishes the revocation, or dies and

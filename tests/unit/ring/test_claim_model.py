@@ -26,7 +26,8 @@ Checked in EVERY reachable state (breadth-first, memoised):
   its unpark), no record of P that is claimed or unconsumed occupies the same bytes;
 * nothing torn: the consumer never reads H's header unless H itself published it, nor a
   header left from another position;
-* no step reports the ring corrupt (the model never scribbles).
+* no step reports the ring corrupt (the model never scribbles);
+* I1 of csrc/claim.c: while H lives and the lock word is parked, Q names H and its claim.
 
 And from every reachable state with every stopped actor continued, over all runs of the
 living actors with no further kill or stop: every run ends (no trap cycle), and every end
@@ -385,6 +386,10 @@ class Model:
             return "torn: the consumer read a header nobody published whole"
         if "CORRUPT" in (s.h_pc, s.p_pc, s.lv_pc, *s.r_pc):
             return "a step found the (unscribbled) ring corrupt"
+        # I1, checked on the intact protocol (a mutant must fail by what it does, not by it)
+        i1 = not self.old and not self.mutant
+        if i1 and s.lock == ("H", True) and "H" in s.alive and not (s.q == "H" and s.qs == s.h_pos):
+            return "I1 broken: H is parked but not registered with its claim"
         if "H" in s.alive and s.h_pc in MAY_WRITE:
             unit = s.h_pos % self.cap
             if any(p % self.cap == unit for p in s.p_live):
