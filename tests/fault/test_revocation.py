@@ -458,3 +458,26 @@ def test_revoker_killed_mid_way_frees_nothing_the_holder_may_write(procs, step):
     assert procs.join(a) == 0
     os.close(r)
     os.close(w)
+
+
+@pytest.mark.timeout(90)
+def test_holder_killed_while_its_revoker_is_mid_way_leaves_no_quarantine(procs):
+    """The holder dies (SIGKILL, while stopped) after its revoker took the parked word and
+    before the revoker goes on: the revoker finishes, the quarantine's owner is dead, and the
+    producers' liveness passes end it; the ring keeps moving for laps."""
+    from shmipc._native import lib
+
+    ring = Ring.anonymous(4096, liveness=LIVENESS)
+    count = 200
+    pause = lib.SHMIPC_CLAIM_PAUSE_TAKE
+    a, b, _, _, r, w = _start_paused_revocation(procs, ring, pause, count)
+    os.kill(a, signal.SIGKILL)
+    assert procs.join(a) == -signal.SIGKILL
+    os.kill(b, signal.SIGCONT)
+    got = [parse(ring.get(timeout=10)) for _ in range(count)]
+    assert got == [(1, s) for s in range(count)]
+    assert procs.join(b) == 0
+    stats = ring.statistics()
+    assert stats.quarantined == 0 and stats.revoked == 1 and stats.depth_bytes == 0
+    os.close(r)
+    os.close(w)
