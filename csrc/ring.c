@@ -65,7 +65,10 @@ static inline uint64_t read_header(const char *data, uint64_t idx) {
  * counters would become (PEND_*) before its publishing store, so the recoverer can tell
  * whether that store happened and finish the bookkeeping: counters stay exact whatever
  * instant the holder died at (a bounded queue's message count depends on them). */
-static void recover_producer(char *ring) {
+static void recover_producer(char *ring, uint64_t cap, uint64_t observed) {
+    /* First the dead holder's claim registration, or a dead revoker's unfinished revocation
+     * (csrc/claim.c: recover_unregister, recover_finish), then the bookkeeping. */
+    shmipc_claim_recover(ring, cap, observed);
     _Atomic uint64_t *claim = U64(ring, SHMIPC_RING_OFF_P_CLAIM);
     uint64_t c = LOAD(claim);
     if (c == NO_CLAIM) return;
@@ -147,10 +150,10 @@ int shmipc_ring_leave(char *ring) {
     return left;
 }
 
-int shmipc_ring_steal(char *ring, int producer, uint64_t observed) {
+int shmipc_ring_steal(char *ring, uint64_t cap, int producer, uint64_t observed) {
     if (shmipc_lock_steal(ring, SIDE_LOCK(producer), observed) != SHMIPC_OWNERDEAD) return 0;
     if (producer)
-        recover_producer(ring);
+        recover_producer(ring, cap, observed);
     else
         recover_consumer(ring);
     lock_release(ring, producer); /* free, also on an SPSC ring: the role goes to whoever */
@@ -160,66 +163,6 @@ int shmipc_ring_steal(char *ring, int producer, uint64_t observed) {
 /* forward: defined below */
 static inline void wake_producers(char *ring);
 static inline void wake_consumers(char *ring);
-
-int shmipc_ring_revoke(char *ring, uint64_t cap, uint64_t observed) {
-    /* Not on an SPSC ring: there is no other producer to unblock, and the side is the
-     * holder's role for as long as it lives. */
-    if (!(observed & SHMIPC_LOCK_PARKED) || is_spsc(ring)) return 0;
-    /* One quarantine at a time: only a lock holder sets one, and the parked holder holds
-     * the lock, so none can appear between this check and the exchange below. */
-    if (atomic_load_explicit(U64(ring, SHMIPC_RING_OFF_Q_OWNER), memory_order_acquire)) return 0;
-    uint64_t expected = observed;
-    if (!atomic_compare_exchange_strong_explicit(U64(ring, SHMIPC_RING_OFF_P_LOCK), &expected,
-                                                 shmipc_lock_identity(), memory_order_acquire,
-                                                 memory_order_relaxed))
-        return 0;
-    /* The producer side is ours and the parked holder can no longer take it back (its
-     * unpark exchange fails). Its claim is [t, end): headers written at reserve; from now on
-     * it may write only into its payload, which the quarantine keeps from reuse. */
-    uint64_t t = LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL));
-    uint64_t end = LOAD(U64(ring, SHMIPC_RING_OFF_P_CLAIM_END));
-    int ok = LOAD(U64(ring, SHMIPC_RING_OFF_P_CLAIM)) == t && !(t & 7) && !(end & 7) &&
-             end > t && end - t <= cap;
-    if (ok) {
-        uint64_t idx = t & (cap - 1), span = end - t, pad = 0;
-        if (idx + span > cap) { /* a padding record, then the record at index 0 */
-            pad = cap - idx;
-            write_header(DATA(ring), idx, (uint32_t)(pad - SHMIPC_REC_HEADER), SHMIPC_REC_PAD);
-            idx = 0;
-        }
-        if (span - pad < SHMIPC_REC_HEADER || idx + (span - pad) > cap) ok = 0;
-        if (ok) {
-            write_header(DATA(ring), idx, (uint32_t)(span - pad - SHMIPC_REC_HEADER),
-                         SHMIPC_REC_REVOKED);
-            STORE(U64(ring, SHMIPC_RING_OFF_Q_START), t);
-            STORE(U64(ring, SHMIPC_RING_OFF_Q_END), end);
-            STORE_REL(U64(ring, SHMIPC_RING_OFF_Q_OWNER), observed & ~(uint64_t)SHMIPC_LOCK_PARKED);
-            bump(ring, SHMIPC_RING_OFF_P_REVOKED, 1);
-            /* Release: consumers that see the new tail see the REVOKED header. */
-            STORE_REL(U64(ring, SHMIPC_RING_OFF_P_TAIL), end);
-        }
-    }
-    if (!ok) {
-        /* The claim fields break the ring's rules (scribbled): give the lock back as it was
-         * rather than hand out space its holder may still write into. */
-        STORE_REL(U64(ring, SHMIPC_RING_OFF_P_LOCK), observed);
-        return 0;
-    }
-    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), NO_CLAIM);
-    lock_release(ring, 1);
-    wake_consumers(ring);
-    return 1;
-}
-
-int shmipc_ring_unquarantine(char *ring, uint64_t owner) {
-    uint64_t expected = owner;
-    if (!owner || !atomic_compare_exchange_strong_explicit(U64(ring, SHMIPC_RING_OFF_Q_OWNER),
-                                                           &expected, 0, memory_order_release,
-                                                           memory_order_relaxed))
-        return 0;
-    wake_producers(ring);
-    return 1;
-}
 
 /* Wake sleepers of one side's registry (a dead sleeper's registration is reaped after a
  * bounded number of wakes that found nobody: shmipc_wake32_reg). */
@@ -237,6 +180,13 @@ static inline void wake_consumers(char *ring) {
 static inline void wake_producers(char *ring) {
     wake_side(ring, SHMIPC_RING_OFF_C_HEAD, SHMIPC_RING_OFF_SPACE_WAITERS,
               SHMIPC_RING_OFF_C_WAKES);
+}
+
+void shmipc_ri_wake(char *ring, int producers) {
+    if (producers)
+        wake_producers(ring);
+    else
+        wake_consumers(ring);
 }
 
 /* Wait (no lock held) while the low word of the position at `off` still reads `seen`.
@@ -303,15 +253,12 @@ int shmipc_ri_find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec, uint
             return SHMIPC_FULL;
         }
     }
-    if (LOAD(U64(ring, SHMIPC_RING_OFF_Q_OWNER))) {
-        /* A revoked reservation's space is quarantined: nothing may be written over it, so
-         * the ring ends one capacity past its start until the quarantine ends. */
-        uint64_t qs = LOAD(U64(ring, SHMIPC_RING_OFF_Q_START));
-        if (qs > t || (qs & 7) || t - qs > cap) return SHMIPC_CORRUPT;
-        if (t + need - qs > cap) {
-            *head_seen = LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_HEAD));
-            return SHMIPC_FULL;
-        }
+    /* A revoked reservation's space is quarantined (csrc/claim.c): the ring ends one
+     * capacity past its start until the quarantine ends. */
+    int qrc = shmipc_claim_room(ring, cap, t, need);
+    if (qrc != SHMIPC_OK) {
+        *head_seen = LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_HEAD));
+        return qrc;
     }
     uint64_t max_count = LOAD(U64(ring, SHMIPC_RING_OFF_MAX_COUNT));
     if (max_count) {
@@ -444,29 +391,15 @@ int64_t shmipc_ring_reserve(char *ring, uint64_t cap, size_t len, uint32_t type,
     int rc = shmipc_ri_claim(ring, cap, rec, deadline_ns, &t, &pad);
     if (rc != SHMIPC_OK) return -rc;
     uint64_t at = shmipc_ri_place(ring, cap, t, pad, len, type);
-    STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM_END), t + pad + rec);
-    /* Park: from here until commit/abort this thread runs Python code, and may be revoked
-     * if it stops (shmipc_ring_revoke). Release: a revoker's acquire CAS sees the headers
-     * and the claim fields written above. */
-    STORE_REL(U64(ring, SHMIPC_RING_OFF_P_LOCK), shmipc_lock_identity() | SHMIPC_LOCK_PARKED);
+    /* From here until commit/abort this thread runs Python code: register and park, so
+     * that it may be revoked if it stops (csrc/claim.c). */
+    shmipc_claim_park(ring, t, t + pad + rec);
     return (int64_t)at;
 }
 
-/* Take back the parked lock at commit/abort. SHMIPC_REVOKED if it was revoked meanwhile: the
- * record is already a skipped REVOKED one; end our quarantine (we will not write any more)
- * and wake producers the quarantine held back. */
-static int unpark(char *ring) {
-    uint64_t me = shmipc_lock_identity();
-    uint64_t expected = me | SHMIPC_LOCK_PARKED;
-    if (atomic_compare_exchange_strong_explicit(U64(ring, SHMIPC_RING_OFF_P_LOCK), &expected, me,
-                                                memory_order_acquire, memory_order_relaxed))
-        return SHMIPC_OK;
-    expected = me;
-    if (atomic_compare_exchange_strong_explicit(U64(ring, SHMIPC_RING_OFF_Q_OWNER), &expected, 0,
-                                                memory_order_release, memory_order_relaxed))
-        wake_producers(ring);
-    return SHMIPC_REVOKED;
-}
+/* Take back the parked lock at commit/abort (csrc/claim.c): SHMIPC_REVOKED if the
+ * reservation was revoked meanwhile (its record is already a skipped REVOKED one). */
+static inline int unpark(char *ring) { return shmipc_claim_unpark(ring); }
 
 int shmipc_ring_commit(char *ring, uint64_t cap, size_t len) {
     int rc = unpark(ring);

@@ -48,4 +48,22 @@ SHMIPC_HIDDEN void shmipc_ri_retire(char *ring, uint64_t cap, uint64_t end, uint
 SHMIPC_HIDDEN int shmipc_ri_batch_room(char *ring, uint64_t cap, uint64_t t, uint64_t len,
                                        size_t i, uint64_t *pad);
 
+/* Wake the sleepers waiting for room (producers: 1) or for data (0), if any sleep. */
+SHMIPC_HIDDEN void shmipc_ri_wake(char *ring, int producers);
+
+/* ---- claims: park, revoke, quarantine (csrc/claim.c; its invariants are at its top) ----
+ * park: at reserve, with the producer lock held and the claim [start, end) placed: register
+ * as the quarantine owner and park the lock word (1), or neither (0: SPSC, or another
+ * quarantine stands). unpark: at commit/abort: SHMIPC_OK (the lock is ours again) or
+ * SHMIPC_REVOKED (our quarantine is ended). recover: from recover_producer, the lock just
+ * taken from `observed` (dead): ends its registration or finishes its revocation (1 if it
+ * published one). room: find_room's check, under the lock, for `need` bytes at t: OK, FULL
+ * (the quarantine holds the room back) or CORRUPT. end_quarantine: the ONE place a
+ * quarantine ends (CAS of the owner to 0, then a wake of the producers); 1 if it did. */
+SHMIPC_HIDDEN int shmipc_claim_park(char *ring, uint64_t start, uint64_t end);
+SHMIPC_HIDDEN int shmipc_claim_unpark(char *ring);
+SHMIPC_HIDDEN int shmipc_claim_recover(char *ring, uint64_t cap, uint64_t observed);
+SHMIPC_HIDDEN int shmipc_claim_room(char *ring, uint64_t cap, uint64_t t, uint64_t need);
+SHMIPC_HIDDEN int shmipc_claim_end_quarantine(char *ring, uint64_t owner);
+
 #endif

@@ -117,7 +117,7 @@ int shmipc_lock_release_reg(char *base, size_t off, size_t reg_off, int nslots);
  * is a position masked into the data area; offsets below are from the control block's start.
  */
 #define SHMIPC_RING_MAGIC 0x474e4952       /* "RING" */
-#define SHMIPC_RING_VERSION 3
+#define SHMIPC_RING_VERSION 4
 #define SHMIPC_RING_HEADER_SIZE 512
 /* config line (written once at init, read-only after) */
 #define SHMIPC_RING_OFF_MAGIC 0            /* u32 */
@@ -142,13 +142,14 @@ int shmipc_lock_release_reg(char *base, size_t off, size_t reg_off, int nslots);
 #define SHMIPC_RING_OFF_P_ABANDONED 176    /* u64: claims of producers that died */
 #define SHMIPC_RING_OFF_P_WAITS 184        /* u64: times a producer waited for room */
 #define SHMIPC_RING_OFF_P_WAKES 192        /* u64: wake syscalls issued to consumers (atomic) */
-#define SHMIPC_RING_OFF_P_CLAIM_END 200    /* u64: end of the claim in progress (reserve) */
+/* offset 200: unused (layout 3's claim end; the claim's bounds are Q_START/Q_END now) */
 #define SHMIPC_RING_OFF_P_REVOKED 208      /* u64: reservations revoked from stopped producers */
-/* quarantine: the space of a revoked reservation, kept from reuse until its holder has
- * seen the revocation or died (docs/internals/ring.md, "Revocation") */
-#define SHMIPC_RING_OFF_Q_START 216        /* u64: position where the revoked claim starts */
+/* claim registration and quarantine (csrc/claim.c, docs/internals/ring.md "Claims,
+ * revocation and quarantine"): the reservation out, registered at reserve; once revoked,
+ * its space is kept from reuse until its holder has seen the revocation or died */
+#define SHMIPC_RING_OFF_Q_START 216        /* u64: position where the registered claim starts */
 #define SHMIPC_RING_OFF_Q_END 224          /* u64: position where it ends */
-#define SHMIPC_RING_OFF_Q_OWNER 232        /* u64: identity of the revoked holder; 0: none */
+#define SHMIPC_RING_OFF_Q_OWNER 232        /* u64: identity of its holder; 0: none */
 /* consumer side: written only by the holder of the consumer lock */
 #define SHMIPC_RING_OFF_C_LOCK 256         /* robust lock */
 #define SHMIPC_RING_OFF_C_PEND_END 272     /* u64: head once the records being retired go */
@@ -233,18 +234,26 @@ int shmipc_ring_unpeek(char *ring);
 /* Liveness: take a side's lock (producer: 1, consumer: 0) from `observed`, a holder the
  * caller found dead, do that side's recovery bookkeeping (docs/internals/ring.md) and let go.
  * Returns 1 if it took the lock over, 0 if the lock had moved on. */
-int shmipc_ring_steal(char *ring, int producer, uint64_t observed);
+int shmipc_ring_steal(char *ring, uint64_t cap, int producer, uint64_t observed);
 
-/* Revocation (docs/internals/ring.md). While a reservation is out (between reserve and
- * commit/abort, the holder running Python code) the producer lock word carries
- * SHMIPC_LOCK_PARKED. revoke takes the lock from `observed`, a parked holder the caller found
- * stopped for the ring's liveness interval, turns its record into a skipped REVOKED record,
- * quarantines its space and lets go: returns 1, or 0 if the word no longer holds `observed`
- * or a quarantine is already active. The holder's commit then returns SHMIPC_REVOKED.
- * unquarantine ends the quarantine of `owner` (a holder the caller found dead): 1 if it did. */
+/* Claims, revocation and quarantine (csrc/claim.c, whose invariants are at its top;
+ * docs/internals/ring.md). While a reservation is out (between reserve and commit/abort,
+ * the holder running Python code) its holder is registered as the quarantine owner and the
+ * producer lock word carries SHMIPC_LOCK_PARKED. revoke takes the lock from `observed`, a
+ * parked holder the caller found stopped for the ring's liveness interval, publishes its
+ * record as a skipped REVOKED record and lets go: 1, or 0 if the word no longer holds
+ * `observed`. The registration then stands as a quarantine (the space is not reused) until
+ * the holder's commit (SHMIPC_REVOKED) or abort, or its death. unquarantine ends the
+ * quarantine of `owner` (a holder the caller found dead): 1 if it did.
+ * pause_after is a test hook: this process stops itself (SIGSTOP) right after that step of
+ * a revocation (0: never); tests/fault/test_revocation.py uses it. */
 #define SHMIPC_LOCK_PARKED 0x80000000
 int shmipc_ring_revoke(char *ring, uint64_t cap, uint64_t observed);
 int shmipc_ring_unquarantine(char *ring, uint64_t owner);
+#define SHMIPC_CLAIM_PAUSE_TAKE 1
+#define SHMIPC_CLAIM_PAUSE_MARK 2
+#define SHMIPC_CLAIM_PAUSE_PUBLISH 3
+void shmipc_claim_pause_after(int step);
 
 /* ==== CPython entry points (csrc/fastpath.c) =============================================
  * Adds `Port` (a ring's per-message hot paths as METH_FASTCALL methods that build bytes

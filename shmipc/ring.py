@@ -31,6 +31,7 @@ from operator import itemgetter
 from typing import Any
 
 from . import _proc
+from ._claim import Claims
 from ._native import View, ffi, lib
 from .errors import Closed, CorruptedError, LayoutMismatch, MessageTooLarge, Revoked
 from .layout import Kind
@@ -69,7 +70,6 @@ _EMPTY = lib.SHMIPC_EMPTY
 _FULL = lib.SHMIPC_FULL
 _NEEDBUF = lib.SHMIPC_NEEDBUF
 _BUSY = lib.SHMIPC_BUSY
-_PARKED = lib.SHMIPC_LOCK_PARKED
 _SPSC = lib.SHMIPC_RING_SPSC
 
 
@@ -159,7 +159,7 @@ class Ring:
         # without being SPSC had its flags overwritten (CorruptedError, not RuntimeError).
         self._spsc = bool(lib.shmipc_load32_acquire(self._ptr, lib.SHMIPC_RING_OFF_FLAGS) & _SPSC)
         self._local = _PerThread()
-        self._stopped_since: dict[int, int] = {}  # parked lock word -> first seen stopped
+        self._claims = Claims(self._ptr, self._cap, self._spsc)  # revocation, quarantine
 
     # ---- construction --------------------------------------------------------------------
 
@@ -440,34 +440,17 @@ class Ring:
 
     def _take_over_dead_holders(self) -> bool:
         """The liveness pass a waiter makes whenever a wait slice ends: take over a side lock
-        whose holder died, end a quarantine whose owner died, and revoke a reservation whose
-        holder has been stopped for the liveness interval. True if anything was freed."""
+        whose holder died, then the claims' pass (shmipc/_claim.py: end a dead owner's
+        quarantine, revoke a reservation stopped past the liveness interval). True if
+        anything was freed."""
         p = self._p
+        cap = self._cap
         took = False
         for producer, off in ((1, lib.SHMIPC_RING_OFF_P_LOCK), (0, lib.SHMIPC_RING_OFF_C_LOCK)):
             took |= take_over_if_dead(
-                p, off, lambda holder, side=producer: lib.shmipc_ring_steal(p, side, holder)
+                p, off, lambda holder, side=producer: lib.shmipc_ring_steal(p, cap, side, holder)
             )
-        owner = lib.shmipc_load64_acquire(p, lib.SHMIPC_RING_OFF_Q_OWNER)
-        if owner and not _proc.identity_alive(owner):
-            took |= bool(lib.shmipc_ring_unquarantine(p, owner))
-        return self._revoke_stopped() or took
-
-    def _revoke_stopped(self) -> bool:
-        if self._spsc:
-            return False  # no other producer to unblock, and the side is its holder's role
-        word = lib.shmipc_load64_acquire(self._p, lib.SHMIPC_RING_OFF_P_LOCK)
-        if not word & _PARKED or not _proc.identity_stopped(word):
-            self._stopped_since.clear()
-            return False
-        now = time.monotonic_ns()
-        since = self._stopped_since.setdefault(word, now)
-        liveness = lib.shmipc_load64_relaxed(self._p, lib.SHMIPC_RING_OFF_LIVENESS_NS)
-        if now - since < liveness:
-            return False
-        # Stopped (not merely slow) for the whole interval, as far as this waiter has seen.
-        self._stopped_since.pop(word, None)
-        return bool(lib.shmipc_ring_revoke(self._p, self._cap, word))
+        return self._claims.liveness_pass() or took
 
     # ---- copying paths -------------------------------------------------------------------
 
@@ -769,14 +752,8 @@ class Ring:
             abandoned=u(lib.SHMIPC_RING_OFF_P_ABANDONED),
             consumers_recovered=u(lib.SHMIPC_RING_OFF_C_RECOVERED),
             revoked=u(lib.SHMIPC_RING_OFF_P_REVOKED),
-            quarantined=self._quarantined(),
+            quarantined=self._claims.quarantined(),
         )
-
-    def _quarantined(self) -> int:
-        if not self._u64(lib.SHMIPC_RING_OFF_Q_OWNER):
-            return 0
-        span = self._u64(lib.SHMIPC_RING_OFF_Q_END) - self._u64(lib.SHMIPC_RING_OFF_Q_START)
-        return span if 0 < span <= self._cap else 0
 
     def qsize(self) -> int:
         """Messages committed and not yet released (exact when the ring is quiet)."""

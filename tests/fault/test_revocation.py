@@ -334,3 +334,150 @@ def test_random_long_stops_of_reservers_lose_and_tear_nothing(procs):
     assert stats.messages_in == stats.messages_out == 3 * count
     os.close(r)
     os.close(w)
+
+
+# ---- a revoker caught between its steps (issue 7, item 3) ----------------------------------
+#
+# shmipc_claim_pause_after(step) makes the calling process stop itself (SIGSTOP) right after
+# that step of a revocation (a test hook, process-local): the parent then resumes, commits or
+# kills the actors in the order it wants. tests/unit/ring/test_claim_model.py explores every
+# interleaving of the same steps in a model; these replay the ones that broke the old design.
+
+
+def _paused_holder(ring: Ring, go: Event, done: Event, w: int) -> None:
+    """Reserves, fills half, reports "R" and waits (the parent stops it there); resumed, it
+    scribbles its whole view (late writes of a revoked holder), commits ("V": Revoked, "C":
+    went through) and stays alive until ``done``: a live holder's quarantine must end by its
+    own commit, not by its death."""
+    msg = frame(0, 0, 300)
+    view = ring.reserve(len(msg), timeout=5)
+    view[:150] = msg[:150]
+    os.write(w, b"R")
+    assert go.wait(60)
+    view[:] = b"\xee" * len(view)
+    try:
+        ring.commit()
+    except Revoked:
+        os.write(w, b"V")
+    else:
+        os.write(w, b"C")
+    assert done.wait(60)
+
+
+def _pausing_revoker(ring: Ring, step: int, count: int) -> None:
+    """Producer 1: its first put waits on the parked lock, revokes it and stops itself after
+    ``step`` of the revocation; resumed, it sends the rest (several laps of the ring)."""
+    from shmipc._native import lib
+
+    lib.shmipc_claim_pause_after(step)
+    for s in range(count):
+        ring.put(frame(1, s, 100), timeout=30)
+
+
+def _start_paused_revocation(procs, ring: Ring, step: int, count: int):
+    go, done = Event(), Event()
+    r, w = os.pipe()
+    a = procs.fork(lambda: _paused_holder(ring, go, done, w))
+    assert read_exact(r, 1, 10) == b"R"
+    os.kill(a, signal.SIGSTOP)
+    wait_stopped(a)
+    b = procs.fork(lambda: _pausing_revoker(ring, step, count))
+    wait_stopped(b, timeout=30)  # stopped itself inside the revocation
+    return a, b, go, done, r, w
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("step", ["TAKE", "MARK", "PUBLISH"])
+def test_holder_that_commits_while_its_revoker_is_mid_way_leaves_no_quarantine(procs, step):
+    """The race of the old design: the revoker has taken the parked lock word; the holder
+    resumes, fails to unpark and concludes it was revoked; only then does the revoker go on.
+    The old revoker stored the quarantine owner after that, nobody ever cleared it, and the
+    producers blocked for good once the ring lapped. The ring must keep moving."""
+    from shmipc._native import lib
+
+    ring = Ring.anonymous(4096, liveness=LIVENESS)
+    count = 200  # ~24 KiB through a 4 KiB ring: six laps
+    pause = getattr(lib, f"SHMIPC_CLAIM_PAUSE_{step}", None)
+    if pause is None:
+        pytest.skip(f"no pause point {step} in this build")
+    a, b, go, done, r, w = _start_paused_revocation(procs, ring, pause, count)
+    os.kill(a, signal.SIGCONT)
+    go.set()
+    assert read_exact(r, 1, 10) == b"V"  # its unpark failed: revoked
+    os.kill(b, signal.SIGCONT)
+    got = [parse(ring.get(timeout=10)) for _ in range(count)]
+    assert got == [(1, s) for s in range(count)]
+    assert procs.join(b) == 0
+    stats = ring.statistics()
+    assert stats.quarantined == 0 and stats.revoked == 1 and stats.depth_bytes == 0
+    done.set()
+    assert procs.join(a) == 0
+    os.close(r)
+    os.close(w)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("step", ["TAKE", "MARK", "PUBLISH"])
+def test_revoker_killed_mid_way_frees_nothing_the_holder_may_write(procs, step):
+    """The revoker dies between two of its steps while the holder is still stopped. Another
+    producer takes the dead revoker's lock over and goes on; the holder then resumes and
+    writes its whole view. The old design handed the holder's space out again (the takeover
+    counted the claim abandoned): the holder's late writes tore the new records. Nothing may
+    be torn, the holder's commit says Revoked, and the ring keeps moving for laps after."""
+    from shmipc._native import lib
+
+    ring = Ring.anonymous(4096, liveness=LIVENESS)
+    pause = getattr(lib, f"SHMIPC_CLAIM_PAUSE_{step}", None)
+    if pause is None:
+        pytest.skip(f"no pause point {step} in this build")
+    a, b, go, done, r, w = _start_paused_revocation(procs, ring, pause, 1)
+    os.kill(b, signal.SIGKILL)
+    assert procs.join(b) == -signal.SIGKILL
+    go_c = Event()
+
+    def producer_c() -> None:
+        for s in range(5):  # fits without lapping: lands right after the revoked claim
+            ring.put(frame(2, s, 100), timeout=30)
+        os.write(w, b"P")
+        assert go_c.wait(60)
+        for s in range(5, 200):
+            ring.put(frame(2, s, 100), timeout=30)
+
+    c = procs.fork(producer_c)
+    assert read_exact(r, 1, 30) == b"P"
+    os.kill(a, signal.SIGCONT)
+    go.set()  # the holder scribbles its whole view, then commits
+    assert read_exact(r, 1, 10) == b"V"
+    go_c.set()
+    got = [parse(ring.get(timeout=10)) for _ in range(200)]
+    assert got == [(2, s) for s in range(200)]
+    assert procs.join(c) == 0
+    stats = ring.statistics()
+    assert stats.quarantined == 0 and stats.depth_bytes == 0
+    done.set()
+    assert procs.join(a) == 0
+    os.close(r)
+    os.close(w)
+
+
+@pytest.mark.timeout(90)
+def test_holder_killed_while_its_revoker_is_mid_way_leaves_no_quarantine(procs):
+    """The holder dies (SIGKILL, while stopped) after its revoker took the parked word and
+    before the revoker goes on: the revoker finishes, the quarantine's owner is dead, and the
+    producers' liveness passes end it; the ring keeps moving for laps."""
+    from shmipc._native import lib
+
+    ring = Ring.anonymous(4096, liveness=LIVENESS)
+    count = 200
+    pause = lib.SHMIPC_CLAIM_PAUSE_TAKE
+    a, b, _, _, r, w = _start_paused_revocation(procs, ring, pause, count)
+    os.kill(a, signal.SIGKILL)
+    assert procs.join(a) == -signal.SIGKILL
+    os.kill(b, signal.SIGCONT)
+    got = [parse(ring.get(timeout=10)) for _ in range(count)]
+    assert got == [(1, s) for s in range(count)]
+    assert procs.join(b) == 0
+    stats = ring.statistics()
+    assert stats.quarantined == 0 and stats.revoked == 1 and stats.depth_bytes == 0
+    os.close(r)
+    os.close(w)

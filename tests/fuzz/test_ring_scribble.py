@@ -68,7 +68,6 @@ U64_FIELDS = [
     lib.SHMIPC_RING_OFF_DATA_WAITERS,
     lib.SHMIPC_RING_OFF_SPACE_WAITERS,
     lib.SHMIPC_RING_OFF_LIVENESS_NS,
-    lib.SHMIPC_RING_OFF_P_CLAIM_END,
     lib.SHMIPC_RING_OFF_P_REVOKED,
     lib.SHMIPC_RING_OFF_Q_START,
     lib.SHMIPC_RING_OFF_Q_END,
@@ -571,3 +570,51 @@ def test_scribbled_sleeper_counts_only_cost_a_wake(sleepers):
         return "ok"
 
     assert _in_child(body) == "ok"
+
+
+@pytest.mark.parametrize("owner", ["nobody", "foreign", "self"])
+@pytest.mark.parametrize("bounds", ["garbage", "plausible", "unfinished"])
+def test_scribbled_claim_registration_never_hangs(owner, bounds):
+    """A peer writes a quarantine owner and claim bounds (csrc/claim.c) into a ring with no
+    reservation out: a thread that no longer lives, a live thread of another process, or this
+    very thread; bounds that break the rules, that look like a revoked claim, or that look
+    like an unfinished revocation at the tail. Every call returns or raises a typed error
+    (CorruptedError, Full, Empty) in bounded time, a dead owner's registration is ended by
+    the liveness pass, and nothing is written outside the ring."""
+
+    def body(ring, buf) -> str:
+        me = lib.shmipc_lock_identity()
+        who = {"nobody": NOBODY, "foreign": identity_of(os.getppid()), "self": me}[owner]
+        tail = _word(buf, lib.SHMIPC_RING_OFF_P_TAIL)
+        qs, qe = {
+            "garbage": (2**64 - 8, 24),
+            "plausible": (tail - 16, tail - 8) if tail >= 16 else (0, 8),
+            "unfinished": (tail, tail + 64),
+        }[bounds]
+        struct.pack_into("<QQQ", buf, lib.SHMIPC_RING_OFF_Q_START, qs, qe, who)
+        outcomes = []
+        for call in ("put", "reserve", "get", "recover"):
+            t = time.monotonic()
+            try:
+                if call == "put":
+                    for k in range(20):
+                        ring.put(bytes([k]) * 20, timeout=0.2)
+                elif call == "reserve":
+                    view = ring.reserve(16, timeout=0.2)
+                    view[:] = b"r" * 16
+                    ring.commit()
+                elif call == "get":
+                    while True:
+                        ring.get(timeout=0.1)
+                else:
+                    ring.recover()
+                outcomes.append(f"{call}:ok")
+            except ALLOWED as exc:
+                outcomes.append(f"{call}:{type(exc).__name__}")
+            assert time.monotonic() - t < 3.0, f"{call} took too long"
+        if owner == "nobody":  # a dead owner's registration never outlives a liveness pass
+            assert _word(buf, lib.SHMIPC_RING_OFF_Q_OWNER) == 0
+        return " ".join(outcomes)
+
+    out = _in_child(body)
+    assert "get:" in out and "recover:" in out, out
