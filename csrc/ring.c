@@ -127,8 +127,9 @@ static inline int side_held_long(char *ring, int producer) {
 /* Take a side's lock (spinning first, then sleeping for at most one slice). A dead holder's
  * lock is taken over from Python (shmipc_ring_steal) between slices. A non-blocking call
  * (deadline 0) waits too: holders mid-call keep the lock for a bounded, short time, and
- * only a full or empty ring may make such a call fail; it gives up (SHMIPC_TIMEDOUT) only on
- * a holder that keeps the side while running Python code (a reservation or a peek).
+ * only a full or empty ring may make such a call fail; it gives up (SHMIPC_TIMEDOUT) on a
+ * holder that keeps the side while running Python code (a reservation or a peek), or that
+ * keeps it for a whole slice.
  * SHMIPC_TRY_ONLY waits for nothing. */
 static inline int side_lock(char *ring, int producer, int64_t deadline_ns) {
     if (is_spsc(ring)) {
@@ -146,7 +147,9 @@ static inline int side_lock(char *ring, int producer, int64_t deadline_ns) {
     for (;;) {
         if (side_held_long(ring, producer)) return SHMIPC_TIMEDOUT;
         int64_t now = shmipc_monotonic_ns();
-        if (now >= slice_end) return SHMIPC_SLICE; /* Python looks at the holder's liveness */
+        /* A holder mid-call that keeps the lock a whole slice is stopped, dead (Python takes
+         * its lock over, then retries) or a scribble: the call ends as if on a full ring. */
+        if (now >= slice_end) return SHMIPC_TIMEDOUT;
         rc = shmipc_lock_acquire_reg(ring, SIDE_LOCK(producer), SIDE_REG(producer),
                                      SIDE_SLOTS(producer), now + NOWAIT_STEP_NS, spin_ns(ring));
         if (rc != SHMIPC_TIMEDOUT) return rc;
