@@ -261,7 +261,9 @@ int shmipc_wake32_reg(char *b, size_t o, size_t reg_off, int nslots, int n) {
 
 /* This thread's identity, computed once per thread and again in a forked child (whose only
  * thread has a new id). 0 means "not computed yet". */
-static _Thread_local uint64_t my_identity;
+/* initial-exec: read without a __tls_get_addr call (two per message otherwise); 8 bytes of
+ * the static TLS surplus glibc keeps for modules loaded later. */
+static _Thread_local uint64_t my_identity __attribute__((tls_model("initial-exec")));
 
 static void forget_identity(void) { my_identity = 0; }
 

@@ -263,20 +263,21 @@ static inline void wake_consumers(char *ring) {
 }
 
 /* Room was freed (after the stores that free it): bump the room sequence producers sleep
- * on. Release (part of the seq_cst RMW): a producer whose acquire load of the sequence sees
- * the bump sees the freed room (the head, the messages out, the quarantine's end). The bump
- * is also a seq_cst RMW, and shmipc_wake32_reg fences before it reads the sleeper count:
- * against the sleeper's seq_cst registration and re-check in shmipc_wait_while32_reg, either
- * the sleeper sees the new sequence or we see it registered. */
-static inline void bump_room(char *ring) {
+ * on, and wake them if `wake` and any sleeps. Release (part of the seq_cst RMW): a producer
+ * whose acquire load of the sequence sees the bump sees the freed room (the head, the
+ * messages out, the quarantine's end). The bump and the load of the sleeper count are both
+ * seq_cst, as are the sleeper's registration and its re-check of the sequence
+ * (shmipc_wait_while32_reg): either the sleeper sees the new sequence or we see it
+ * registered (a seq_cst RMW is a full barrier, so no separate fence is paid per release). */
+static inline void room_freed(char *ring, int wake) {
     atomic_fetch_add_explicit(U32(ring, SHMIPC_RING_OFF_SPACE_SEQ), 1, memory_order_seq_cst);
+    if (wake && atomic_load_explicit(U32(ring, SHMIPC_RING_OFF_SPACE_WAITERS),
+                                     memory_order_seq_cst))
+        wake_side(ring, SHMIPC_RING_OFF_SPACE_SEQ, SHMIPC_RING_OFF_SPACE_WAITERS,
+                  SHMIPC_RING_OFF_C_WAKES);
 }
 
-static inline void wake_producers(char *ring) {
-    bump_room(ring);
-    wake_side(ring, SHMIPC_RING_OFF_SPACE_SEQ, SHMIPC_RING_OFF_SPACE_WAITERS,
-              SHMIPC_RING_OFF_C_WAKES);
-}
+static inline void wake_producers(char *ring) { room_freed(ring, 1); }
 
 /* A wait slept out a whole slice although what it waited for had happened: a lost wake-up. */
 static inline void count_missed_wake(char *ring) {
@@ -411,7 +412,7 @@ int shmipc_ri_claim(char *ring, uint64_t cap, uint64_t rec, int64_t deadline_ns,
         rc = shmipc_ri_find_room(ring, cap, *tail, rec, pad, &head_seen);
         if (rc == SHMIPC_FULL && !no_wait(deadline_ns)) {
             /* About to wait: read the room sequence, then look again. Acquire: pairs with
-             * the release of bump_room, so room freed before the bump we read is seen by
+             * the release of room_freed, so room freed before the bump we read is seen by
              * this second look, and room freed after it changes the sequence we sleep on. */
             seq = LOAD_ACQ(U32(ring, SHMIPC_RING_OFF_SPACE_SEQ));
             rc = shmipc_ri_find_room(ring, cap, *tail, rec, pad, &head_seen);
@@ -712,18 +713,15 @@ void shmipc_ri_retire(char *ring, uint64_t cap, uint64_t end, uint64_t msgs,
     STORE(U64(ring, SHMIPC_RING_OFF_C_BYTES), out_bytes);
     uint64_t used = LOAD(U64(ring, SHMIPC_RING_OFF_C_TAIL_CACHE)) - end;
     side_unlock(ring, 0);
-    /* Every release moves the room sequence (after the head and the count it publishes), so
-     * a producer spinning or about to sleep on it sees the room; only the wake is deferred. */
-    bump_room(ring);
     /* A ring limited by bytes wakes sleeping producers only once it has drained to half:
      * waking them at every release would make the slower side pay a wake syscall per
      * message while the faster one refills a single slot (spinning producers see every
      * release anyway). A sleeper that still finds no room sleeps again; draining to empty
      * always wakes, and a sleep lasts one slice at most. A ring limited by a message count
      * (Queue(maxsize)) wakes at every release, as a stdlib queue's put would unblock. */
-    if (used > cap / 2 && !LOAD(U64(ring, SHMIPC_RING_OFF_MAX_COUNT))) return;
-    wake_side(ring, SHMIPC_RING_OFF_SPACE_SEQ, SHMIPC_RING_OFF_SPACE_WAITERS,
-              SHMIPC_RING_OFF_C_WAKES);
+    /* Every release moves the room sequence (after the head and the count it publishes), so
+     * a producer spinning or about to sleep on it sees the room; only the wake is deferred. */
+    room_freed(ring, used <= cap / 2 || LOAD(U64(ring, SHMIPC_RING_OFF_MAX_COUNT)));
 }
 
 int64_t shmipc_ring_get(char *ring, uint64_t cap, char *dst, size_t dst_cap,
