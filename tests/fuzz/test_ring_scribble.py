@@ -66,13 +66,14 @@ U64_FIELDS = [
     lib.SHMIPC_RING_OFF_C_PEND_MSGS,
     lib.SHMIPC_RING_OFF_C_PEND_BYTES,
     lib.SHMIPC_RING_OFF_DATA_WAITERS,
-    lib.SHMIPC_RING_OFF_SPACE_WAITERS,
+    lib.SHMIPC_RING_OFF_SPACE_WAITERS,  # and the room sequence in its upper half
     lib.SHMIPC_RING_OFF_LIVENESS_NS,
     lib.SHMIPC_RING_OFF_P_CLAIM_END,
     lib.SHMIPC_RING_OFF_P_REVOKED,
     lib.SHMIPC_RING_OFF_Q_START,
     lib.SHMIPC_RING_OFF_Q_END,
     lib.SHMIPC_RING_OFF_Q_OWNER,
+    lib.SHMIPC_RING_OFF_MISSED_WAKES,
 ]
 U64_VALUES = st.one_of(
     st.sampled_from([0, 1, 7, 8, 16, 56, 64, 128, 248, 256, 1024, 1 << 32, 2**63, 2**64 - 8]),
