@@ -671,9 +671,10 @@ int shmipc_ri_guess_next(char *ring, uint64_t cap, uint64_t *pos, uint64_t *len,
     uint64_t h = *pos == UINT64_MAX ? LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_HEAD)) : *pos;
     uint64_t t = LOAD(U64(ring, SHMIPC_RING_OFF_C_TAIL_CACHE));
     for (int step = 0; step < 3; step++) {
+        if (h & 7) return SHMIPC_EMPTY; /* the header load below must stay 8-aligned */
         if (h == t || t - h > cap) {
             t = LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_P_TAIL));
-            if (h == t || t - h > cap || (h & 7)) return SHMIPC_EMPTY;
+            if (h == t || t - h > cap) return SHMIPC_EMPTY;
         }
         uint64_t idx = h & (cap - 1);
         uint64_t hdr = LOAD((_Atomic uint64_t *)(DATA(ring) + idx));

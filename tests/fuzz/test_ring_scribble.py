@@ -559,3 +559,26 @@ def test_scribbled_sleeper_counts_only_cost_a_wake(sleepers):
         return "ok"
 
     assert _in_child(body) == "ok"
+
+
+@pytest.mark.parametrize("head", [1, 7, 255, 2**64 - 1, 2**64 - 9])
+def test_port_get_sizes_its_bytes_safely_from_a_scribbled_head(head):
+    """The port sizes a get's bytes by a lock-free look at the next record (head, tail,
+    header) before it locks. A scribbled head (unaligned, or near the top of its range, at the
+    last bytes of the data area) must make that look give up, never read outside the ring or
+    unaligned: the call then raises a typed error (CorruptedError from the locked path) or
+    says Empty, and the process lives."""
+
+    def body(ring, buf) -> str:
+        struct.pack_into("<Q", buf, lib.SHMIPC_RING_OFF_C_HEAD, head)
+        port = Port(int(ffi.cast("uintptr_t", ring._ptr)), ring.capacity, None, 0, 1)
+        outcomes = []
+        for call in (lambda: port.get_bytes(0), lambda: port.get_many(4, 0)):
+            try:
+                outcomes.append(repr(call()))
+            except RingMiss as exc:
+                outcomes.append(f"miss {exc.args[0]}")
+        return " ".join(outcomes)
+
+    out = _in_child(body)
+    assert "miss" in out or out == "ok", out
