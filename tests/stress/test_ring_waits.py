@@ -18,6 +18,7 @@ import pytest
 from _procs import frame, parse, read_exact, wait_for, wait_stopped
 
 from shmipc import Event, Queue, Revoked
+from shmipc._native import lib
 from shmipc.ring import Ring
 
 pytestmark = pytest.mark.timeout(120)
@@ -125,8 +126,6 @@ def test_quarantine_end_wakes_the_producers_it_held_back(procs):
 
 
 def _space_sleepers(ring: Ring) -> int:
-    from shmipc._native import lib
-
     return lib.shmipc_load32_relaxed(ring._ptr, lib.SHMIPC_RING_OFF_SPACE_WAITERS)
 
 
@@ -165,3 +164,20 @@ def test_many_producers_and_consumers_on_a_bounded_queue_miss_no_wake_up(procs):
     assert q.statistics().missed_wakes == 0
     q.close()
     out.close()
+
+
+def test_a_wake_up_that_never_comes_is_counted(procs):
+    """The statistic itself: a producer asleep for room on a Queue(maxsize=1) whose room is
+    freed behind its back (the count of messages out raised and the room sequence bumped, as
+    a release would, but no wake issued) sleeps out its slice, and that wait is counted."""
+    q = Queue(maxsize=1)
+    q.put_bytes(b"filler")
+    pid = procs.fork(lambda: q.put_bytes(b"second", timeout=30))
+    p = q._ring._ptr
+    wait_for(lambda: _space_sleepers(q._ring) == 1, 30, "the producer asleep for room")
+    out = lib.shmipc_load64_acquire(p, lib.SHMIPC_RING_OFF_C_MSGS)
+    lib.shmipc_store64_release(p, lib.SHMIPC_RING_OFF_C_MSGS, out + 1)
+    lib.shmipc_fetch_add32_acq_rel(p, lib.SHMIPC_RING_OFF_SPACE_SEQ, 1)
+    assert procs.join(pid) == 0  # went on after its slice
+    assert q.statistics().missed_wakes == 1
+    q.close()
