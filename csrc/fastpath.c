@@ -20,7 +20,10 @@
  *
  * GIL: a call first tries without waiting, holding the GIL (the common case costs no GIL
  * round trip); only if it would wait does it let the GIL go while it spins and sleeps. A
- * large payload is copied without the GIL too. Anything but the fast case (a timeout, a wait
+ * large payload is copied without the GIL too. A side lock is never held while the GIL is
+ * awaited, nor while a Python object is allocated (a GC pass or a finalizer could run there):
+ * the bytes a get fills are sized by a lock-free look at the next record and made before the
+ * lock is taken, and a call that waited comes back to the GIL with no lock held. Anything but the fast case (a timeout, a wait
  * slice ending, a record type the port does not handle, a closed port) comes back to Python:
  * put returns the status, the get methods raise RingMiss(status, type, payload), where
  * payload is the record's bytes when one was taken off the ring (status SHMIPC_OK), else None.
@@ -133,9 +136,9 @@ static inline int raise_pending(Port *self) {
 
 static int put_buffer(char *ring, uint64_t cap, const char *p, size_t n, uint32_t type,
                       int64_t deadline) {
-    int rc = SHMIPC_FULL;
-    if (n < BIG_COPY) rc = shmipc_ring_put(ring, cap, p, n, type, 0);
-    if (rc == SHMIPC_FULL && (deadline != 0 || n >= BIG_COPY)) {
+    int rc = SHMIPC_TIMEDOUT; /* TRY_ONLY's "the lock is held": wait for it without the GIL */
+    if (n < BIG_COPY) rc = shmipc_ring_put(ring, cap, p, n, type, SHMIPC_TRY_ONLY);
+    if (rc == SHMIPC_TIMEDOUT || (rc == SHMIPC_FULL && deadline != 0)) {
         Py_BEGIN_ALLOW_THREADS
         rc = shmipc_ring_put(ring, cap, p, n, type, deadline);
         Py_END_ALLOW_THREADS
@@ -180,6 +183,66 @@ static PyObject *port_put(Port *self, PyObject *const *args, Py_ssize_t nargs) {
     return PyLong_FromLong(put_object(self, args[0], type, deadline));
 }
 
+/* put_many's work on an entered ring (the caller pairs enter/leave around it). */
+static PyObject *put_many_in(char *ring, uint64_t cap, PyObject *frames, Py_ssize_t start,
+                             uint32_t type, int64_t deadline) {
+    Py_ssize_t waited = 0; /* frames stored alone by a put that waited without the GIL */
+    for (;;) {
+        PyObject *first = PyList_GET_ITEM(frames, start);
+        if (!PyBytes_CheckExact(first))
+            return PyLong_FromSsize_t(waited ? waited : -SHMIPC_NOTBUF);
+        Py_INCREF(first); /* ours even if another thread edits the list while we wait */
+        uint64_t len = (uint64_t)PyBytes_GET_SIZE(first);
+        uint64_t rec = rec_size(len);
+        if (len > UINT32_MAX || rec > cap / 2) {
+            Py_DECREF(first);
+            return PyLong_FromSsize_t(waited ? waited : -SHMIPC_TOOBIG);
+        }
+        uint64_t t, pad;
+        int rc = shmipc_ri_claim(ring, cap, rec, SHMIPC_TRY_ONLY, &t, &pad);
+        if (!waited && (rc == SHMIPC_TIMEDOUT || (rc == SHMIPC_FULL && deadline != 0))) {
+            /* Wait without the GIL, and never come back to it holding the producer lock:
+             * the first frame (our own reference) goes alone, then the batch goes on. */
+            const char *p = PyBytes_AS_STRING(first);
+            Py_BEGIN_ALLOW_THREADS
+            rc = shmipc_ring_put(ring, cap, p, (size_t)len, type, deadline);
+            Py_END_ALLOW_THREADS
+            Py_DECREF(first);
+            if (rc != SHMIPC_OK) return PyLong_FromLong(-rc);
+            waited = 1;
+            if (++start >= PyList_GET_SIZE(frames)) return PyLong_FromLong(1);
+            continue;
+        }
+        if (rc != SHMIPC_OK) {
+            Py_DECREF(first);
+            return PyLong_FromSsize_t(waited ? waited : -rc);
+        }
+        /* The producer lock is held from here to publish; nothing below can fail, wait or
+         * allocate. The list may have changed while we waited: only `first` (our own
+         * reference) and the items now at start + 1 .. len - 1 are read. */
+        uint64_t bytes = 0;
+        Py_ssize_t i = start, n = PyList_GET_SIZE(frames);
+        PyObject *item = first;
+        for (;;) {
+            uint64_t at = shmipc_ri_place(ring, cap, t, pad, (size_t)len, type);
+            memcpy(DATA(ring) + at, PyBytes_AS_STRING(item), (size_t)len);
+            t += pad + rec; /* not published yet: the tail moves once, after the whole batch */
+            bytes += len;
+            if (++i >= n) break;
+            item = PyList_GET_ITEM(frames, i);
+            if (!PyBytes_CheckExact(item)) break;
+            len = (uint64_t)PyBytes_GET_SIZE(item);
+            if (shmipc_ri_batch_room(ring, cap, t, len, (size_t)(i - start), &pad) != SHMIPC_OK)
+                break;
+            rec = rec_size(len);
+        }
+        shmipc_ri_publish(ring, t, (uint64_t)(i - start), bytes);
+        Py_DECREF(first);
+        return PyLong_FromSsize_t(waited + i - start);
+    }
+}
+
+
 /* put_many(frames, start, type, deadline_ns) -> count | -status: stores frames[start:] (a
  * list of bytes) in order, as many as the ring takes now (at least one, waiting for room for
  * the first as the deadline allows), under one claim and one publish. A frame that is not
@@ -197,52 +260,12 @@ static PyObject *port_put_many(Port *self, PyObject *const *args, Py_ssize_t nar
     }
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     if (start == -1 && PyErr_Occurred()) return NULL;
-    uint64_t cap = self->cap;
     if (!self->ring) return PyLong_FromLong(-SHMIPC_CLOSED);
     if (start < 0 || start >= PyList_GET_SIZE(frames)) return PyLong_FromLong(0);
-
-    PyObject *first = PyList_GET_ITEM(frames, start);
-    if (!PyBytes_CheckExact(first)) return PyLong_FromLong(-SHMIPC_NOTBUF);
-    uint64_t len = (uint64_t)PyBytes_GET_SIZE(first);
-    uint64_t rec = rec_size(len);
-    if (len > UINT32_MAX || rec > cap / 2) return PyLong_FromLong(-SHMIPC_TOOBIG);
-    Py_INCREF(first); /* ours even if another thread edits the list while we wait */
     char *ring = enter(self);
-    uint64_t t, pad;
-    int rc = shmipc_ri_claim(ring, cap, rec, 0, &t, &pad);
-    if (rc == SHMIPC_FULL && deadline != 0) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = shmipc_ri_claim(ring, cap, rec, deadline, &t, &pad);
-        Py_END_ALLOW_THREADS
-    }
-    if (rc != SHMIPC_OK) {
-        leave(self);
-        Py_DECREF(first);
-        return PyLong_FromLong(-rc);
-    }
-    /* The producer lock is held from here to publish; nothing below can fail or wait. The
-     * list may have changed while we waited: only `first` (our own reference) and the items
-     * now at start + 1 .. len - 1 are read. */
-    uint64_t bytes = 0;
-    Py_ssize_t i = start, n = PyList_GET_SIZE(frames);
-    PyObject *item = first;
-    for (;;) {
-        uint64_t at = shmipc_ri_place(ring, cap, t, pad, (size_t)len, type);
-        memcpy(DATA(ring) + at, PyBytes_AS_STRING(item), (size_t)len);
-        t += pad + rec; /* not published yet: the tail moves once, after the whole batch */
-        bytes += len;
-        if (++i >= n) break;
-        item = PyList_GET_ITEM(frames, i);
-        if (!PyBytes_CheckExact(item)) break;
-        len = (uint64_t)PyBytes_GET_SIZE(item);
-        if (shmipc_ri_batch_room(ring, cap, t, len, (size_t)(i - start), &pad) != SHMIPC_OK)
-            break;
-        rec = rec_size(len);
-    }
-    shmipc_ri_publish(ring, t, (uint64_t)(i - start), bytes);
+    PyObject *result = put_many_in(ring, self->cap, frames, start, type, deadline);
     leave(self);
-    Py_DECREF(first);
-    return PyLong_FromSsize_t(i - start);
+    return result;
 }
 
 /* first_not_bytes(items, start) -> index: of the first item at or after start that is not
@@ -263,68 +286,140 @@ static PyObject *port_first_not_bytes(Port *self, PyObject *const *args, Py_ssiz
 
 /* ---- consumer side ---------------------------------------------------------------------- */
 
-/* Lock the consumer side and find the next record: first without waiting (GIL held), then,
- * if the deadline allows, waiting with the GIL released. On SHMIPC_OK the lock is held. */
-static int await_one(char *ring, uint64_t cap, int64_t deadline, uint64_t *h, uint64_t *len,
-                     uint32_t *type, uint64_t *end) {
-    int rc = shmipc_ri_await_record(ring, cap, 0, h, len, type, end);
-    if (rc == SHMIPC_EMPTY && deadline != 0) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = shmipc_ri_await_record(ring, cap, deadline, h, len, type, end);
-        Py_END_ALLOW_THREADS
+/* Whether the fast path hands a record of this type back itself (else Python does). */
+static inline int fast_type(Port *self, uint32_t type) {
+    return type == self->raw_type || type == self->obj_type;
+}
+
+/* Take up to k records, back to back from the next one, into dsts[i] if record i's payload
+ * is exactly lens[i] bytes long (the caller made the buffers before locking), waiting for the
+ * lock and the first record as the deadline allows: SHMIPC_OK with *got records taken and
+ * their types in types[]; SHMIPC_NEEDBUF with the first record's length in lens[0] (nothing
+ * taken, lock let go); or another status. A record of neither fast type is taken only alone,
+ * first. Touches no Python object, so it runs with or without the GIL; the consumer lock is
+ * held only inside it. */
+static int take_into(char *ring, uint64_t cap, int64_t deadline, char **dsts, uint64_t *lens,
+                     uint32_t *types, Py_ssize_t k, uint32_t obj_type, uint32_t raw_type,
+                     Py_ssize_t *got) {
+    uint64_t h, len, end, tail_seen, done = 0, bytes = 0;
+    uint32_t type;
+    Py_ssize_t i = 0;
+    *got = 0;
+    int rc = shmipc_ri_await_record(ring, cap, deadline, &h, &len, &type, &end);
+    if (rc != SHMIPC_OK) return rc;
+    while (i < k && len == lens[i]) {
+        int fast = type == obj_type || type == raw_type;
+        if (!fast && i > 0) break;
+        memcpy(dsts[i], DATA(ring) + (h & (cap - 1)) + SHMIPC_REC_HEADER, (size_t)len);
+        types[i++] = type;
+        done = end;
+        bytes += len;
+        h = end;
+        if (!fast || i == k ||
+            shmipc_ri_next_record(ring, cap, &h, &len, &type, &end, &tail_seen) != SHMIPC_OK)
+            break;
     }
-    return rc;
+    if (i == 0) {
+        shmipc_ri_unlock(ring, 0);
+        lens[0] = len;
+        return SHMIPC_NEEDBUF;
+    }
+    shmipc_ri_retire(ring, cap, done, (uint64_t)i, bytes);
+    *got = i;
+    return SHMIPC_OK;
 }
 
-/* The payload of the record at position h as new bytes (consumer lock held); NULL with
- * MemoryError set if it cannot be allocated. */
-static PyObject *payload_bytes(char *ring, uint64_t cap, uint64_t h, uint64_t len) {
-    const char *src = DATA(ring) + (h & (cap - 1)) + SHMIPC_REC_HEADER;
-    if (len < BIG_COPY) return PyBytes_FromStringAndSize(src, (Py_ssize_t)len);
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
-    if (!out) return NULL;
-    char *dst = PyBytes_AS_STRING(out);
-    Py_BEGIN_ALLOW_THREADS
-    memcpy(dst, src, (size_t)len);
-    Py_END_ALLOW_THREADS
-    return out;
-}
+/* The most records one get_many call takes without allocating its bookkeeping. */
+#define BATCH_STACK 64
 
-static void unlock_consumer(char *ring) {
-    shmipc_ri_unlock(ring, 0);
+/* Take up to max_items records (at least one, waiting for it as the deadline allows) as new
+ * bytes in objs[] and their types in types[] (each with room for max_items): the count, or
+ * -1 with the status in *rc (-1 with *rc SHMIPC_OK: an exception is set). The bytes are
+ * sized by a lock-free look at the records (shmipc_ri_guess_next) and made first; the lock is
+ * taken only to copy into them. A record whose length changed meanwhile ends the batch, or,
+ * if it comes first, makes the call size its bytes again. */
+static Py_ssize_t take_records(Port *self, Py_ssize_t max_items, int64_t deadline, int *rc,
+                               PyObject **objs, uint32_t *types) {
+    uint64_t cap = self->cap;
+    *rc = SHMIPC_CLOSED;
+    char *ring = enter(self); /* keeps the mapping while the GIL is let go below */
+    if (!ring) return -1;
+    uint64_t lens_stack[BATCH_STACK];
+    char *dsts_stack[BATCH_STACK];
+    uint64_t *lens = lens_stack;
+    char **dsts = dsts_stack;
+    if (max_items > BATCH_STACK) {
+        lens = PyMem_Malloc((size_t)max_items * (sizeof *lens + sizeof *dsts));
+        if (!lens) {
+            leave(self);
+            *rc = SHMIPC_OK;
+            PyErr_NoMemory();
+            return -1;
+        }
+        dsts = (char **)(lens + max_items);
+    }
+    Py_ssize_t k = 0, got = -1, i;
+    for (;;) {
+        /* Size the batch: records of fast types while they fit the ring (a record of
+         * another type goes alone). None seen: take_into waits for one, then we look again. */
+        uint64_t total = 0;
+        if (k == 0) {
+            uint64_t pos = UINT64_MAX;
+            uint32_t ty;
+            while (k < max_items && shmipc_ri_guess_next(ring, cap, &pos, &lens[k], &ty) ==
+                                        SHMIPC_OK) {
+                int fast = fast_type(self, ty);
+                if ((!fast && k > 0) || total + lens[k] > cap) break;
+                total += lens[k++];
+                if (!fast) break;
+            }
+        } else {
+            total = lens[0];
+        }
+        for (i = 0; i < k; i++) {
+            if (!(objs[i] = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)lens[i]))) break;
+            dsts[i] = PyBytes_AS_STRING(objs[i]);
+        }
+        if (i < k) { /* out of memory: nothing taken */
+            while (i > 0) Py_DECREF(objs[--i]);
+            *rc = SHMIPC_OK;
+            break;
+        }
+        Py_ssize_t n = 0;
+        *rc = SHMIPC_TIMEDOUT;
+        if (total < BIG_COPY)
+            *rc = take_into(ring, cap, SHMIPC_TRY_ONLY, dsts, lens, types, k, self->obj_type,
+                            self->raw_type, &n);
+        if (*rc == SHMIPC_TIMEDOUT || (*rc == SHMIPC_EMPTY && deadline != 0)) {
+            Py_BEGIN_ALLOW_THREADS
+            *rc = take_into(ring, cap, deadline, dsts, lens, types, k, self->obj_type,
+                            self->raw_type, &n);
+            Py_END_ALLOW_THREADS
+        }
+        for (i = *rc == SHMIPC_OK ? n : 0; i < k; i++) Py_DECREF(objs[i]); /* not taken */
+        if (*rc == SHMIPC_OK) {
+            got = n;
+            break;
+        }
+        if (*rc != SHMIPC_NEEDBUF) break;
+        k = 1; /* the next record's length is known now: lens[0] */
+    }
+    if (lens != lens_stack) PyMem_Free(lens);
+    leave(self);
+    return got;
 }
 
 /* Take the next record off the ring (waiting as the deadline allows): its payload as new
  * bytes, with its type in *type and *rc SHMIPC_OK; or NULL with the status in *rc (NULL with
  * *rc SHMIPC_OK: an exception is set, and the record stays the next one). */
 static PyObject *take_record(Port *self, int64_t deadline, int *rc, uint32_t *type) {
-    uint64_t cap = self->cap, h, len, end;
+    PyObject *payload;
     *type = 0;
     if (raise_pending(self)) {
         *rc = SHMIPC_OK;
         return NULL;
     }
-    char *ring = enter(self);
-    if (!ring) {
-        *rc = SHMIPC_CLOSED;
-        return NULL;
-    }
-    *rc = await_one(ring, cap, deadline, &h, &len, type, &end);
-    PyObject *payload = NULL;
-    if (*rc == SHMIPC_OK) {
-        payload = payload_bytes(ring, cap, h, len);
-        if (payload)
-            shmipc_ri_retire(ring, cap, end, 1, len);
-        else
-            unlock_consumer(ring);
-    }
-    leave(self);
-    return payload;
-}
-
-/* Whether the fast path hands a record of this type back itself (else Python does). */
-static inline int fast_type(Port *self, uint32_t type) {
-    return type == self->raw_type || type == self->obj_type;
+    return take_records(self, 1, deadline, rc, &payload, type) == 1 ? payload : NULL;
 }
 
 /* What a fast-path record becomes (steals payload): decoded if of obj_type and `decode` is
@@ -422,77 +517,40 @@ static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nar
     }
     if (raise_pending(self)) return NULL;
     uint64_t cap = self->cap;
-    char *ring = enter(self);
-    if (!ring) return miss(SHMIPC_CLOSED, 0, NULL);
     /* A record takes at least 8 bytes, so no batch holds more than cap / 8. */
     if ((uint64_t)max_items > cap / SHMIPC_REC_HEADER) max_items = (Py_ssize_t)(cap / 8);
-    uint64_t h, len, end, tail_seen, done = 0, bytes = 0;
-    uint32_t type;
-    int rc = await_one(ring, cap, deadline, &h, &len, &type, &end);
-    if (rc != SHMIPC_OK) {
-        leave(self);
-        return miss(rc, 0, NULL);
+    PyObject *objs_stack[BATCH_STACK];
+    uint32_t types_stack[BATCH_STACK];
+    PyObject **objs = objs_stack;
+    uint32_t *types = types_stack;
+    if (max_items > BATCH_STACK) {
+        objs = PyMem_Malloc((size_t)max_items * (sizeof *objs + sizeof *types));
+        if (!objs) return PyErr_NoMemory();
+        types = (uint32_t *)(objs + max_items);
     }
-    if (!fast_type(self, type)) {
-        PyObject *payload = payload_bytes(ring, cap, h, len);
-        if (!payload) {
-            unlock_consumer(ring);
-            leave(self);
-            return NULL;
-        }
-        shmipc_ri_retire(ring, cap, end, 1, len);
-        leave(self);
-        return miss(SHMIPC_OK, type, payload);
+    int rc;
+    Py_ssize_t count = take_records(self, max_items, deadline, &rc, objs, types);
+    PyObject *out = count < 1 ? NULL : PyList_New(count); /* no lock is held here */
+    if (out) {
+        for (Py_ssize_t i = 0; i < count; i++) PyList_SET_ITEM(out, i, objs[i]);
+    } else {
+        for (Py_ssize_t i = 0; i < count; i++) Py_DECREF(objs[i]);
     }
-    PyObject *out = PyList_New(0);
-    if (!out) {
-        unlock_consumer(ring);
-        leave(self);
-        return NULL;
-    }
-    /* Which items need decoding: all or none while the batch holds one type; a map is
-     * made at the first change of type. */
-    uint32_t first_type = type;
-    unsigned char *is_obj = NULL;
-    for (;;) {
-        PyObject *payload = payload_bytes(ring, cap, h, len);
-        if (!payload || PyList_Append(out, payload) < 0) {
-            Py_XDECREF(payload);
-            if (PyList_GET_SIZE(out) == 0) {
-                unlock_consumer(ring);
-                leave(self);
-                Py_DECREF(out);
-                return NULL;
-            }
-            PyErr_Clear(); /* hand over what was taken; the rest stays in the ring */
-            break;
-        }
-        Py_DECREF(payload);
-        if (is_obj) is_obj[PyList_GET_SIZE(out) - 1] = type == self->obj_type;
-        done = end;
-        bytes += len;
-        if (PyList_GET_SIZE(out) == max_items) break;
-        h = end;
-        if (shmipc_ri_next_record(ring, cap, &h, &len, &type, &end, &tail_seen) != SHMIPC_OK)
-            break;
-        if (type != first_type && !is_obj) {
-            if (!fast_type(self, type)) break;
-            is_obj = PyMem_Malloc((size_t)max_items);
-            if (!is_obj) {
-                PyErr_Clear();
-                break;
-            }
-            memset(is_obj, first_type == self->obj_type, (size_t)PyList_GET_SIZE(out));
-        } else if (!fast_type(self, type)) {
-            break;
-        }
-    }
-    Py_ssize_t count = PyList_GET_SIZE(out);
-    shmipc_ri_retire(ring, cap, done, (uint64_t)count, bytes);
-    leave(self);
-    if (self->decode != Py_None && (is_obj || first_type == self->obj_type))
+    uint32_t first_type = count > 0 ? types[0] : 0;
+    if (out && self->decode != Py_None && fast_type(self, first_type)) {
+        /* Each record decoded alone: a bad one is counted and raised later, never taking
+         * the valid ones with it (decode_batch). types[] doubles as the map of which to. */
+        unsigned char *is_obj = (unsigned char *)types;
+        for (Py_ssize_t i = 0; i < count; i++) is_obj[i] = types[i] == self->obj_type;
         out = decode_batch(self, out, is_obj);
-    PyMem_Free(is_obj);
+    }
+    if (objs != objs_stack) PyMem_Free(objs);
+    if (count < 1) return rc == SHMIPC_OK ? NULL : miss(rc, 0, NULL);
+    if (out && !fast_type(self, first_type)) { /* taken alone: handed over through RingMiss */
+        PyObject *payload = Py_NewRef(PyList_GET_ITEM(out, 0));
+        Py_DECREF(out);
+        return miss(SHMIPC_OK, first_type, payload);
+    }
     return out;
 }
 

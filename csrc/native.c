@@ -268,7 +268,9 @@ int shmipc_wake32_reg(char *b, size_t o, size_t reg_off, int nslots, int n) {
 
 /* This thread's identity, computed once per thread and again in a forked child (whose only
  * thread has a new id). 0 means "not computed yet". */
-static _Thread_local uint64_t my_identity;
+/* initial-exec: read without a __tls_get_addr call (two per message otherwise); 8 bytes of
+ * the static TLS surplus glibc keeps for modules loaded later. */
+static _Thread_local uint64_t my_identity __attribute__((tls_model("initial-exec")));
 
 static void forget_identity(void) { my_identity = 0; }
 
@@ -364,22 +366,32 @@ static int lock_acquire_impl(char *b, size_t o, size_t reg_off, int nslots, int6
             if (rc != SHMIPC_TIMEDOUT) return rc;
         }
     }
+    /* A lock that keeps changing hands never lets the futex below sleep (the word differs
+     * each time we look), so the loop itself watches the clock: it honours the deadline and
+     * comes back to Python after a slice like any other wait. */
+    int64_t slice_end = shmipc_monotonic_ns() + SHMIPC_SLICE_NS;
     for (;;) {
         uint64_t seen = atomic_load_explicit(A64(b, o), memory_order_relaxed);
         if (seen == 0) {
             rc = shmipc_lock_try(b, o);
             if (rc != SHMIPC_TIMEDOUT) return rc;
-            continue; /* lost the race to another locker: it made progress, look again */
+            /* lost the race to another locker: it made progress, look again */
+        } else {
+            /* Sleep while the holder's thread id (the word's low half) stays. The futex
+             * checks the word atomically, and the releaser reads the sleeper count after a
+             * seq_cst fence: the same no-lost-wakeup argument as shmipc_wait_while32. */
+            rc = nslots ? shmipc_wait_while32_reg(b, o, (uint32_t)seen, reg_off, nslots,
+                                                  deadline_ns, 0)
+                        : shmipc_wait_while32(b, o, (uint32_t)seen, reg_off, deadline_ns, 0);
+            if (rc == SHMIPC_TIMEDOUT)
+                return shmipc_lock_try(b, o) == SHMIPC_OK ? SHMIPC_OK : rc;
+            if (rc != SHMIPC_OK && rc != SHMIPC_CHANGED)
+                return rc; /* SLICE / INTERRUPTED / ERROR: Python checks signals and liveness */
         }
-        /* Sleep while the holder's thread id (the word's low half) stays. The futex checks the
-         * word atomically, and the releaser reads the sleeper count after a seq_cst fence:
-         * the same no-lost-wakeup argument as shmipc_wait_while32. */
-        rc = nslots ? shmipc_wait_while32_reg(b, o, (uint32_t)seen, reg_off, nslots,
-                                              deadline_ns, 0)
-                    : shmipc_wait_while32(b, o, (uint32_t)seen, reg_off, deadline_ns, 0);
-        if (rc == SHMIPC_OK || rc == SHMIPC_CHANGED) continue;
-        if (rc == SHMIPC_TIMEDOUT) return shmipc_lock_try(b, o) == SHMIPC_OK ? SHMIPC_OK : rc;
-        return rc; /* SLICE / INTERRUPTED / ERROR: Python checks signals and liveness */
+        int64_t now = shmipc_monotonic_ns();
+        if (deadline_ns >= 0 && now >= deadline_ns)
+            return shmipc_lock_try(b, o) == SHMIPC_OK ? SHMIPC_OK : SHMIPC_TIMEDOUT;
+        if (now >= slice_end) return SHMIPC_SLICE;
     }
 }
 

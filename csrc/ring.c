@@ -116,8 +116,24 @@ static inline int side_pending(char *ring, int producer) {
                     : LOAD(U64(ring, SHMIPC_RING_OFF_C_PEEK)) != 0;
 }
 
+/* Whether a side's lock is held for as long as its holder runs Python code: a reservation
+ * (the parked word) or a peeked record. A non-blocking call does not wait for such a holder. */
+static inline int side_held_long(char *ring, int producer) {
+    if (producer) return (LOAD(U64(ring, SIDE_LOCK(1))) & SHMIPC_LOCK_PARKED) != 0;
+    return LOAD(U64(ring, SHMIPC_RING_OFF_C_PEEK)) != 0;
+}
+
+/* How long a non-blocking call waits for a side lock at a time before it looks again whether
+ * the holder went on to hold it long (side_held_long). */
+#define NOWAIT_STEP_NS 1000000
+
 /* Take a side's lock (spinning first, then sleeping for at most one slice). A dead holder's
- * lock is taken over from Python (shmipc_ring_steal) between slices. */
+ * lock is taken over from Python (shmipc_ring_steal) between slices. A non-blocking call
+ * (deadline 0) waits too: holders mid-call keep the lock for a bounded, short time, and
+ * only a full or empty ring may make such a call fail; it gives up (SHMIPC_TIMEDOUT) on a
+ * holder that keeps the side while running Python code (a reservation or a peek), or that
+ * keeps it for a whole slice.
+ * SHMIPC_TRY_ONLY waits for nothing. */
 static inline int side_lock(char *ring, int producer, int64_t deadline_ns) {
     if (is_spsc(ring)) {
         if (LOAD(U64(ring, SIDE_LOCK(producer))) == shmipc_lock_identity())
@@ -126,10 +142,21 @@ static inline int side_lock(char *ring, int producer, int64_t deadline_ns) {
         return rc == SHMIPC_TIMEDOUT ? SHMIPC_BUSY : rc;
     }
     int rc = shmipc_lock_try(ring, SIDE_LOCK(producer));
-    if (rc == SHMIPC_TIMEDOUT && deadline_ns != 0)
+    if (rc != SHMIPC_TIMEDOUT || deadline_ns == SHMIPC_TRY_ONLY) return rc;
+    if (deadline_ns != 0)
+        return shmipc_lock_acquire_reg(ring, SIDE_LOCK(producer), SIDE_REG(producer),
+                                       SIDE_SLOTS(producer), deadline_ns, spin_ns(ring));
+    int64_t slice_end = shmipc_monotonic_ns() + SHMIPC_SLICE_NS;
+    for (;;) {
+        if (side_held_long(ring, producer)) return SHMIPC_TIMEDOUT;
+        int64_t now = shmipc_monotonic_ns();
+        /* A holder mid-call that keeps the lock a whole slice is stopped, dead (Python takes
+         * its lock over, then retries) or a scribble: the call ends as if on a full ring. */
+        if (now >= slice_end) return SHMIPC_TIMEDOUT;
         rc = shmipc_lock_acquire_reg(ring, SIDE_LOCK(producer), SIDE_REG(producer),
-                                     SIDE_SLOTS(producer), deadline_ns, spin_ns(ring));
-    return rc;
+                                     SIDE_SLOTS(producer), now + NOWAIT_STEP_NS, spin_ns(ring));
+        if (rc != SHMIPC_TIMEDOUT) return rc;
+    }
 }
 
 static inline void side_unlock(char *ring, int producer) {
@@ -150,6 +177,10 @@ int shmipc_ring_leave(char *ring) {
     return left;
 }
 
+/* forward: defined below */
+static inline void wake_producers(char *ring);
+static inline void wake_consumers(char *ring);
+
 int shmipc_ring_steal(char *ring, uint64_t cap, int producer, uint64_t observed) {
     if (shmipc_lock_steal(ring, SIDE_LOCK(producer), observed) != SHMIPC_OWNERDEAD) return 0;
     if (producer)
@@ -157,12 +188,10 @@ int shmipc_ring_steal(char *ring, uint64_t cap, int producer, uint64_t observed)
     else
         recover_consumer(ring);
     lock_release(ring, producer); /* free, also on an SPSC ring: the role goes to whoever */
-    return 1;                     /* uses that side next */
+    if (!producer) wake_producers(ring); /* recovery may have counted messages out */
+    return 1;                            /* uses that side next */
 }
 
-/* forward: defined below */
-static inline void wake_producers(char *ring);
-static inline void wake_consumers(char *ring);
 
 /* Wake sleepers of one side's registry (a dead sleeper's registration is reaped after a
  * bounded number of wakes that found nobody: shmipc_wake32_reg). */
@@ -177,10 +206,22 @@ static inline void wake_consumers(char *ring) {
               SHMIPC_RING_OFF_P_WAKES);
 }
 
-static inline void wake_producers(char *ring) {
-    wake_side(ring, SHMIPC_RING_OFF_C_HEAD, SHMIPC_RING_OFF_SPACE_WAITERS,
-              SHMIPC_RING_OFF_C_WAKES);
+/* Room was freed (after the stores that free it): bump the room sequence producers sleep
+ * on, and wake them if `wake` and any sleeps. Release (part of the seq_cst RMW): a producer
+ * whose acquire load of the sequence sees the bump sees the freed room (the head, the
+ * messages out, the quarantine's end). The bump and the load of the sleeper count are both
+ * seq_cst, as are the sleeper's registration and its re-check of the sequence
+ * (shmipc_wait_while32_reg): either the sleeper sees the new sequence or we see it
+ * registered (a seq_cst RMW is a full barrier, so no separate fence is paid per release). */
+static inline void room_freed(char *ring, int wake) {
+    atomic_fetch_add_explicit(U32(ring, SHMIPC_RING_OFF_SPACE_SEQ), 1, memory_order_seq_cst);
+    if (wake && atomic_load_explicit(U32(ring, SHMIPC_RING_OFF_SPACE_WAITERS),
+                                     memory_order_seq_cst))
+        wake_side(ring, SHMIPC_RING_OFF_SPACE_SEQ, SHMIPC_RING_OFF_SPACE_WAITERS,
+                  SHMIPC_RING_OFF_C_WAKES);
 }
+
+static inline void wake_producers(char *ring) { room_freed(ring, 1); }
 
 void shmipc_ri_wake(char *ring, int producers) {
     if (producers)
@@ -189,11 +230,21 @@ void shmipc_ri_wake(char *ring, int producers) {
         wake_consumers(ring);
 }
 
-/* Wait (no lock held) while the low word of the position at `off` still reads `seen`.
- * Returns SHMIPC_OK to retry, or the status to hand back to Python. */
+/* A wait slept out a whole slice although what it waited for had happened: a lost wake-up. */
+static inline void count_missed_wake(char *ring) {
+    atomic_fetch_add_explicit(U64(ring, SHMIPC_RING_OFF_MISSED_WAKES), 1, memory_order_relaxed);
+}
+
+/* Deadlines that never wait for room or data. */
+static inline int no_wait(int64_t deadline_ns) {
+    return deadline_ns == 0 || deadline_ns == SHMIPC_TRY_ONLY;
+}
+
+/* Wait (no lock held) while the low word at `off` still reads `seen`. Returns SHMIPC_OK to
+ * retry, or the status to hand back to Python. */
 static int wait_position(char *ring, size_t off, size_t waiters_off, uint64_t seen,
                          int64_t deadline_ns, int full) {
-    if (deadline_ns == 0) return full ? SHMIPC_FULL : SHMIPC_EMPTY;
+    if (no_wait(deadline_ns)) return full ? SHMIPC_FULL : SHMIPC_EMPTY;
     int rc = shmipc_wait_while32_reg(ring, off, (uint32_t)seen, waiters_off,
                                      SHMIPC_RING_SLEEPER_SLOTS, deadline_ns, spin_ns(ring));
     switch (rc) {
@@ -207,7 +258,23 @@ static int wait_position(char *ring, size_t off, size_t waiters_off, uint64_t se
 
 /* Whether a call with this deadline will wait (for the wait statistics). */
 static inline int may_wait(int64_t deadline_ns) {
-    return deadline_ns < 0 || (deadline_ns > 0 && deadline_ns > shmipc_monotonic_ns());
+    return deadline_ns == -1 || (deadline_ns > 0 && deadline_ns > shmipc_monotonic_ns());
+}
+
+/* After a wait came back: whether the retry loop should stop and hand `rc` to Python. A wait
+ * that returned at once (the word had changed) still counts against the deadline and the
+ * slice, or a ring whose word keeps changing could keep a caller past both. */
+static inline int wait_over(int64_t deadline_ns, int64_t slice_end, int *rc) {
+    int64_t now = shmipc_monotonic_ns();
+    if (deadline_ns >= 0 && now >= deadline_ns) {
+        *rc = SHMIPC_TIMEDOUT;
+        return 1;
+    }
+    if (now >= slice_end) {
+        *rc = SHMIPC_SLICE;
+        return 1;
+    }
+    return 0;
 }
 
 /* ---- init ------------------------------------------------------------------------------- */
@@ -268,7 +335,7 @@ int shmipc_ri_find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec, uint
             STORE(oc, LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_MSGS)));
             if (LOAD(oc) > in) return SHMIPC_CORRUPT; /* more out than in: scribbled counters */
             if (in - LOAD(oc) >= max_count) {
-                /* Every release moves the head, so waiting on the head covers the count. */
+                /* Every release bumps the room sequence, which the waiter sleeps on. */
                 *head_seen = LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_HEAD));
                 return SHMIPC_FULL;
             }
@@ -282,12 +349,22 @@ int shmipc_ri_find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec, uint
  * lock is held; on any other status it is not. */
 int shmipc_ri_claim(char *ring, uint64_t cap, uint64_t rec, int64_t deadline_ns, uint64_t *tail,
                  uint64_t *pad) {
+    int64_t slice_end = 0;
     for (;;) {
         int rc = side_lock(ring, 1, deadline_ns);
-        if (rc != SHMIPC_OK) return rc == SHMIPC_TIMEDOUT ? SHMIPC_FULL : rc;
+        if (rc == SHMIPC_TIMEDOUT && deadline_ns != SHMIPC_TRY_ONLY) return SHMIPC_FULL;
+        if (rc != SHMIPC_OK) return rc;
         uint64_t head_seen = 0;
+        uint32_t seq = 0;
         *tail = LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL));
         rc = shmipc_ri_find_room(ring, cap, *tail, rec, pad, &head_seen);
+        if (rc == SHMIPC_FULL && !no_wait(deadline_ns)) {
+            /* About to wait: read the room sequence, then look again. Acquire: pairs with
+             * the release of room_freed, so room freed before the bump we read is seen by
+             * this second look, and room freed after it changes the sequence we sleep on. */
+            seq = LOAD_ACQ(U32(ring, SHMIPC_RING_OFF_SPACE_SEQ));
+            rc = shmipc_ri_find_room(ring, cap, *tail, rec, pad, &head_seen);
+        }
         if (rc == SHMIPC_OK) {
             STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), *tail); /* for recover_producer */
             return rc;
@@ -296,8 +373,19 @@ int shmipc_ri_claim(char *ring, uint64_t cap, uint64_t rec, int64_t deadline_ns,
         if (rc == SHMIPC_FULL && may_wait(deadline_ns)) bump(ring, SHMIPC_RING_OFF_P_WAITS, 1);
         side_unlock(ring, 1);
         if (rc != SHMIPC_FULL) return rc;
-        rc = wait_position(ring, SHMIPC_RING_OFF_C_HEAD, SHMIPC_RING_OFF_SPACE_WAITERS,
-                           head_seen, deadline_ns, 1);
+        if (!slice_end) slice_end = shmipc_monotonic_ns() + SHMIPC_SLICE_NS;
+        rc = wait_position(ring, SHMIPC_RING_OFF_SPACE_SEQ, SHMIPC_RING_OFF_SPACE_WAITERS, seq,
+                           deadline_ns, 1);
+        if (rc == SHMIPC_SLICE && LOAD_ACQ(U32(ring, SHMIPC_RING_OFF_SPACE_SEQ)) != seq) {
+            /* Room was freed while we slept and nobody woke us. Not a lost wake-up if a
+             * byte-limited ring is still over half full: its consumers defer the wake until
+             * it drains to half (shmipc_ri_retire). */
+            uint64_t used = LOAD(U64(ring, SHMIPC_RING_OFF_P_TAIL)) -
+                            LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_HEAD));
+            if (LOAD(U64(ring, SHMIPC_RING_OFF_MAX_COUNT)) || used <= cap / 2)
+                count_missed_wake(ring);
+        }
+        if (rc == SHMIPC_OK) wait_over(deadline_ns, slice_end, &rc);
         if (rc == SHMIPC_TIMEDOUT) deadline_ns = 0; /* one last non-blocking try */
         else if (rc != SHMIPC_OK) return rc;
     }
@@ -478,24 +566,71 @@ int shmipc_ri_next_record(char *ring, uint64_t cap, uint64_t *head, uint64_t *le
  * lock is held; on any other status it is not. */
 int shmipc_ri_await_record(char *ring, uint64_t cap, int64_t deadline_ns, uint64_t *head,
                         uint64_t *len, uint32_t *type, uint64_t *end) {
+    int64_t slice_end = 0;
     for (;;) {
         int rc = side_lock(ring, 0, deadline_ns);
-        if (rc != SHMIPC_OK) return rc == SHMIPC_TIMEDOUT ? SHMIPC_EMPTY : rc;
+        if (rc == SHMIPC_TIMEDOUT && deadline_ns != SHMIPC_TRY_ONLY) return SHMIPC_EMPTY;
+        if (rc != SHMIPC_OK) return rc;
         uint64_t tail_seen = 0;
         *head = LOAD(U64(ring, SHMIPC_RING_OFF_C_HEAD));
         uint64_t start = *head;
         rc = shmipc_ri_next_record(ring, cap, head, len, type, end, &tail_seen);
-        if (rc == SHMIPC_EMPTY && *head != start)
-            STORE_REL(U64(ring, SHMIPC_RING_OFF_C_HEAD), *head); /* a lone padding record */
+        int freed = rc == SHMIPC_EMPTY && *head != start;
+        if (freed) STORE_REL(U64(ring, SHMIPC_RING_OFF_C_HEAD), *head); /* lone padding */
         if (rc == SHMIPC_OK) return rc;
         if (rc == SHMIPC_EMPTY && may_wait(deadline_ns)) bump(ring, SHMIPC_RING_OFF_C_WAITS, 1);
         side_unlock(ring, 0);
+        if (freed) wake_producers(ring);
         if (rc != SHMIPC_EMPTY) return rc;
+        if (!slice_end) slice_end = shmipc_monotonic_ns() + SHMIPC_SLICE_NS;
+        /* Every event that brings data moves the tail (publish, and revoke, which wakes us
+         * to step over the revoked record): sleeping on its low word loses none. */
         rc = wait_position(ring, SHMIPC_RING_OFF_P_TAIL, SHMIPC_RING_OFF_DATA_WAITERS, tail_seen,
                            deadline_ns, 0);
+        if (rc == SHMIPC_SLICE &&
+            (uint32_t)LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_P_TAIL)) != (uint32_t)tail_seen)
+            count_missed_wake(ring); /* data came while we slept and nobody woke us */
+        if (rc == SHMIPC_OK) wait_over(deadline_ns, slice_end, &rc);
         if (rc == SHMIPC_TIMEDOUT) deadline_ns = 0; /* one last non-blocking try */
         else if (rc != SHMIPC_OK) return rc;
     }
+}
+
+int shmipc_ri_guess_next(char *ring, uint64_t cap, uint64_t *pos, uint64_t *len,
+                         uint32_t *type) {
+    /* Read-only and lock-free: every value may be stale or torn by a concurrent consumer or
+     * producer, so it only bounds-checks and guesses (the locked claim checks again). The
+     * header load is atomic (relaxed): a producer may be writing it. Acquire on the head
+     * and tail: pair with the releases that move them, as in the locked paths. */
+    uint64_t h = *pos == UINT64_MAX ? LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_C_HEAD)) : *pos;
+    uint64_t t = LOAD(U64(ring, SHMIPC_RING_OFF_C_TAIL_CACHE));
+    for (int step = 0; step < 3; step++) {
+        if (h & 7) return SHMIPC_EMPTY; /* the header load below must stay 8-aligned */
+        if (h == t || t - h > cap) {
+            t = LOAD_ACQ(U64(ring, SHMIPC_RING_OFF_P_TAIL));
+            if (h == t || t - h > cap) return SHMIPC_EMPTY;
+        }
+        uint64_t idx = h & (cap - 1);
+        uint64_t hdr = LOAD((_Atomic uint64_t *)(DATA(ring) + idx));
+        uint64_t n = hdr & 0xffffffffu;
+        uint32_t ty = (uint32_t)(hdr >> 32);
+        if (ty == SHMIPC_REC_PAD) {
+            h += cap - idx;
+            continue;
+        }
+        uint64_t rec = rec_size(n);
+        if (rec > t - h || idx + rec > cap) return SHMIPC_EMPTY;
+        if (ty == SHMIPC_REC_REVOKED) {
+            h += rec;
+            continue;
+        }
+        if (ty > SHMIPC_REC_TYPE_MAX) return SHMIPC_EMPTY;
+        *len = n;
+        *type = ty;
+        *pos = h + rec;
+        return SHMIPC_OK;
+    }
+    return SHMIPC_EMPTY;
 }
 
 /* Free records up to `end`, then let go of the consumer side. */
@@ -519,8 +654,9 @@ void shmipc_ri_retire(char *ring, uint64_t cap, uint64_t end, uint64_t msgs,
      * release anyway). A sleeper that still finds no room sleeps again; draining to empty
      * always wakes, and a sleep lasts one slice at most. A ring limited by a message count
      * (Queue(maxsize)) wakes at every release, as a stdlib queue's put would unblock. */
-    if (used > cap / 2 && !LOAD(U64(ring, SHMIPC_RING_OFF_MAX_COUNT))) return;
-    wake_producers(ring);
+    /* Every release moves the room sequence (after the head and the count it publishes), so
+     * a producer spinning or about to sleep on it sees the room; only the wake is deferred. */
+    room_freed(ring, used <= cap / 2 || LOAD(U64(ring, SHMIPC_RING_OFF_MAX_COUNT)));
 }
 
 int64_t shmipc_ring_get(char *ring, uint64_t cap, char *dst, size_t dst_cap,

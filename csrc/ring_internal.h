@@ -24,6 +24,13 @@ static inline uint64_t rec_size(uint64_t len) {
     return (SHMIPC_REC_HEADER + len + 7) & ~(uint64_t)7;
 }
 
+/* A deadline for the Port's first attempt, made holding the GIL: wait for nothing, not even
+ * for a side lock another thread holds for a moment; a lock found held gives SHMIPC_TIMEDOUT
+ * (the Port then lets the GIL go and calls again with the caller's deadline). Deadline 0
+ * (non-blocking) still waits for a side lock held mid-call: only a full or empty ring makes
+ * a non-blocking call fail. */
+#define SHMIPC_TRY_ONLY (-2)
+
 SHMIPC_HIDDEN int shmipc_ri_find_room(char *ring, uint64_t cap, uint64_t t, uint64_t rec,
                                       uint64_t *pad, uint64_t *head_seen);
 SHMIPC_HIDDEN int shmipc_ri_claim(char *ring, uint64_t cap, uint64_t rec, int64_t deadline_ns,
@@ -39,6 +46,11 @@ SHMIPC_HIDDEN int shmipc_ri_await_record(char *ring, uint64_t cap, int64_t deadl
                                          uint64_t *end);
 /* Let go of a side's lock after a call that found nothing to do with it (a no-op on an SPSC
  * ring, whose roles stay taken). */
+/* Without any lock: the payload length and type of the record a consumer would take next, as
+ * far as can be told now (another consumer may take it first). SHMIPC_OK, or SHMIPC_EMPTY
+ * when no record can be seen. The Port sizes the bytes object it fills before it locks. */
+SHMIPC_HIDDEN int shmipc_ri_guess_next(char *ring, uint64_t cap, uint64_t *pos, uint64_t *len,
+                                       uint32_t *type);
 SHMIPC_HIDDEN void shmipc_ri_unlock(char *ring, int producer);
 SHMIPC_HIDDEN void shmipc_ri_retire(char *ring, uint64_t cap, uint64_t end, uint64_t msgs,
                                     uint64_t bytes);

@@ -12,7 +12,7 @@
 
 /* Bumped whenever a signature, a constant or a shared layout defined here changes: Python
  * refuses to import an extension whose stamp differs (a stale build). */
-#define SHMIPC_ABI_VERSION 7
+#define SHMIPC_ABI_VERSION 8
 
 /* Wait outcomes (shmipc_futex_wait, shmipc_wait_while32, shmipc_lock_acquire, rings). */
 #define SHMIPC_OK 0          /* woken, or the condition was already met */
@@ -150,6 +150,9 @@ int shmipc_lock_release_reg(char *base, size_t off, size_t reg_off, int nslots);
 #define SHMIPC_RING_OFF_Q_START 216        /* u64: position where the registered claim starts */
 #define SHMIPC_RING_OFF_Q_END 224          /* u64: position where it ends */
 #define SHMIPC_RING_OFF_Q_OWNER 232        /* u64: identity of its holder; 0: none */
+/* waits that slept out a whole slice although what they waited for had already happened (a
+ * lost wake-up; atomic, written only then) */
+#define SHMIPC_RING_OFF_MISSED_WAKES 240   /* u64 */
 /* consumer side: written only by the holder of the consumer lock */
 #define SHMIPC_RING_OFF_C_LOCK 256         /* robust lock */
 #define SHMIPC_RING_OFF_C_PEND_END 272     /* u64: head once the records being retired go */
@@ -167,7 +170,11 @@ int shmipc_lock_release_reg(char *base, size_t off, size_t reg_off, int nslots);
 #define SHMIPC_RING_OFF_C_PEEK 376         /* u64: end position of the peeked record */
 /* sleeper counts, each alone on its line: read after every commit/release */
 #define SHMIPC_RING_OFF_DATA_WAITERS 384   /* u32: consumers asleep on the tail's low word, */
-#define SHMIPC_RING_OFF_SPACE_WAITERS 448  /* producers on the head's: each a sleeper registry */
+#define SHMIPC_RING_OFF_SPACE_WAITERS 448  /* producers on the room sequence: each a registry */
+/* u32 beside the producers' sleeper count: bumped by every event that frees room (a release,
+ * a quarantine's end, a dead consumer's recovery), so that a producer waiting for room (bytes,
+ * a Queue(maxsize) slot, the end of a quarantine) sleeps on a word each of them changes */
+#define SHMIPC_RING_OFF_SPACE_SEQ 452
 #define SHMIPC_RING_SLEEPER_SLOTS 7        /* u64 identity slots from +8 of each registry */
 
 /* Record header: 8 bytes at an 8-aligned index, never straddling the end of the data area.

@@ -93,6 +93,9 @@ class RingStatistics:
     revoked: int = 0  # reservations taken from producers stopped past the liveness interval
     quarantined: int = 0  # bytes of a revoked reservation kept from reuse now (0: none)
     undecodable: int = 0  # (Queue) messages this handle took off that failed to decode
+    #: waits that slept out a whole wait slice although what they waited for had happened
+    #: (a lost wake-up; 0 on a sound ring)
+    missed_wakes: int = 0
 
 
 def byte_view(data: Any) -> memoryview:
@@ -489,15 +492,22 @@ class Ring:
                 self._raise(-r)
 
     def _get_large(self, deadline: int) -> tuple[int, bytes]:
-        """A record too large for the scratch: copy it once, straight out of the ring."""
-        out = self._local.peek_out
-        idx, ptr = self._peek_index(deadline)
-        try:
-            data = _unpack(ptr + (HEADER_SIZE + idx), out[0])
-            rtype = int(out[1])
-        finally:
-            self._release_peeked()
-        return rtype, data
+        """A record too large for the scratch: a buffer of its size is made first, then the
+        record is copied into it by one native call, so no Python object is allocated while
+        the consumer lock is held (a GC pass or a finalizer could run there)."""
+        need = self._local.scratch_ptr
+        size = ffi.cast("uint64_t *", need)[0]  # the length the NEEDBUF answer left there
+        while True:
+            buf = bytearray(size)
+            r = lib.shmipc_ring_get(self._p, self._cap, ffi.from_buffer(buf), size, deadline)
+            if r >= 0:
+                n = r & _LEN_MASK
+                return r >> 40, bytes(buf) if n == size else bytes(memoryview(buf)[:n])
+            if -r == _NEEDBUF:  # another consumer took that one: the next is larger
+                size = ffi.cast("uint64_t *", ffi.from_buffer(buf))[0]
+                continue
+            if not self._retry(-r):
+                self._raise(-r)
 
     def get(self, *, block: bool = True, timeout: float | None = None) -> bytes:
         """The next record's payload as bytes; queue.Empty on timeout."""
@@ -753,6 +763,7 @@ class Ring:
             consumers_recovered=u(lib.SHMIPC_RING_OFF_C_RECOVERED),
             revoked=u(lib.SHMIPC_RING_OFF_P_REVOKED),
             quarantined=self._claims.quarantined(),
+            missed_wakes=u(lib.SHMIPC_RING_OFF_MISSED_WAKES),
         )
 
     def qsize(self) -> int:

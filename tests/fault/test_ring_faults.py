@@ -316,7 +316,7 @@ def test_recover_counts_a_dead_claim_once(procs):
 # ---- consumers SIGKILLed ----------------------------------------------------------------------
 
 HOLD, STOP_CMD = 1, 2
-BIG = 3 << 20  # above the 1 MiB scratch: such a get copies under the lock, through peek
+BIG = 3 << 20  # above the scratch: such a get copies under the lock into a buffer of its size
 
 
 def test_sigkilled_consumers_hand_over_and_deliver_once(procs):
@@ -375,7 +375,16 @@ def test_sigkilled_consumers_hand_over_and_deliver_once(procs):
             last_seq[c].store(seq)
             last = seq
 
-    peek_word = lib.SHMIPC_RING_OFF_C_PEEK
+    lock_word = lib.SHMIPC_RING_OFF_C_LOCK
+    big_len = len(frame(0, 0, BIG))
+
+    def big_get_under_way() -> bool:
+        head = lib.shmipc_load64_acquire(ring._ptr, lib.SHMIPC_RING_OFF_C_HEAD)
+        at = lib.SHMIPC_RING_HEADER_SIZE + head % ring.capacity
+        return bool(lib.shmipc_load64_relaxed(ring._ptr, lock_word)) and (
+            lib.shmipc_load32_relaxed(ring._ptr, at) == big_len
+        )
+
     prod = procs.fork(producer)
     cur = procs.fork(lambda: consumer(0))
     allowed_gaps: set[int] = set()
@@ -395,14 +404,14 @@ def test_sigkilled_consumers_hand_over_and_deliver_once(procs):
         else:
             if kind == "midget":
                 deadline = time.monotonic() + 20
-                while lib.shmipc_load64_relaxed(ring._ptr, peek_word) == 0:
+                while not big_get_under_way():
                     assert time.monotonic() < deadline, "no large get seen"
             else:
                 time.sleep(rng.uniform(0, 0.005))
             t_kill = time.monotonic_ns()
             assert procs.kill(cur) == -signal.SIGKILL
-            # Still set after the death: it died between peek and release (the lock held).
-            died_holding = lib.shmipc_load64_relaxed(ring._ptr, peek_word) != 0
+            # Still set after the death: it died holding the consumer lock (mid-get).
+            died_holding = lib.shmipc_load64_relaxed(ring._ptr, lock_word) != 0
             nxt = procs.fork(lambda c=c: consumer(c + 1))
         wait_for(lambda c=c: first_seq[c + 1].load() >= 0, what=f"consumer {c + 1} took over")
         dead_last, succ_first = last_seq[c].load(), first_seq[c + 1].load()

@@ -66,12 +66,13 @@ U64_FIELDS = [
     lib.SHMIPC_RING_OFF_C_PEND_MSGS,
     lib.SHMIPC_RING_OFF_C_PEND_BYTES,
     lib.SHMIPC_RING_OFF_DATA_WAITERS,
-    lib.SHMIPC_RING_OFF_SPACE_WAITERS,
+    lib.SHMIPC_RING_OFF_SPACE_WAITERS,  # and the room sequence in its upper half
     lib.SHMIPC_RING_OFF_LIVENESS_NS,
     lib.SHMIPC_RING_OFF_P_REVOKED,
     lib.SHMIPC_RING_OFF_Q_START,
     lib.SHMIPC_RING_OFF_Q_END,
     lib.SHMIPC_RING_OFF_Q_OWNER,
+    lib.SHMIPC_RING_OFF_MISSED_WAKES,
 ]
 U64_VALUES = st.one_of(
     st.sampled_from([0, 1, 7, 8, 16, 56, 64, 128, 248, 256, 1024, 1 << 32, 2**63, 2**64 - 8]),
@@ -618,3 +619,26 @@ def test_scribbled_claim_registration_never_hangs(owner, bounds):
 
     out = _in_child(body)
     assert "get:" in out and "recover:" in out, out
+
+
+@pytest.mark.parametrize("head", [1, 7, 255, 2**64 - 1, 2**64 - 9])
+def test_port_get_sizes_its_bytes_safely_from_a_scribbled_head(head):
+    """The port sizes a get's bytes by a lock-free look at the next record (head, tail,
+    header) before it locks. A scribbled head (unaligned, or near the top of its range, at the
+    last bytes of the data area) must make that look give up, never read outside the ring or
+    unaligned: the call then raises a typed error (CorruptedError from the locked path) or
+    says Empty, and the process lives."""
+
+    def body(ring, buf) -> str:
+        struct.pack_into("<Q", buf, lib.SHMIPC_RING_OFF_C_HEAD, head)
+        port = Port(ring._mapping, ring._map_off, ring.capacity, None, 0, 1)
+        outcomes = []
+        for call in (lambda: port.get_bytes(0), lambda: port.get_many(4, 0)):
+            try:
+                outcomes.append(repr(call()))
+            except RingMiss as exc:
+                outcomes.append(f"miss {exc.args[0]}")
+        return " ".join(outcomes)
+
+    out = _in_child(body)
+    assert "miss" in out or out == "ok", out
