@@ -413,13 +413,50 @@ static Py_ssize_t take_records(Port *self, Py_ssize_t max_items, int64_t deadlin
  * bytes, with its type in *type and *rc SHMIPC_OK; or NULL with the status in *rc (NULL with
  * *rc SHMIPC_OK: an exception is set, and the record stays the next one). */
 static PyObject *take_record(Port *self, int64_t deadline, int *rc, uint32_t *type) {
-    PyObject *payload;
+    /* take_records' steps for one record, without its batch bookkeeping (this is get()'s
+     * hot path): size by a lock-free look, make the bytes, lock only to copy in and retire. */
     *type = 0;
     if (raise_pending(self)) {
         *rc = SHMIPC_OK;
         return NULL;
     }
-    return take_records(self, 1, deadline, rc, &payload, type) == 1 ? payload : NULL;
+    uint64_t cap = self->cap, pos = UINT64_MAX, len = 0;
+    uint32_t guessed;
+    char *ring = enter(self); /* keeps the mapping while the GIL is let go below */
+    if (!ring) {
+        *rc = SHMIPC_CLOSED;
+        return NULL;
+    }
+    Py_ssize_t k = shmipc_ri_guess_next(ring, cap, &pos, &len, &guessed) == SHMIPC_OK &&
+                   len <= cap;
+    PyObject *payload = NULL;
+    for (;;) {
+        char *dst = NULL;
+        if (k) {
+            if (!(payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len))) {
+                *rc = SHMIPC_OK; /* out of memory: nothing taken */
+                break;
+            }
+            dst = PyBytes_AS_STRING(payload);
+        }
+        Py_ssize_t n = 0;
+        *rc = SHMIPC_TIMEDOUT;
+        if (!k || len < BIG_COPY)
+            *rc = take_into(ring, cap, SHMIPC_TRY_ONLY, &dst, &len, type, k, self->obj_type,
+                            self->raw_type, &n);
+        if (*rc == SHMIPC_TIMEDOUT || (*rc == SHMIPC_EMPTY && deadline != 0)) {
+            Py_BEGIN_ALLOW_THREADS
+            *rc = take_into(ring, cap, deadline, &dst, &len, type, k, self->obj_type,
+                            self->raw_type, &n);
+            Py_END_ALLOW_THREADS
+        }
+        if (*rc == SHMIPC_OK) break;
+        Py_CLEAR(payload); /* not taken */
+        if (*rc != SHMIPC_NEEDBUF) break;
+        k = 1; /* the next record's length is known now: len */
+    }
+    leave(self);
+    return payload;
 }
 
 /* What a fast-path record becomes (steals payload): decoded if of obj_type and `decode` is
