@@ -58,6 +58,7 @@ typedef struct {
     PyObject *slow_put;  /* (status, data, type, deadline) -> None: every other outcome */
     PyObject *slow_get;  /* (status, type, payload, deadline, decode) -> result: likewise */
     int bytes_as_is;     /* send: an exact bytes object travels as raw_type, unframed */
+    uint64_t last_len;   /* the last record get() took: its guess for a record still to come */
     /* Cold fields last, off the hot fields' cache lines: */
     Py_ssize_t undecodable; /* records taken off the ring that failed to decode */
     Py_buffer lease;  /* an export of the mapping the ring lives in (lease.obj NULL: none) */
@@ -429,6 +430,13 @@ static PyObject *take_record(Port *self, int64_t deadline, int *rc, uint32_t *ty
     }
     Py_ssize_t k = shmipc_ri_guess_next(ring, cap, &pos, &len, &guessed) == SHMIPC_OK &&
                    len <= cap;
+    if (!k && self->last_len && self->last_len < BIG_COPY) {
+        /* Nothing there yet: make bytes of the last record's size before waiting, so that a
+         * stream of equal sizes (a ping-pong) is copied straight in when its record comes;
+         * another size answers NEEDBUF and is sized again below. */
+        len = self->last_len;
+        k = 1;
+    }
     PyObject *payload = NULL;
     for (;;) {
         char *dst = NULL;
@@ -450,7 +458,10 @@ static PyObject *take_record(Port *self, int64_t deadline, int *rc, uint32_t *ty
                             self->raw_type, &n);
             Py_END_ALLOW_THREADS
         }
-        if (*rc == SHMIPC_OK) break;
+        if (*rc == SHMIPC_OK) {
+            self->last_len = len;
+            break;
+        }
         Py_CLEAR(payload); /* not taken */
         if (*rc != SHMIPC_NEEDBUF) break;
         k = 1; /* the next record's length is known now: len */
