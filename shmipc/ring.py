@@ -304,11 +304,24 @@ class Ring:
                 f"ring capacity {cap} is not a power of two that fits the region "
                 f"({self._region.size} bytes)"
             )
-        tail = lib.shmipc_load64_acquire(p, lib.SHMIPC_RING_OFF_P_TAIL)
-        head = lib.shmipc_load64_acquire(p, lib.SHMIPC_RING_OFF_C_HEAD)
-        if tail % 8 or head % 8 or not 0 <= tail - head <= cap:
-            raise CorruptedError(f"ring positions are inconsistent (head {head}, tail {tail})")
-        return cap
+        # The ring may be live: consumers move the head up to the tail and producers move the
+        # tail up to head + capacity meanwhile. Reading the head first keeps it <= the tail
+        # read after it; a pair that breaks the rules only counts when a second read finds
+        # both unchanged (a producer that lapped between the two loads is no corruption).
+        load = lib.shmipc_load64_acquire
+        for _ in range(100):
+            head = load(p, lib.SHMIPC_RING_OFF_C_HEAD)
+            tail = load(p, lib.SHMIPC_RING_OFF_P_TAIL)
+            if tail % 8 or head % 8:
+                break
+            if 0 <= tail - head <= cap:
+                return cap
+            if (
+                load(p, lib.SHMIPC_RING_OFF_C_HEAD) == head
+                and load(p, lib.SHMIPC_RING_OFF_P_TAIL) == tail
+            ):
+                break
+        raise CorruptedError(f"ring positions are inconsistent (head {head}, tail {tail})")
 
     # ---- properties ----------------------------------------------------------------------
 
