@@ -143,18 +143,15 @@ class SpillSpace:
         queue_name: str,
         creator_pid: int,
         creator_start: int,
-        creator_uid: int,
+        file_owner: tuple[int, int],
         *,
         max_message: int = DEFAULT_MAX_MESSAGE,
         max_spilled: int = DEFAULT_MAX_SPILLED,
     ) -> SpillSpace:
-        """The spill space of the queue segment ``queue_name``: the owner and mode spills are
-        held to are the segment file's own (the header's ``creator_uid`` if it is gone)."""
-        try:
-            st = os.stat(os.path.join(SHM_DIR, queue_name))
-            owner_uid, mode = st.st_uid, st.st_mode
-        except OSError:
-            owner_uid, mode = creator_uid, 0o600
+        """The spill space of the queue segment ``queue_name``: spills are held to the owner
+        and mode of the segment file this handle mapped (``Region.file_owner``, from fstat;
+        nothing read from shared memory chooses them)."""
+        owner_uid, mode = file_owner
         tag = queue_tag(queue_name, creator_pid, creator_start)
         return cls(
             queue_name,

@@ -114,12 +114,13 @@ class Queue:
         self.spill = spill
         # Where this queue's large messages go, and the bounds this handle holds them to.
         header = ring.region.header
-        assert header is not None and ring.name is not None
+        file_owner = ring.region.file_owner  # a queue's ring is always a named segment
+        assert header is not None and ring.name is not None and file_owner is not None
         self._spills = _spill.SpillSpace.of_queue(
             ring.name,
             header.creator_pid,
             header.creator_start,
-            header.creator_uid,
+            file_owner,
             max_message=max_message,
             max_spilled=max_spilled,
         )

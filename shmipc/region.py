@@ -154,6 +154,7 @@ class Region:
         kind: int = Kind.REGION,
         private: bool = False,
         trusted_uids: tuple[int, ...] = (),
+        file_owner: tuple[int, int] | None = None,
     ) -> None:
         # Use the class methods; this constructor only takes ownership of a made mapping.
         # The mmap object keeps its own duplicate of the file's fd (check_size fstats it
@@ -163,6 +164,7 @@ class Region:
         self._name = name
         self._path = path
         self._trusted_uids = trusted_uids
+        self._file_owner = file_owner  # (uid, mode) as fstat saw the file when it was mapped
         # (st_dev, st_ino) of the segment this process created: close unlinks the name only
         # while it still names that segment, never a newcomer's that reused the name.
         self._ident = ident
@@ -337,6 +339,7 @@ class Region:
                 data_offset=SEGMENT_LAYOUT.size,
                 name=chosen,
                 ident=(st.st_dev, st.st_ino),
+                file_owner=(st.st_uid, st.st_mode & 0o777),
                 owner=True,
                 kind=kind,
             )
@@ -381,7 +384,7 @@ class Region:
         trusted = _check_uids(trusted_uids)
         shm = _open_shm(name)
         try:
-            _check_owner(shm.fd, name, trusted)
+            st = _check_owner(shm.fd, name, trusted)
             # A creator sizes the segment right after creating it: wait for that briefly.
             while True:
                 total = os.fstat(shm.fd).st_size
@@ -396,7 +399,13 @@ class Region:
             mm = mmap.mmap(shm.fd, total, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         finally:
             shm.close_fd()
-        region = cls(mm, data_offset=SEGMENT_LAYOUT.size, name=name, trusted_uids=trusted)
+        region = cls(
+            mm,
+            data_offset=SEGMENT_LAYOUT.size,
+            name=name,
+            trusted_uids=trusted,
+            file_owner=(st.st_uid, st.st_mode & 0o777),
+        )
         try:
             # A zero magic: the creator has sized the segment but not yet published its header
             # (see _create_segment). Wait for it; any other magic is judged at once.
@@ -470,6 +479,12 @@ class Region:
     @property
     def kind(self) -> int:
         return self._kind
+
+    @property
+    def file_owner(self) -> tuple[int, int] | None:
+        """For a named segment: (owner uid, permission bits) of the file, as fstat saw them
+        when it was mapped (not read from the shared header); None for other regions."""
+        return self._file_owner
 
     @property
     def header(self) -> SegmentHeader | None:
@@ -663,10 +678,12 @@ def _check_uids(uids: Iterable[int]) -> tuple[int, ...]:
     return checked
 
 
-def _check_owner(fd: int, name: str, trusted: tuple[int, ...]) -> None:
+def _check_owner(fd: int, name: str, trusted: tuple[int, ...]) -> os.stat_result:
     """Refuse a segment another user owns unless the caller trusts that user: its owner can
-    write anything into it (and, with the pickle codec, that would be code to run)."""
-    owner = os.fstat(fd).st_uid
+    write anything into it (and, with the pickle codec, that would be code to run). Returns
+    the file's status, as checked."""
+    st = os.fstat(fd)
+    owner = st.st_uid
     euid = os.geteuid()
     if owner != euid and owner not in trusted:
         raise PermissionError(
@@ -675,6 +692,7 @@ def _check_owner(fd: int, name: str, trusted: tuple[int, ...]) -> None:
             f"its owner can write anything into it. If you trust that user, attach with "
             f"trusted_uids=({owner},)",
         )
+    return st
 
 
 def _unlink_if_ours(name: str, ident: tuple[int, int] | None) -> None:

@@ -354,3 +354,18 @@ def test_spill_bounds_are_checked_and_travel_with_a_pickled_handle():
             assert (clone._spills.max_message, clone._spills.max_spilled) == (5000, 7000)
         finally:
             clone.close()
+
+
+def test_the_spill_owner_is_the_segment_files_never_the_headers():
+    """The uid spills are held to comes from fstat of the queue's segment file, not from the
+    shared header's creator_uid, which any writer of the segment can scribble."""
+    from shmipc.layout import SEGMENT_LAYOUT
+
+    with Queue(capacity=4096) as q:
+        struct.pack_into("<I", q._ring.region._view, SEGMENT_LAYOUT["creator_uid"], 12345)
+        other = Queue.attach(q.name)
+        try:
+            assert other._spills.owner_uid == os.geteuid()
+            assert other._ring.region.file_owner == (os.geteuid(), 0o600)
+        finally:
+            other.close()
