@@ -30,6 +30,23 @@ CAP = 16 << 10
 _TS = struct.Struct("<qq")
 
 
+def _reserve_half_then_commit(ring: Ring, msg: bytes, go: Event, w: int) -> None:
+    """Reserve ``msg``'s room, fill half, report "R" and wait for ``go`` (the parent stops us
+    there); resumed, scribble the whole view (a revoked holder's late writes land in
+    quarantined space) and commit, reporting "V" (Revoked) or "C" (it went through)."""
+    view = ring.reserve(len(msg), timeout=5)
+    view[:150] = msg[:150]
+    os.write(w, b"R")
+    assert go.wait(60)
+    view[:] = b"\xee" * len(view)
+    try:
+        ring.commit()
+    except Revoked:
+        os.write(w, b"V")
+    else:
+        os.write(w, b"C")
+
+
 def _stopped_reserver(ring: Ring, go: Event, w: int, n_before: int = 10) -> None:
     """Producer 0: some messages, then a reservation it fills half of before it reports and
     waits (the parent stops it there); resumed, it scribbles its whole view, commits (which
@@ -37,17 +54,7 @@ def _stopped_reserver(ring: Ring, go: Event, w: int, n_before: int = 10) -> None
     for s in range(n_before):
         ring.put(frame(0, s, 20), timeout=5)
     msg = frame(0, n_before, 300)
-    view = ring.reserve(len(msg), timeout=5)
-    view[:150] = msg[:150]
-    os.write(w, b"R")
-    assert go.wait(60)
-    view[:] = b"\xee" * len(view)  # a revoked holder's late writes: quarantined space
-    try:
-        ring.commit()
-    except Revoked:
-        os.write(w, b"V")
-    else:
-        os.write(w, b"C")
+    _reserve_half_then_commit(ring, msg, go, w)
     ring.put(msg, timeout=5)  # sent again, now for real
     for s in range(n_before + 1, n_before + 20):
         ring.put(frame(0, s, 20), timeout=5)
@@ -349,18 +356,7 @@ def _paused_holder(ring: Ring, go: Event, done: Event, w: int) -> None:
     scribbles its whole view (late writes of a revoked holder), commits ("V": Revoked, "C":
     went through) and stays alive until ``done``: a live holder's quarantine must end by its
     own commit, not by its death."""
-    msg = frame(0, 0, 300)
-    view = ring.reserve(len(msg), timeout=5)
-    view[:150] = msg[:150]
-    os.write(w, b"R")
-    assert go.wait(60)
-    view[:] = b"\xee" * len(view)
-    try:
-        ring.commit()
-    except Revoked:
-        os.write(w, b"V")
-    else:
-        os.write(w, b"C")
+    _reserve_half_then_commit(ring, frame(0, 0, 300), go, w)
     assert done.wait(60)
 
 
