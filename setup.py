@@ -22,7 +22,7 @@ setup(
     package_data={"shmipc": ["py.typed"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["csrc/build_native.py:ffibuilder"],
-    install_requires=["cffi>=1.15", "posix_ipc>=1.1", "msgpack>=1.0"],
+    install_requires=["cffi>=1.15", "posix_ipc>=1.1", "msgpack>=1.0", "click>=8.1", "rich>=13"],
     extras_require={
         "test": [
             "pytest>=7",

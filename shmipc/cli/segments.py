@@ -1,31 +1,35 @@
-"""The ``shmipc`` command: run the demo and the benchmark, list and clean up segments.
-
-shmipc demo            the quickstart producer/consumer job, with its numbers
-shmipc bench [...]     shmipc beside multiprocessing, faster-fifo and pyzmq
-shmipc ls              shmipc's segments in /dev/shm, with their kind and creator
-shmipc gc [--yes]      list (or, with --yes, remove) segments nobody alive can still use
+"""What lives in /dev/shm: shmipc's segments, read without trusting anything there.
 
 /dev/shm is shared with every other user and container: nothing in it is trusted. Entries
 are examined without following symlinks or blocking (a FIFO, a device), only regular files
-are read, and names are escaped before they reach the terminal. ``gc`` removes a segment
-only when every user it can have is known to be dead; whatever it cannot know, it keeps.
+are read (``lstat``, then ``open(O_NOFOLLOW|O_NONBLOCK)`` and an inode check), names are
+escaped before they reach the terminal, and nothing here ever writes to a segment.
 """
 
 from __future__ import annotations
 
-import argparse
+import mmap
 import os
 import stat
-import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-from . import _proc, _spill
-from .layout import MAGIC, SEGMENT_LAYOUT, InitState, Kind, SegmentHeader, pid_namespace
-from .region import SHM_DIR
+from .. import _proc
+from ..layout import MAGIC, SEGMENT_LAYOUT, InitState, Kind, SegmentHeader, pid_namespace
+from ..region import SHM_DIR
 
-__all__ = ["GcReport", "SegmentInfo", "collect_garbage", "display_name", "list_segments", "main"]
+__all__ = [
+    "UNREADABLE",
+    "NotASegment",
+    "SegmentInfo",
+    "display_name",
+    "list_others",
+    "list_segments",
+    "read_segment",
+    "scan_users",
+]
 
 _SPILL_PREFIX = "shmipc_spill_"
 UNREADABLE = "unreadable"  # the kind shown for a shmipc-named file we may not read
@@ -52,6 +56,8 @@ class SegmentInfo:
     gid: int = -1
     mode: int = 0
     foreign_pidns: bool = False
+    layout_version: int = 0
+    flags: int = 0  # the header's kind-specific bits (a queue's codec)
 
 
 def display_name(name: str) -> str:
@@ -142,6 +148,8 @@ def _describe(name: str) -> SegmentInfo | None:
         creator_alive=alive,
         state=state,
         foreign_pidns=foreign,
+        layout_version=header.layout_version,
+        flags=header.flags,
     )
 
 
@@ -163,6 +171,7 @@ class _Users:
     the (uid, gid) of processes that could not be inspected."""
 
     names: set[str] = field(default_factory=set)
+    pids: dict[str, set[int]] = field(default_factory=dict)  # name -> pids mapping/holding it
     hidden: set[tuple[int, int]] = field(default_factory=set)
     invisible: bool = False  # /proc hides other users' processes from us (hidepid)
 
@@ -217,19 +226,20 @@ def _scan_users() -> _Users:
         users.invisible = True
         return users
     for pid in pids:
+        found: set[str] = set()
         try:
             with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
                 for line in f:
                     parts = line.rstrip("\n").split(maxsplit=5)
                     if len(parts) == 6 and (name := _shm_name(parts[5])):
-                        users.names.add(name)
+                        found.add(name)
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 try:
                     name = _shm_name(os.readlink(f"/proc/{pid}/fd/{fd}"))
                 except OSError:
                     continue
                 if name:
-                    users.names.add(name)
+                    found.add(name)
         except (FileNotFoundError, ProcessLookupError):
             continue  # it ended meanwhile
         except OSError:
@@ -238,166 +248,107 @@ def _scan_users() -> _Users:
             except OSError:
                 continue
             users.hidden.add((st.st_uid, st.st_gid))
+        finally:
+            users.names |= found
+            for name in found:
+                users.pids.setdefault(name, set()).add(int(pid))
     return users
 
 
-# ---- gc -----------------------------------------------------------------------------------
+scan_users = _scan_users
 
 
-@dataclass
-class GcReport:
-    """What ``collect_garbage`` did (or, in a dry run, would do), segment by segment."""
-
-    removed: list[str] = field(default_factory=list)
-    kept: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (name, what failed)
+# ---- everything else in /dev/shm (ls --all) -------------------------------------------------
 
 
-def _why_keep(info: SegmentInfo, users: _Users) -> str | None:
-    """Why ``info`` (not a spill) must stay, or None if every user it can have is dead."""
-    if info.kind == UNREADABLE:
-        return "cannot read its header (another user's segment)"
-    if info.foreign_pidns:
-        return "created in another pid namespace: its creator's liveness is unknown here"
-    if info.creator_alive is None:
-        return f"creator pid {info.creator_pid} may be alive (/proc does not say)"
-    if info.creator_alive:
-        return f"creator pid {info.creator_pid} is alive"
-    if info.name in users.names:
-        return "mapped or open by a live process"
-    if users.may_use(info):
-        return "processes this user cannot inspect may use it"
-    return None
+def _file_type(mode: int) -> str:
+    for test, what in (
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "char device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return what
+    return "not shmipc"
 
 
-def _why_keep_spill(
-    info: SegmentInfo, users: _Users, present: set[str], going: set[str]
-) -> str | None:
-    """Why a spill segment must stay: it stays unless its queue is known to be gone."""
-    owner = _spill.owner_of(info.name)
-    if owner is None:
-        return "its queue is not known (a message may still be queued)"
-    if info.name in users.names:
-        return "open by a live process"
-    if owner in present and owner not in going:
-        return f"its queue {display_name(owner)} exists"
-    if owner in users.names:
-        return f"its queue {display_name(owner)} is still mapped by a live process"
-    if users.may_use(info):
-        return "processes this user cannot inspect may use its queue"
-    return None
-
-
-def _unlink_examined(info: SegmentInfo) -> None:
-    """Unlink /dev/shm/NAME only if it is still the regular file examined (same inode)."""
-    path = os.path.join(SHM_DIR, info.name)
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != info.inode:
-        raise FileExistsError(f"{display_name(info.name)} was replaced since it was examined")
-    os.unlink(path)
-
-
-def collect_garbage(*, dry_run: bool = True, names: Iterable[str] | None = None) -> GcReport:
-    """Remove (with ``dry_run=False``) segments that nobody alive can still use: the creator
-    is known to be dead and no visible process maps or holds it; spill segments only when
-    their queue is known to be gone. Unknown means keep. An error on one segment is
-    reported in the result and the others are still examined. ``names`` limits it to those
-    segments (spill segments are judged against the whole of /dev/shm all the same)."""
-    report = GcReport()
+def list_others(known: set[str]) -> list[SegmentInfo]:
+    """Every /dev/shm entry not in ``known`` (the shmipc segments), from ``lstat`` alone:
+    never opened, never followed."""
     try:
-        present = set(os.listdir(SHM_DIR))  # every entry, readable to us or not
+        names = sorted(os.listdir(SHM_DIR))
     except FileNotFoundError:
-        present = set()
-    segments = list_segments()
-    if names is not None:
-        wanted = set(names)
-        segments = [info for info in segments if info.name in wanted]
-    users = _scan_users()
-    going: set[str] = set()
-    ordered = [i for i in segments if i.kind != "spill"] + [
-        i for i in segments if i.kind == "spill"
-    ]
-    for info in ordered:
-        if info.kind == "spill":
-            why = _why_keep_spill(info, users, present, going)
-        else:
-            why = _why_keep(info, users)
-        if why is not None:
-            report.kept.append((info.name, why))
+        return []
+    out = []
+    now = time.time()
+    for name in names:
+        if name in known:
             continue
-        if not dry_run:
-            try:
-                _unlink_examined(info)
-            except FileNotFoundError:
-                going.add(info.name)
-                continue  # someone else removed it: gone all the same
-            except OSError as exc:
-                report.errors.append((info.name, exc.strerror or str(exc)))
-                continue
-        going.add(info.name)
-        report.removed.append(info.name)
-    return report
+        try:
+            st = os.lstat(os.path.join(SHM_DIR, name))
+        except OSError:
+            continue
+        info = SegmentInfo(name, st.st_size, _file_type(st.st_mode), None, None, "-", 0.0)
+        out.append(
+            replace(
+                info,
+                age=now - st.st_mtime,
+                inode=(st.st_dev, st.st_ino),
+                uid=st.st_uid,
+                gid=st.st_gid,
+                mode=stat.S_IMODE(st.st_mode),
+            )
+        )
+    return out
 
 
-def _ls(_: argparse.Namespace) -> int:
-    rows = list_segments()
-    if not rows:
-        print(f"no shmipc segments in {SHM_DIR}")
-        return 0
-    print(f"{'name':40} {'kind':14} {'bytes':>12} {'creator':>8} {'alive':>6} state")
-    for r in rows:
-        if r.creator_pid is None:
-            alive = "-"
-        else:
-            alive = "?" if r.creator_alive is None else ("yes" if r.creator_alive else "DEAD")
-        pid = "-" if r.creator_pid is None else str(r.creator_pid)
-        print(f"{display_name(r.name):40} {r.kind:14} {r.size:>12,} {pid:>8} {alive:>6} {r.state}")
-    return 0
+# ---- reading one segment ------------------------------------------------------------------
 
 
-def _gc(args: argparse.Namespace) -> int:
-    dry_run = not args.yes
-    report = collect_garbage(dry_run=dry_run, names=args.names or None)
-    verb = "would remove" if dry_run else "removed"
-    for name in report.removed:
-        print(f"{verb} {display_name(name)}")
-    if args.verbose:
-        for name, why in report.kept:
-            print(f"kept {display_name(name)}: {why}")
-    for name, what in report.errors:
-        print(f"cannot remove {display_name(name)}: {what}", file=sys.stderr)
-    print(f"{verb} {len(report.removed)} segment(s), kept {len(report.kept)}", end="")
-    print(f", {len(report.errors)} error(s)" if report.errors else "")
-    if dry_run and report.removed:
-        print("(a dry run: pass --yes to remove them)")
-    return 1 if report.errors else 0
+class NotASegment(Exception):
+    """NAME in /dev/shm is not something shmipc can read as a segment (a FIFO, a symlink,
+    another program's file, a corrupt header): the message says which."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "bench":
-        from .bench.__main__ import main as bench_main
-
-        return bench_main(argv[1:]) or 0
-    if argv and argv[0] == "demo":
-        from .demo import main as demo_main
-
-        return demo_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="shmipc", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="the quickstart producer/consumer job")
-    sub.add_parser("bench", help="the side-by-side benchmark (see shmipc bench --help)")
-    sub.add_parser("ls", help="list shmipc segments in /dev/shm").set_defaults(func=_ls)
-    gc = sub.add_parser("gc", help="list (--yes: remove) segments nobody alive can use")
-    how = gc.add_mutually_exclusive_group()
-    how.add_argument("--yes", action="store_true", help="remove them (default: only list)")
-    how.add_argument("--dry-run", action="store_true", help="only list (the default)")
-    gc.add_argument("names", nargs="*", metavar="NAME", help="only these segments")
-    gc.add_argument("-v", "--verbose", action="store_true", help="say why others are kept")
-    gc.set_defaults(func=_gc)
-    args = parser.parse_args(argv)
-    return args.func(args)
+#: Segments up to this size are read with one pread (a private copy: nothing another process
+#: does to the file can hurt us); larger ones are mapped read-only.
+READ_LIMIT = 64 << 20
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+@contextmanager
+def open_regular(name: str) -> Iterator[tuple[int, os.stat_result]]:
+    """(fd, stat) of /dev/shm/NAME opened read-only, only if it is a regular file: never
+    follows a symlink, never blocks on a FIFO, and checks that the file opened is the one
+    lstat saw. FileNotFoundError / PermissionError as the system says; NotASegment else."""
+    path = os.path.join(SHM_DIR, name)
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotASegment(f"{display_name(name)} is a {_file_type(st.st_mode)}, not a segment")
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        fst = os.fstat(fd)
+        if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            raise NotASegment(f"{display_name(name)} was replaced while it was opened")
+        yield fd, fst
+    finally:
+        os.close(fd)
+
+
+def read_segment(name: str, limit: int | None = None) -> tuple[os.stat_result, memoryview]:
+    """A read-only view of the first ``limit`` bytes (default: all) of /dev/shm/NAME: a
+    private copy up to READ_LIMIT, a PROT_READ mapping above it. Never writes, never waits."""
+    with open_regular(name) as (fd, st):
+        size = st.st_size if limit is None else min(limit, st.st_size)
+        if size <= READ_LIMIT:
+            data = bytearray()
+            while len(data) < size:  # pread may return less than asked
+                chunk = os.pread(fd, size - len(data), len(data))
+                if not chunk:
+                    break
+                data += chunk
+            return st, memoryview(bytes(data))
+        mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        return st, memoryview(mapped)
