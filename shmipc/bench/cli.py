@@ -11,13 +11,13 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from . import transports as _transports
 from .harness import measure
 from .machine import describe
-from .report import BASELINE, Row, render
+from .report import BASELINE, Row, render, to_json
 from .transports import Transport
 from .workloads import WORKLOADS, Workload, workload_named
 
@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
         "30 with --quick; 300 with --count)",
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument(
+        "--json", metavar="FILE", help="also write the rows and the machine as JSON to FILE"
+    )
     return parser
 
 
@@ -130,8 +133,18 @@ def _warn_if_busy() -> None:
         )
 
 
-def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    """Run the benchmark; ``argv`` without the program name (default ``sys.argv[1:]``)."""
+#: progress(rows done, rows in all, what runs now): called before each row and after the last.
+Progress = Callable[[int, int, str], None]
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    out: TextIO | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Run the benchmark; ``argv`` without the program name (default ``sys.argv[1:]``).
+    ``progress`` is told of each row as it starts (a caller's progress bar)."""
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -155,7 +168,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     if keys is not None and BASELINE not in keys:
         skipped.append("ratios: multiprocessing.Queue (the baseline) was not run")
 
-    rows = _run(workloads, runnable, args)
+    rows = _run(workloads, runnable, args, progress)
     if args.quick:
         sizing = "fixed tiny counts (--quick): a smoke run, not a measurement"
     elif args.count:
@@ -174,13 +187,22 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         )
     )
     out.flush()
+    if args.json:
+        import json
+
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(to_json(rows, machine=machine, skipped=skipped, sizing=sizing), f, indent=2)
     return 0 if all(row.outcome.ok for row in rows) else 1
 
 
 def _run(
-    workloads: Sequence[Workload], runnable: Sequence[Transport], args: argparse.Namespace
+    workloads: Sequence[Workload],
+    runnable: Sequence[Transport],
+    args: argparse.Namespace,
+    progress: Progress | None = None,
 ) -> list[Row]:
-    """Every row, in order, with progress on stderr."""
+    """Every row, in order, with progress on stderr (and to ``progress``)."""
+    total = sum(t.runs(w.name) for w in workloads for t in runnable)
     timeout = args.timeout or (
         30.0 if args.quick else 300.0 if args.count else 30.0 + 10.0 * args.duration
     )
@@ -189,6 +211,8 @@ def _run(
         for transport in runnable:
             if not transport.runs(workload.name):
                 continue
+            if progress is not None:
+                progress(len(rows), total, f"{workload.name} / {transport.label}")
             print(f"{workload.name:>8}  {transport.label:<24}", end="", file=sys.stderr, flush=True)
             started = time.monotonic()
             outcome = measure(
@@ -203,4 +227,6 @@ def _run(
             note = "" if outcome.ok else f"  {outcome.status}: {outcome.detail}"
             print(f"{time.monotonic() - started:6.1f} s{note}", file=sys.stderr)
             rows.append(Row(workload, transport, outcome))
+    if progress is not None:
+        progress(len(rows), total, "done")
     return rows

@@ -14,7 +14,7 @@ from .harness import Outcome, latency_stats
 from .transports import Transport
 from .workloads import Workload
 
-__all__ = ["BASELINE", "Row", "render"]
+__all__ = ["BASELINE", "Row", "render", "to_json"]
 
 #: The transport key every ratio divides by.
 BASELINE = "mp-queue"
@@ -202,3 +202,46 @@ def render(
     if remarks:
         out += ["", "remarks:"] + [f"{bullet}{r}" for r in remarks]
     return "\n".join(out) + "\n"
+
+
+def to_json(
+    rows: Sequence[Row],
+    *,
+    machine: Sequence[tuple[str, str]],
+    skipped: Sequence[str] = (),
+    sizing: str = "",
+) -> dict:
+    """The report as JSON-ready data: one dict per row with its raw figures."""
+    baselines = {row.workload.name: _speed(row) for row in rows if row.transport.key == BASELINE}
+    out_rows = []
+    for row in rows:
+        outcome = row.outcome
+        speed, base = _speed(row), baselines.get(row.workload.name)
+        median = p99 = None
+        if outcome.ok and row.workload.pingpong:
+            median, p99 = latency_stats(outcome.latencies_ns or [])
+        out_rows.append(
+            {
+                "workload": row.workload.name,
+                "transport": row.transport.label,
+                "transport_key": row.transport.key,
+                "status": outcome.status,
+                "ok": outcome.ok,
+                "count": outcome.count,
+                "elapsed_s": outcome.elapsed,
+                "messages_per_s": None if row.workload.pingpong or not outcome.ok
+                else outcome.figure,
+                "latency_median_us": median,
+                "latency_p99_us": p99,
+                "cpu_us_per_msg": outcome.cpu / outcome.cpu_units * 1e6
+                if outcome.ok and outcome.cpu_units else None,
+                "vs_baseline": speed / base if speed is not None and base else None,
+                "detail": outcome.detail,
+            }
+        )  # fmt: skip
+    return {
+        "machine": dict(machine),
+        "sizing": sizing,
+        "rows": out_rows,
+        "skipped": list(skipped),
+    }
