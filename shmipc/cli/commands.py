@@ -220,7 +220,7 @@ def _leaf(value: Any) -> Text:
     if isinstance(value, bool) or value is None:
         return Text(str(value).lower() if value is not None else "-", style="cyan")
     if isinstance(value, int):
-        return Text(f"{value:,}", style="cyan")
+        return Text(str(value), style="cyan")  # ids and positions: copy-pasteable
     if isinstance(value, float):
         return Text(f"{value:.6g}", style="cyan")
     return Text(display_name(str(value)))
