@@ -229,10 +229,14 @@ def _leaf(value: Any) -> Text:
 def _tree(node: Tree, value: Any) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            if isinstance(item, (dict, list)) and item:
-                _tree(node.add(Text(display_name(str(key)), style="bold")), item)
+            label = display_name(str(key))
+            if isinstance(item, list) and not any(isinstance(v, (dict, list)) for v in item):
+                shown = Text(", ").join(_leaf(v) for v in item) if item else Text("none")
+                node.add(Text.assemble((label, "bold"), ": ", shown))
+            elif isinstance(item, (dict, list)) and item:
+                _tree(node.add(Text(label, style="bold")), item)
             else:
-                node.add(Text.assemble((display_name(str(key)), "bold"), ": ", _leaf(item)))
+                node.add(Text.assemble((label, "bold"), ": ", _leaf(item)))
     elif isinstance(value, list):
         for i, item in enumerate(value):
             if isinstance(item, (dict, list)):
@@ -241,6 +245,10 @@ def _tree(node: Tree, value: Any) -> None:
                 node.add(_leaf(item))
     else:
         node.add(_leaf(value))
+
+
+#: The order ``inspect`` shows its sections in (the rest follow as the data has them).
+_FIRST = ("creator", "codec", "file", "participants", "header")
 
 
 def _with_identities(data: Any) -> Any:
@@ -272,7 +280,9 @@ def inspect_command(name: str, as_json: bool) -> int:
         click.echo(json.dumps(data, indent=2))
         return 0
     tree = Tree(Text.assemble((display_name(name), "bold"), f"  ({data.get('kind', '?')})"))
-    _tree(tree, _with_identities({k: v for k, v in data.items() if k != "name"}))
+    shown = {k: data[k] for k in _FIRST if k in data}
+    shown.update((k, v) for k, v in data.items() if k not in ("name", "kind") and k not in shown)
+    _tree(tree, _with_identities(shown))
     console().print(tree)
     return 0
 
