@@ -27,6 +27,7 @@ from .gc import collect_garbage, remove
 from .segments import (
     _SPILL_PREFIX,
     NotASegment,
+    _describe,
     display_name,
     read_segment,
     scan_users,
@@ -115,9 +116,12 @@ def segments_table(found: list[dict], *, title: str | None = None) -> Table:
 # ---- ls --------------------------------------------------------------------------------------
 
 
-@app.command("ls", epilog="\b\nExamples:\n  shmipc ls\n  shmipc ls --all\n  shmipc ls --json "
-                          "| jq '.segments[] | select(.creator.alive == \"dead\")'\n\n"
-                          + EXIT_CODES_HELP)  # fmt: skip
+@app.command(
+    "ls",
+    short_help="List segments: kind, owner, creator, users, depth, rates.",
+    epilog="\b\nExamples:\n  shmipc ls\n  shmipc ls --all\n  shmipc ls --json "
+    "| jq '.segments[] | select(.creator.alive == \"dead\")'\n\n" + EXIT_CODES_HELP,
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (schema in docs/cli.md).")
 @click.option("--all", "include_all", is_flag=True, help="Also list every other entry in /dev/shm.")
 def ls_command(as_json: bool, include_all: bool) -> int:
@@ -168,7 +172,7 @@ def inspect_segment(name: str) -> dict[str, Any]:
     except PermissionError:
         raise NotFound(f"permission denied: {shown} belongs to another user") from None
     except NotASegment as exc:
-        raise Failure(f"cannot inspect {exc}") from None
+        raise Failure(f"cannot inspect {shown}: {exc}") from None
     except OSError as exc:
         raise Failure(f"cannot read {shown}: {exc.strerror or exc}") from None
     users = scan_users()
@@ -193,15 +197,13 @@ def inspect_segment(name: str) -> dict[str, Any]:
             out["note"] = "one large message of a queue, stored on its own: no header"
             return out
         try:
-            out.update(describe(view, st.st_size, shown))
+            out.update(describe(view, st.st_size))
         except ShmipcError as exc:
-            raise Failure(f"cannot inspect {exc}") from None
+            raise Failure(f"cannot inspect {shown}: {exc}") from None
         except Exception as exc:  # a kind module's inspect_segment failing otherwise
             raise Failure(f"cannot inspect {shown}: {type(exc).__name__}: {exc}") from None
         header = out["header"]
         creator = header["creator_pid"]
-        from .segments import _describe
-
         info = _describe(name)
         alive = None
         if info is not None and info.creator_pid is not None:
@@ -265,6 +267,7 @@ def _with_identities(data: Any) -> Any:
 
 @app.command(
     "inspect",
+    short_help="Show one segment in detail (read-only).",
     epilog="\b\nExamples:\n  shmipc inspect shmipc_q_1a2b\n  shmipc inspect /shmipc_q_1a2b "
     "--json\n\n" + EXIT_CODES_HELP,
 )
@@ -292,6 +295,7 @@ def inspect_command(name: str, as_json: bool) -> int:
 
 @app.command(
     "rm",
+    short_help="Remove shmipc segments by name.",
     epilog="\b\nExamples:\n  shmipc rm shmipc_q_1a2b\n  shmipc rm shmipc_a shmipc_b\n\n"
     "Exit 3 if any NAME was missing (or not permitted), else 1 if any was refused.",
 )
@@ -316,6 +320,7 @@ def rm_command(names: tuple[str, ...]) -> int:
 
 @app.command(
     "gc",
+    short_help="List (--yes: remove) segments nobody alive can use.",
     epilog="\b\nExamples:\n  shmipc gc          # dry run: what would go\n  shmipc gc -v"
     "       # and why the others stay\n  shmipc gc --yes    # remove them\n\n" + EXIT_CODES_HELP,
 )

@@ -62,26 +62,26 @@ def header_dict(header: SegmentHeader) -> dict[str, Any]:
     }
 
 
-def check_header(view: memoryview, file_size: int, name: str) -> SegmentHeader:
+def check_header(view: memoryview, file_size: int) -> SegmentHeader:
     """The header of a segment shmipc can describe; CorruptedError / LayoutMismatch with a
     message saying what is wrong otherwise (the pid namespace is not checked: a segment of
     another namespace is described, with its creator's liveness unknown)."""
     if len(view) < SEGMENT_LAYOUT.size or bytes(view[: len(MAGIC)]) != MAGIC:
-        raise CorruptedError(f"{name} is not a shmipc segment (no shmipc header)")
+        raise CorruptedError("not a shmipc segment (no shmipc header)")
     header = SegmentHeader.unpack(view)
     if header.layout_version != LAYOUT_VERSION:
         raise LayoutMismatch(
-            f"{name} has layout version {header.layout_version}; this shmipc reads "
+            f"layout version {header.layout_version}; this shmipc reads "
             f"{LAYOUT_VERSION}: inspect it with the shmipc version that created it"
         )
     if header.data_offset != SEGMENT_LAYOUT.size:
         raise CorruptedError(
-            f"{name}: data offset {header.data_offset} in its header, expected "
+            f"data offset {header.data_offset} in its header, expected "
             f"{SEGMENT_LAYOUT.size} (corrupt header)"
         )
     if header.total_size != file_size:
         raise CorruptedError(
-            f"{name}: its header says {header.total_size} bytes but the file has {file_size} "
+            f"its header says {header.total_size} bytes but the file has {file_size} "
             "(truncated, or a corrupt header)"
         )
     return header
@@ -286,11 +286,11 @@ def needs_whole(kind: str) -> bool:
     return kind in {kind_name(k) for k in _DELEGATES}
 
 
-def describe(view: memoryview, file_size: int, name: str) -> dict[str, Any]:
+def describe(view: memoryview, file_size: int) -> dict[str, Any]:
     """Header and kind-specific details of the segment in ``view`` (the whole file, or its
     first PREFIX_BYTES for kinds that ``needs_whole`` says no of). CorruptedError /
     LayoutMismatch with a clear message when it cannot be described."""
-    header = check_header(view, file_size, name)
+    header = check_header(view, file_size)
     out: dict[str, Any] = {"header": header_dict(header), "kind": kind_name(header.kind)}
     base = header.data_offset
     kind = header.kind

@@ -64,6 +64,7 @@ def _reporter(progress: Progress) -> Callable[[str, int, int], None]:
 
 @app.command(
     "demo",
+    short_help="The quickstart producer/consumer job, with its numbers.",
     epilog="\b\nExamples:\n  shmipc demo\n  shmipc demo --producers 4 --consumers 2 --count 50000"
     "\n  shmipc demo --no-baseline --timeout 60\n\nExit codes: 0 every message arrived exactly "
     "once; 1 not, or a process of the demo died or it ran out of time; 2 usage.",
@@ -150,6 +151,7 @@ def _measure(flag: str, module_name: str, markdown: bool, **kwargs: Any) -> tupl
 
 @app.command(
     "bench",
+    short_help="Benchmarks; --limits and --io measure this machine.",
     epilog="\b\nExamples:\n  shmipc bench --quick\n  shmipc bench --only 64B,pingpong "
     "--transports shmipc,mp-queue\n  shmipc bench --markdown --json bench.json\n"
     "  shmipc bench --limits          # page faults, hugepages, memcpy, futex, pipe\n"

@@ -59,6 +59,7 @@ def top_table(found: list[dict], interval: float) -> Table:
 
 @app.command(
     "top",
+    short_help="A live table of message rates, byte rates and depth.",
     epilog="\b\nExamples:\n  shmipc top\n  shmipc top --interval 0.5\n"
     "  shmipc top --iterations 10 > top.log    # ten refreshes, then exit\n\n" + EXIT_CODES_HELP,
 )

@@ -326,12 +326,12 @@ def open_regular(name: str) -> Iterator[tuple[int, os.stat_result]]:
     path = os.path.join(SHM_DIR, name)
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
-        raise NotASegment(f"{display_name(name)} is a {_file_type(st.st_mode)}, not a segment")
+        raise NotASegment(f"it is a {_file_type(st.st_mode)}, not a segment")
     fd = os.open(path, _OPEN_FLAGS)
     try:
         fst = os.fstat(fd)
         if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-            raise NotASegment(f"{display_name(name)} was replaced while it was opened")
+            raise NotASegment("it was replaced while it was opened")
         yield fd, fst
     finally:
         os.close(fd)

@@ -54,7 +54,7 @@ def segment_summary(info: SegmentInfo) -> tuple[Summary, str]:
         limit = None if needs_whole(info.kind) else PREFIX_BYTES
         st, view = read_segment(info.name, limit)
         try:
-            summary = summarize(describe(view, st.st_size, info.name))
+            summary = summarize(describe(view, st.st_size))
         finally:
             view.release()
     except PermissionError:
