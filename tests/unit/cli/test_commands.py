@@ -308,15 +308,19 @@ def test_inspect_shows_a_sleeping_consumer_and_a_held_lock():
 
     child = Child(consume)
     try:
+        seen: list[dict] = []
 
-        def sleepers() -> int:
+        def asleep() -> bool:
+            """A snapshot with the consumer registered (it re-registers every wait slice,
+            so a look between two slices finds none: look again)."""
             r = run("inspect", qname, "--json")
             assert r.returncode == 0, r.stderr
-            return json.loads(r.stdout)["ring"]["sleepers"]["consumers"]["count"]
+            sleepers = json.loads(r.stdout)["ring"]["sleepers"]["consumers"]
+            seen[:] = [sleepers]
+            return sleepers["count"] >= 1 and bool(sleepers["registered"])
 
-        wait_for(lambda: sleepers() >= 1, timeout=30, what="the consumer to sleep")
-        data = json.loads(run("inspect", qname, "--json").stdout)
-        registered = data["ring"]["sleepers"]["consumers"]["registered"]
+        wait_for(asleep, timeout=30, what="the consumer to sleep")
+        registered = seen[0]["registered"]
         assert [s["alive"] for s in registered] == ["alive"]
         assert registered[0]["tid"] == child.pid  # its only thread
         r = run("inspect", lock.name, "--json")
