@@ -44,7 +44,8 @@ def console() -> Console:
     segment's name is never cut or folded (scripts grep for it)."""
     if sys.stdout.isatty():
         return Console(highlight=False, emoji=False)
-    return Console(highlight=False, emoji=False, width=200, color_system=None, soft_wrap=False)
+    # Tables take the width they need, not the console's: a wide console costs nothing.
+    return Console(highlight=False, emoji=False, width=1000, color_system=None, soft_wrap=False)
 
 
 def err_console() -> Console:

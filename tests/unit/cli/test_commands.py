@@ -520,3 +520,15 @@ def test_rm_another_users_segment_is_denied(made):
     code, out = Child(remove).finish()
     assert code == 0 and out == b"3"
     assert os.path.exists(os.path.join(SHM_DIR, name))
+
+
+def test_ls_and_top_never_cut_a_long_name():
+    name = f"shmipc_test_long_{secrets.token_hex(6)}_" + "x" * 160
+    q = shmipc.Queue(name=name, capacity=1 << 12)
+    try:
+        r = run("ls")
+        assert r.returncode == 0 and name in r.stdout
+        r = run("top", "--iterations", "1")
+        assert r.returncode == 0 and name in r.stdout
+    finally:
+        q.close()
