@@ -9,6 +9,7 @@ Run it as ``shmipc demo`` or ``python -m shmipc.demo``.
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing as mp
 import os
 import queue as _queue
@@ -131,6 +132,12 @@ class _Watch:
             self.check()
 
 
+def _joined(proc: Any) -> bool:
+    """Wait up to _POLL for ``proc`` to end; True once it ended well."""
+    proc.join(_POLL)
+    return proc.exitcode == 0
+
+
 def _stop(procs: Sequence[tuple[str, Any]]) -> None:
     for _, proc in procs:
         if proc.exitcode is None:
@@ -172,7 +179,7 @@ def run_pipeline(
         t0 = time.perf_counter()
         go.set()
         for _, p in procs[:producers]:
-            watch.until(lambda p=p: (p.join(_POLL), p.exitcode == 0)[1])
+            watch.until(functools.partial(_joined, p))
 
         def put_stop() -> bool:
             try:
@@ -201,7 +208,7 @@ def run_pipeline(
         for _ in range(consumers):
             watch.until(collect)
         for _, p in procs[producers:]:
-            watch.until(lambda p=p: (p.join(_POLL), p.exitcode == 0)[1])
+            watch.until(functools.partial(_joined, p))
         watch.check()
     finally:
         _stop(procs)
@@ -251,7 +258,7 @@ def ping_pong(
             samples.append(time.perf_counter_ns() - t)
             if progress is not None and i % 1024 == 0:
                 progress("ping-pong", i, rounds)
-        watch.until(lambda: (child.join(_POLL), child.exitcode == 0)[1])
+        watch.until(lambda: _joined(child))
     finally:
         _stop(procs)
         a.close()

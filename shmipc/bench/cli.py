@@ -206,7 +206,7 @@ def _run(
     timeout = args.timeout or (
         30.0 if args.quick else 300.0 if args.count else 30.0 + 10.0 * args.duration
     )
-    rows = []
+    rows: list[Row] = []
     for workload in workloads:
         for transport in runnable:
             if not transport.runs(workload.name):

@@ -29,6 +29,7 @@ from .segments import (
     NotASegment,
     _describe,
     display_name,
+    let_go,
     read_segment,
     scan_users,
 )
@@ -215,7 +216,7 @@ def inspect_segment(name: str) -> dict[str, Any]:
         out["creator"] = {"pid": creator, "alive": alive}
         return out
     finally:
-        view.release()
+        let_go(view)
 
 
 def _leaf(value: Any) -> Text:

@@ -221,7 +221,7 @@ def describe_sync(kind: int, view: memoryview, base: int) -> dict[str, Any]:
     """A sync primitive that fills a segment, decoded through its class's LAYOUT."""
     from .. import sync
 
-    cls = {
+    cls: Any = {
         Kind.ATOMIC_COUNTER: sync.AtomicCounter,
         Kind.EVENT: sync.Event,
         Kind.SEMAPHORE: sync.Semaphore,
@@ -343,8 +343,8 @@ def summarize(described: dict[str, Any]) -> Summary:
             for s in (subs if isinstance(subs, list) else [])
             if isinstance(s, dict) and (lag := _as_int(s.get("lag"))) is not None
         ]
-        stats = details.get("statistics") if isinstance(details.get("statistics"), dict) else {}
-        pick = {**stats, **details}
+        stats = details.get("statistics")
+        pick = {**(stats if isinstance(stats, dict) else {}), **details}
         return Summary(
             _as_int(pick.get("published"))
             if "published" in pick

@@ -25,6 +25,7 @@ __all__ = [
     "NotASegment",
     "SegmentInfo",
     "display_name",
+    "let_go",
     "list_others",
     "list_segments",
     "read_segment",
@@ -335,6 +336,15 @@ def open_regular(name: str) -> Iterator[tuple[int, os.stat_result]]:
         yield fd, fst
     finally:
         os.close(fd)
+
+
+def let_go(view: memoryview) -> None:
+    """Release a view read_segment returned; one still exported (a slice a kind module
+    kept) is left to the garbage collector rather than raising."""
+    try:
+        view.release()
+    except BufferError:
+        pass
 
 
 def read_segment(name: str, limit: int | None = None) -> tuple[os.stat_result, memoryview]:

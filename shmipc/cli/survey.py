@@ -18,6 +18,7 @@ from .segments import (
     UNREADABLE,
     NotASegment,
     SegmentInfo,
+    let_go,
     list_others,
     list_segments,
     read_segment,
@@ -56,7 +57,7 @@ def segment_summary(info: SegmentInfo) -> tuple[Summary, str]:
         try:
             summary = summarize(describe(view, st.st_size))
         finally:
-            view.release()
+            let_go(view)
     except PermissionError:
         return Summary(), "unreadable"
     except FileNotFoundError:
