@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,19 +32,26 @@ __all__ = ["load_measurement", "parse_size"]
 
 @contextmanager
 def _bar(transient: bool = True) -> Iterator[Progress]:
+    """A progress bar: on the terminal when stdout is one (results then print above the bar
+    through ``progress.console``), else on stderr, so that piped results stay clean."""
     progress = Progress(
         TextColumn("{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
-        TextColumn("elapsed"),
         TimeElapsedColumn(),
-        TextColumn("left"),
+        TextColumn("eta"),
         TimeRemainingColumn(),
-        console=err_console(),
+        console=console() if sys.stdout.isatty() else err_console(),
         transient=transient,
     )
     with progress:
         yield progress
+
+
+def _echo(progress: Progress) -> Callable[[str], None]:
+    """Print a result line: above the bar on a terminal, plainly to stdout otherwise."""
+    out = progress.console if sys.stdout.isatty() else console()
+    return lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _reporter(progress: Progress) -> Callable[[str, int, int], None]:
@@ -88,13 +96,11 @@ def demo_command(
     trip. If any process of it dies, the demo stops the others and exits 1 (it never hangs)."""
     from ..demo import DemoFailed, run_demo
 
-    out = console()
     try:
         with _bar() as progress:
             ok = run_demo(
                 producers, consumers, count, baseline=not no_baseline,
-                progress=_reporter(progress), timeout=timeout,
-                echo=lambda line: out.print(line, markup=False, highlight=False),
+                progress=_reporter(progress), timeout=timeout, echo=_echo(progress),
             )  # fmt: skip
     except DemoFailed as exc:
         raise Failure(f"the demo failed: {exc}") from None
@@ -141,7 +147,10 @@ def _measure(flag: str, module_name: str, markdown: bool, **kwargs: Any) -> tupl
         def report(done: int, total: int, what: str) -> None:
             progress.update(task, completed=done, total=total, description=f"{flag} {what}")
 
-        result = run(progress=report, **kwargs)
+        try:
+            result = run(progress=report, **kwargs)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise Failure(f"bench {flag} failed: {type(exc).__name__}: {exc}") from None
     if markdown:
         click.echo(result.to_markdown())
     else:

@@ -5,6 +5,7 @@ Timing is never asserted beyond the bound that says "it did not hang".
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -205,6 +206,34 @@ def test_bench_limits_and_io_absent_exit_1_with_a_message(monkeypatch, capsys):
     assert "bench --limits is not available" in capsys.readouterr().err
     assert cli.main(["bench", "--io", "--quick"]) == 1
     assert "bench --io is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "module"), [("--limits", "shmipc.bench.limits"), ("--io", "shmipc.bench.iobench")]
+)
+def test_bench_limits_and_io_quick_for_real(flag, module, tmp_path):
+    """The real measurements, once they are part of this installation: exit 0, a report on
+    stdout, JSON that parses (its shape is the measuring module's to test)."""
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not in this tree yet")
+    path = tmp_path / "out.json"
+    extra = ["--dir", str(tmp_path)] if flag == "--io" else []
+    r = run("bench", flag, "--quick", "--json", str(path), *extra, timeout=110)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip()
+    assert isinstance(json.loads(path.read_text()), dict)
+
+
+def test_a_failing_measurement_exits_1_with_its_reason(monkeypatch, capsys):
+    module = types.ModuleType("shmipc.bench.limits")
+
+    def run(**kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, "shmipc.bench.limits", module)
+    assert cli.main(["bench", "--limits"]) == 1
+    assert "bench --limits failed: OSError" in capsys.readouterr().err
 
 
 def test_parse_size():
