@@ -6,13 +6,15 @@ by the time between. The file lives in ``$XDG_RUNTIME_DIR/shmipc`` (else
 ``~/.cache/shmipc``; ``$SHMIPC_STATE_DIR`` overrides both). It is only a convenience: a
 missing, unreadable, corrupt or oversized file means "no previous look", and a failure to
 write it is ignored. It is created 0600 in a 0700 directory, written to a temporary file
-and renamed into place, and opened without following symlinks.
+and renamed into place, and opened without following symlinks; a directory that is a
+symlink, another user's or writable by others is neither read nor written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,9 +47,21 @@ def state_path() -> Path:
     return Path.home() / ".cache" / "shmipc" / _FILE
 
 
+def _ours(directory: Path) -> bool:
+    """Whether ``directory`` is a real directory (not a symlink) of this user, not writable
+    by others: only then is what we read there what we wrote."""
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 def load(path: Path | None = None) -> dict[str, Sample]:
     """The previous look's samples; {} whenever the file is absent or not what we wrote."""
     path = path or state_path()
+    if not _ours(path.parent):
+        return {}
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -81,6 +95,8 @@ def save(samples: Iterable[Sample], path: Path | None = None) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _ours(path.parent):
+            return  # a directory someone else controls: keep nothing there
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)

@@ -202,6 +202,30 @@ def test_ls_rates_since_the_last_look_and_a_corrupt_state_file(state_dir):
         q.close()
 
 
+def test_the_state_file_is_kept_only_in_a_directory_of_ours(tmp_path):
+    from shmipc.cli import rates
+
+    sample = rates.Sample("shmipc_x:1:2", 100.0, 5, 50)
+    mine = tmp_path / "mine" / "ls-state.json"
+    rates.save([sample], mine)
+    assert rates.load(mine) == {sample.key: sample}
+    assert os.stat(mine).st_mode & 0o777 == 0o600
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)  # writable by others: not trusted
+    rates.save([sample], shared / "ls-state.json")
+    assert not (shared / "ls-state.json").exists()
+    link = tmp_path / "link"
+    link.symlink_to(mine.parent)  # a symlinked directory is not followed
+    assert rates.load(link / "ls-state.json") == {}
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        (theirs / "ls-state.json").write_text(mine.read_text())
+        os.chown(theirs, NOBODY, NOBODY)
+        assert rates.load(theirs / "ls-state.json") == {}
+
+
 def test_ls_all_shows_a_fifo_and_a_symlink_without_opening_them(made):
     target = _write_segment(made, "lstarget")
     fifo, link = _name("lsfifo"), _name("lslink")
