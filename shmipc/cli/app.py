@@ -16,8 +16,18 @@ from rich.console import Console
 
 from .._version import __version__
 
-__all__ = ["EXIT_FAILURE", "EXIT_NOT_FOUND", "EXIT_OK", "EXIT_USAGE", "Failure", "NotFound", "app",
-           "console", "err_console", "main"]  # fmt: skip
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Failure",
+    "NotFound",
+    "app",
+    "console",
+    "err_console",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
