@@ -556,3 +556,30 @@ def test_ls_and_top_never_cut_a_long_name():
         assert r.returncode == 0 and name in r.stdout
     finally:
         q.close()
+
+
+def test_ls_as_another_user_shows_an_unreadable_segment(made):
+    """An unprivileged ls meets root's 0600 segment: listed as unreadable, with what lstat
+    says (owner, size), never an error."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run an ls of another uid")
+    name = _write_segment(made, "lsunread")
+
+    def look(fd: int) -> None:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        os.dup2(fd, 1)  # the command's stdout is the report pipe
+        with open(1, "w", closefd=False) as out:
+            sys.stdout = out
+            code = cli.main(["ls", "--json"])
+        if code:
+            os._exit(10 + code)
+
+    code, out = Child(look).finish()
+    assert code == 0
+    data = json.loads(out)
+    validate(data, LS)
+    row = _row(data, name)
+    assert row["kind"] == cli.UNREADABLE and row["owner"]["uid"] == 0
+    assert row["depth"] is None and row["creator"]["pid"] is None
