@@ -583,3 +583,14 @@ def test_ls_as_another_user_shows_an_unreadable_segment(made):
     row = _row(data, name)
     assert row["kind"] == cli.UNREADABLE and row["owner"]["uid"] == 0
     assert row["depth"] is None and row["creator"]["pid"] is None
+
+
+def test_public_names_of_shmipc_cli_are_pinned():
+    """What the hardening issue's callers import stays importable from shmipc.cli."""
+    assert set(cli.__all__) == {
+        "UNREADABLE", "GcReport", "RmResult", "SegmentInfo", "collect_garbage",
+        "display_name", "list_segments", "main", "remove",
+    }  # fmt: skip
+    for name in cli.__all__:
+        assert hasattr(cli, name)
+    assert callable(cli._scan_users) and callable(cli._read_entry)
