@@ -31,6 +31,7 @@ from .errors import (
     Revoked,
     ShmipcError,
 )
+from .buffers import BufferPool, Loan, PoolExhausted, PoolStatistics
 from .queue import Queue
 from .region import Region
 from .ring import Ring, RingStatistics
@@ -39,14 +40,18 @@ from .sync import AtomicCounter, Barrier, Event, Lock, Semaphore
 __all__ = [
     "AtomicCounter",
     "Barrier",
+    "BufferPool",
     "Closed",
     "CorruptedError",
     "Event",
     "Lagged",
     "LayoutMismatch",
+    "Loan",
     "Lock",
     "MessageTooLarge",
     "PeerDied",
+    "PoolExhausted",
+    "PoolStatistics",
     "Queue",
     "Region",
     "Revoked",

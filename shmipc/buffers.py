@@ -46,9 +46,12 @@ Invariants this module keeps (the shared-memory ones are P1-P6 in csrc/pool.c):
   ("cannot tell" is alive), and a block lock only from a dead locker. Transit references are
   never taken back by it: they belong to messages still in a channel.
 
-Known limit: a receiver killed inside ``get`` between taking the record off the ring and
-claiming its block (a few microseconds) leaves that block held by the channel's transit key
-until the pool is destroyed: the message was lost with the receiver, and its block with it.
+Known limits (found by the model test, tests/unit/buffers/test_pool_model.py): a receiver
+killed inside ``get`` between taking the record off the ring and claiming its block, or a
+sender killed inside ``put`` between adding the transit reference and storing the record
+(each a window of microseconds inside one call), leaves that block held by the channel's
+transit key until the pool is destroyed: the pool cannot tell whether the record is in the
+ring, so it keeps the block rather than risk freeing a message still to be received.
 
 Topic adoption (the lead wires it): a publisher encodes with ``PoolHook.encode(obj,
 refs=n)`` (n transit references, one per current subscriber); each subscriber decodes with
