@@ -770,7 +770,7 @@ class PoolHook:
     def encode(self, obj: object, *, refs: int = 1, timeout: float | None = None) -> bytes:
         """The frame for ``obj``; each block it names holds ``refs`` transit references.
         PoolExhausted if a block for a copied payload did not come within ``timeout``."""
-        sent: list[tuple[_Block, int]] = []
+        sent: list[tuple[_Block, int, bytes]] = []
         self._tls.ctx = (sent, refs, deadline_ns(timeout))
         try:
             frame = self._encode(obj)
@@ -828,45 +828,41 @@ class PoolHook:
         pool = self.pool
         m = pool._live()
         nbytes = view.nbytes
-        block = None
         if isinstance(loan, Loan) and loan._pool_ref() is pool and not loan.released:
             b: _Block = loan._block
             addr = arr_addr or _buffer_addr(view)
             sub = addr - (m.addr + b.offset)
             if sub >= 0 and sub + nbytes <= pool._classes[b.cls].size:
+                view.release()
+                handle = self._pack_handle(b, flavor, sub, nbytes)
+                if any(h == handle for _, _, h in sent):
+                    return handle  # the same view twice in one frame: decoded once, one ref
                 rc = m.adjust(b.cls, b.index, b.gen, 0, 0, self.key, refs)
                 _check_rc(rc, "add transit references to a loan")
-                block, sub_off = b, sub
-        if block is None:  # copy once into a new block, then move our reference to transit
-            block = pool._alloc(nbytes, deadline)
-            try:
-                dst = memoryview(m.mm)[block.offset : block.offset + nbytes]
-                dst[:] = view.cast("B")
-                dst.release()
-                rc = m.adjust(block.cls, block.index, block.gen, block.key, 1, self.key, refs)
-                _check_rc(rc, "send a copied block")
-            except BaseException:
-                m.drop(block)
-                raise
-            sub_off = 0
+                sent.append((b, refs, handle))
+                return handle
+        # Copy once into a new block, then move our reference to the channel's transit key.
+        block = pool._alloc(nbytes, deadline)
+        try:
+            dst = memoryview(m.mm)[block.offset : block.offset + nbytes]
+            dst[:] = view.cast("B")
+            dst.release()
+            rc = m.adjust(block.cls, block.index, block.gen, block.key, 1, self.key, refs)
+            _check_rc(rc, "send a copied block")
+        except BaseException:
+            m.drop(block)
+            raise
         view.release()
-        sent.append((block, refs))
-        name = pool.name.encode("ascii")
-        return (
-            _HANDLE.pack(
-                1,
-                flavor,
-                block.cls,
-                len(name),
-                block.index,
-                block.gen,
-                0,
-                block.offset,
-                sub_off,
-                nbytes,
-            )
-            + name
+        handle = self._pack_handle(block, flavor, 0, nbytes)
+        sent.append((block, refs, handle))
+        return handle
+
+    def _pack_handle(self, block: _Block, flavor: int, sub: int, nbytes: int) -> bytes:
+        name = self.pool.name.encode("ascii")
+        head = _HANDLE.pack(
+            1, flavor, block.cls, len(name), block.index, block.gen, 0, block.offset, sub, nbytes
         )
+        return head + name
 
     def _encode_pickle(self, obj: object) -> bytes:
         oob: list[Any] = []
@@ -887,9 +883,9 @@ class PoolHook:
         handles = [self._handle_for(_find_loan(raw.obj), raw, _FLAVOR_PICKLE) for raw in oob]
         return _PICKLE_OOB + packb([handles, data])
 
-    def _undo(self, sent: list[tuple[_Block, int]]) -> None:
+    def _undo(self, sent: list[tuple[_Block, int, bytes]]) -> None:
         m = self.pool._map
-        for block, refs in sent:
+        for block, refs, _ in sent:
             m.adjust(block.cls, block.index, block.gen, self.key, refs, 0, 0)
 
     def discard(self, frame: bytes | memoryview, refs: int = 1) -> int:

@@ -193,9 +193,11 @@ def other(s: St) -> list:
     if "A" in s.dead or pc == "done":
         return []
     if pc == "alloc_lock":
-        return [("A.alloc_lock", s._replace(lock="A", a_pc="alloc_slot"))] if _free_for_alloc(
-            s
-        ) else []
+        return (
+            [("A.alloc_lock", s._replace(lock="A", a_pc="alloc_slot"))]
+            if _free_for_alloc(s)
+            else []
+        )
     if pc == "alloc_slot":
         return [("A.alloc_slot", s._replace(slots=(("A", 1),), a_pc="alloc_state"))]
     if pc == "alloc_state":
@@ -348,7 +350,9 @@ def test_the_checker_finds_a_reclaim_of_transit_references():
         if s.lv_pc == "idle" and s.lock is None and s.inuse and "S" in s.dead:
             for key, n in s.slots:
                 if key == "T":
-                    out.append(("LV.lock_T", s._replace(lock="LV", lv_pc="drop", lv_key=key, lv_n=n)))
+                    out.append(
+                        ("LV.lock_T", s._replace(lock="LV", lv_pc="drop", lv_key=key, lv_n=n))
+                    )
         return out
 
     liveness = greedy
