@@ -278,14 +278,15 @@ def _loan_from_buffer(buf: Any) -> Any:
 class _Block:
     """Where one reference lives: (class, index, generation) of a pool."""
 
-    __slots__ = ("cls", "gen", "index", "key", "offset")
+    __slots__ = ("cls", "gen", "index", "key", "offset", "pid")
 
     def __init__(self, cls: int, index: int, gen: int, offset: int, key: int) -> None:
         self.cls = cls
         self.index = index
         self.gen = gen
         self.offset = offset  # absolute offset of the block's data in the mapping
-        self.key = key
+        self.key = key  # the holder key the reference was taken for
+        self.pid = os.getpid()  # the process that holds it (a forked child does not)
 
 
 class _Map:
@@ -301,7 +302,6 @@ class _Map:
         self.seq_off = payload + POOL_LAYOUT["free_seq"]
         self.waiters_off = payload + POOL_LAYOUT["waiters"]
         self.reclaimed_off = payload + POOL_LAYOUT["reclaimed"]
-        self.pid = os.getpid()
 
     def hdr(self, cls: int, index: int) -> int:
         return self.classes[cls].hdr + index * BLOCK_HEADER
@@ -335,7 +335,7 @@ class _Map:
 
     def drop(self, block: _Block) -> None:
         """Give back one reference of this process (a PoolBuffer's on_release)."""
-        if os.getpid() != self.pid:
+        if os.getpid() != block.pid:
             return  # a forked child never held its parent's references (B3)
         self.adjust(block.cls, block.index, block.gen, block.key, 1, 0, 0)
 
