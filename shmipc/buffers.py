@@ -271,6 +271,13 @@ class Loan(PoolBuffer):
         return f"<shmipc.Loan {state}>"
 
 
+class _Received(PoolBuffer):
+    """A receiver's read-only reference to a block; sending a view of it again (forwarding)
+    adds a transit reference to the same block instead of copying it."""
+
+    __slots__ = ("__weakref__", "_block", "_pool_ref")
+
+
 def _loan_from_buffer(buf: Any) -> Any:
     return buf  # an in-band copy (pickled without a pool): the bytes, as the buffer holds them
 
@@ -731,11 +738,12 @@ _TOP_HANDLE = b"\x00SH"  # a frame that is one handle (a top-level bytes-like pa
 _PICKLE_OOB = b"\x00SB"  # a pickle frame with out-of-band buffers in blocks
 
 
-def _find_loan(obj: Any) -> Loan | None:
-    """The Loan whose bytes ``obj`` (an ndarray or memoryview chain) views, if any."""
+def _find_loan(obj: Any) -> Loan | _Received | None:
+    """The Loan (or received block) whose bytes ``obj`` (an ndarray or memoryview chain)
+    views, if any."""
     seen = 0
     while obj is not None and seen < 64:
-        if isinstance(obj, Loan):
+        if isinstance(obj, (Loan, _Received)):
             return obj
         obj = getattr(obj, "base", None) if not isinstance(obj, memoryview) else obj.obj
         seen += 1
@@ -785,7 +793,7 @@ class PoolHook:
         if type(obj) in (bytes, bytearray, memoryview) or isinstance(obj, Loan):
             view = memoryview(obj)  # type: ignore[arg-type]
             if isinstance(obj, Loan) or view.nbytes >= self.threshold:
-                return _TOP_HANDLE + self._handle_for(obj, view, _FLAVOR_BYTES)
+                return _TOP_HANDLE + self._handle_for(_find_loan(obj), view, _FLAVOR_BYTES)
             view.release()
         if self.pickle:
             return self._encode_pickle(obj)
@@ -828,7 +836,7 @@ class PoolHook:
         pool = self.pool
         m = pool._live()
         nbytes = view.nbytes
-        if isinstance(loan, Loan) and loan._pool_ref() is pool and not loan.released:
+        if isinstance(loan, (Loan, _Received)) and loan._pool_ref() is pool and not loan.released:
             b: _Block = loan._block
             addr = arr_addr or _buffer_addr(view)
             sub = addr - (m.addr + b.offset)
@@ -1030,7 +1038,9 @@ class PoolHook:
                 "stale, forged or already received"
             )
         block = _Block(cls, index, gen, m.classes[cls].data + index * m.classes[cls].size, me)
-        buf = PoolBuffer(m.mm, block.offset + sub, nbytes, True, _Release(m, block))
+        buf = _Received(m.mm, block.offset + sub, nbytes, True, _Release(m, block))
+        buf._block = block
+        buf._pool_ref = weakref.ref(pool)
         if raw or flavor == _FLAVOR_PICKLE:
             return buf
         if flavor == _FLAVOR_BYTES:

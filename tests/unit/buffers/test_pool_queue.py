@@ -354,3 +354,17 @@ def test_scribbled_block_headers_raise_typed_errors_only(words, which):
         q.close()
         p.close()
     assert os.path.exists("/proc/self")
+
+
+def test_forwarding_a_received_view_sends_the_same_block(q, pool):
+    q.put(np.arange(5000))
+    got = q.get()
+    q.put(got[100:])  # forwarded by handle: no new block
+    assert in_use(pool) == 1
+    again = q.get()
+    assert again[0] == 100 and len(again) == 4900
+    q.put(memoryview(got))
+    mv = q.get()
+    assert in_use(pool) == 1 and bytes(mv[:64]) == got[:8].tobytes()
+    del got, again, mv
+    assert in_use(pool) == 0
