@@ -21,6 +21,7 @@ if _sys.version_info < (3, 10):  # noqa: UP036 - setup.py refuses these too
     raise ImportError("shmipc needs CPython 3.10 or newer")
 
 from ._version import __version__
+from .buffers import BufferPool, Loan, PoolExhausted, PoolStatistics
 from .errors import (
     Closed,
     CorruptedError,
@@ -31,7 +32,6 @@ from .errors import (
     Revoked,
     ShmipcError,
 )
-from .buffers import BufferPool, Loan, PoolExhausted, PoolStatistics
 from .queue import Queue
 from .region import Region
 from .ring import Ring, RingStatistics
