@@ -66,6 +66,7 @@ import dataclasses
 import hashlib
 import os
 import pickle
+import secrets
 import struct
 import sys
 import threading
@@ -78,10 +79,11 @@ from msgpack import ExtType, Packer, packb, unpackb
 
 from . import _proc
 from . import codec as _codec
+from ._names import check_name
 from ._native import PoolBuffer, ffi, lib
 from .errors import CorruptedError, ShmipcError
 from .layout import CACHE_LINE, SEGMENT_LAYOUT, Kind, Layout, align_up
-from .region import PAGE_SIZE, Region
+from .region import PAGE_SIZE, SHM_DIR, Region, _owned
 from .sync import deadline_ns
 
 __all__ = [
@@ -109,6 +111,17 @@ _PID_BITS = 22
 _START_BITS = 25
 _COUNT_SHIFT = 48
 _EXT_HANDLE = 18  # the codec ext code reserved for "arrays by reference to pool blocks"
+
+# Dedicated segments (a request above the largest class): one block each, named
+# "<pool name>.d<pool tag, 8 hex>_<16 random hex>", segment kind BUFFER_POOL with flags bit
+# DEDICATED_FLAG. Absolute offsets in such a segment (a layout of its own, never read back):
+DEDICATED = 255  # the size class a handle names for a dedicated block
+DEDICATED_FLAG = 1
+_D_HDR = SEGMENT_LAYOUT.size  # the block header
+_D_SEQ = _D_HDR + BLOCK_HEADER  # its own free-sequence word (nobody waits on it)
+_D_WAITERS = _D_SEQ + 8
+_D_DATA = PAGE_SIZE  # the payload, page-aligned
+_RAND_HEX = 16
 
 
 class PoolExhausted(ShmipcError, BufferError):
@@ -285,9 +298,12 @@ def _loan_from_buffer(buf: Any) -> Any:
 class _Block:
     """Where one reference lives: (class, index, generation) of a pool."""
 
-    __slots__ = ("cls", "gen", "index", "key", "offset", "pid")
+    __slots__ = ("cls", "dmap", "gen", "index", "key", "offset", "pid")
 
-    def __init__(self, cls: int, index: int, gen: int, offset: int, key: int) -> None:
+    def __init__(
+        self, cls: int, index: int, gen: int, offset: int, key: int, dmap: _DMap | None = None
+    ) -> None:
+        self.dmap = dmap  # the dedicated segment's map, or None for a block of the pool
         self.cls = cls
         self.index = index
         self.gen = gen
@@ -347,6 +363,39 @@ class _Map:
         self.adjust(block.cls, block.index, block.gen, block.key, 1, 0, 0)
 
 
+class _DMap(_Map):
+    """A dedicated segment's map: one block; whoever frees it removes the segment's name."""
+
+    def __init__(self, region: Region) -> None:
+        self.region = region
+        self.mm, _ = region._mapping(0)
+        self.base = ffi.from_buffer("char[]", self.mm, require_writable=True)
+        self.addr = int(ffi.cast("uintptr_t", self.base))
+        self.size = len(self.mm) - _D_DATA  # bytes of payload the block can hold
+        self.classes = [_Class(self.size, 1, _D_HDR, _D_DATA)]
+        self.seq_off = _D_SEQ
+        self.waiters_off = _D_WAITERS
+        self.name = region.name or ""
+
+    def hdr(self, cls: int, index: int) -> int:
+        return _D_HDR
+
+    def adjust(
+        self, cls: int, index: int, gen: int, from_key: int, from_n: int, to_key: int, to_n: int
+    ) -> int:
+        rc = super().adjust(cls, index, gen, from_key, from_n, to_key, to_n)
+        if rc == lib.SHMIPC_POOL_FREED:
+            _unlink_segment(self.name)  # a dedicated block is never reused
+        return rc
+
+
+def _unlink_segment(name: str) -> None:
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except OSError:
+        pass  # gone already, or another uid's (the pool creator's close or gc removes it)
+
+
 _attached: dict[str, BufferPool] = {}
 _attached_lock = threading.Lock()
 
@@ -366,6 +415,11 @@ class BufferPool:
         self._size = region.size
         self._trusted = region._trusted_uids
         self._reclaim_lock = threading.Lock()
+        header = region.header
+        assert header is not None and region.file_owner is not None
+        tag = channel_tag(self.name, header.creator_pid, header.creator_start)
+        self._dedicated_prefix = f"{self.name}.d{tag.hex()}_"
+        self._mode = region.file_owner[1]
 
     # ---- creation ------------------------------------------------------------------------
 
@@ -478,7 +532,7 @@ class BufferPool:
         return np.frombuffer(loan, dt, count).reshape(shape)
 
     def _loan_of(self, block: _Block, nbytes: int, readonly: bool = False) -> Any:
-        m = self._map
+        m = block.dmap or self._map
         kind = PoolBuffer if readonly else Loan
         buf = kind(m.mm, block.offset, nbytes, readonly, _Release(m, block))
         if not readonly:
@@ -492,11 +546,7 @@ class BufferPool:
         m = self._live()
         first = next((i for i, c in enumerate(self._classes) if c.size >= nbytes), None)
         if first is None:
-            raise ValueError(
-                f"a loan of {nbytes} bytes is larger than the largest block of pool "
-                f"{self.name!r} ({self.largest_block} bytes): create the pool with a larger "
-                "class (classes=) or send the payload another way"
-            )
+            return self._alloc_dedicated(nbytes)
         key = _self_key()
         gen = ffi.new("uint32_t *")
         passes = 0
@@ -526,6 +576,59 @@ class BufferPool:
             wait_until = slice_end if deadline == -1 else min(deadline, slice_end)
             lib.shmipc_wait_while32(m.base, m.seq_off, seq, m.waiters_off, wait_until, _SPIN_NS)
 
+    def _alloc_dedicated(self, nbytes: int) -> _Block:
+        """A block of its own for a request above the largest class: a new segment named
+        under this pool's prefix, owned by the pool (not by this process: it must outlive
+        a sender that exits after put). Removed by whoever frees its block, by the pool
+        creator's close, or by the liveness pass when its holders died."""
+        name = check_name(self._dedicated_prefix + secrets.token_hex(_RAND_HEX // 2))
+
+        def init(region: Region) -> None:
+            struct.pack_into("<I", region.buffer, _D_HDR - SEGMENT_LAYOUT.size + 16, DEDICATED)
+
+        region = Region._create_segment(
+            _D_DATA - SEGMENT_LAYOUT.size + nbytes,
+            kind=Kind.BUFFER_POOL,
+            name=name,
+            mode=self._mode,
+            init=init,
+            flags=DEDICATED_FLAG,
+        )
+        region._owner_pid = None  # the pool owns it, not this process (see above)
+        _owned.discard(region)
+        dmap = _DMap(region)
+        key = _self_key()
+        gen = ffi.new("uint32_t *")
+        idx = lib.shmipc_pool_alloc(dmap.base, _D_HDR, 1, 0, DEDICATED, key, nbytes, gen)
+        if idx != 0:  # pragma: no cover - nobody else knows the name yet
+            _unlink_segment(name)
+            raise CorruptedError(f"dedicated segment {name!r} was taken while being made")
+        return _Block(DEDICATED, 0, gen[0], _D_DATA, key, dmap)
+
+    def _dedicated_names(self) -> list[str]:
+        try:
+            return [n for n in os.listdir(SHM_DIR) if _is_dedicated_of(n, self._dedicated_prefix)]
+        except OSError:
+            return []
+
+    def _attach_dedicated(self, name: str, trusted_uids: Iterable[int]) -> _DMap:
+        """Map a dedicated segment of this pool named by a handle (checked: B1)."""
+        if not _is_dedicated_of(name, self._dedicated_prefix):
+            raise CorruptedError(
+                f"handle names segment {name!r}, not a dedicated block of pool {self.name!r}"
+            )
+        try:
+            region = Region._attach_segment(
+                name, kind=Kind.BUFFER_POOL, timeout=1.0, trusted_uids=trusted_uids
+            )
+        except (OSError, ShmipcError, TimeoutError) as exc:
+            raise CorruptedError(f"dedicated block {name!r} cannot be mapped: {exc}") from None
+        header = region.header
+        if header is None or not header.flags & DEDICATED_FLAG or region.size < _D_DATA:
+            region.close()
+            raise CorruptedError(f"segment {name!r} is not a dedicated block")
+        return _DMap(region)
+
     def _maybe_pass(self) -> None:
         if time.monotonic_ns() - self._last_pass >= self._liveness_ns:
             self.reclaim()
@@ -534,49 +637,62 @@ class BufferPool:
 
     def reclaim(self) -> int:
         """The liveness pass: take back every reference held by a process known to be dead,
-        and every block lock a dead thread holds. Returns how many blocks it freed."""
+        and every block lock a dead thread holds, in the pool and in its dedicated segments
+        (a dedicated segment whose block is free is removed). Returns how many blocks it
+        freed."""
         if not self._reclaim_lock.acquire(blocking=False):
             return 0
         try:
             self._last_pass = time.monotonic_ns()
             m = self._live()
-            words = memoryview(m.mm).cast("Q")
-            freed = 0
             verdicts: dict[int, _proc.Liveness] = {}
+            freed = 0
             for ci, c in enumerate(self._classes):
                 for i in range(c.count):
-                    hdr = c.hdr + i * BLOCK_HEADER
-                    w0 = hdr // 8
-                    lock, state = words[w0], words[w0 + 1]
-                    if lock and _proc.identity_state(lock) is _proc.Liveness.DEAD:
-                        if (
-                            lib.shmipc_pool_takeover(m.base, hdr, lock, m.seq_off, m.waiters_off)
-                            == 2
-                        ):
-                            freed += 1
-                        state = words[w0 + 1]
-                    if not state & 1:
-                        continue
-                    gen = state >> 32
-                    for s in range(SLOTS):
-                        w = words[w0 + 4 + s]
-                        n = w >> _COUNT_SHIFT
-                        key = w & _KEY_MASK
-                        if not n or key & _TRANSIT:
-                            continue
-                        v = verdicts.get(key)
-                        if v is None:
-                            v = verdicts[key] = _key_state(key)
-                        if v is _proc.Liveness.DEAD:
-                            rc = m.adjust(ci, i, gen, key, n, 0, 0)
-                            if rc >= 0:
-                                lib.shmipc_fetch_add64_acq_rel(m.base, m.reclaimed_off, n)
-                            if rc == lib.SHMIPC_POOL_FREED:
-                                freed += 1
-            words.release()
+                    freed += self._reclaim_block(m, m, ci, i, verdicts)
+            for name in self._dedicated_names():
+                try:
+                    dmap = self._attach_dedicated(name, self._trusted)
+                except CorruptedError:
+                    continue
+                try:
+                    freed += self._reclaim_block(m, dmap, DEDICATED, 0, verdicts)
+                    state = lib.shmipc_load64_acquire(dmap.base, _D_HDR + 8)
+                    if not state & 1 and (state >> 32 or _creator_dead(dmap.region)):
+                        _unlink_segment(name)  # freed (or never handed out by a dead maker)
+                finally:
+                    dmap.region.close()
             return freed
         finally:
             self._reclaim_lock.release()
+
+    def _reclaim_block(
+        self, pm: _Map, m: _Map, ci: int, i: int, verdicts: dict[int, _proc.Liveness]
+    ) -> int:
+        hdr = m.hdr(ci, i)
+        lock = lib.shmipc_load64_acquire(m.base, hdr)
+        freed = 0
+        if lock and _proc.identity_state(lock) is _proc.Liveness.DEAD:
+            freed += lib.shmipc_pool_takeover(m.base, hdr, lock, m.seq_off, m.waiters_off) == 2
+        state = lib.shmipc_load64_acquire(m.base, hdr + 8)
+        if not state & 1:
+            return freed
+        gen = state >> 32
+        for s in range(SLOTS):
+            w = lib.shmipc_load64_relaxed(m.base, hdr + 32 + 8 * s)
+            n = w >> _COUNT_SHIFT
+            key = w & _KEY_MASK
+            if not n or key & _TRANSIT:
+                continue
+            v = verdicts.get(key)
+            if v is None:
+                v = verdicts[key] = _key_state(key)
+            if v is _proc.Liveness.DEAD:
+                rc = m.adjust(ci, i, gen, key, n, 0, 0)
+                if rc >= 0:
+                    lib.shmipc_fetch_add64_acq_rel(pm.base, pm.reclaimed_off, n)
+                freed += rc == lib.SHMIPC_POOL_FREED
+        return freed
 
     # ---- handles -------------------------------------------------------------------------
 
@@ -599,7 +715,8 @@ class BufferPool:
 
     def statistics(self) -> PoolStatistics:
         m = self._live()
-        return _statistics(memoryview(m.mm), self._classes, self.size, m.reclaimed_off)
+        stats = _statistics(memoryview(m.mm), self._classes, self.size, m.reclaimed_off)
+        return dataclasses.replace(stats, dedicated_segments=len(self._dedicated_names()))
 
     # ---- lifetime ------------------------------------------------------------------------
 
@@ -608,6 +725,9 @@ class BufferPool:
         the mapping until they go (docs/internals/lifetime.md)."""
         region, self._region = self._region, None
         if region is not None:
+            if region.owner:
+                for name in self._dedicated_names():
+                    _unlink_segment(name)  # mapped blocks stay valid where they are mapped
             with _attached_lock:
                 if _attached.get(self._name or "") is self:
                     del _attached[self._name or ""]
@@ -643,6 +763,31 @@ class _Release:
 
     def __call__(self) -> None:
         self.map.drop(self.block)
+
+
+def _is_dedicated_of(name: str, prefix: str) -> bool:
+    rest = name[len(prefix) :]
+    return name.startswith(prefix) and len(rest) == _RAND_HEX and _HEX.issuperset(rest)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def dedicated_owner(name: str) -> str | None:
+    """The pool a dedicated block segment belongs to (for ``shmipc gc``: one whose pool is
+    gone is an orphan), or None if ``name`` is not a dedicated block's name."""
+    head, sep, rand = name.rpartition("_")
+    pool, dot, tag = head.rpartition(".d")
+    if not (sep and dot and pool) or len(rand) != _RAND_HEX or len(tag) != 8:
+        return None
+    if not (_HEX.issuperset(rand) and _HEX.issuperset(tag)):
+        return None
+    return pool
+
+
+def _creator_dead(region: Region) -> bool:
+    header = region.header
+    return header is not None and not _proc.is_alive(header.creator_pid, header.creator_start)
 
 
 def _attach_cached(name: str, trusted_uids: Iterable[int] = ()) -> BufferPool:
@@ -712,6 +857,19 @@ def inspect_segment(view: memoryview) -> dict[str, Any]:
     header = SegmentHeader.unpack(view[: SEGMENT_LAYOUT.size])
     header.validate(kind=Kind.BUFFER_POOL, mapped_size=len(view), name="<segment>")
     payload = len(view) - SEGMENT_LAYOUT.size
+    if header.flags & DEDICATED_FLAG:
+        if len(view) < _D_DATA:
+            raise CorruptedError(f"dedicated block segment of {len(view)} bytes is too small")
+        state, _cls, _flags, nbytes = struct.unpack_from("<QIIQ", view, _D_HDR + 8)
+        holders = struct.unpack_from(f"<{SLOTS}Q", view, _D_HDR + 32)
+        return {
+            "kind": "buffer_pool_dedicated_block",
+            "size": len(view) - _D_DATA,
+            "in_use": bool(state & 1),
+            "generation": state >> 32,
+            "nbytes": nbytes,
+            "references": sum(w >> _COUNT_SHIFT for w in holders),
+        }
     geometry, liveness_ns = _read_geometry(view[SEGMENT_LAYOUT.size :], payload, "<segment>")
     stats = _statistics(view, geometry, payload, SEGMENT_LAYOUT.size + POOL_LAYOUT["reclaimed"])
     return {
@@ -838,27 +996,29 @@ class PoolHook:
         nbytes = view.nbytes
         if isinstance(loan, (Loan, _Received)) and loan._pool_ref() is pool and not loan.released:
             b: _Block = loan._block
+            bm = b.dmap or m
             addr = arr_addr or _buffer_addr(view)
-            sub = addr - (m.addr + b.offset)
-            if sub >= 0 and sub + nbytes <= pool._classes[b.cls].size:
+            sub = addr - (bm.addr + b.offset)
+            if sub >= 0 and sub + nbytes <= bm.classes[0 if b.dmap else b.cls].size:
                 view.release()
                 handle = self._pack_handle(b, flavor, sub, nbytes)
                 if any(h == handle for _, _, h in sent):
                     return handle  # the same view twice in one frame: decoded once, one ref
-                rc = m.adjust(b.cls, b.index, b.gen, 0, 0, self.key, refs)
+                rc = bm.adjust(b.cls, b.index, b.gen, 0, 0, self.key, refs)
                 _check_rc(rc, "add transit references to a loan")
                 sent.append((b, refs, handle))
                 return handle
         # Copy once into a new block, then move our reference to the channel's transit key.
         block = pool._alloc(nbytes, deadline)
+        bm = block.dmap or m
         try:
-            dst = memoryview(m.mm)[block.offset : block.offset + nbytes]
+            dst = memoryview(bm.mm)[block.offset : block.offset + nbytes]
             dst[:] = view.cast("B")
             dst.release()
-            rc = m.adjust(block.cls, block.index, block.gen, block.key, 1, self.key, refs)
+            rc = bm.adjust(block.cls, block.index, block.gen, block.key, 1, self.key, refs)
             _check_rc(rc, "send a copied block")
         except BaseException:
-            m.drop(block)
+            bm.drop(block)
             raise
         view.release()
         handle = self._pack_handle(block, flavor, 0, nbytes)
@@ -866,7 +1026,7 @@ class PoolHook:
         return handle
 
     def _pack_handle(self, block: _Block, flavor: int, sub: int, nbytes: int) -> bytes:
-        name = self.pool.name.encode("ascii")
+        name = (block.dmap.name if block.dmap else self.pool.name).encode("ascii")
         head = _HANDLE.pack(
             1, flavor, block.cls, len(name), block.index, block.gen, 0, block.offset, sub, nbytes
         )
@@ -902,8 +1062,8 @@ class PoolHook:
         many handles it found."""
         found = 0
         for data in self._handles_in(bytes(frame)):
-            pool, c, index, gen, *_ = self._parse(data)
-            rc = pool._map.adjust(c, index, gen, self.key, refs, 0, 0)
+            m, c, index, gen, *_ = self._parse(data)
+            rc = m.adjust(c, index, gen, self.key, refs, 0, 0)
             found += rc >= 0
         return found
 
@@ -998,7 +1158,7 @@ class PoolHook:
         except Exception as exc:
             raise _codec._decode_error(frame, exc) from exc
 
-    def _parse(self, data: bytes) -> tuple[BufferPool, int, int, int, int, int, int, bytes]:
+    def _parse(self, data: bytes) -> tuple[_Map, int, int, int, int, int, int, bytes]:
         if len(data) < _HANDLE.size:
             raise CorruptedError(f"pool handle of {len(data)} bytes is too short")
         (version, flavor, cls, name_len, index, gen, _r, offset, sub, nbytes) = _HANDLE.unpack_from(
@@ -1013,19 +1173,26 @@ class PoolHook:
             name = data[_HANDLE.size : end].decode("ascii")
         except UnicodeDecodeError:
             raise CorruptedError("pool handle names no valid pool") from None
-        if name != self.pool.name:
-            raise CorruptedError(
-                f"handle names pool {name!r}; this channel's pool is {self.pool.name!r}: refused"
-            )
         pool = self.pool
-        c = pool._block_at(cls, index, offset, min(nbytes, 1 << 62))
-        if sub > c.size or nbytes > c.size - sub:
-            raise CorruptedError(f"handle's range {sub}+{nbytes} overruns a {c.size}-byte block")
-        return pool, cls, index, gen, flavor, sub, nbytes, data[end:]
+        if cls == DEDICATED:
+            m: _Map = pool._attach_dedicated(name, self.trusted_uids)
+            size = m.classes[0].size
+            if index != 0 or offset != _D_DATA:
+                raise CorruptedError(f"handle names block {index} at {offset} of {name!r}")
+        else:
+            if name != pool.name:
+                raise CorruptedError(
+                    f"handle names pool {name!r}; this channel's pool is {pool.name!r}: refused"
+                )
+            m = pool._live()
+            size = pool._block_at(cls, index, offset, min(nbytes, 1 << 62)).size
+        if sub > size or nbytes > size - sub:
+            raise CorruptedError(f"handle's range {sub}+{nbytes} overruns a {size}-byte block")
+        return m, cls, index, gen, flavor, sub, nbytes, data[end:]
 
     def _claim(self, data: bytes, raw: bool = False) -> Any:
-        pool, cls, index, gen, flavor, sub, nbytes, rest = self._parse(data)
-        m = pool._map
+        m, cls, index, gen, flavor, sub, nbytes, rest = self._parse(data)
+        pool = self.pool
         meta = None
         if flavor == _FLAVOR_ARRAY:
             meta = _array_meta(rest, nbytes)
@@ -1037,7 +1204,9 @@ class PoolHook:
                 f"{pool.name!r} has no reference in transit in this channel (status {rc}): "
                 "stale, forged or already received"
             )
-        block = _Block(cls, index, gen, m.classes[cls].data + index * m.classes[cls].size, me)
+        dmap = m if isinstance(m, _DMap) else None
+        c = m.classes[0 if dmap else cls]
+        block = _Block(cls, index, gen, c.data + index * c.size, me, dmap)
         buf = _Received(m.mm, block.offset + sub, nbytes, True, _Release(m, block))
         buf._block = block
         buf._pool_ref = weakref.ref(pool)

@@ -14,7 +14,8 @@ from _procs import fork_call
 
 import shmipc
 from shmipc import BufferPool, Closed, CorruptedError, Loan, PoolExhausted
-from shmipc.buffers import MAX_BLOCK, MIN_BLOCK, inspect_segment, plan
+from shmipc._names import check_name
+from shmipc.buffers import MAX_BLOCK, MIN_BLOCK, dedicated_owner, inspect_segment, plan
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,9 +111,71 @@ def test_statistics_track_loans(pool):
     assert pool.statistics().free_bytes == base
 
 
-def test_a_request_above_the_largest_class_is_refused(pool):
-    with pytest.raises(ValueError, match="larger than the largest block"):
-        pool.loan(pool.largest_block + 1)
+def dedicated(p: BufferPool) -> list[str]:
+    return sorted(n for n in os.listdir("/dev/shm") if dedicated_owner(n) == p.name)
+
+
+def test_a_request_above_the_largest_class_gets_a_dedicated_segment(pool):
+    n = pool.largest_block + 1
+    loan = pool.loan(n)
+    names = dedicated(pool)
+    assert len(names) == 1 and pool.statistics().dedicated_segments == 1
+    assert check_name(names[0]) == names[0] and names[0].startswith(pool.name + ".d")
+    mv = memoryview(loan)
+    assert len(mv) == n and not mv.readonly
+    mv[-3:] = b"end"
+    del mv
+    loan.release()
+    assert dedicated(pool) == [] and pool.statistics().dedicated_segments == 0
+    arr = pool.loan_array(pool.largest_block // 4 + 1, np.float64)
+    assert len(dedicated(pool)) == 1
+    del arr  # garbage collection gives it back too
+    assert dedicated(pool) == []
+
+
+def test_the_creators_close_removes_dedicated_segments_but_keeps_views_valid():
+    p = BufferPool.create(size=1 << 20, classes={65536: 2})
+    loan = p.loan(200_000)
+    memoryview(loan)[:2] = b"ok"
+    p.close()
+    assert dedicated(p) == []
+    assert bytes(memoryview(loan)[:2]) == b"ok"
+    loan.release()
+
+
+def test_a_dead_holders_dedicated_block_is_reclaimed(pool):
+    def child(fd: int) -> None:
+        loan = pool.loan(pool.largest_block * 2)
+        os.write(fd, b"x")
+        time.sleep(60)
+        del loan
+
+    from _procs import Child
+
+    c = Child(child)
+    assert os.read(c.fd, 1) == b"x"
+    assert len(dedicated(pool)) == 1
+    c.kill()
+    assert pool.reclaim() == 1
+    assert dedicated(pool) == [] and pool.statistics().reclaimed == 1
+
+
+def test_inspect_segment_describes_a_dedicated_block(pool):
+    loan = pool.loan(pool.largest_block + 10)
+    (name,) = dedicated(pool)
+    with open(f"/dev/shm/{name}", "rb") as f:
+        data = f.read()
+    info = inspect_segment(memoryview(data))
+    assert info["kind"] == "buffer_pool_dedicated_block" and info["in_use"]
+    assert info["nbytes"] == pool.largest_block + 10 and info["references"] == 1
+    loan.release()
+
+
+def test_dedicated_owner_parses_only_dedicated_names():
+    assert dedicated_owner("pool.d0123abcd_0123456789abcdef") == "pool"
+    assert dedicated_owner("pool.d0123abcd_0123456789abcdeg") is None
+    assert dedicated_owner("pool_0123456789abcdef") is None
+    assert dedicated_owner("shmipc_spill_q_0123456789abcdef0123456789abcdef") is None
 
 
 def test_exhaustion_waits_then_names_the_pool_size():

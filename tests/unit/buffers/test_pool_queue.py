@@ -172,13 +172,26 @@ def test_an_exhausted_pool_is_queue_full(pool):
         small.close()
 
 
-def test_payload_above_the_largest_class_goes_inline():
+def test_payload_above_the_largest_class_goes_through_a_dedicated_segment(procs):
     small = BufferPool.create(size=1 << 20, classes={65536: 2})
-    q = Queue(pool=small, zero_copy_threshold=1024, capacity=1 << 20)
+    q = Queue(pool=small, zero_copy_threshold=1024, capacity=1 << 16)
     try:
-        x = np.arange(20_000, dtype=np.float64)  # 160 KB
-        with pytest.raises(ValueError, match="largest block"):
-            q.put(x)
+
+        def sender() -> None:
+            q.put(np.arange(50_000, dtype=np.float64))  # 400 KB: above the 64 KiB class
+            q.put(b"b" * 300_000)
+            q.close()
+            small.close()
+
+        assert procs.join(procs.fork(sender)) == 0  # the sender exited after put
+        x = q.get(timeout=5)
+        b = q.get(timeout=5)
+        assert np.array_equal(x, np.arange(50_000, dtype=np.float64)) and not x.flags.writeable
+        assert bytes(b) == b"b" * 300_000
+        assert small.statistics().dedicated_segments == 2
+        del x, b
+        small.reclaim()
+        assert small.statistics().dedicated_segments == 0
     finally:
         q.close()
         small.close()
@@ -267,6 +280,9 @@ def test_hostile_handles_are_corrupted_errors(q, pool):
         _handle(pool),  # right block, but no transit reference in this channel
         _handle(pool, name="shmipc_someone_else"),
         _handle(pool, version=9),
+        _handle(pool, name=q.name, cls=255, offset=4096),  # a dedicated block: not this pool's
+        _handle(pool, name=pool.name + ".d00000000_0123456789abcdef", cls=255, offset=4096),
+        _handle(pool, name="../../etc/passwd", cls=255, offset=4096),
         _TOP_HANDLE + b"\x01",
     ]
     for frame in cases:
