@@ -8,8 +8,15 @@ A pool is one named segment (``Kind.BUFFER_POOL``): the common header, the pool 
 "B1: block pool") and the blocks themselves, each page-aligned. Block sizes are powers of two
 from 4 KiB; :func:`plan` picks them from the pool's size (or the caller gives ``classes=``).
 A request takes the smallest class that fits, or a larger one when that class has no free
-block. A request above the largest class is refused by ``loan`` (``ValueError``, naming the
-largest class); a Queue sends such a payload inline, the way it did before the pool.
+block. A request above the largest class gets a *dedicated segment*: a named segment of its
+own, ``<pool name>.d<pool tag>_<16 random hex>`` (the tag is a digest of the pool's name and
+its creator's pid and start time, so it changes when the name is reused; the name passes
+``_names.check_name``), holding one block header and the payload. It belongs to the pool,
+not to the process that made it (its header names the pool's creator, and that process does
+not unlink it at exit, so a block in transit outlives its sender). Whoever frees its block
+removes its name; the pool creator's ``close`` removes those left; the liveness pass frees
+those whose holders died; ``dedicated_owner(name)`` tells ``shmipc gc`` which pool one
+belongs to. A receiver maps one only under its own pool's prefix.
 
 References and holders
 ----------------------
@@ -420,6 +427,7 @@ class BufferPool:
         tag = channel_tag(self.name, header.creator_pid, header.creator_start)
         self._dedicated_prefix = f"{self.name}.d{tag.hex()}_"
         self._mode = region.file_owner[1]
+        self._creator = (header.creator_pid, header.creator_start)
 
     # ---- creation ------------------------------------------------------------------------
 
@@ -583,8 +591,15 @@ class BufferPool:
         creator's close, or by the liveness pass when its holders died."""
         name = check_name(self._dedicated_prefix + secrets.token_hex(_RAND_HEX // 2))
 
+        pool_pid, pool_start = self._creator
+
         def init(region: Region) -> None:
             struct.pack_into("<I", region.buffer, _D_HDR - SEGMENT_LAYOUT.size + 16, DEDICATED)
+            # The pool's creator is the segment's: `shmipc gc` must not take a block in
+            # transit for an orphan because the process that made it exited.
+            view = region._view
+            struct.pack_into("<I", view, SEGMENT_LAYOUT["creator_pid"], pool_pid)
+            struct.pack_into("<Q", view, SEGMENT_LAYOUT["creator_start"], pool_start)
 
         region = Region._create_segment(
             _D_DATA - SEGMENT_LAYOUT.size + nbytes,
@@ -658,8 +673,8 @@ class BufferPool:
                 try:
                     freed += self._reclaim_block(m, dmap, DEDICATED, 0, verdicts)
                     state = lib.shmipc_load64_acquire(dmap.base, _D_HDR + 8)
-                    if not state & 1 and (state >> 32 or _creator_dead(dmap.region)):
-                        _unlink_segment(name)  # freed (or never handed out by a dead maker)
+                    if not state & 1 and state >> 32:
+                        _unlink_segment(name)  # freed: a dedicated block is never reused
                 finally:
                     dmap.region.close()
             return freed
@@ -783,11 +798,6 @@ def dedicated_owner(name: str) -> str | None:
     if not (_HEX.issuperset(rand) and _HEX.issuperset(tag)):
         return None
     return pool
-
-
-def _creator_dead(region: Region) -> bool:
-    header = region.header
-    return header is not None and not _proc.is_alive(header.creator_pid, header.creator_start)
 
 
 def _attach_cached(name: str, trusted_uids: Iterable[int] = ()) -> BufferPool:
