@@ -80,7 +80,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, SupportsIndex
 
 from msgpack import ExtType, Packer, packb, unpackb
 
@@ -281,8 +281,8 @@ class Loan(PoolBuffer):
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __reduce_ex__(self, protocol: int) -> Any:
-        if protocol < 5:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        if int(protocol) < 5:
             raise TypeError("a Loan pickles only with protocol 5 (as an out-of-band buffer)")
         return (_loan_from_buffer, (pickle.PickleBuffer(self),))
 
@@ -976,7 +976,7 @@ class PoolHook:
         except UnicodeEncodeError:
             return _codec.encode(obj)
 
-    def _default(self, obj: object) -> object:
+    def _default(self, obj: Any) -> object:
         np = sys.modules.get("numpy")
         if np is not None and type(obj) is np.ndarray:
             loan = _find_loan(obj)

@@ -15,7 +15,7 @@ import dataclasses
 import queue as _stdlib_queue
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _spill
@@ -133,8 +133,8 @@ class Queue:
         self._closed_ring: Ring | None = None
         self._cap = ring._cap
         self._codec = codec
-        self._encode = codec.encode
-        self._decode_frame = codec.decode
+        self._encode: Callable[..., bytes] = codec.encode
+        self._decode_frame: Callable[[Any], Any] = codec.decode
         self._maxsize = maxsize
         # With the built-in codecs a bytes object decodes to itself, so it can skip framing.
         self._bytes_as_is = getattr(codec, "name", None) in _CODEC_IDS
