@@ -965,16 +965,29 @@ class PoolHook:
             view.release()
         if self.pickle:
             return self._encode_pickle(obj)
+        if getattr(self.codec, "name", None) != "msgpack":
+            return self.codec.encode(obj)  # a custom codec: only top-level buffers by handle
         try:
             pack = self._tls.pack
         except AttributeError:
             pack = self._tls.pack = Packer(default=self._default, strict_types=True).pack
-        if getattr(self.codec, "name", None) != "msgpack":
-            return self.codec.encode(obj)
         try:
-            return pack(obj)
+            frame = pack(obj)
         except UnicodeEncodeError:
-            return _codec.encode(obj)
+            # A str with lone surrogates (as the codec handles it): give back what the first
+            # attempt sent, then pack again with the error handler on.
+            sent = self._tls.ctx[0]
+            self._undo(sent)
+            sent.clear()
+            slow = Packer(default=self._default, strict_types=True, unicode_errors="surrogatepass")
+            return slow.pack(obj)
+        except PoolExhausted:
+            raise
+        except BufferError as exc:
+            raise _codec._not_contiguous(exc) from exc
+        if len(frame) > _codec._KEEP_PACKER_BUFFER:
+            del self._tls.pack  # msgpack never shrinks a packer's buffer
+        return frame
 
     def _default(self, obj: Any) -> object:
         np = sys.modules.get("numpy")

@@ -68,6 +68,14 @@ def test_large_bytes_arrive_as_a_read_only_memoryview(q, pool):
     assert in_use(pool) == 0
 
 
+def test_lone_surrogates_with_arrays_leak_nothing(q, pool):
+    q.put({"name": "\udcff", "x": np.zeros(1000)})
+    got = q.get()
+    assert got["name"] == "\udcff" and in_use(pool) == 1
+    del got
+    assert in_use(pool) == 0
+
+
 def test_fortran_and_strided_arrays(q):
     f = np.asfortranarray(np.arange(6000.0).reshape(60, 100))
     q.put(f)
