@@ -68,6 +68,7 @@ read, calls ``PoolHook.discard(frame, n)`` to drop their transit references.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -749,10 +750,13 @@ class BufferPool:
             region.close()
 
     def unlink(self) -> None:
-        """Remove the name now (the memory lives while mapped)."""
+        """Remove the name now, and the pool's dedicated segments (the memory lives while
+        mapped)."""
         if self._region is None:
             raise ValueError("this pool handle is closed")
         self._region.unlink()
+        for name in self._dedicated_names():
+            _unlink_segment(name)
 
     def __enter__(self) -> BufferPool:
         return self
@@ -798,6 +802,18 @@ def dedicated_owner(name: str) -> str | None:
     if not (_HEX.issuperset(rand) and _HEX.issuperset(tag)):
         return None
     return pool
+
+
+@atexit.register
+def _close_pools_at_exit() -> None:
+    """The pools this process made: closed (name and dedicated segments removed) at exit.
+    Registered after Region's own handler, so it runs first."""
+    with _attached_lock:
+        pools = list(_attached.values())
+    for pool in pools:
+        region = pool._region
+        if region is not None and region.owner:
+            pool.close()
 
 
 def _attach_cached(name: str, trusted_uids: Iterable[int] = ()) -> BufferPool:

@@ -143,6 +143,27 @@ def test_the_creators_close_removes_dedicated_segments_but_keeps_views_valid():
     loan.release()
 
 
+def test_exit_without_close_removes_the_pool_and_its_dedicated_segments():
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import shmipc, sys
+        p = shmipc.BufferPool.create(size=1 << 20, classes={65536: 2})
+        loan = p.loan(100_000)
+        print(p.name, flush=True)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    name = out.stdout.strip()
+    assert name and not os.path.exists(f"/dev/shm/{name}")
+    assert [n for n in os.listdir("/dev/shm") if dedicated_owner(n) == name] == []
+
+
 def test_a_dead_holders_dedicated_block_is_reclaimed(pool):
     def child(fd: int) -> None:
         loan = pool.loan(pool.largest_block * 2)
