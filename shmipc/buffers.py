@@ -72,9 +72,11 @@ import atexit
 import contextlib
 import dataclasses
 import hashlib
+import mmap
 import os
 import pickle
 import secrets
+import stat
 import struct
 import sys
 import threading
@@ -90,7 +92,7 @@ from . import codec as _codec
 from ._names import check_name
 from ._native import PoolBuffer, ffi, lib
 from .errors import CorruptedError, ShmipcError
-from .layout import CACHE_LINE, SEGMENT_LAYOUT, Kind, Layout, align_up
+from .layout import CACHE_LINE, SEGMENT_LAYOUT, InitState, Kind, Layout, align_up
 from .region import PAGE_SIZE, SHM_DIR, Region, _owned
 from .sync import deadline_ns
 
@@ -633,12 +635,7 @@ class BufferPool:
             raise CorruptedError(
                 f"handle names segment {name!r}, not a dedicated block of pool {self.name!r}"
             )
-        try:
-            region = Region._attach_segment(
-                name, kind=Kind.BUFFER_POOL, timeout=1.0, trusted_uids=trusted_uids
-            )
-        except (OSError, ShmipcError, TimeoutError) as exc:
-            raise CorruptedError(f"dedicated block {name!r} cannot be mapped: {exc}") from None
+        region = _map_dedicated(name, tuple(trusted_uids))
         header = region.header
         if header is None or not header.flags & DEDICATED_FLAG or region.size < _D_DATA:
             region.close()
@@ -790,6 +787,53 @@ def _is_dedicated_of(name: str, prefix: str) -> bool:
 
 
 _HEX = frozenset("0123456789abcdef")
+
+
+def _map_dedicated(name: str, trusted: tuple[int, ...]) -> Region:
+    """Map a dedicated block segment a handle names, believing nothing about the file: opened
+    O_NONBLOCK | O_NOFOLLOW (a FIFO or a symlink planted under the name cannot block or
+    redirect us), a regular file owned by us or a trusted uid, big enough, a valid header."""
+    path = os.path.join(SHM_DIR, name)
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise CorruptedError(f"dedicated block {name!r} cannot be opened: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptedError(f"dedicated block {name!r} is not a regular file")
+        if st.st_uid != os.geteuid() and st.st_uid not in trusted:
+            raise CorruptedError(
+                f"dedicated block {name!r} belongs to uid {st.st_uid}, not to this process's "
+                "uid nor a trusted one: refused"
+            )
+        if st.st_size < _D_DATA + 1 or st.st_blocks * 512 < st.st_size:
+            raise CorruptedError(f"dedicated block {name!r} is too small or sparse: refused")
+        mm = mmap.mmap(fd, st.st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    region = Region(
+        mm,
+        data_offset=SEGMENT_LAYOUT.size,
+        name=name,
+        kind=Kind.BUFFER_POOL,
+        trusted_uids=trusted,
+        file_owner=(st.st_uid, st.st_mode & 0o777),
+    )
+    try:
+        header = region.header
+        assert header is not None
+        header.validate(kind=Kind.BUFFER_POOL, mapped_size=st.st_size, name=name)
+        ready = lib.shmipc_load32_acquire(region._base, SEGMENT_LAYOUT["init_state"])
+        if ready != InitState.READY:
+            raise CorruptedError(f"dedicated block {name!r} is not ready")
+    except BaseException as exc:
+        region.close()
+        if isinstance(exc, (CorruptedError, ShmipcError)):
+            raise CorruptedError(f"dedicated block {name!r}: {exc}") from None
+        raise
+    return region
 
 
 def dedicated_owner(name: str) -> str | None:

@@ -274,6 +274,29 @@ def put_frame(q: Queue, frame: bytes) -> None:
     q._live_ring()._put(frame, 1, -1)
 
 
+@pytest.mark.parametrize("plant", ["fifo", "symlink", "other_kind", "sparse"])
+def test_a_planted_file_under_the_dedicated_prefix_is_refused(q, pool, plant):
+    name = pool._dedicated_prefix + "0123456789abcdef"
+    path = f"/dev/shm/{name}"
+    if plant == "fifo":
+        os.mkfifo(path, 0o600)
+    elif plant == "symlink":
+        os.symlink(f"/dev/shm/{pool.name}", path)
+    elif plant == "other_kind":
+        import shutil
+
+        shutil.copyfile(f"/dev/shm/{q.name}", path)
+    else:
+        with open(path, "wb") as f:
+            f.truncate(1 << 20)
+    try:
+        put_frame(q, _handle(pool, name=name, cls=255, offset=4096))
+        with pytest.raises(CorruptedError):
+            q.get(timeout=1)  # never blocks opening a FIFO, never follows the link
+    finally:
+        os.unlink(path)
+
+
 def test_hostile_handles_are_corrupted_errors(q, pool):
     loan = pool.loan(16)  # block 0 of class 0, generation 1: a real block to aim at
     c0 = pool._classes[0]
