@@ -415,3 +415,54 @@ def test_forwarding_a_received_view_sends_the_same_block(q, pool):
     assert in_use(pool) == 1 and bytes(mv[:64]) == got[:8].tobytes()
     del got, again, mv
     assert in_use(pool) == 0
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    flavor=st.integers(0, 3),
+    cls=st.one_of(st.integers(0, 3), st.just(255), st.integers(0, 255)),
+    index=st.one_of(st.integers(0, 4), st.integers(0, (1 << 32) - 1)),
+    gen=st.integers(0, 4),
+    offset_delta=st.one_of(st.just(0), st.integers(-(1 << 20), 1 << 20)),
+    sub=st.one_of(st.just(0), st.integers(0, 1 << 64 - 1)),
+    nbytes=st.one_of(st.integers(0, 8192), st.integers(0, (1 << 64) - 1)),
+    meta=st.one_of(
+        st.just(b""),
+        st.binary(max_size=40),
+        st.builds(
+            lambda d, s, f: __import__("msgpack").packb([d, s, f]),
+            st.sampled_from(["<f8", "|u1", "<i4", "O", "V0", "<U3"]),
+            st.lists(st.integers(-2, 1 << 40), max_size=4),
+            st.integers(-1, 2),
+        ),
+    ),
+)
+def test_structured_hostile_handles_raise_typed_errors_only(
+    flavor, cls, index, gen, offset_delta, sub, nbytes, meta
+):
+    """Well-formed handles with hostile fields, aimed at real blocks that a loan holds (one of
+    them with a transit reference of this channel): CorruptedError or a correct view of the
+    block in transit, never another block's bytes, never a reference gained or lost."""
+    p = _shared_pool()
+    q = _shared_queue()
+    loans = [p.loan(4096) for _ in range(3)]  # blocks of class 0 with generations >= 1
+    for i, loan in enumerate(loans):
+        memoryview(loan)[:] = bytes([i + 1]) * 4096
+    c = p._classes[min(cls, len(p._classes) - 1)] if cls != 255 else p._classes[0]
+    offset = c.data + (index % max(c.count, 1)) * c.size + offset_delta
+    raw = p.name.encode()
+    head = _HANDLE.pack(
+        1, flavor, cls, len(raw), index, gen, 0, max(offset, 0), sub % (1 << 64), nbytes
+    )
+    before = p.statistics()
+    put_frame(q, _TOP_HANDLE + head + raw + meta)
+    try:
+        got = q.get(timeout=1)
+    except (CorruptedError, TypeError, ValueError):
+        got = None
+    if got is not None:  # only a handle naming a block with a transit ref can succeed: none
+        raise AssertionError(f"a forged handle was accepted: {got!r}")
+    for i, loan in enumerate(loans):
+        assert bytes(memoryview(loan)) == bytes([i + 1]) * 4096
+        loan.release()
+    assert in_use(p) == 0 and p.statistics().free_bytes == before.free_bytes + 3 * 4096
