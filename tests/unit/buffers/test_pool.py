@@ -335,3 +335,35 @@ def test_create_checks_its_arguments():
         BufferPool.create(size=1 << 20, classes={1 << 20: 4})
     with pytest.raises(ValueError):
         BufferPool.create(name="../x", size=1 << 20)
+
+
+def test_threads_share_a_small_pool_without_handing_a_block_out_twice():
+    import threading
+
+    p = BufferPool.create(size=1 << 20, classes={4096: 3, 8192: 2})
+    errors: list[str] = []
+
+    def worker(ident: int) -> None:
+        try:
+            for i in range(1500):
+                with p.loan(4000 + (i % 2) * 100, timeout=30) as loan:
+                    mv = memoryview(loan)
+                    stamp = bytes([ident, i & 0xFF]) * 2100
+                    mv[:] = stamp[: len(mv)]
+                    time.sleep(0)
+                    if bytes(mv) != stamp[: len(mv)]:
+                        errors.append(f"thread {ident}: block changed under its loan")
+                    mv.release()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert not errors, errors[:3]
+        assert in_use(p) == 0
+    finally:
+        p.close()

@@ -440,9 +440,9 @@ def test_forwarding_a_received_view_sends_the_same_block(q, pool):
 def test_structured_hostile_handles_raise_typed_errors_only(
     flavor, cls, index, gen, offset_delta, sub, nbytes, meta
 ):
-    """Well-formed handles with hostile fields, aimed at real blocks that a loan holds (one of
-    them with a transit reference of this channel): CorruptedError or a correct view of the
-    block in transit, never another block's bytes, never a reference gained or lost."""
+    """Well-formed handles with hostile fields, aimed at real blocks that loans hold (none with
+    a transit reference of this channel): always a typed error, never a view of a block, a
+    reference gained or lost, or a byte written."""
     p = _shared_pool()
     q = _shared_queue()
     loans = [p.loan(4096) for _ in range(3)]  # blocks of class 0 with generations >= 1
