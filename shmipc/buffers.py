@@ -81,7 +81,6 @@ import struct
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, SupportsIndex
 
@@ -91,7 +90,7 @@ from . import _proc
 from . import codec as _codec
 from ._names import check_name
 from ._native import PoolBuffer, ffi, lib
-from .errors import CorruptedError, ShmipcError
+from .errors import Closed, CorruptedError, ShmipcError
 from .layout import CACHE_LINE, SEGMENT_LAYOUT, InitState, Kind, Layout, align_up
 from .region import PAGE_SIZE, SHM_DIR, Region, _owned
 from .sync import deadline_ns
@@ -276,7 +275,7 @@ class Loan(PoolBuffer):
     when the loan and every view of it have been collected.
     """
 
-    __slots__ = ("__weakref__", "_block", "_pool_ref")
+    __slots__ = ("__weakref__", "_block", "_map", "_pool_name")
 
     def __enter__(self) -> Loan:
         return self
@@ -298,7 +297,7 @@ class _Received(PoolBuffer):
     """A receiver's read-only reference to a block; sending a view of it again (forwarding)
     adds a transit reference to the same block instead of copying it."""
 
-    __slots__ = ("__weakref__", "_block", "_pool_ref")
+    __slots__ = ("__weakref__", "_block", "_map", "_pool_name")
 
 
 def _loan_from_buffer(buf: Any) -> Any:
@@ -516,8 +515,6 @@ class BufferPool:
 
     def _live(self) -> _Map:
         if self._region is None:
-            from .errors import Closed
-
             raise Closed("this pool handle is closed")
         return self._map
 
@@ -548,7 +545,8 @@ class BufferPool:
         buf = kind(m.mm, block.offset, nbytes, readonly, _Release(m, block))
         if not readonly:
             buf._block = block
-            buf._pool_ref = weakref.ref(self)
+            buf._map = m
+            buf._pool_name = self.name
         return buf
 
     def _alloc(self, nbytes: int, deadline: int) -> _Block:
@@ -1077,9 +1075,14 @@ class PoolHook:
         pool = self.pool
         m = pool._live()
         nbytes = view.nbytes
-        if isinstance(loan, (Loan, _Received)) and loan._pool_ref() is pool and not loan.released:
+        if (
+            isinstance(loan, (Loan, _Received))
+            and loan._pool_name == pool.name
+            and not loan.released
+        ):
+            # (A loan of another handle of the same pool works too: its own map places it.)
             b: _Block = loan._block
-            bm = b.dmap or m
+            bm = loan._map
             addr = arr_addr or _buffer_addr(view)
             sub = addr - (bm.addr + b.offset)
             if sub >= 0 and sub + nbytes <= bm.classes[0 if b.dmap else b.cls].size:
@@ -1292,7 +1295,8 @@ class PoolHook:
         block = _Block(cls, index, gen, c.data + index * c.size, me, dmap)
         buf = _Received(m.mm, block.offset + sub, nbytes, True, _Release(m, block))
         buf._block = block
-        buf._pool_ref = weakref.ref(pool)
+        buf._map = m
+        buf._pool_name = pool.name
         if raw or flavor == _FLAVOR_PICKLE:
             return buf
         if flavor == _FLAVOR_BYTES:

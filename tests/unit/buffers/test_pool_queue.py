@@ -466,3 +466,18 @@ def test_structured_hostile_handles_raise_typed_errors_only(
         assert bytes(memoryview(loan)) == bytes([i + 1]) * 4096
         loan.release()
     assert in_use(p) == 0 and p.statistics().free_bytes == before.free_bytes + 3 * 4096
+
+
+def test_a_loan_of_another_handle_of_the_same_pool_travels_without_a_copy(q, pool):
+    other = BufferPool.attach(pool.name)
+    try:
+        arr = other.loan_array(1000, np.int64)
+        arr[:] = 5
+        q.put(arr[10:])
+        assert in_use(pool) == 1  # the loan's block, no copy
+        got = q.get()
+        assert len(got) == 990 and int(got.sum()) == 5 * 990
+        del arr, got
+        assert in_use(pool) == 0
+    finally:
+        other.close()
