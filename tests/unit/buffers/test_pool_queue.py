@@ -481,3 +481,27 @@ def test_a_loan_of_another_handle_of_the_same_pool_travels_without_a_copy(q, poo
         assert in_use(pool) == 0
     finally:
         other.close()
+
+
+def test_a_spawned_child_gets_the_queue_and_its_pool_by_name(pool):
+    import multiprocessing
+
+    from pool_helpers import echo_sum
+
+    ctx = multiprocessing.get_context("spawn")
+    jobs = Queue(pool=pool, zero_copy_threshold=1024)
+    results = Queue(pool=pool, zero_copy_threshold=1024)
+    try:
+        jobs.put(np.arange(10_000, dtype=np.int64))
+        p = ctx.Process(target=echo_sum, args=(jobs, results))
+        p.start()
+        total, doubled = results.get(timeout=60)
+        p.join(30)
+        assert p.exitcode == 0
+        assert total == sum(range(10_000)) and int(doubled[-1]) == 2 * 9_999
+        del doubled
+        pool.reclaim()  # the child exited holding its loan: its reference is taken back
+        assert in_use(pool) == 0
+    finally:
+        jobs.close()
+        results.close()
