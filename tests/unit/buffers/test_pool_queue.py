@@ -155,12 +155,17 @@ def test_a_full_queue_gives_the_blocks_back(pool):
     q = Queue(maxsize=1, pool=pool, zero_copy_threshold=1024)
     try:
         q.put(np.zeros(1000))
+        loan = q.loan_array(1000, np.float64)
         with pytest.raises(queue.Full):
-            q.put(np.zeros(1000), timeout=0.05)
+            q.put(np.zeros(1000), timeout=0.05)  # its copied block goes back
+        with pytest.raises(queue.Full):
+            q.put(loan, timeout=0)  # its transit reference goes back
+        assert in_use(pool) == 2  # the message waiting, and the loan
+        del loan
+        got = q.get()
         assert in_use(pool) == 1
-        del q.get  # nothing: keep the handle's method
-    except AttributeError:
-        pass
+        del got
+        assert in_use(pool) == 0
     finally:
         q.close()
 
