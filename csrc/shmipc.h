@@ -12,7 +12,7 @@
 
 /* Bumped whenever a signature, a constant or a shared layout defined here changes: Python
  * refuses to import an extension whose stamp differs (a stale build). */
-#define SHMIPC_ABI_VERSION 8
+#define SHMIPC_ABI_VERSION 9
 
 /* Wait outcomes (shmipc_futex_wait, shmipc_wait_while32, shmipc_lock_acquire, rings). */
 #define SHMIPC_OK 0          /* woken, or the condition was already met */
@@ -267,3 +267,50 @@ void shmipc_claim_pause_after(int step);
  * straight from the ring) and `RingMiss` to this extension module. Called once at import by
  * shmipc/_native.py; returns 0, or -1 if the module could not be extended. */
 int shmipc_fastpath_install(void);
+
+/* ---- B1: block pool (csrc/pool.c; invariants at its top, docs/zero-copy.md) ---------------
+ * A block header is SHMIPC_POOL_BLOCK_HEADER bytes at a 64-aligned offset (calls take the
+ * mapping's base and the header's absolute offset, computed by Python from the geometry it
+ * validated at attach, never read back from shared memory):
+ *   0   u64 lock    0 free, else the locker's shmipc_lock_identity()
+ *   8   u64 state   generation << 32 | in_use (0 free, 1 held)
+ *   16  u32 class   the block's size class (informational: Python knows it from the index)
+ *   20  u32 flags   reserved
+ *   24  u64 nbytes  bytes the current loan asked for
+ *   32  SHMIPC_POOL_SLOTS x u64 holder slots: key (bits 0..47) | count (bits 48..63);
+ *       a key is pid (22 bits) | start time low 26 bits << 22 for a process, or
+ *       SHMIPC_POOL_TRANSIT | tag for references in transit in a channel. 0 = empty slot. */
+#define SHMIPC_POOL_BLOCK_HEADER 128
+#define SHMIPC_POOL_SLOTS 12
+#define SHMIPC_POOL_OFF_LOCK 0
+#define SHMIPC_POOL_OFF_STATE 8
+#define SHMIPC_POOL_OFF_CLASS 16
+#define SHMIPC_POOL_OFF_NBYTES 24
+#define SHMIPC_POOL_OFF_SLOTS 32
+#define SHMIPC_POOL_KEY_MASK 0xFFFFFFFFFFFF
+#define SHMIPC_POOL_COUNT_SHIFT 48
+/* adjust/alloc outcomes (>= 0 success) */
+#define SHMIPC_POOL_DONE 0     /* done, the block is still in use */
+#define SHMIPC_POOL_FREED 1    /* done, and the block became free (waiters were woken) */
+#define SHMIPC_POOL_STALE -2   /* the block is free or has another generation */
+#define SHMIPC_POOL_NOTHELD -3 /* from_key holds fewer than from_n references */
+#define SHMIPC_POOL_NOSLOT -4  /* no free holder slot for to_key, or its count would overflow */
+#define SHMIPC_POOL_BUSY -5    /* the block lock stayed held: *busy is its holder */
+#define SHMIPC_POOL_NONE -6    /* alloc: no free block in this class */
+/* Take a free block among the `count` headers at hdr0 (stride SHMIPC_POOL_BLOCK_HEADER),
+ * scanning from `start`: returns its index with *gen_out its new generation, key holding one
+ * reference, or SHMIPC_POOL_NONE. A block whose lock is held is skipped. */
+int64_t shmipc_pool_alloc(char *base, size_t hdr0, uint32_t count, uint32_t start,
+                          uint32_t cls, uint64_t key, uint64_t nbytes, uint32_t *gen_out);
+/* Under the block lock, for generation gen: take from_n references from from_key (0: none)
+ * and give to_n to to_key (0: none), all or nothing; a block left without references is
+ * freed (state in_use 0, the free sequence bumped, sleepers woken). */
+int shmipc_pool_adjust(char *base, size_t hdr, uint32_t gen, uint64_t from_key,
+                       uint32_t from_n, uint64_t to_key, uint32_t to_n, size_t seq_off,
+                       size_t waiters_off, uint64_t *busy);
+/* Take the block lock from `observed` (a locker the caller found dead), repair the state
+ * word from the slots, let go. 1 if taken (2 if that freed the block), 0 if it moved on. */
+int shmipc_pool_takeover(char *base, size_t hdr, uint64_t observed, size_t seq_off,
+                         size_t waiters_off);
+/* Adds the `PoolBuffer` type to the extension module (shmipc/_native.py calls it). */
+int shmipc_pool_install(void);

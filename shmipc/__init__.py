@@ -21,6 +21,7 @@ if _sys.version_info < (3, 10):  # noqa: UP036 - setup.py refuses these too
     raise ImportError("shmipc needs CPython 3.10 or newer")
 
 from ._version import __version__
+from .buffers import BufferPool, Loan, PoolExhausted, PoolStatistics
 from .errors import (
     Closed,
     CorruptedError,
@@ -39,14 +40,18 @@ from .sync import AtomicCounter, Barrier, Event, Lock, Semaphore
 __all__ = [
     "AtomicCounter",
     "Barrier",
+    "BufferPool",
     "Closed",
     "CorruptedError",
     "Event",
     "Lagged",
     "LayoutMismatch",
+    "Loan",
     "Lock",
     "MessageTooLarge",
     "PeerDied",
+    "PoolExhausted",
+    "PoolStatistics",
     "Queue",
     "Region",
     "Revoked",

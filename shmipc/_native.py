@@ -14,10 +14,10 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
         f"({exc})"
     ) from exc
 
-__all__ = ["ABI_VERSION", "Port", "RingMiss", "View", "ffi", "lib"]
+__all__ = ["ABI_VERSION", "PoolBuffer", "Port", "RingMiss", "View", "ffi", "lib"]
 
 #: The ABI stamp this Python code was written against; csrc/shmipc.h must say the same.
-ABI_VERSION = 8
+ABI_VERSION = 9
 
 if lib.shmipc_abi_version() != ABI_VERSION:  # pragma: no cover - only with a stale build
     raise ImportError(
@@ -31,3 +31,8 @@ if lib.shmipc_fastpath_install() != 0:  # pragma: no cover - only if the interpr
     raise ImportError("shmipc's compiled core could not add its fast paths (Port)")
 
 from ._native_ext import Port, RingMiss, View  # noqa: E402 - exist only after the install above
+
+# The block pool's reference exporter (csrc/pool.c).
+if lib.shmipc_pool_install() != 0:  # pragma: no cover - only if the interpreter refuses
+    raise ImportError("shmipc's compiled core could not add PoolBuffer")
+from ._native_ext import PoolBuffer  # noqa: E402

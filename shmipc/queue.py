@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import queue as _stdlib_queue
+import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _spill
 from ._native import Port, RingMiss, lib
+from .buffers import BufferPool, Loan, PoolExhausted, PoolHook, channel_tag
+from .buffers import _attach_cached as _attach_pool
 from .codec import Codec, get_codec
 from .errors import Closed, CorruptedError
 from .layout import Kind
@@ -36,6 +39,8 @@ T_OBJ = 1  # a codec frame
 T_BYTES = 2  # raw bytes from put_bytes: get() returns them as bytes
 T_SPILL_OBJ = 3  # a reference to a spilled codec frame
 T_SPILL_BYTES = 4  # a reference to spilled raw bytes
+
+DEFAULT_ZERO_COPY_THRESHOLD = 64 * 1024
 
 # Which codec a queue was made with, kept in its segment header's flags.
 _CODEC_IDS = {"msgpack": 1, "pickle": 2, "raw": 3}
@@ -60,6 +65,9 @@ class Queue:
     handle spills or reads from a spill (``MessageTooLarge`` on put; a reference claiming more
     is ``CorruptedError``, refused before allocating); ``max_spilled`` bounds the bytes of
     this queue's spilled messages waiting at once when this handle spills (``queue.Full``).
+    ``pool`` (a :class:`~shmipc.BufferPool`) sends numpy arrays and top-level bytes-like
+    objects of ``zero_copy_threshold`` bytes or more, loans and loaned arrays by handle to a
+    pool block (docs/zero-copy.md); ``get`` then returns a read-only view of the block.
     """
 
     def __init__(
@@ -76,8 +84,11 @@ class Queue:
         liveness: float = DEFAULT_LIVENESS,
         max_message: int = _spill.DEFAULT_MAX_MESSAGE,
         max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
+        pool: BufferPool | None = None,
+        zero_copy_threshold: int = DEFAULT_ZERO_COPY_THRESHOLD,
     ) -> None:
         codec_obj = get_codec(codec)
+        _check_pool(pool, zero_copy_threshold)
         _spill.check_bounds(max_message, max_spilled)  # before there is a segment to leak
         codec_id = _CODEC_IDS.get(codec, 0) if isinstance(codec, str) else 0
         ring = Ring.create(
@@ -91,7 +102,21 @@ class Queue:
             spsc=spsc,
             liveness=liveness,
         )
-        self._bind(ring, codec_obj, max(0, maxsize), spill, max_message, max_spilled)
+        self._bind(
+            ring,
+            codec_obj,
+            max(0, maxsize),
+            spill,
+            max_message,
+            max_spilled,
+            pool,
+            zero_copy_threshold,
+        )
+
+    @classmethod
+    def create(cls, name: str | None = None, **kwargs: Any) -> Queue:
+        """``Queue(name=name, **kwargs)``, spelled like the other structures' constructors."""
+        return cls(name=name, **kwargs)
 
     def _bind(
         self,
@@ -101,13 +126,15 @@ class Queue:
         spill: bool,
         max_message: int = _spill.DEFAULT_MAX_MESSAGE,
         max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
+        pool: BufferPool | None = None,
+        zero_copy_threshold: int = DEFAULT_ZERO_COPY_THRESHOLD,
     ) -> None:
         self._ring: Ring | None = ring
         self._closed_ring: Ring | None = None
         self._cap = ring._cap
         self._codec = codec
-        self._encode = codec.encode
-        self._decode_frame = codec.decode
+        self._encode: Callable[..., bytes] = codec.encode
+        self._decode_frame: Callable[[Any], Any] = codec.decode
         self._maxsize = maxsize
         # With the built-in codecs a bytes object decodes to itself, so it can skip framing.
         self._bytes_as_is = getattr(codec, "name", None) in _CODEC_IDS
@@ -132,15 +159,26 @@ class Queue:
         # that the port does not keep this handle alive. The port holds an export of the
         # mapping itself: a bound method that outlives this handle (or a call still inside the
         # ring) keeps the memory mapped, and answers Closed (docs/internals/lifetime.md).
+        # With a pool, every frame goes through one PoolHook (shmipc.buffers): large arrays
+        # and bytes travel as handles to pool blocks, claimed by the receiver on decode.
+        self._pool_hook: PoolHook | None = None
+        if pool is not None:
+            tag = channel_tag(ring.name, header.creator_pid, header.creator_start)
+            self._pool_hook = PoolHook(
+                pool, codec, tag, zero_copy_threshold, ring.region._trusted_uids
+            )
+            self._encode = self._pool_hook.encode
+            self._decode_frame = self._pool_hook.decode
+            self._bytes_as_is = False
         me = weakref.ref(self)
         self._port = port = Port(
             ring._mapping,
             ring._map_off,
             ring._cap,
-            codec.decode,
+            self._decode_frame,
             T_OBJ,
             T_BYTES,
-            encode=codec.encode,
+            encode=self._encode,
             deadline=deadline_ns,
             slow_put=lambda *a: _handle(me)._put_slow(*a),
             slow_get=lambda *a: _handle(me)._get_miss(*a),
@@ -150,6 +188,8 @@ class Queue:
         self._fput_many = port.put_many
         self._fget_many = port.get_many
         cls = type(self)
+        if self._pool_hook is not None:
+            return  # put goes through _put_pooled (encode, then undo on failure); get is fast
         for name, fast in (
             ("put", port.send),
             ("put_bytes", port.send_bytes),
@@ -170,6 +210,8 @@ class Queue:
         trusted_uids: Iterable[int] = (),
         max_message: int = _spill.DEFAULT_MAX_MESSAGE,
         max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
+        pool: BufferPool | str | None = None,
+        zero_copy_threshold: int = DEFAULT_ZERO_COPY_THRESHOLD,
     ) -> Queue:
         """Attach the queue another process created under ``name``.
 
@@ -177,8 +219,12 @@ class Queue:
         code, so only ``codec="pickle"`` from the caller ever unpickles. A queue another user
         owns is refused unless that uid is in ``trusted_uids``; ``timeout`` bounds the wait
         for a creator still initialising it (see ``Region.attach``). ``max_message`` and
-        ``max_spilled`` bound this handle's spills (see ``Queue``).
+        ``max_spilled`` bound this handle's spills (see ``Queue``). ``pool`` is the block pool
+        (or its name, attached with ``trusted_uids``) whose handles this queue carries.
         """
+        if isinstance(pool, str):
+            pool = _attach_pool(pool, trusted_uids)
+        _check_pool(pool, zero_copy_threshold)
         ring = Ring.attach(name, kind=Kind.QUEUE, timeout=timeout, trusted_uids=trusted_uids)
         try:
             header = ring.region.header
@@ -206,7 +252,16 @@ class Queue:
                     )
             maxsize = lib.shmipc_load64_relaxed(ring._ptr, lib.SHMIPC_RING_OFF_MAX_COUNT)
             self = cls.__new__(cls)
-            self._bind(ring, get_codec(codec), maxsize, spill, max_message, max_spilled)
+            self._bind(
+                ring,
+                get_codec(codec),
+                maxsize,
+                spill,
+                max_message,
+                max_spilled,
+                pool,
+                zero_copy_threshold,
+            )
         except BaseException:
             ring.close()
             raise
@@ -250,7 +305,50 @@ class Queue:
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` on the queue; queue.Full if no room came within ``timeout``."""
+        if self._pool_hook is not None:
+            self._put_pooled(obj, block, timeout)
+            return
         self._port.send(obj, block, timeout)
+
+    def _put_pooled(self, obj: Any, block: bool, timeout: float | None) -> None:
+        """put with a pool: encode (copying large payloads once into blocks, adding transit
+        references), store the frame; if storing fails, the references are dropped again."""
+        hook = self._pool_hook
+        assert hook is not None
+        self._live_ring()
+        deadline = deadline_ns(timeout) if block else deadline_ns(0)
+        remaining = None if deadline == -1 else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+        try:
+            frame = hook.encode(obj, timeout=remaining)
+        except PoolExhausted as exc:
+            raise Full(str(exc)) from exc
+        try:
+            rc = self._fput(frame, T_OBJ, deadline)
+            if rc != _OK:
+                self._put_slow(rc, frame, T_OBJ, deadline)
+        except BaseException:
+            hook.discard(frame)
+            raise
+
+    # ---- loans ---------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> BufferPool | None:
+        """The block pool this queue sends large payloads through (None: none)."""
+        return self._pool_hook.pool if self._pool_hook is not None else None
+
+    def loan(self, nbytes: int, timeout: float | None = None) -> Loan:
+        """A writable block of this queue's pool; ``put(loan)`` sends it without a copy."""
+        return self._need_pool().loan(nbytes, timeout)
+
+    def loan_array(self, shape: Any, dtype: Any, timeout: float | None = None) -> Any:
+        """A writable ndarray in a block of this queue's pool; ``put`` sends it by handle."""
+        return self._need_pool().loan_array(shape, dtype, timeout)
+
+    def _need_pool(self) -> BufferPool:
+        if self._pool_hook is None:
+            raise ValueError("this queue has no block pool: create it with pool=BufferPool...")
+        return self._pool_hook.pool
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
@@ -286,6 +384,15 @@ class Queue:
     ) -> None:
         """Put every object in order with as few native calls as the ring's room allows."""
         ring = self._live_ring()
+        if self._pool_hook is not None:
+            for i, obj in enumerate(objs):  # each frame's blocks are undone on its own failure
+                try:
+                    self._put_pooled(obj, block, timeout)
+                except Full:
+                    if i:
+                        raise Full(f"{i} items were put before the queue filled") from None
+                    raise
+            return
         deadline = deadline_ns(timeout) if block else 0
         items = list(objs)
         total = len(items)
@@ -496,6 +603,7 @@ class Queue:
         # header): a spawned child of a pickle queue unpickles because its parent asked to.
         trusted = self._live_ring().region._trusted_uids
         spills = self._spills
+        hook = self._pool_hook
         return (
             _attach_queue,
             (
@@ -505,6 +613,8 @@ class Queue:
                 trusted,
                 spills.max_message,
                 spills.max_spilled,
+                hook.pool.name if hook is not None else None,
+                hook.threshold if hook is not None else DEFAULT_ZERO_COPY_THRESHOLD,
             ),
         )
 
@@ -532,6 +642,8 @@ def _attach_queue(
     trusted_uids: tuple[int, ...] = (),
     max_message: int = _spill.DEFAULT_MAX_MESSAGE,
     max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
+    pool: str | None = None,
+    zero_copy_threshold: int = 64 * 1024,
 ) -> Queue:
     return Queue.attach(
         name,
@@ -540,4 +652,13 @@ def _attach_queue(
         trusted_uids=trusted_uids,
         max_message=max_message,
         max_spilled=max_spilled,
+        pool=pool,
+        zero_copy_threshold=zero_copy_threshold,
     )
+
+
+def _check_pool(pool: Any, threshold: int) -> None:
+    if pool is not None and not isinstance(pool, BufferPool):
+        raise TypeError(f"pool must be a BufferPool (or its name, on attach), not {pool!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+        raise ValueError(f"zero_copy_threshold must be an int >= 1, not {threshold!r}")
