@@ -24,6 +24,7 @@ from ._version import __version__
 from .errors import (
     Closed,
     CorruptedError,
+    Evicted,
     Lagged,
     LayoutMismatch,
     MessageTooLarge,
@@ -35,6 +36,7 @@ from .queue import Queue
 from .region import Region
 from .ring import Ring, RingStatistics
 from .sync import AtomicCounter, Barrier, Event, Lock, Semaphore
+from .topic import Publisher, Subscriber, Topic, TopicStatistics
 
 __all__ = [
     "AtomicCounter",
@@ -42,11 +44,13 @@ __all__ = [
     "Closed",
     "CorruptedError",
     "Event",
+    "Evicted",
     "Lagged",
     "LayoutMismatch",
     "Lock",
     "MessageTooLarge",
     "PeerDied",
+    "Publisher",
     "Queue",
     "Region",
     "Revoked",
@@ -54,5 +58,8 @@ __all__ = [
     "RingStatistics",
     "Semaphore",
     "ShmipcError",
+    "Subscriber",
+    "Topic",
+    "TopicStatistics",
     "__version__",
 ]

@@ -14,7 +14,7 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
         f"({exc})"
     ) from exc
 
-__all__ = ["ABI_VERSION", "Port", "RingMiss", "View", "ffi", "lib"]
+__all__ = ["ABI_VERSION", "Port", "RingMiss", "View", "ffi", "lib"]  # + TopicPort, TopicMiss
 
 #: The ABI stamp this Python code was written against; csrc/shmipc.h must say the same.
 ABI_VERSION = 8
@@ -31,3 +31,7 @@ if lib.shmipc_fastpath_install() != 0:  # pragma: no cover - only if the interpr
     raise ImportError("shmipc's compiled core could not add its fast paths (Port)")
 
 from ._native_ext import Port, RingMiss, View  # noqa: E402 - exist only after the install above
+
+# The topics' hot paths (csrc/topic.c): TopicPort and TopicMiss, added the same way.
+if lib.shmipc_topic_install() != 0:  # pragma: no cover - only if the interpreter refuses
+    raise ImportError("shmipc's compiled core could not add its topic paths (TopicPort)")
