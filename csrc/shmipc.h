@@ -296,6 +296,7 @@ int shmipc_fastpath_install(void);
 #define SHMIPC_TOPIC_OFF_DATA_WAITERS 192  /* u32: subscribers asleep on the tail's low word */
 #define SHMIPC_TOPIC_OFF_SPACE_WAITERS 256 /* u32: publishers asleep waiting for room */
 #define SHMIPC_TOPIC_OFF_SPACE_SEQ 260     /* u32: bumped when room may have been made */
+#define SHMIPC_TOPIC_OFF_SPACE_NEED 264    /* u64: the cursor a sleeping publisher waits for */
 #define SHMIPC_TOPIC_OFF_LAPS 320          /* u64: Lagged reports (atomic) */
 #define SHMIPC_TOPIC_OFF_MISSED 328        /* u64: messages missed by lagged subscribers */
 #define SHMIPC_TOPIC_OFF_EVICTIONS 336     /* u64: subscribers evicted (atomic) */

@@ -109,11 +109,15 @@ int shmipc_topic_init(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy,
 
 /* ---- subscriber slots (T4..T6) ---------------------------------------------------------- */
 
-/* Room may have been made (a cursor moved, a slot went away): wake sleeping publishers. */
-static void wake_publishers(char *t) {
+/* Room may have been made (a cursor moved to `cursor`, or a slot went away: UINT64_MAX):
+ * wake sleeping publishers, if any sleeps and the cursor reached the one they wait for (a
+ * quarter of the ring past what they need, or the tail: so a reader keeping pace with a
+ * waiting publisher costs one wake per quarter ring, not one per message). */
+static void wake_publishers(char *t, uint64_t cursor) {
     /* seq_cst fence: pairs with the publisher's seq_cst registration in wait_space. */
     atomic_thread_fence(SEQ_CST);
-    if (atomic_load_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), RELAXED)) {
+    if (atomic_load_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), RELAXED) &&
+        cursor >= atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), RELAXED)) {
         atomic_fetch_add_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_SEQ), 1, SEQ_CST);
         shmipc_futex_wake(t, SHMIPC_TOPIC_OFF_SPACE_SEQ, INT_MAX);
     }
@@ -185,7 +189,7 @@ int shmipc_topic_evict(char *t, uint32_t max_subs, uint32_t slot, uint64_t obser
         return 0;
     if (W_STATE(observed) == SHMIPC_TOPIC_ACTIVE)
         atomic_fetch_add_explicit(A64(t, SHMIPC_TOPIC_OFF_EVICTIONS), 1, RELAXED);
-    wake_publishers(t);
+    wake_publishers(t, UINT64_MAX);
     return 1;
 }
 
@@ -200,7 +204,7 @@ int shmipc_topic_release(char *t, uint32_t max_subs, uint32_t slot, uint64_t wor
         if (atomic_compare_exchange_strong_explicit(
                 A64(s, SHMIPC_TOPIC_SLOT_OFF_WORD), &w,
                 MAKE_W(0, W_GEN(word) + 1, SHMIPC_TOPIC_FREE), SEQ_CST, RELAXED)) {
-            wake_publishers(t);
+            wake_publishers(t, UINT64_MAX);
             return 1;
         }
     }
@@ -250,9 +254,18 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
     /* Register, then look again, then sleep on the sequence word: a subscriber stores its
      * cursor, fences (seq_cst) and reads the count (wake_publishers), so either it sees us
      * or we see its cursor; the futex re-checks the sequence word atomically. */
-    atomic_fetch_add_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
+    uint64_t tail = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_TAIL), ACQUIRE);
+    uint64_t want = need + cap / 4 < tail ? need + cap / 4 : tail;
+    if (want < need) want = need;
+    /* The bound subscribers compare their cursor with: ours if none sleeps yet, else the
+     * lower one (a publisher that sleeps past it is woken by the slice's end at worst). */
+    uint32_t before = atomic_fetch_add_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
+    uint64_t cur = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), RELAXED);
+    if (before == 0 || want < cur)
+        atomic_store_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), want, SEQ_CST);
+    atomic_thread_fence(SEQ_CST);
     uint32_t seq = atomic_load_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_SEQ), SEQ_CST);
-    uint64_t tail = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_TAIL), SEQ_CST);
+    tail = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_TAIL), SEQ_CST);
     int rc = SHMIPC_OK;
     if (slowest(t, cap, max_subs, tail, &m) == SHMIPC_OK && m < need)
         rc = shmipc_futex_wait(t, SHMIPC_TOPIC_OFF_SPACE_SEQ, seq, deadline_ns);
@@ -658,7 +671,7 @@ static int try_take(TopicPort *self, char *t, PyObject **out, uint32_t *kind) {
     /* Release: publishers (T3) reuse the bytes only after seeing the cursor past them. */
     atomic_store_explicit(A64(s, SHMIPC_TOPIC_SLOT_OFF_CURSOR), c + rec, RELEASE);
     atomic_store_explicit(A64(s, SHMIPC_TOPIC_SLOT_OFF_EXPECTED), seq + 1, RELAXED);
-    if (self->policy == SHMIPC_TOPIC_BLOCK) wake_publishers(t);
+    if (self->policy == SHMIPC_TOPIC_BLOCK) wake_publishers(t, c + rec);
     *out = b;
     *kind = k;
     return SHMIPC_OK;

@@ -100,6 +100,7 @@ def _control_layout() -> Layout:
     lay.pad_to(CACHE_LINE)
     lay.add("space_waiters", 4, "I")
     lay.add("space_seq", 4, "I")
+    lay.add("space_need", 8, "Q")  # the cursor a sleeping publisher waits for
     lay.pad_to(CACHE_LINE)
     lay.add("laps", 8, "Q")
     lay.add("missed", 8, "Q")
@@ -140,6 +141,7 @@ for _name, _const in (
     ("data_waiters", "DATA_WAITERS"),
     ("space_waiters", "SPACE_WAITERS"),
     ("space_seq", "SPACE_SEQ"),
+    ("space_need", "SPACE_NEED"),
     ("laps", "LAPS"),
     ("missed", "MISSED"),
     ("evictions", "EVICTIONS"),
