@@ -215,7 +215,7 @@ def test_a_dead_subscriber_does_not_block_a_publisher():
         assert code == 0
         pub = t.publisher()
         t0 = time.monotonic()
-        for i in range(100):
+        for _i in range(100):
             pub.publish_bytes(b"x" * 64, timeout=10)
         assert time.monotonic() - t0 < 5
         assert t.statistics().evictions == 1 and t.statistics().subscribers == []
@@ -242,7 +242,7 @@ def test_a_stopped_subscriber_is_evicted_and_learns_it():
         wait_stopped(child.pid)
         pub = t.publisher()
         t0 = time.monotonic()
-        for i in range(100):  # ~6 rings: blocks on the stopped child until it is evicted
+        for _i in range(100):  # ~6 rings: blocks on the stopped child until it is evicted
             pub.publish_bytes(b"x" * 100, timeout=10)
         blocked = time.monotonic() - t0
         assert 0.25 <= blocked < 0.3 + 3.0
