@@ -346,7 +346,7 @@ def test_attach_refuses_a_corrupt_control_block(shm_name):
 
 
 def test_pickles_by_name_into_a_spawned_child_with_its_codec():
-    from topic_helpers import spawned_receiver
+    from _topic_helpers import spawned_receiver
 
     ctx = multiprocessing.get_context("spawn")
     with Topic.create(capacity=4096, codec="pickle") as t:

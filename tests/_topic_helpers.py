@@ -11,6 +11,15 @@ from typing import Any
 CHECKED = struct.Struct("<IIQI")  # publisher id, length of the fill, sequence number, crc32
 
 
+_PATTERN = bytes(range(256)) * 2
+
+
+def _fill(pub: int, seq: int, n: int) -> bytes:
+    start = (pub * 31 + seq * 7) & 0xFF
+    reps = _PATTERN[start : start + 256] * (n // 256 + 1)
+    return reps[:n]
+
+
 def checked(pub: int, seq: int, n: int) -> bytes:
     """A payload that proves itself: header, fill derived from (pub, seq), crc32 of both."""
     fill = bytes((pub * 31 + seq * 7 + i) & 0xFF for i in range(n))
@@ -40,3 +49,14 @@ def spawned_receiver(topic: Any, ready: Any, n: int, out: Any) -> None:
 
 def stop_self() -> None:
     os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def receive_all(sub: Any, total: int, timeout: float = 30.0) -> dict[int, int]:
+    """Receive ``total`` checked payloads; every publisher's sequence numbers must come as
+    0, 1, 2, ...: returns {publisher: count}. AssertionError on a gap, repeat or torn one."""
+    expect: dict[int, int] = {}
+    for _ in range(total):
+        pub, seq = verify(sub.receive_bytes(timeout=timeout))
+        assert seq == expect.get(pub, 0), f"publisher {pub}: seq {seq}, expected {expect.get(pub, 0)}"
+        expect[pub] = seq + 1
+    return expect
