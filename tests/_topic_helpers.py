@@ -57,6 +57,8 @@ def receive_all(sub: Any, total: int, timeout: float = 30.0) -> dict[int, int]:
     expect: dict[int, int] = {}
     for _ in range(total):
         pub, seq = verify(sub.receive_bytes(timeout=timeout))
-        assert seq == expect.get(pub, 0), f"publisher {pub}: seq {seq}, expected {expect.get(pub, 0)}"
+        assert seq == expect.get(pub, 0), (
+            f"publisher {pub}: seq {seq}, expected {expect.get(pub, 0)}"
+        )
         expect[pub] = seq + 1
     return expect
