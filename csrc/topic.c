@@ -342,7 +342,9 @@ static int publish(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, in
     for (;;) {
         int rc = shmipc_lock_acquire(t, SHMIPC_TOPIC_OFF_LOCK, lock_deadline,
                                      deadline == SHMIPC_TRY_ONLY ? 0 : spin);
-        if (rc == SHMIPC_TIMEDOUT && deadline == 0) rc = SHMIPC_FULL;
+        /* A lock that stays held past the deadline is a publish that timed out (queue.Full);
+         * only the GIL-held first attempt (TRY_ONLY) reports it as TIMEDOUT, to retry. */
+        if (rc == SHMIPC_TIMEDOUT && deadline != SHMIPC_TRY_ONLY) rc = SHMIPC_FULL;
         if (rc != SHMIPC_OK) return rc;
         uint64_t need = 0;
         rc = place(t, cap, max_subs, policy, p, len, kind, &need);

@@ -193,6 +193,8 @@ _NOTBUF = lib.SHMIPC_NOTBUF
 _LAGGED = lib.SHMIPC_LAGGED
 _EVICTED = lib.SHMIPC_EVICTED
 _U64 = (1 << 64) - 1
+#: Linux's PID_MAX_LIMIT: no process id is ever larger (a slot naming one is nonsense).
+_PID_MAX_LIMIT = 1 << 22
 
 
 def _deadline(timeout: float | None) -> int:
@@ -517,6 +519,8 @@ class Topic:
         pid = word >> 32
         if not pid:
             return _proc.Liveness.UNKNOWN
+        if pid > _PID_MAX_LIMIT:
+            return _proc.Liveness.DEAD  # no process can have that id: a scribbled word
         start = lib.shmipc_load64_acquire(self._ptr, HEADER_SIZE + i * SLOT_SIZE + SLOT["start"])
         return _proc.process_state(pid, start)
 
@@ -710,11 +714,9 @@ class Publisher:
             topic = self._live_topic()
             if rc in (_SLICE, _INTERRUPTED):
                 topic._liveness_pass()  # evict the dead and the stopped, free a dead lock
-            elif rc == _TIMEDOUT:
-                pass  # the lock was busy at the first attempt
             elif rc == _NOTBUF:
                 data = memoryview(data).tobytes()
-            elif rc == _FULL:
+            elif rc in (_FULL, _TIMEDOUT):
                 raise Full
             elif rc == _TOOBIG:
                 raise MessageTooLarge(
