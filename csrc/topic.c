@@ -53,6 +53,7 @@
 #include <structmember.h>
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -383,6 +384,12 @@ int shmipc_topic_publish(char *t, uint64_t cap, uint32_t max_subs, const char *d
 
 static PyObject *TopicMiss;
 
+/* Bumped in every forked child: a subscriber made before the fork belongs to its parent (its
+ * slot names the parent, its cursor is the parent's), so the child's calls are refused
+ * (SHMIPC_NOTOWNER) for the price of one compare, instead of a getpid() per message. */
+static unsigned fork_generation;
+static void forked(void) { fork_generation++; }
+
 typedef struct {
     PyObject_HEAD
     char *t;             /* the control block; NULL once closed */
@@ -392,6 +399,7 @@ typedef struct {
     uint32_t policy;
     int64_t spin;
     int32_t slot;        /* -1: a publisher */
+    unsigned forks;      /* fork_generation when it was made */
     int bytes_as_is;
     uint64_t word;       /* the slot's ACTIVE word, as this subscriber claimed it */
     uint64_t cursor;     /* next position to read */
@@ -687,7 +695,7 @@ lapped_or_corrupt:
 
 /* Take the next record, waiting (without the GIL) as the deadline allows, one slice at most. */
 static int take(TopicPort *self, int64_t deadline, PyObject **out, uint32_t *kind) {
-    if (self->slot < 0) return SHMIPC_NOTOWNER;
+    if (self->slot < 0 || self->forks != fork_generation) return SHMIPC_NOTOWNER;
     char *t = enter(self);
     if (!t) return SHMIPC_CLOSED;
     int rc;
@@ -791,6 +799,11 @@ static PyObject *tp_close(TopicPort *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *tp_owned(TopicPort *self, PyObject *unused) {
+    /* False in a child forked after this port was made (see fork_generation). */
+    return PyBool_FromLong(self->forks == fork_generation);
+}
+
 static PyObject *tp_lag(TopicPort *self, PyObject *unused) {
     /* Messages published and not yet received: N - E (N read now). */
     char *t = self->t;
@@ -849,6 +862,7 @@ static int tp_init(TopicPort *self, PyObject *args, PyObject *kwds) {
     uint64_t spin = ld64(self->t + SHMIPC_TOPIC_OFF_SPIN_NS);
     if (spin <= 1000000) self->spin = (int64_t)spin;
     self->slot = slot;
+    self->forks = fork_generation;
     self->word = word;
     self->cursor = self->tail_seen = cursor;
     self->expected = expected;
@@ -906,6 +920,8 @@ static PyMethodDef tp_methods[] = {
      METH_FASTCALL | METH_KEYWORDS,
      "receive_bytes($self, /, timeout=None)\n--\n\nThe next message's payload, undecoded."},
     {"lag", (PyCFunction)tp_lag, METH_NOARGS, "messages published and not yet received"},
+    {"owned", (PyCFunction)tp_owned, METH_NOARGS,
+     "False in a process forked after this port was made"},
     {"close", (PyCFunction)tp_close, METH_NOARGS,
      "Refuse every later call; let go of the mapping once no call is inside it."},
     {NULL, NULL, 0, NULL},
@@ -947,6 +963,7 @@ int shmipc_topic_install(void) {
     PyGILState_STATE gil = PyGILState_Ensure();
     int rc = 0;
     if (!installed) {
+        pthread_atfork(NULL, NULL, forked);
         PyObject *module = PyImport_AddModule("shmipc._native_ext");
         PyObject *type = module ? PyType_FromSpec(&tp_spec) : NULL;
         TopicMiss = type ? PyErr_NewException("shmipc._native_ext.TopicMiss", NULL, NULL) : NULL;

@@ -190,6 +190,7 @@ _TOOBIG = lib.SHMIPC_TOOBIG
 _CORRUPT = lib.SHMIPC_CORRUPT
 _CLOSED = lib.SHMIPC_CLOSED
 _NOTBUF = lib.SHMIPC_NOTBUF
+_NOTOWNER = lib.SHMIPC_NOTOWNER
 _LAGGED = lib.SHMIPC_LAGGED
 _EVICTED = lib.SHMIPC_EVICTED
 _U64 = (1 << 64) - 1
@@ -822,6 +823,11 @@ class Subscriber:
                     "the topic is corrupted: a position, record header or this subscriber's "
                     "slot breaks its rules (docs/topics.md)"
                 )
+            if rc == _NOTOWNER:
+                raise RuntimeError(
+                    "this Subscriber belongs to the process that subscribed (this one was "
+                    "forked from it): subscribe again here"
+                )
             if rc not in (_SLICE, _INTERRUPTED):
                 raise OSError(f"receive failed ({rc})")
             try:
@@ -879,8 +885,10 @@ class Subscriber:
         if self._topic is None:
             return
         self._topic = None
+        owned = self._port.owned()  # a forked child's copy must not free its parent's slot
         self._port.close()
-        lib.shmipc_topic_release(self._ptr, self._max_subs, self._slot, self._word)
+        if owned:
+            lib.shmipc_topic_release(self._ptr, self._max_subs, self._slot, self._word)
 
     def __enter__(self) -> Subscriber:
         return self

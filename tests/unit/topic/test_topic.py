@@ -425,3 +425,20 @@ def test_inspect_segment_raises_corrupted_on_nonsense(topic):
     before = bytes(topic._mapping)
     inspect_segment(memoryview(topic._mapping))
     assert bytes(topic._mapping) == before  # read-only
+
+
+def test_a_forked_child_cannot_use_or_free_its_parents_subscriber(topic):
+    sub, pub = topic.subscribe(), topic.publisher()
+
+    def body(fd: int) -> None:
+        try:
+            sub.receive(timeout=0)
+        except RuntimeError as exc:
+            os.write(fd, b"refused " if "belongs to the process" in str(exc) else b"other ")
+        sub.close()  # must not give the parent's slot back
+
+    code, report = fork_call(body)
+    assert (code, report) == (0, b"refused ")
+    pub.publish("still mine")
+    assert sub.receive(timeout=1) == "still mine"
+    assert topic.statistics().subscribers[0].state == "active"
