@@ -46,8 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import _proc
-from ._native import ffi, lib
-from ._native_ext import TopicMiss, TopicPort  # added by shmipc._native's install
+from ._native import TopicMiss, TopicPort, ffi, lib
 from .codec import Codec, get_codec
 from .errors import (
     Closed,
