@@ -254,24 +254,41 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
     }
     /* Register, then look again, then sleep on the sequence word: a subscriber stores its
      * cursor, fences (seq_cst) and reads the count (wake_publishers), so either it sees us
-     * or we see its cursor; the futex re-checks the sequence word atomically. */
-    uint64_t tail = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_TAIL), ACQUIRE);
-    uint64_t want = need + cap / 4 < tail ? need + cap / 4 : tail;
-    if (want < need) want = need;
-    /* The bound subscribers compare their cursor with: ours if none sleeps yet, else the
-     * lower one (a publisher that sleeps past it is woken by the slice's end at worst). */
-    uint32_t before = atomic_fetch_add_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
-    uint64_t cur = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), RELAXED);
-    if (before == 0 || want < cur)
-        atomic_store_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), want, SEQ_CST);
-    atomic_thread_fence(SEQ_CST);
-    uint32_t seq = atomic_load_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_SEQ), SEQ_CST);
-    tail = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_TAIL), SEQ_CST);
-    int rc = SHMIPC_OK;
-    if (slowest(t, cap, max_subs, tail, &m) == SHMIPC_OK && m < need)
-        rc = shmipc_futex_wait(t, SHMIPC_TOPIC_OFF_SPACE_SEQ, seq, deadline_ns);
-    atomic_fetch_sub_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
-    return rc == SHMIPC_CHANGED ? SHMIPC_OK : rc;
+     * or we see its cursor; the futex re-checks the sequence word atomically. Subscribers
+     * wake us only once the cursor we wait for is a quarter ring past `need` (or at the
+     * tail); a subscriber that pauses between the two is caught by polling every
+     * millisecond, so waiting costs at most 1000 wake-ups a second, never a syscall per
+     * message read. */
+    int64_t slice_end = shmipc_monotonic_ns() + SHMIPC_SLICE_NS;
+    for (;;) {
+        uint64_t tail = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_TAIL), ACQUIRE);
+        uint64_t want = need + cap / 4 < tail ? need + cap / 4 : tail;
+        if (want < need) want = need;
+        /* The bound subscribers compare their cursor with: ours if none sleeps yet, else the
+         * lower one (a publisher that sleeps past it is caught by its poll). */
+        uint32_t before =
+            atomic_fetch_add_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
+        uint64_t cur = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), RELAXED);
+        if (before == 0 || want < cur)
+            atomic_store_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), want, SEQ_CST);
+        atomic_thread_fence(SEQ_CST);
+        uint32_t seq = atomic_load_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_SEQ), SEQ_CST);
+        tail = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_TAIL), SEQ_CST);
+        int rc = SHMIPC_OK;
+        if (slowest(t, cap, max_subs, tail, &m) == SHMIPC_OK && m < need) {
+            int64_t poll = shmipc_monotonic_ns() + 1000000;
+            int64_t until = deadline_ns >= 0 && deadline_ns < poll ? deadline_ns : poll;
+            rc = shmipc_futex_wait(t, SHMIPC_TOPIC_OFF_SPACE_SEQ, seq, until);
+        }
+        atomic_fetch_sub_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
+        if (rc == SHMIPC_CHANGED || rc == SHMIPC_OK) return SHMIPC_OK;
+        if (rc != SHMIPC_TIMEDOUT) return rc; /* SLICE, INTERRUPTED, ERROR */
+        int64_t now = shmipc_monotonic_ns();
+        if (deadline_ns >= 0 && now >= deadline_ns) return SHMIPC_TIMEDOUT;
+        tail = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_TAIL), ACQUIRE);
+        if (slowest(t, cap, max_subs, tail, &m) != SHMIPC_OK || m >= need) return SHMIPC_OK;
+        if (now >= slice_end) return SHMIPC_SLICE;
+    }
 }
 
 /* One record, under the lock held by the caller: SHMIPC_OK, SHMIPC_FULL (policy block, no
