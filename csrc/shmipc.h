@@ -12,7 +12,7 @@
 
 /* Bumped whenever a signature, a constant or a shared layout defined here changes: Python
  * refuses to import an extension whose stamp differs (a stale build). */
-#define SHMIPC_ABI_VERSION 8
+#define SHMIPC_ABI_VERSION 9
 
 /* Wait outcomes (shmipc_futex_wait, shmipc_wait_while32, shmipc_lock_acquire, rings). */
 #define SHMIPC_OK 0          /* woken, or the condition was already met */

@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
 __all__ = ["ABI_VERSION", "Port", "RingMiss", "TopicMiss", "TopicPort", "View", "ffi", "lib"]
 
 #: The ABI stamp this Python code was written against; csrc/shmipc.h must say the same.
-ABI_VERSION = 8
+ABI_VERSION = 9
 
 if lib.shmipc_abi_version() != ABI_VERSION:  # pragma: no cover - only with a stale build
     raise ImportError(
