@@ -442,3 +442,27 @@ def test_a_forked_child_cannot_use_or_free_its_parents_subscriber(topic):
     pub.publish("still mine")
     assert sub.receive(timeout=1) == "still mine"
     assert topic.statistics().subscribers[0].state == "active"
+
+
+def test_attach_refuses_another_users_topic_unless_trusted(shm_name):
+    nobody = 65534
+    with Topic.create(shm_name, capacity=1024) as t:
+        os.chown(os.path.join("/dev/shm", shm_name), nobody, nobody)  # now nobody's topic
+        with pytest.raises(PermissionError, match=rf"trusted_uids=\({nobody},\)"):
+            Topic.attach(shm_name)
+        other = Topic.attach(shm_name, trusted_uids=(nobody,))
+        assert pickle.loads(pickle.dumps(other)).name == t.name  # the trust travels
+        other.close()
+
+
+def test_a_header_naming_pickle_never_makes_attach_unpickle(shm_name, tmp_path):
+    with Topic.create(shm_name, capacity=1024) as t:
+        flags = shmipc.layout.SEGMENT_LAYOUT.fields["flags"]
+        fd = os.open(os.path.join("/dev/shm", shm_name), os.O_RDWR)
+        try:
+            os.pwrite(fd, (2).to_bytes(4, "little"), flags.offset)  # "made with pickle"
+        finally:
+            os.close(fd)
+        with pytest.raises(ValueError, match="codec='pickle'"):
+            Topic.attach(shm_name)
+        assert t.codec.name == "msgpack"
