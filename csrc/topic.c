@@ -771,6 +771,78 @@ static PyObject *tp_get(TopicPort *self, PyObject *const *args, Py_ssize_t nargs
     return deliver(self, payload, kind, decode);
 }
 
+/* get_many(max_items, deadline_ns, decode) -> (list, status, error): at least one record
+ * (waiting for it as the deadline allows; TopicMiss if none), then those already there, up
+ * to max_items, each taken as get() takes one. What ended the batch early (a lap, an
+ * eviction, a corrupt record: `status`; a message that failed to decode: `error`, the
+ * exception) is handed back with the records taken before it, for the next call to raise:
+ * nothing taken is lost with it. */
+static PyObject *tp_get_many(TopicPort *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "get_many(max_items, deadline_ns, decode)");
+        return NULL;
+    }
+    Py_ssize_t max_items = PyLong_AsSsize_t(args[0]);
+    if (max_items == -1 && PyErr_Occurred()) return NULL;
+    int64_t deadline;
+    if (as_deadline(args[1], &deadline)) return NULL;
+    int decode = PyObject_IsTrue(args[2]);
+    if (decode < 0) return NULL;
+    if (max_items < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_items must be >= 1");
+        return NULL;
+    }
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    PyObject *error = NULL;
+    int status = SHMIPC_OK;
+    for (Py_ssize_t i = 0; i < max_items; i++) {
+        PyObject *payload = NULL;
+        uint32_t kind = 0;
+        int rc = take(self, i == 0 ? deadline : 0, &payload, &kind);
+        if (rc == -1) {
+            if (i == 0) goto fail;
+            PyObject *type, *tb;
+            PyErr_Fetch(&type, &error, &tb);
+            PyErr_NormalizeException(&type, &error, &tb);
+            if (error && tb) PyException_SetTraceback(error, tb);
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+            break;
+        }
+        if (rc == SHMIPC_OK && kind != K_OBJ && kind != K_BYTES) {
+            Py_DECREF(payload);
+            rc = SHMIPC_CORRUPT;
+        }
+        if (rc != SHMIPC_OK) {
+            if (i == 0) {
+                Py_DECREF(out);
+                return miss(rc, self);
+            }
+            if (rc != SHMIPC_EMPTY) status = rc;
+            break;
+        }
+        PyObject *obj = deliver(self, payload, kind, decode);
+        if (!obj) {
+            if (i == 0) goto fail;
+            PyObject *type, *tb;
+            PyErr_Fetch(&type, &error, &tb);
+            PyErr_NormalizeException(&type, &error, &tb);
+            if (error && tb) PyException_SetTraceback(error, tb);
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+            break;
+        }
+        int added = PyList_Append(out, obj);
+        Py_DECREF(obj);
+        if (added < 0) goto fail;
+    }
+    return Py_BuildValue("(NiN)", out, status, error ? error : Py_NewRef(Py_None));
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyObject *receive_impl(TopicPort *self, int decode, int64_t deadline) {
     PyObject *payload = NULL;
     uint32_t kind = 0;
@@ -931,6 +1003,8 @@ static PyMethodDef tp_methods[] = {
      "publish_bytes($self, /, obj, timeout=None)\n--\n\nPublish a bytes-like payload as is."},
     {"get", (PyCFunction)(void (*)(void))tp_get, METH_FASTCALL,
      "get(deadline_ns, decode) -> object; TopicMiss(status, missed) otherwise"},
+    {"get_many", (PyCFunction)(void (*)(void))tp_get_many, METH_FASTCALL,
+     "get_many(max_items, deadline_ns, decode) -> (list, status, error)"},
     {"receive", (PyCFunction)(void (*)(void))tp_receive, METH_FASTCALL | METH_KEYWORDS,
      "receive($self, /, timeout=None)\n--\n\nThe next message, decoded, in one call."},
     {"receive_bytes", (PyCFunction)(void (*)(void))tp_receive_bytes,

@@ -789,6 +789,7 @@ class Subscriber:
             slow_get=lambda *a: _alive(me)._slow_get(*a),
         )
         self._get = port.get
+        self._get_many = port.get_many
         self._bind_fast()
 
     def _bind_fast(self) -> None:
@@ -841,25 +842,30 @@ class Subscriber:
         raise exc
 
     def receive_many(self, max_items: int, timeout: float | None = None) -> list[Any]:
-        """Up to ``max_items`` messages: at least one (waiting up to ``timeout``), then those
-        already there. A Lagged (or other error) met after the first is raised by the next
-        call, so no message received is lost with it."""
+        """Up to ``max_items`` messages in one native call: at least one (waiting up to
+        ``timeout``), then those already there. A Lagged (or other error) met after the
+        first is raised by the next call, so no message received is lost with it."""
         if max_items < 1:
             raise ValueError("max_items must be >= 1")
-        out = [self.receive(timeout)]
-        get = self._get
-        while len(out) < max_items:
+        if self._pending is not None:
+            self._raise_pending()
+        deadline = _deadline(timeout)
+        while True:
             try:
-                out.append(get(0, True))
+                out, status, error = self._get_many(max_items, deadline, True)
+                break
             except TopicMiss as exc:
                 rc = exc.args[0]
-                if rc != _EMPTY:
-                    try:
-                        self._slow_get(rc, 0, True)
-                    except BaseException as err:  # keep it for the next call
-                        self._pending = err
-                        self.receive = self.receive_bytes = self._raise_pending  # type: ignore
-                break
+            if rc not in (_SLICE, _INTERRUPTED):
+                self._slow_get(rc, deadline, True)  # raises what rc means
+        if status != _OK or error is not None:
+            try:
+                if error is not None:
+                    raise error
+                self._slow_get(status, 0, True)
+            except BaseException as err:  # kept for the next call
+                self._pending = err
+                self.receive = self.receive_bytes = self._raise_pending  # type: ignore
         return out
 
     def __iter__(self) -> Iterator[Any]:

@@ -466,3 +466,16 @@ def test_a_header_naming_pickle_never_makes_attach_unpickle(shm_name, tmp_path):
         with pytest.raises(ValueError, match="codec='pickle'"):
             Topic.attach(shm_name)
         assert t.codec.name == "msgpack"
+
+
+def test_receive_many_keeps_a_bad_frame_for_the_next_call_and_loses_nothing(topic):
+    from shmipc.topic import K_OBJ
+
+    pub, sub = topic.publisher(), topic.subscribe()
+    pub.publish(1)
+    assert pub._put(b"\xc1", K_OBJ, 0) == lib.SHMIPC_OK  # 0xc1: never valid msgpack
+    pub.publish(2)
+    assert sub.receive_many(10) == [1]
+    with pytest.raises(CorruptedError):  # the codec's error for a bad frame
+        sub.receive(timeout=0)
+    assert sub.receive_many(10, timeout=0) == [2]
