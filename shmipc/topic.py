@@ -503,8 +503,10 @@ class Topic:
                 lib.shmipc_topic_release(p, self._max_subs, slot, word[0])
                 if rc == _TIMEDOUT:
                     raise TimeoutError("subscribe() timed out waiting for the publisher lock")
-                if rc == _CORRUPT:
-                    raise CorruptedError(f"topic {self.name!r}: its tail is corrupted")
+                if rc in (_CORRUPT, lib.SHMIPC_DEADLOCK):
+                    raise CorruptedError(
+                        f"topic {self.name!r}: its tail or its publisher lock word is corrupted"
+                    )
                 raise OSError(f"subscribe failed ({rc})")
             sub = Subscriber(self, slot, out[2], out[0], out[1])
             self._children.add(sub)
@@ -930,7 +932,8 @@ _Q = struct.Struct("<Q")
 def inspect_segment(view: memoryview) -> dict[str, Any]:
     """A read-only description of a whole Topic segment (offset 0: the common segment
     header), for ``shmipc ls`` / ``shmipc inspect``. JSON-serialisable; CorruptedError on
-    nonsense; never writes, never waits."""
+    nonsense (LayoutMismatch for another kind of segment or layout version); never writes,
+    never waits."""
     view = memoryview(view).cast("B") if memoryview(view).format != "B" else memoryview(view)
     header = SegmentHeader.unpack(view)
     header.validate(kind=Kind.TOPIC, mapped_size=len(view), name="topic segment")
