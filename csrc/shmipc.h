@@ -314,3 +314,74 @@ int shmipc_pool_takeover(char *base, size_t hdr, uint64_t observed, size_t seq_o
                          size_t waiters_off);
 /* Adds the `PoolBuffer` type to the extension module (shmipc/_native.py calls it). */
 int shmipc_pool_install(void);
+/* ---- Topic core (T1: csrc/topic.c; invariants at its top, prose in docs/topics.md) ----
+ *
+ * A topic's control block (SHMIPC_TOPIC_HEADER_SIZE bytes) is followed by max_subscribers
+ * slots of SHMIPC_TOPIC_SLOT_SIZE bytes and then `capacity` bytes of records (a power of two).
+ * shmipc/topic.py describes the same offsets as a layout.Layout and checks at import that
+ * both agree. Positions are monotonic 64-bit byte counts, 16-aligned. */
+#define SHMIPC_TOPIC_MAGIC 0x43495054      /* "TPIC" */
+#define SHMIPC_TOPIC_VERSION 1
+#define SHMIPC_TOPIC_HEADER_SIZE 512
+/* config line: written once by init */
+#define SHMIPC_TOPIC_OFF_MAGIC 0           /* u32 */
+#define SHMIPC_TOPIC_OFF_VERSION 4         /* u32 */
+#define SHMIPC_TOPIC_OFF_CAPACITY 8        /* u64, power of two */
+#define SHMIPC_TOPIC_OFF_MAX_SUBS 16       /* u32 */
+#define SHMIPC_TOPIC_OFF_POLICY 20         /* u32: SHMIPC_TOPIC_BLOCK or _OVERWRITE */
+#define SHMIPC_TOPIC_OFF_LIVENESS_NS 24    /* u64: a stopped subscriber is evicted after this */
+#define SHMIPC_TOPIC_OFF_SPIN_NS 32        /* u64 */
+/* publishers' line: written under the publisher lock only */
+#define SHMIPC_TOPIC_OFF_LOCK 64           /* robust lock (SHMIPC_LOCK_SIZE bytes) */
+#define SHMIPC_TOPIC_OFF_ROOM 80           /* u64: publishers' cached bound (slowest cursor + cap) */
+#define SHMIPC_TOPIC_OFF_PUB_WAITS 88      /* u64: times a publisher waited for room */
+/* the published line: written once per message, read by subscribers */
+#define SHMIPC_TOPIC_OFF_TAIL 128          /* u64: end of published records (release) */
+#define SHMIPC_TOPIC_OFF_PUBLISHED 136     /* u64: sequence numbers handed out */
+#define SHMIPC_TOPIC_OFF_OLDEST 144        /* u64: position of the oldest intact record */
+#define SHMIPC_TOPIC_OFF_DATA_WAITERS 192  /* u32: subscribers asleep on the tail's low word */
+#define SHMIPC_TOPIC_OFF_SPACE_WAITERS 256 /* u32: publishers asleep waiting for room */
+#define SHMIPC_TOPIC_OFF_SPACE_SEQ 260     /* u32: bumped when room may have been made */
+#define SHMIPC_TOPIC_OFF_SPACE_NEED 264    /* u64: the cursor a sleeping publisher waits for */
+#define SHMIPC_TOPIC_OFF_LAPS 320          /* u64: Lagged reports (atomic) */
+#define SHMIPC_TOPIC_OFF_MISSED 328        /* u64: messages missed by lagged subscribers */
+#define SHMIPC_TOPIC_OFF_EVICTIONS 336     /* u64: subscribers evicted (atomic) */
+/* subscriber slots */
+#define SHMIPC_TOPIC_SLOT_SIZE 128
+#define SHMIPC_TOPIC_SLOT_OFF_WORD 0       /* u64: pid << 32 | generation << 8 | state */
+#define SHMIPC_TOPIC_SLOT_OFF_START 8      /* u64: the owner's start time (0: not yet known) */
+#define SHMIPC_TOPIC_SLOT_OFF_CURSOR 64    /* u64: next position to read (own cache line) */
+#define SHMIPC_TOPIC_SLOT_OFF_EXPECTED 72  /* u64: sequence number it expects next */
+#define SHMIPC_TOPIC_FREE 0
+#define SHMIPC_TOPIC_CLAIMING 1
+#define SHMIPC_TOPIC_ACTIVE 2
+#define SHMIPC_TOPIC_EVICTED 3
+#define SHMIPC_TOPIC_BLOCK 0
+#define SHMIPC_TOPIC_OVERWRITE 1
+/* Record: u32 length, u32 kind (SHMIPC_TOPIC_REC_PAD: the rest of the lap is padding),
+ * u64 sequence number (a pad's: the next record's), payload; align16(16 + length) bytes. */
+#define SHMIPC_TOPIC_REC_HEADER 16
+#define SHMIPC_TOPIC_REC_PAD 0xFFFFFFFF
+#define SHMIPC_LAGGED 18      /* the subscriber was lapped (Topic, policy "overwrite") */
+#define SHMIPC_EVICTED 19     /* the subscriber's slot was taken back */
+
+int shmipc_topic_init(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy,
+                      uint64_t liveness_ns, uint64_t spin_ns);
+/* Claim a free slot for (pid, start): its index, with its word in *word, or -SHMIPC_FULL. */
+int64_t shmipc_topic_claim(char *t, uint32_t max_subs, uint32_t pid, uint64_t start,
+                           uint64_t *word);
+/* Under the publisher lock: cursor = tail, expected = published, slot ACTIVE. out[0] =
+ * cursor, out[1] = expected, out[2] = the ACTIVE word. A status (lock waits as the ring's). */
+int shmipc_topic_activate(char *t, uint64_t cap, uint32_t max_subs, uint32_t slot,
+                          uint64_t word, uint64_t *out, int64_t deadline_ns);
+/* Take slot back from `observed` (its word as seen): to FREE (dead owner, or its own close)
+ * or EVICTED (a stopped owner). 1 if this call did it. */
+int shmipc_topic_evict(char *t, uint32_t max_subs, uint32_t slot, uint64_t observed, int to_free);
+int shmipc_topic_release(char *t, uint32_t max_subs, uint32_t slot, uint64_t word);
+/* The publisher lock from a dead holder: 1 if taken over (and let go). */
+int shmipc_topic_steal(char *t, uint64_t observed);
+/* Copying paths for tests and cold callers (the hot ones are TopicPort's methods). */
+int shmipc_topic_publish(char *t, uint64_t cap, uint32_t max_subs, const char *data, size_t len,
+                         uint32_t kind, int64_t deadline_ns);
+/* Adds `TopicPort` and `TopicMiss` to the extension module (shmipc/_native.py). */
+int shmipc_topic_install(void);

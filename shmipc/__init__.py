@@ -25,6 +25,7 @@ from .buffers import BufferPool, Loan, PoolExhausted, PoolStatistics
 from .errors import (
     Closed,
     CorruptedError,
+    Evicted,
     Lagged,
     LayoutMismatch,
     MessageTooLarge,
@@ -36,6 +37,7 @@ from .queue import Queue
 from .region import Region
 from .ring import Ring, RingStatistics
 from .sync import AtomicCounter, Barrier, Event, Lock, Semaphore
+from .topic import Publisher, Subscriber, Topic, TopicStatistics
 
 __all__ = [
     "AtomicCounter",
@@ -44,6 +46,7 @@ __all__ = [
     "Closed",
     "CorruptedError",
     "Event",
+    "Evicted",
     "Lagged",
     "LayoutMismatch",
     "Loan",
@@ -52,6 +55,7 @@ __all__ = [
     "PeerDied",
     "PoolExhausted",
     "PoolStatistics",
+    "Publisher",
     "Queue",
     "Region",
     "Revoked",
@@ -59,5 +63,8 @@ __all__ = [
     "RingStatistics",
     "Semaphore",
     "ShmipcError",
+    "Subscriber",
+    "Topic",
+    "TopicStatistics",
     "__version__",
 ]

@@ -14,7 +14,17 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
         f"({exc})"
     ) from exc
 
-__all__ = ["ABI_VERSION", "PoolBuffer", "Port", "RingMiss", "View", "ffi", "lib"]
+__all__ = [
+    "ABI_VERSION",
+    "PoolBuffer",
+    "Port",
+    "RingMiss",
+    "TopicMiss",
+    "TopicPort",
+    "View",
+    "ffi",
+    "lib",
+]
 
 #: The ABI stamp this Python code was written against; csrc/shmipc.h must say the same.
 ABI_VERSION = 9
@@ -36,3 +46,8 @@ from ._native_ext import Port, RingMiss, View  # noqa: E402 - exist only after t
 if lib.shmipc_pool_install() != 0:  # pragma: no cover - only if the interpreter refuses
     raise ImportError("shmipc's compiled core could not add PoolBuffer")
 from ._native_ext import PoolBuffer  # noqa: E402
+# The topics' hot paths (csrc/topic.c): TopicPort and TopicMiss, added the same way.
+if lib.shmipc_topic_install() != 0:  # pragma: no cover - only if the interpreter refuses
+    raise ImportError("shmipc's compiled core could not add its topic paths (TopicPort)")
+
+from ._native_ext import TopicMiss, TopicPort  # noqa: E402 - exist only after the install above

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "Closed",
     "CorruptedError",
+    "Evicted",
     "Lagged",
     "LayoutMismatch",
     "MessageTooLarge",
@@ -65,3 +66,9 @@ class Revoked(ShmipcError):
     """This thread's reservation was taken back while it was stopped (SIGSTOP) for longer
     than the ring's liveness interval, so that other producers could go on. Nothing of it
     was published; reserve again to send the message."""
+
+
+class Evicted(ShmipcError):
+    """A Topic subscriber's slot was taken back: its process was seen stopped (SIGSTOP) for
+    the topic's liveness interval while a publisher waited for it (policy "block"). Nothing
+    it had not received yet can be trusted any more; close it and subscribe again."""

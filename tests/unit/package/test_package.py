@@ -35,6 +35,12 @@ PUBLIC = {
     "Semaphore",
     "ShmipcError",
     "__version__",
+    # Topic (issue 8)
+    "Evicted",
+    "Publisher",
+    "Subscriber",
+    "Topic",
+    "TopicStatistics",
 }
 
 
@@ -53,6 +59,7 @@ def test_errors_derive_from_shmipc_error():
         shmipc.Closed,
         shmipc.PeerDied,
         shmipc.Lagged,
+        shmipc.Evicted,
     ):
         assert issubclass(exc, shmipc.ShmipcError)
 
