@@ -14,12 +14,14 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from . import arrays as _arrays
+from . import fanout as _fanout
 from . import transports as _transports
 from .harness import measure
 from .machine import describe
 from .report import BASELINE, Row, render
 from .transports import Transport
-from .workloads import WORKLOADS, Workload, workload_named
+from .workloads import WORKLOADS, Workload, workloads_named
 
 __all__ = ["main"]
 
@@ -29,6 +31,9 @@ _ALIASES = {
     "faster-fifo": ("faster_fifo", "fasterfifo"),
     "pyzmq": ("zmq",),
     "shmipc": (),
+    "iceoryx2": ("iox2", "iceoryx"),
+    "shared-memory": ("shared_memory", "shm", "multiprocessing.shared_memory"),
+    "memcpy": (),
 }
 
 
@@ -39,8 +44,9 @@ def _split(values: Sequence[str] | None) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shmipc.bench",
-        description="Benchmark shmipc beside multiprocessing.Queue/Pipe, faster-fifo and "
-        "pyzmq: every producer and consumer in its own process, every message verified.",
+        description="Benchmark shmipc beside multiprocessing.Queue/Pipe, faster-fifo, pyzmq, "
+        "multiprocessing.shared_memory and iceoryx2: every producer and consumer in its own "
+        "process, every message verified.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny fixed counts: a smoke run, not a benchmark"
@@ -70,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="WORKLOAD",
         help="run only these workloads (comma-separated, repeatable): "
-        + ", ".join(w.name for w in WORKLOADS),
+        + ", ".join(w.name for w in WORKLOADS)
+        + "; or a group: fanout, arrays",
     )
     parser.add_argument(
         "--transports",
@@ -99,7 +106,8 @@ def _selection(
     if args.duration <= 0:
         parser.error("--duration must be positive")
     try:
-        workloads = [workload_named(name) for name in _split(args.only)] or list(WORKLOADS)
+        named = [w for name in _split(args.only) for w in workloads_named(name)]
+        workloads = list(dict.fromkeys(named)) or list(WORKLOADS)
     except KeyError as exc:
         parser.error(exc.args[0])
     if not args.transports:
@@ -143,8 +151,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     _warn_if_busy()
 
     runnable, skipped = [], []
-    for transport in _transports.TRANSPORTS:
-        if keys is not None and transport.key not in keys:
+    kinds = {w.kind for w in workloads}
+    for transport in (*_transports.TRANSPORTS, *_fanout.TRANSPORTS, *_arrays.TRANSPORTS):
+        if transport.kind not in kinds:
+            continue  # no workload asked for would run it
+        if keys is not None and transport.key not in keys and "reference" not in transport.tags:
             continue
         reason = transport.unavailable()
         if reason is None:
@@ -187,7 +198,7 @@ def _run(
     rows = []
     for workload in workloads:
         for transport in runnable:
-            if not transport.runs(workload.name):
+            if not transport.runs(workload):
                 continue
             print(f"{workload.name:>8}  {transport.label:<24}", end="", file=sys.stderr, flush=True)
             started = time.monotonic()
