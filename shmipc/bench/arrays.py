@@ -37,19 +37,21 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+from . import transports as _transports
 from .fanout import Iceoryx2Ports, iceoryx2_cleanup
-from .transports import (
-    CONNECT_TIMEOUT_MS,
-    Channel,
-    ChannelSpec,
-    Receiver,
-    Sender,
-    Transport,
-    load_shmipc_queue,
-)
+from .transports import CONNECT_TIMEOUT_MS, Channel, ChannelSpec, Receiver, Sender, Transport
 from .verify import END, END_SEQ, Verdict, check_ordered, combine
 
-__all__ = ["TRANSPORTS", "ArrayEnd", "ArrayLink", "Stamp", "judge", "roles", "warmup_rounds"]
+__all__ = [
+    "TRANSPORTS",
+    "ArrayEnd",
+    "ArrayLink",
+    "Stamp",
+    "judge",
+    "load_buffer_pool",
+    "roles",
+    "warmup_rounds",
+]
 
 #: float64 elements per 4 KiB page: the stamp writes (and the receiver reads) one of each.
 PAGE_ITEMS = 4096 // 8
@@ -170,14 +172,19 @@ class _PrivateSource:
 # --- shmipc ----------------------------------------------------------------------------------
 
 
+def load_buffer_pool() -> type:
+    """shmipc's BufferPool class (``shmipc.buffers.BufferPool``; ImportError until it exists)."""
+    return importlib.import_module("shmipc.buffers").BufferPool
+
+
 def _shmipc_pool_unavailable(*methods: str) -> Callable[[], str | None]:
     """A check that shmipc.buffers.BufferPool imports, Queue takes ``pool=`` and has
     ``methods``."""
 
     def unavailable() -> str | None:
         try:
-            importlib.import_module("shmipc.buffers").BufferPool  # noqa: B018
-            cls = load_shmipc_queue()
+            load_buffer_pool()
+            cls = _transports.load_shmipc_queue()
         except Exception as exc:
             return f"cannot import shmipc.buffers.BufferPool: {type(exc).__name__}: {exc}"
         if "pool" not in inspect.signature(cls).parameters and not hasattr(cls, "create"):
@@ -216,9 +223,8 @@ class _ShmipcArrayLink(ArrayLink):
     def __init__(self, spec: ChannelSpec, *, loaned: bool) -> None:
         super().__init__(spec)
         self._loaned = loaned
-        pool_cls = importlib.import_module("shmipc.buffers").BufferPool
-        self._pool = pool_cls.create(size=POOL_ARRAYS * spec.message_size + POOL_SLACK)
-        queue_cls = load_shmipc_queue()
+        self._pool = load_buffer_pool().create(size=POOL_ARRAYS * spec.message_size + POOL_SLACK)
+        queue_cls = _transports.load_shmipc_queue()
         make = getattr(queue_cls, "create", queue_cls)
         self._queues: list[Any] = []
         try:
