@@ -173,29 +173,33 @@ class _ZmqPubSubChannel(Channel):
 # --- iceoryx2 --------------------------------------------------------------------------------
 
 
+def _racing(open_or_create: Callable[[], Any], error: type[BaseException]) -> Any:
+    """``open_or_create()``, retried while another process is half-way through creating the
+    same service (both sides of a row open it at once)."""
+    for _ in range(49):
+        try:
+            return open_or_create()
+        except error:
+            time.sleep(0.01)
+    return open_or_create()
+
+
 def iceoryx2_service(node: Any, name: str, payload: Any, *, subscribers: int, backlog: int) -> Any:
     """Open (or create) a publish-subscribe service that never loses a sample: no safe
     overflow (a full subscriber buffer holds the publisher back), no history."""
     import iceoryx2 as iox2
 
-    for attempt in range(50):  # processes racing to create it may see it half made
-        try:
-            return (
-                node.service_builder(iox2.ServiceName.new(name))
-                .publish_subscribe(payload)
-                .max_publishers(1)
-                .max_subscribers(subscribers)
-                .subscriber_max_buffer_size(backlog)
-                .subscriber_max_borrowed_samples(2)
-                .history_size(0)
-                .enable_safe_overflow(False)
-                .open_or_create()
-            )
-        except iox2.PublishSubscribeOpenOrCreateError:
-            if attempt == 49:
-                raise
-            time.sleep(0.01)
-    raise AssertionError("unreachable")
+    builder = (
+        node.service_builder(iox2.ServiceName.new(name))
+        .publish_subscribe(payload)
+        .max_publishers(1)
+        .max_subscribers(subscribers)
+        .subscriber_max_buffer_size(backlog)
+        .subscriber_max_borrowed_samples(2)
+        .history_size(0)
+        .enable_safe_overflow(False)
+    )
+    return _racing(builder.open_or_create, iox2.PublishSubscribeOpenOrCreateError)
 
 
 class Iceoryx2Ports:
@@ -222,8 +226,8 @@ class Iceoryx2Ports:
 
     def event(self, name: str) -> Any:
         """An event service: how a waiting iceoryx2 subscriber learns of new samples."""
-        factory = self.node.service_builder(self.iox2.ServiceName.new(name)).event()
-        factory = factory.open_or_create()
+        builder = self.node.service_builder(self.iox2.ServiceName.new(name)).event()
+        factory = _racing(builder.open_or_create, self.iox2.EventOpenOrCreateError)
         self.factories.append(factory)
         return factory
 
