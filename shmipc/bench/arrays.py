@@ -172,7 +172,7 @@ class _PrivateSource:
 # --- shmipc ----------------------------------------------------------------------------------
 
 
-def load_buffer_pool() -> type:
+def load_buffer_pool() -> Any:
     """shmipc's BufferPool class (``shmipc.buffers.BufferPool``; ImportError until it exists)."""
     return importlib.import_module("shmipc.buffers").BufferPool
 

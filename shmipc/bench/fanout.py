@@ -50,7 +50,7 @@ BACKLOG = 1000
 _IOX_WAIT_MS = 100
 
 
-def load_topic() -> type:
+def load_topic() -> Any:
     """shmipc's Topic class (``shmipc.topic.Topic``; ImportError until it exists)."""
     return importlib.import_module("shmipc.topic").Topic
 
@@ -97,10 +97,12 @@ class _TopicChannel(Channel):
         publisher = topic.publisher()
         send = publisher.publish if self.spec.objects else publisher.publish_bytes
         end = end_mark(self.spec)
+
+        def finish() -> None:
+            send(end)
+
         return Sender(
-            send=send,
-            finish=lambda: send(end),
-            close=lambda: _close_all(publisher.close, topic.close),
+            send=send, finish=finish, close=lambda: _close_all(publisher.close, topic.close)
         )
 
     def receiver(self, consumer: int) -> Receiver:
@@ -143,11 +145,14 @@ class _ZmqPubSubChannel(Channel):
         send = sock.send_pyobj if self.spec.objects else sock.send
         end = end_mark(self.spec)
 
+        def finish() -> None:
+            send(end)
+
         def close() -> None:  # only once every subscriber has everything: see harness
             sock.close(linger=0)
             ctx.term()
 
-        return Sender(send=send, finish=lambda: send(end), close=close)
+        return Sender(send=send, finish=finish, close=close)
 
     def receiver(self, consumer: int) -> Receiver:
         import zmq
@@ -187,7 +192,7 @@ def _racing(open_or_create: Callable[[], Any], error: type[BaseException]) -> An
 def iceoryx2_service(node: Any, name: str, payload: Any, *, subscribers: int, backlog: int) -> Any:
     """Open (or create) a publish-subscribe service that never loses a sample: no safe
     overflow (a full subscriber buffer holds the publisher back), no history."""
-    import iceoryx2 as iox2
+    import iceoryx2 as iox2  # type: ignore[import-untyped]
 
     builder = (
         node.service_builder(iox2.ServiceName.new(name))
@@ -208,7 +213,7 @@ class Iceoryx2Ports:
     behind)."""
 
     def __init__(self) -> None:
-        import iceoryx2 as iox2
+        import iceoryx2 as iox2  # type: ignore[import-untyped]
 
         iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
         self.iox2 = iox2
@@ -268,7 +273,7 @@ class Iceoryx2Ports:
 
 def iceoryx2_cleanup() -> None:
     """Remove what killed iceoryx2 processes left behind (from the parent, after a row)."""
-    import iceoryx2 as iox2
+    import iceoryx2 as iox2  # type: ignore[import-untyped]
 
     node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
     try:
@@ -319,7 +324,11 @@ class _Iceoryx2Channel(Channel):
                 send_bytes(dumps(obj, protocol))
 
         end = end_mark(self.spec)
-        return Sender(send=send, finish=lambda: send(end), close=ports.close)
+
+        def finish() -> None:
+            send(end)
+
+        return Sender(send=send, finish=finish, close=ports.close)
 
     def receiver(self, consumer: int) -> Receiver:
         ports, service, event = self._open()

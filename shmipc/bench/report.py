@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .harness import Outcome, latency_stats
 from .transports import Transport
-from .workloads import Workload
+from .workloads import GROUPS, Workload
 
 __all__ = ["BASELINE", "Row", "render"]
 
@@ -204,7 +204,7 @@ def _fanout_cells(rows: Sequence[Row]) -> list[tuple[str, ...]]:
         for key, _ in FANOUT_PEERS
         if r.transport.key == key
     }
-    cells = []
+    cells: list[tuple[str, ...]] = []
     for row in rows:
         w, outcome = row.workload, row.outcome
         speed = speeds[(w.name, row.transport.label)]
@@ -249,7 +249,7 @@ def _array_cells(rows: Sequence[Row]) -> list[tuple[str, ...]]:
             best[row.workload.name] = max(best.get(row.workload.name, 0.0), rate)
         if "reference" in row.transport.tags:
             memcpy[row.workload.name] = rate
-    cells = []
+    cells: list[tuple[str, ...]] = []
     for row in rows:
         outcome, rate = row.outcome, _gbps(row)
         reference = "reference" in row.transport.tags
@@ -350,9 +350,8 @@ def _split_notes(
         head = [n for n in head if n.startswith(keep)]
     others = [w for w in workloads if w.kind != "stream"]
     if others:
-        head.append(
-            "other workloads: " + "; ".join(f"{w.name} = {w.description}" for w in others) + "."
-        )
+        described = [GROUPS.get(w.group) or f"{w.name} = {w.description}" for w in others]
+        head.append("other workloads: " + "; ".join(dict.fromkeys(described)) + ".")
     return head, hows
 
 

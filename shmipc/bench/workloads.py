@@ -22,6 +22,7 @@ from .transports import BATCH, Receiver, Sender
 from .verify import END, END_SEQ, SEQ, make_seq
 
 __all__ = [
+    "GROUPS",
     "WORKLOADS",
     "ConsumerResult",
     "PingResult",
@@ -136,6 +137,13 @@ def _arrays(mib: int, probe: int, quick: int, max_count: int) -> Workload:
         group="arrays",
     )
 
+
+#: What each group's workloads are, in one line for the report.
+GROUPS = {
+    "fanout": "fanout-M-N = 1 publisher -> N subscriber processes, each receiving every message "
+    "(M: 64B = 64-byte bytes, dict = small dicts)",
+    "arrays": "arrays-S = round trips of S float64 arrays between two processes",
+}
 
 #: One publisher to 1, 2 and 4 subscribers (fanout.py), then round trips of large arrays
 #: (arrays.py; 256 MiB rows run a handful of times at most).
