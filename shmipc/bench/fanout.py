@@ -19,6 +19,7 @@ the subscribers.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import os
@@ -112,7 +113,9 @@ class _TopicChannel(Channel):
         return Receiver(recv=recv, ends=1, close=lambda: _close_all(subscriber.close, topic.close))
 
     def close(self, broken: bool = False) -> None:
-        _close_all(self._topic.close, self._topic.unlink)
+        with contextlib.suppress(FileNotFoundError):  # the name, then the handle
+            self._topic.unlink()
+        self._topic.close()
 
 
 # --- pyzmq XPUB/SUB --------------------------------------------------------------------------

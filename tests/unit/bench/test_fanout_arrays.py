@@ -185,6 +185,7 @@ class FakeTopic:
         self.closed = True
 
     def unlink(self) -> None:
+        assert not self.closed, "unlink needs a live handle (as shmipc's Topic does)"
         self.unlinked = True
 
 
