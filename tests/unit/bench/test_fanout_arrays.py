@@ -502,3 +502,33 @@ def test_markdown_report_has_a_table_per_kind(
     assert len(body) == 1 + 3  # Topic; memcpy + shmipc copied once + loaned
     assert any("fanout-M-N = 1 publisher -> N subscriber processes" in line for line in lines)
     assert any(line.startswith("- arrays / shmipc loaned: q.loan_array") for line in lines)
+
+
+# --- the real shmipc rows, once T1/B1 are merged (skipped until then) ----------------------------
+
+
+@pytest.mark.usefixtures("tiny")
+def test_topic_rows_over_the_real_topic_when_it_imports() -> None:
+    reason = fanout._topic_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    status, report = _run(["--quick", "--only", "fanout", "--transports", "shmipc"])
+    assert status == 0, report
+    rows = _rows(report, "workload  ")
+    for workload in TINY_FANOUT:
+        assert rows[(workload.name, "shmipc Topic")][0].endswith("msgs/s"), report
+
+
+@pytest.mark.usefixtures("tiny")
+def test_pool_rows_over_the_real_pool_when_it_imports() -> None:
+    shmipc_rows = [t for t in arrays.TRANSPORTS if t.key == "shmipc"]
+    reasons = [t.unavailable() for t in shmipc_rows]
+    if all(reasons):
+        pytest.skip(str(reasons[0]))
+    status, report = _run(["--count", "3", "--only", "arrays", "--transports", "shmipc"])
+    assert status == 0, report
+    rows = _rows(report, "workload  ")
+    for workload in TINY_ARRAYS:
+        for transport, reason in zip(shmipc_rows, reasons, strict=True):
+            if reason is None:
+                assert rows[(workload.name, transport.label)][0].endswith("GB/s"), report
