@@ -106,10 +106,14 @@ def _selection(
     if args.duration <= 0:
         parser.error("--duration must be positive")
     try:
-        named = [w for name in _split(args.only) for w in workloads_named(name)]
-        workloads = list(dict.fromkeys(named)) or list(WORKLOADS)
+        named = [(name, w) for name in _split(args.only) for w in workloads_named(name)]
     except KeyError as exc:
         parser.error(exc.args[0])
+    chosen = named or [("", w) for w in WORKLOADS]
+    # A smoke run leaves out the slow workloads unless they are named one by one.
+    kept = [w.smoke or not args.quick or name.lower() == w.name.lower() for name, w in chosen]
+    workloads = list(dict.fromkeys(w for (_, w), keep in zip(chosen, kept, strict=True) if keep))
+    args.left_out = [w.name for (_, w), keep in zip(chosen, kept, strict=True) if not keep]
     if not args.transports:
         return workloads, None
     keys = set()
@@ -169,6 +173,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     rows = _run(workloads, runnable, args)
     if args.quick:
         sizing = "fixed tiny counts (--quick): a smoke run, not a measurement"
+        if args.left_out:
+            sizing += f" ({', '.join(args.left_out)} left out unless named)"
     elif args.count:
         sizing = f"fixed at {args.count:,} per row (--count)"
     else:

@@ -61,6 +61,7 @@ class Workload:
     #: subscriber gets every message: see fanout.py) or "arrays" (round trips: see arrays.py)
     kind: str = "stream"
     group: str = ""  #: a name for --only that selects every workload of the group
+    smoke: bool = True  #: part of a --quick run (False: only when named by itself)
 
     def per_producer(self, count: int) -> int:
         """Messages each producer sends when the row sends about ``count`` in all."""
@@ -124,7 +125,7 @@ def _fanout(message: str, subscribers: int) -> Workload:
     )
 
 
-def _arrays(mib: int, probe: int, quick: int, max_count: int) -> Workload:
+def _arrays(mib: int, probe: int, quick: int, max_count: int, smoke: bool = True) -> Workload:
     return Workload(
         f"arrays-{mib}MiB",
         f"round trips of {mib} MiB float64 arrays between two processes",
@@ -135,6 +136,7 @@ def _arrays(mib: int, probe: int, quick: int, max_count: int) -> Workload:
         max_count=max_count,
         kind="arrays",
         group="arrays",
+        smoke=smoke,
     )
 
 
@@ -150,8 +152,8 @@ GROUPS = {
 WORKLOADS += (
     *(_fanout(message, n) for message in ("64B", "dict") for n in (1, 2, 4)),
     _arrays(1, probe=32, quick=8, max_count=20_000),
-    _arrays(32, probe=2, quick=2, max_count=200),
-    _arrays(256, probe=1, quick=1, max_count=6),
+    _arrays(32, probe=2, quick=2, max_count=200, smoke=False),
+    _arrays(256, probe=1, quick=1, max_count=6, smoke=False),
 )
 
 

@@ -532,3 +532,14 @@ def test_pool_rows_over_the_real_pool_when_it_imports() -> None:
         for transport, reason in zip(shmipc_rows, reasons, strict=True):
             if reason is None:
                 assert rows[(workload.name, transport.label)][0].endswith("GB/s"), report
+
+
+def test_quick_leaves_the_big_arrays_out_unless_named() -> None:
+    status, report = _run(["--quick", "--only", "arrays", "--transports", "memcpy"])
+    assert status == 0, report
+    rows = _rows(report, "workload  ")
+    assert set(rows) == {("arrays-1MiB", "memcpy (numpy.copyto)")}
+    assert "(arrays-32MiB, arrays-256MiB left out unless named)" in report
+    status, report = _run(["--quick", "--only", "arrays-32MiB", "--transports", "memcpy"])
+    assert status == 0, report
+    assert set(_rows(report, "workload  ")) == {("arrays-32MiB", "memcpy (numpy.copyto)")}
