@@ -11,7 +11,8 @@ sequence numbers, which the parent checks with :func:`~.verify.check` after the 
 A row has a deadline. When it passes, or a child fails or dies, the parent kills every child
 of the row (SIGKILL) and reports TIMEOUT or ERROR, so one broken transport cannot stop the run.
 :func:`measure` sizes a row: unless a count is given, it runs probes and scales the final run
-to the requested duration.
+to the requested duration. Fan-out rows are judged per subscriber (fanout.py); arrays rows
+bring their own roles and judgement (arrays.py).
 """
 
 from __future__ import annotations
