@@ -31,7 +31,7 @@ setup(
             "hypothesis>=6",
             "numpy>=1.22",
         ],
-        "bench": ["faster-fifo>=1.4", "pyzmq>=25", "numpy>=1.22"],
+        "bench": ["faster-fifo>=1.4", "pyzmq>=25", "numpy>=1.22", "iceoryx2>=0.10"],
     },
     entry_points={"console_scripts": ["shmipc=shmipc.cli:main"]},
     classifiers=[

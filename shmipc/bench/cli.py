@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from . import arrays as _arrays
+from . import fanout as _fanout
 from . import transports as _transports
 from .harness import measure
 from .machine import describe
 from .report import BASELINE, Row, render, to_json
 from .transports import Transport
-from .workloads import WORKLOADS, Workload, workload_named
+from .workloads import WORKLOADS, Workload, workloads_named
 
 __all__ = ["main"]
 
@@ -29,6 +31,9 @@ _ALIASES = {
     "faster-fifo": ("faster_fifo", "fasterfifo"),
     "pyzmq": ("zmq",),
     "shmipc": (),
+    "iceoryx2": ("iox2", "iceoryx"),
+    "shared-memory": ("shared_memory", "shm", "multiprocessing.shared_memory"),
+    "memcpy": (),
 }
 
 
@@ -39,8 +44,9 @@ def _split(values: Sequence[str] | None) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shmipc.bench",
-        description="Benchmark shmipc beside multiprocessing.Queue/Pipe, faster-fifo and "
-        "pyzmq: every producer and consumer in its own process, every message verified.",
+        description="Benchmark shmipc beside multiprocessing.Queue/Pipe, faster-fifo, pyzmq, "
+        "multiprocessing.shared_memory and iceoryx2: every producer and consumer in its own "
+        "process, every message verified.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="tiny fixed counts: a smoke run, not a benchmark"
@@ -70,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="WORKLOAD",
         help="run only these workloads (comma-separated, repeatable): "
-        + ", ".join(w.name for w in WORKLOADS),
+        + ", ".join(w.name for w in WORKLOADS)
+        + "; or a group: fanout, arrays",
     )
     parser.add_argument(
         "--transports",
@@ -102,9 +109,14 @@ def _selection(
     if args.duration <= 0:
         parser.error("--duration must be positive")
     try:
-        workloads = [workload_named(name) for name in _split(args.only)] or list(WORKLOADS)
+        named = [(name, w) for name in _split(args.only) for w in workloads_named(name)]
     except KeyError as exc:
         parser.error(exc.args[0])
+    chosen = named or [("", w) for w in WORKLOADS]
+    # A smoke run leaves out the slow workloads unless they are named one by one.
+    kept = [w.smoke or not args.quick or name.lower() == w.name.lower() for name, w in chosen]
+    workloads = list(dict.fromkeys(w for (_, w), keep in zip(chosen, kept, strict=True) if keep))
+    args.left_out = [w.name for (_, w), keep in zip(chosen, kept, strict=True) if not keep]
     if not args.transports:
         return workloads, None
     keys = set()
@@ -156,8 +168,11 @@ def main(
     _warn_if_busy()
 
     runnable, skipped = [], []
-    for transport in _transports.TRANSPORTS:
-        if keys is not None and transport.key not in keys:
+    kinds = {w.kind for w in workloads}
+    for transport in (*_transports.TRANSPORTS, *_fanout.TRANSPORTS, *_arrays.TRANSPORTS):
+        if transport.kind not in kinds:
+            continue  # no workload asked for would run it
+        if keys is not None and transport.key not in keys and "reference" not in transport.tags:
             continue
         reason = transport.unavailable()
         if reason is None:
@@ -171,6 +186,8 @@ def main(
     rows = _run(workloads, runnable, args, progress)
     if args.quick:
         sizing = "fixed tiny counts (--quick): a smoke run, not a measurement"
+        if args.left_out:
+            sizing += f" ({', '.join(args.left_out)} left out unless named)"
     elif args.count:
         sizing = f"fixed at {args.count:,} per row (--count)"
     else:
@@ -209,7 +226,7 @@ def _run(
     rows: list[Row] = []
     for workload in workloads:
         for transport in runnable:
-            if not transport.runs(workload.name):
+            if not transport.runs(workload):
                 continue
             if progress is not None:
                 progress(len(rows), total, f"{workload.name} / {transport.label}")

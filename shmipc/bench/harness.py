@@ -11,7 +11,8 @@ sequence numbers, which the parent checks with :func:`~.verify.check` after the 
 A row has a deadline. When it passes, or a child fails or dies, the parent kills every child
 of the row (SIGKILL) and reports TIMEOUT or ERROR, so one broken transport cannot stop the run.
 :func:`measure` sizes a row: unless a count is given, it runs probes and scales the final run
-to the requested duration.
+to the requested duration. Fan-out rows are judged per subscriber (fanout.py); arrays rows
+bring their own roles and judgement (arrays.py).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Outcome:
     latencies_ns: array | None = None  #: ping-pong round trips
     detail: str = ""  #: why it is not OK, or a remark
     samples: list[float] = field(default_factory=list)  #: every repeat's figure, sorted
+    volume: float = 0.0  #: payload bytes moved in the timed span (arrays rows)
 
     @property
     def ok(self) -> bool:
@@ -223,7 +225,10 @@ def run_row(transport: Transport, workload: Workload, count: int, timeout: float
             failure.count = count
             return failure
         broken = False
-        outcome = _judge(workload, roles, reports, count, units)
+        if workload.kind == "arrays":
+            outcome = _judge_arrays(channels[0], reports, count, units)
+        else:
+            outcome = _judge(workload, roles, reports, count, units)
         outcome.detail = _reap(procs) or outcome.detail
         return outcome
     finally:
@@ -237,6 +242,11 @@ def run_row(transport: Transport, workload: Workload, count: int, timeout: float
 
 def _roles(workload: Workload, channels: list[Channel], count: int) -> tuple[list[_Role], int]:
     """The row's children, and how many units (messages, round trips) they will move."""
+    if workload.kind == "arrays":
+        from . import arrays
+
+        listed, units = arrays.roles(channels[0], count)  # type: ignore[arg-type]
+        return [_Role(*role) for role in listed], units
     if workload.pingpong:
         warmup = warmup_rounds(count)
         out, back = channels
@@ -316,15 +326,29 @@ def _judge(
     else:
         consumers = [r for role, r in zip(roles, reports, strict=True) if not role.producer]
         producers = [r for role, r in zip(roles, reports, strict=True) if role.producer]
+        latencies = None
+        elapsed = max(r["t1"] for r in consumers) - min(r["t0"] for r in producers)
+        count = units
+        if workload.kind == "fanout":
+            # Every subscriber must see every message, in order: judged one by one.
+            from . import fanout
+
+            verdict, failed = fanout.judge(consumers, units)
+            return Outcome(
+                OK if verdict.ok else FAILED,
+                count,
+                elapsed=elapsed,
+                cpu=cpu,
+                cpu_units=units * workload.consumers,  # CPU per delivery
+                verdict=verdict,
+                detail=failed,
+            )
         verdict = check(
             [r["seqs"] for r in consumers],
             workload.producers,
             units // workload.producers,
             corrupt=corrupt,
         )
-        latencies = None
-        elapsed = max(r["t1"] for r in consumers) - min(r["t0"] for r in producers)
-        count = units
     return Outcome(
         OK if verdict.ok else FAILED,
         count,
@@ -334,6 +358,26 @@ def _judge(
         verdict=verdict,
         latencies_ns=latencies,
         detail="" if verdict.ok else verdict.describe(),
+    )
+
+
+def _judge_arrays(
+    channel: Channel, reports: Sequence[dict[str, Any]], count: int, units: int
+) -> Outcome:
+    """The Outcome of an arrays row (see arrays.py): round trips (memcpy: copies) per second,
+    with the bytes they moved."""
+    from . import arrays
+
+    verdict, elapsed, volume = arrays.judge(channel, reports, count, units)  # type: ignore[arg-type]
+    return Outcome(
+        OK if verdict.ok else FAILED,
+        count,
+        elapsed=elapsed,
+        cpu=sum(report["cpu"] for report in reports),  # timed rounds only
+        cpu_units=count,
+        verdict=verdict,
+        detail="" if verdict.ok else verdict.describe(),
+        volume=volume,
     )
 
 

@@ -9,7 +9,7 @@ from importlib import metadata
 __all__ = ["describe"]
 
 #: Distributions whose versions the report shows (shmipc and its rivals).
-PACKAGES = ("shmipc", "faster-fifo", "pyzmq", "msgpack", "numpy")
+PACKAGES = ("shmipc", "faster-fifo", "pyzmq", "msgpack", "numpy", "iceoryx2")
 
 
 def describe() -> list[tuple[str, str]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .harness import Outcome, latency_stats
 from .transports import Transport
-from .workloads import Workload
+from .workloads import GROUPS, Workload
 
 __all__ = ["BASELINE", "Row", "render", "to_json"]
 
@@ -160,6 +160,201 @@ def _notes(
     return notes
 
 
+# --- fan-out and arrays: their own tables ------------------------------------------------------
+
+#: Fan-out rows are compared with these peers' per-subscriber rates in the same workload.
+FANOUT_PEERS = (("pyzmq", "vs pyzmq"), ("iceoryx2", "vs iceoryx2"))
+_FANOUT_HEADINGS = (
+    "workload",
+    "transport",
+    "per subscriber",
+    "aggregate",
+    "CPU µs/delivery",
+    *(heading for _, heading in FANOUT_PEERS),
+    "vs 1 subscriber",
+    "msgs",
+)
+_ARRAY_HEADINGS = (
+    "workload",
+    "transport",
+    "result",
+    "per round trip",
+    "CPU ms/round trip",
+    "vs best copying peer",
+    "vs memcpy",
+    "round trips",
+)
+
+
+def _rate(value: float, unit: str = "msgs/s") -> str:
+    return f"{value:,.0f} {unit}"
+
+
+def _times(speed: float | None, base: float | None) -> str:
+    return f"{speed / base:.2f}x" if speed and base else "-"
+
+
+def _fanout_cells(rows: Sequence[Row]) -> list[tuple[str, ...]]:
+    """Per subscriber: messages over the span that ends with the slowest subscriber's end
+    mark; aggregate: that times the subscribers."""
+    speeds = {(r.workload.name, r.transport.label): _speed(r) for r in rows}
+    peers = {
+        (r.workload.name, key): _speed(r)
+        for r in rows
+        for key, _ in FANOUT_PEERS
+        if r.transport.key == key
+    }
+    cells: list[tuple[str, ...]] = []
+    for row in rows:
+        w, outcome = row.workload, row.outcome
+        speed = speeds[(w.name, row.transport.label)]
+        single = w.name.rsplit("-", 1)[0] + "-1"
+        if not outcome.ok:
+            result, aggregate = outcome.status, "-"
+        else:
+            result = _rate(outcome.figure) + _spread(outcome)
+            aggregate = _rate(outcome.figure * w.consumers)
+        cells.append(
+            (
+                w.name,
+                row.transport.label,
+                result,
+                aggregate,
+                _cpu(outcome),
+                *(_times(speed, peers.get((w.name, key))) for key, _ in FANOUT_PEERS),
+                _times(speed, speeds.get((single, row.transport.label))),
+                f"{outcome.count:,}",
+            )
+        )
+    return cells
+
+
+def _gbps(row: Row) -> float | None:
+    outcome = row.outcome
+    if not outcome.ok or outcome.elapsed <= 0 or not outcome.volume:
+        return None
+    return outcome.volume / outcome.elapsed / 1e9
+
+
+def _array_cells(rows: Sequence[Row]) -> list[tuple[str, ...]]:
+    """GB/s of payload (both directions of every round trip); ratios to the fastest copying
+    peer and to memcpy of the same size, in the same run."""
+    best: dict[str, float] = {}
+    memcpy: dict[str, float] = {}
+    for row in rows:
+        rate = _gbps(row)
+        if rate is None:
+            continue
+        if "copies" in row.transport.tags:
+            best[row.workload.name] = max(best.get(row.workload.name, 0.0), rate)
+        if "reference" in row.transport.tags:
+            memcpy[row.workload.name] = rate
+    cells: list[tuple[str, ...]] = []
+    for row in rows:
+        outcome, rate = row.outcome, _gbps(row)
+        reference = "reference" in row.transport.tags
+        if rate is None:
+            result = outcome.status if not outcome.ok else "-"
+            per = cpu = "-"
+        else:
+            result = f"{rate:.2f} GB/s{_spread(outcome)}"
+            per = f"{1e3 * outcome.elapsed / max(outcome.count, 1):.2f} ms"
+            if reference:
+                per += " a copy"
+            cpu = "-" if reference else f"{1e3 * outcome.cpu / max(outcome.cpu_units, 1):.2f}"
+        cells.append(
+            (
+                row.workload.name,
+                row.transport.label,
+                result,
+                per,
+                cpu,
+                "-" if reference else _times(rate, best.get(row.workload.name)),
+                _times(rate, memcpy.get(row.workload.name)),
+                f"{outcome.count:,}",
+            )
+        )
+    return cells
+
+
+def _table(headings: Sequence[str], cells: list[tuple[str, ...]], markdown: bool) -> list[str]:
+    right = (False, False, *([True] * (len(headings) - 2)))
+    if markdown:
+        return [
+            "| " + " | ".join(headings) + " |",
+            "| " + " | ".join("---:" if r else "---" for r in right) + " |",
+            *("| " + " | ".join(c) + " |" for c in cells),
+        ]
+    widths = [max(len(c[i]) for c in [tuple(headings), *cells]) for i in range(len(headings))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True)
+        ).rstrip()
+
+    out = [line(headings), "  ".join("-" * w for w in widths)]
+    previous = None
+    for c in cells:
+        if previous is not None and c[0] != previous:
+            out.append("")
+        out.append(line(c))
+        previous = c[0]
+    return out
+
+
+def _fanout_notes(rows: Sequence[Row]) -> list[str]:
+    return [
+        "fan-out: one publisher process, every subscriber its own process and subscribed "
+        "before the first message (each adapter's publisher waits for every subscription "
+        "before the start barrier); the span runs from the barrier's release to the slowest "
+        "subscriber's receipt of the end mark that follows the last message.",
+        "per subscriber: messages each subscriber received over that span; aggregate: times "
+        "the subscribers. CPU µs/delivery: CPU of every process over the span divided by "
+        "messages x subscribers.",
+        "vs pyzmq / vs iceoryx2: per-subscriber rate over that peer's in the same workload; "
+        "vs 1 subscriber: over the same transport's rate with one subscriber.",
+        "verified: every subscriber received every message exactly once and in the order "
+        "published (a failed check shows FAILED with the counts per subscriber).",
+    ]
+
+
+def _array_notes(rows: Sequence[Row]) -> list[str]:
+    return [
+        "arrays: round trips of float64 arrays between two processes; each side stamps its "
+        "outgoing array (one float64 per 4 KiB page: sequence number + page index, and the "
+        "sequence number in the last element), the receiver reads every page's stamp and "
+        "checks the sum (a sample checksum), lets the array go and replies with a new array "
+        "of the same size the same way. Warm-up round trips run first, untimed.",
+        "result: payload GB/s, both directions (2 x size per round trip; GB = 10^9 bytes); "
+        "memcpy: bytes copied per second by numpy.copyto of one array of the size (a 1 MiB "
+        "pair stays in the CPU cache, 32 and 256 MiB do not).",
+        "vs best copying peer: over the fastest of multiprocessing.Queue, shared_memory "
+        "(segment per array) and pyzmq copy=False in the same workload; vs memcpy: over the "
+        "memcpy row of the same size.",
+        "verified: every transfer arrived once, in order, with its stamp intact; memcpy: the "
+        "copy's samples checked after the clock stopped.",
+    ]
+
+
+def _split_notes(
+    rows: Sequence[Row], workloads: Sequence[Workload], sizing: str, repeat: int
+) -> tuple[list[str], list[str]]:
+    """The stream table's notes (only the general ones when it has no rows), and its
+    "how each transport sends" lines."""
+    stream = [w for w in workloads if w.kind == "stream"]
+    notes = _notes(rows, stream, sizing, repeat)
+    cut = notes.index("how each transport sends:")
+    head, hows = notes[:cut], notes[cut + 1 :]
+    if not rows:
+        keep = ("msgs:", "repeats:", "each producer")
+        head = [n for n in head if n.startswith(keep)]
+    others = [w for w in workloads if w.kind != "stream"]
+    if others:
+        described = [GROUPS.get(w.group) or f"{w.name} = {w.description}" for w in others]
+        head.append("other workloads: " + "; ".join(dict.fromkeys(described)) + ".")
+    return head, hows
+
+
 def render(
     rows: Sequence[Row],
     *,
@@ -170,20 +365,42 @@ def render(
     repeat: int = 1,
     markdown: bool = False,
 ) -> str:
-    """The whole report as one string."""
-    cells = _cells(rows)
+    """The whole report as one string: the stream table, then fan-out's and arrays' own."""
+    all_rows = rows
+    rows = [r for r in all_rows if r.workload.kind == "stream"]
+    fanout = [r for r in all_rows if r.workload.kind == "fanout"]
+    arrays = [r for r in all_rows if r.workload.kind == "arrays"]
     width = max(len(label) for label, _ in machine)
+    notes, hows = _split_notes(rows, workloads, sizing, repeat)
+    if fanout:
+        notes += _fanout_notes(fanout)
+    if arrays:
+        notes += _array_notes(arrays)
+    for row in (*fanout, *arrays):  # labels of their own kind (pyzmq is used differently)
+        how = f"  {row.workload.kind} / {row.transport.label}: {row.transport.serialisation}"
+        if how not in hows:
+            hows.append(how)
+    notes += ["how each transport sends:", *hows]
+    tables = [_text_table(_cells(rows))] if rows else []
+    if fanout:
+        tables.append(_table(_FANOUT_HEADINGS, _fanout_cells(fanout), markdown))
+    if arrays:
+        tables.append(_table(_ARRAY_HEADINGS, _array_cells(arrays), markdown))
     if markdown:
+        if rows:
+            tables[0] = _markdown_table(_cells(rows))
         out = [f"- **{label}**: {value}" for label, value in machine]
-        out += ["", *_markdown_table(cells), ""]
-        out += [f"- {note.strip()}" for note in _notes(rows, workloads, sizing, repeat)]
+        for table in tables:
+            out += ["", *table]
+        out += [""]
+        out += [f"- {note.strip()}" for note in notes]
     else:
         out = [f"{label.ljust(width)}  {value}" for label, value in machine]
-        out += ["", *_text_table(cells), ""]
-        out += [
-            note if note.startswith("  ") else f"* {note}"
-            for note in _notes(rows, workloads, sizing, repeat)
-        ]
+        for table in tables:
+            out += ["", *table]
+        out += [""]
+        out += [note if note.startswith("  ") else f"* {note}" for note in notes]
+    rows = all_rows
     bullet = "- " if markdown else "* "
     if skipped:
         out += ["", "skipped:"] + [f"{bullet}{s}" for s in skipped]

@@ -503,10 +503,18 @@ class Transport:
     unavailable: Callable[[], str | None] = _always  #: why it cannot run, or None
     #: workloads this row runs (None: all of them)
     workloads: frozenset[str] | None = field(default=None)
+    #: the kind of workload it runs: "stream" (a Channel), "fanout" or "arrays"
+    kind: str = "stream"
+    #: "copies" (a copying peer, for the arrays ratios), "reference" (memcpy: runs whatever
+    #: --transports says, as a measure of the machine)
+    tags: frozenset[str] = field(default=frozenset())
 
-    def runs(self, workload: str) -> bool:
-        """True when this row belongs in ``workload``'s part of the table."""
-        return self.workloads is None or workload in self.workloads
+    def runs(self, workload: Any) -> bool:
+        """True when this row belongs in ``workload``'s part of the table (a Workload, or the
+        name of a stream workload)."""
+        name = getattr(workload, "name", workload)
+        kind = getattr(workload, "kind", "stream")
+        return kind == self.kind and (self.workloads is None or name in self.workloads)
 
 
 #: Every row, in report order. The first is the baseline the ratios divide by.

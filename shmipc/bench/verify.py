@@ -10,6 +10,7 @@ consumers) or never sent. Nothing here touches shared memory or transports.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from array import array
 from collections.abc import Iterable
@@ -22,6 +23,8 @@ __all__ = [
     "SEQ",
     "Verdict",
     "check",
+    "check_ordered",
+    "combine",
     "make_seq",
     "split_seq",
 ]
@@ -61,11 +64,15 @@ class Verdict:
     duplicated: int  #: receipts beyond the first of a message
     unexpected: int  #: receipts of sequence numbers no producer sent
     corrupt: int = 0  #: receipts whose payload failed the consumer's own checks
+    #: receipts older than the one before them from the same producer (ordered checks only)
+    reordered: int = 0
 
     @property
     def ok(self) -> bool:
-        """True when every message arrived exactly once and intact."""
-        return not (self.lost or self.duplicated or self.unexpected or self.corrupt)
+        """True when every message arrived exactly once, intact (and in order, when asked)."""
+        return not (
+            self.lost or self.duplicated or self.unexpected or self.corrupt or self.reordered
+        )
 
     def describe(self) -> str:
         """One line for a report: "ok" or the counts that went wrong."""
@@ -78,6 +85,7 @@ class Verdict:
                 (self.duplicated, "duplicated"),
                 (self.unexpected, "unexpected"),
                 (self.corrupt, "corrupt"),
+                (self.reordered, "out of order"),
             )
             if n
         ]
@@ -124,6 +132,42 @@ def check(
         unexpected=unexpected,
         corrupt=corrupt,
     )
+
+
+def check_ordered(
+    chunk: bytes | bytearray | array, producers: int, per_producer: int, *, corrupt: int = 0
+) -> Verdict:
+    """Judge one consumer that must see every message of every producer, each producer's in
+    order (a topic's subscriber): :func:`check`, plus a count of receipts that came after a
+    later message of the same producer."""
+    seqs = chunk if isinstance(chunk, array) else array("Q", bytes(chunk))
+    verdict = check([seqs], producers, per_producer, corrupt=corrupt)
+    try:
+        import numpy as np
+    except ImportError:
+        last: dict[int, int] = {}
+        reordered = 0
+        for seq in seqs:
+            producer = seq >> PRODUCER_SHIFT
+            if seq < last.get(producer, -1):
+                reordered += 1
+            last[producer] = seq
+    else:
+        values = np.frombuffer(seqs, dtype=np.uint64) if len(seqs) else np.zeros(0, np.uint64)
+        producer = values >> np.uint64(PRODUCER_SHIFT)
+        order = np.argsort(producer, kind="stable")  # each producer's receipts, as received
+        grouped, owners = values[order], producer[order]
+        reordered = int(
+            np.count_nonzero((grouped[1:] < grouped[:-1]) & (owners[1:] == owners[:-1]))
+        )
+    return dataclasses.replace(verdict, reordered=reordered)
+
+
+def combine(verdicts: Iterable[Verdict]) -> Verdict:
+    """One verdict summing several (a topic's subscribers, the two sides of a round trip)."""
+    fields = ("expected", "received", "lost", "duplicated", "unexpected", "corrupt", "reordered")
+    listed = list(verdicts)
+    return Verdict(**{f: sum(getattr(v, f) for v in listed) for f in fields})
 
 
 def _count_numpy(seqs: array, producers: int, per_producer: int) -> tuple[int, int, int]:

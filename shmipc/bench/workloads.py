@@ -22,6 +22,7 @@ from .transports import BATCH, Receiver, Sender
 from .verify import END, END_SEQ, SEQ, make_seq
 
 __all__ = [
+    "GROUPS",
     "WORKLOADS",
     "ConsumerResult",
     "PingResult",
@@ -32,6 +33,7 @@ __all__ = [
     "produce",
     "warmup_rounds",
     "workload_named",
+    "workloads_named",
 ]
 
 #: A 64-byte message: the little-endian sequence number, then zeros; one C call builds it.
@@ -55,6 +57,11 @@ class Workload:
     probe: int = 20_000  #: first calibration count
     quick: int = 2_000  #: count for --quick
     max_count: int = 50_000_000  #: never more than this many messages in one row
+    #: "stream" (producers -> consumers through one channel), "fanout" (one publisher, every
+    #: subscriber gets every message: see fanout.py) or "arrays" (round trips: see arrays.py)
+    kind: str = "stream"
+    group: str = ""  #: a name for --only that selects every workload of the group
+    smoke: bool = True  #: part of a --quick run (False: only when named by itself)
 
     def per_producer(self, count: int) -> int:
         """Messages each producer sends when the row sends about ``count`` in all."""
@@ -100,6 +107,56 @@ WORKLOADS: tuple[Workload, ...] = (
 )
 
 
+def _fanout(message: str, subscribers: int) -> Workload:
+    objects = message == "dict"
+    return Workload(
+        f"fanout-{message}-{subscribers}",
+        f"1 publisher -> {subscribers} subscriber process{'es' if subscribers > 1 else ''}, "
+        f"{'small dicts' if objects else '64-byte messages'}, every subscriber gets every one",
+        "msgs/s",
+        consumers=subscribers,
+        objects=objects,
+        size=48 if objects else 64,
+        probe=10_000 if objects else 20_000,
+        quick=1_000 if objects else 2_000,
+        max_count=10_000_000,
+        kind="fanout",
+        group="fanout",
+    )
+
+
+def _arrays(mib: int, probe: int, quick: int, max_count: int, smoke: bool = True) -> Workload:
+    return Workload(
+        f"arrays-{mib}MiB",
+        f"round trips of {mib} MiB float64 arrays between two processes",
+        "GB/s",
+        size=mib * MIB,
+        probe=probe,
+        quick=quick,
+        max_count=max_count,
+        kind="arrays",
+        group="arrays",
+        smoke=smoke,
+    )
+
+
+#: What each group's workloads are, in one line for the report.
+GROUPS = {
+    "fanout": "fanout-M-N = 1 publisher -> N subscriber processes, each receiving every message "
+    "(M: 64B = 64-byte bytes, dict = small dicts)",
+    "arrays": "arrays-S = round trips of S float64 arrays between two processes",
+}
+
+#: One publisher to 1, 2 and 4 subscribers (fanout.py), then round trips of large arrays
+#: (arrays.py; 256 MiB rows run a handful of times at most).
+WORKLOADS += (
+    *(_fanout(message, n) for message in ("64B", "dict") for n in (1, 2, 4)),
+    _arrays(1, probe=32, quick=8, max_count=20_000),
+    _arrays(32, probe=2, quick=2, max_count=200, smoke=False),
+    _arrays(256, probe=1, quick=1, max_count=6, smoke=False),
+)
+
+
 def workload_named(name: str) -> Workload:
     """The workload called ``name`` (case-insensitive)."""
     for workload in WORKLOADS:
@@ -107,6 +164,12 @@ def workload_named(name: str) -> Workload:
             return workload
     known = ", ".join(w.name for w in WORKLOADS)
     raise KeyError(f"unknown workload {name!r} (known: {known})")
+
+
+def workloads_named(name: str) -> list[Workload]:
+    """The workload called ``name``, or every workload of the group called ``name``."""
+    group = [w for w in WORKLOADS if w.group and w.group.lower() == name.lower()]
+    return group or [workload_named(name)]
 
 
 def warmup_rounds(rounds: int) -> int:
