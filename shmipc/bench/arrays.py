@@ -240,8 +240,8 @@ class _ShmipcArrayLink(ArrayLink):
     def close(self, broken: bool = False) -> None:
         for q in self._queues:
             q.close()
+        self._pool.unlink()  # the name first: a closed handle can no longer unlink
         self._pool.close()
-        self._pool.unlink()
 
 
 # --- multiprocessing.Queue -------------------------------------------------------------------
