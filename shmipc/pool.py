@@ -1,0 +1,835 @@
+"""``shmipc.Pool`` and ``shmipc.Executor``: process pools whose tasks and results travel over
+shmipc queues, and that survive a worker dying mid-task.
+
+The interface is ``multiprocessing.Pool``'s (the result classes are the standard library's own:
+``ApplyResult``, ``MapResult``, ``IMapIterator``) plus ``submit() -> concurrent.futures.Future``;
+:class:`Executor` is a ``concurrent.futures.Executor`` over the same machinery.
+
+How it works, and the invariants the fault handling rests on:
+
+* Every worker has its own task queue (one producer: the parent, under ``Pool._lock``) and all
+  workers share one result queue (codec "pickle": a drop-in must carry anything). The parent
+  sends a task to the live worker with the fewest outstanding tasks, at most ``_PREFETCH``
+  each, so it always knows which tasks each worker holds (``_Worker.tasks``, in send order).
+* Before running a task a worker stores its sequence number in its slot of a small shared
+  region. A worker processes its queue in order, so when it dies, of the tasks it held: the
+  one whose number is in its slot was running (its result never came: it fails with
+  :class:`BrokenWorker`), the ones after it never started (they are sent again, to another
+  worker), and the ones before it have results in the result queue already (``put`` stores
+  synchronously before it returns).
+* The parent learns of a death from the process sentinel (watcher thread). It reads the dead
+  worker's slot, starts a replacement in the same slot, then puts a "worker lost" marker into
+  the result queue. The result queue is FIFO and the dead worker's last put completed before
+  it died (a put cut short is discarded by the queue's revocation), so when the result thread
+  reaches the marker every result the dead worker produced has been handled: whatever of its
+  tasks is still outstanding never finished.
+* Workers watch the parent: a watchdog thread polls its identity (pid + start time, through
+  :mod:`shmipc._proc`) every quarter of the liveness interval; workers started from the
+  parent's main thread also get ``PR_SET_PDEATHSIG`` (SIGTERM, handled). A worker that finds
+  its parent dead unlinks the pool's segment names and exits.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import ctypes
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.pool as _mpp
+import os
+import queue as _queue
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from . import _proc
+from .errors import Closed, ShmipcError
+from .queue import Queue
+from .region import Region, _unlink_quietly
+
+__all__ = ["BrokenWorker", "Executor", "Pool"]
+
+# The standard library's pool states: tests and tools compare ``pool._state`` with them.
+INIT, RUN, CLOSE, TERMINATE = _mpp.INIT, _mpp.RUN, _mpp.CLOSE, _mpp.TERMINATE
+
+_PREFETCH = 8  # tasks sent ahead to one worker (its queue holds them while it runs one)
+_TASK_CAPACITY = 1 << 20
+_RESULT_CAPACITY = 1 << 22
+_MARKER = -1  # first field of a "worker lost" message in the result queue
+_RERAISE = object()  # an imap task that is the iterable's own exception
+
+
+class BrokenWorker(ShmipcError, BrokenProcessPool):
+    """The worker running this task died before finishing it (killed by a signal, crashed, or
+    exited). The pool replaced the worker and goes on; only this task is lost.
+
+    ``pid``: the worker's process id; ``exitcode``: as ``Process.exitcode`` (negative: the
+    signal that killed it); ``signal``: the signal's name, or None.
+    """
+
+    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = _signal_name(exitcode) if exitcode is not None and exitcode < 0 else None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0] if self.args else "", self.pid, self.exitcode))
+
+
+def _signal_name(exitcode: int) -> str:
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def _death(pid: int | None, exitcode: int | None) -> str:
+    if exitcode is None:
+        return f"worker process {pid} was lost"
+    if exitcode < 0:
+        return f"worker process {pid} was killed by {_signal_name(exitcode)}"
+    return f"worker process {pid} exited with code {exitcode}"
+
+
+# ---- the worker process -------------------------------------------------------------------
+
+
+def _worker_main(
+    tasks: Queue,
+    results: Queue,
+    slots: Region,
+    index: int,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    maxtasks: int | None,
+    parent: tuple[int, int],
+    liveness: float,
+    deathsig: bool,
+    names: tuple[str, ...],
+) -> None:
+    """Run tasks from ``tasks`` until a ``None`` sentinel, ``maxtasks`` tasks, or the death
+    of ``parent`` (pid, start time)."""
+    _watch_parent(parent, liveness, deathsig, names)
+    slot = slots.buffer.cast("q")
+    if initializer is not None:
+        initializer(*initargs)
+    get, put = tasks.get, results.put
+    reraise = _mpp._helper_reraises_exception
+    done = 0
+    while maxtasks is None or done < maxtasks:
+        task = get()
+        if task is None:
+            break
+        seq, func, args, kwds = task
+        slot[index] = seq  # read by the parent only once this process is dead
+        try:
+            result = (seq, True, func(*args, **kwds))
+        except Exception as exc:
+            if func is not reraise:
+                exc = _mpp.ExceptionWithTraceback(exc, exc.__traceback__)
+            result = (seq, False, exc)
+        try:
+            put(result)
+        except Exception as exc:
+            put((seq, False, _mpp.MaybeEncodingError(exc, result[2])))
+        task = func = args = kwds = result = None  # type: ignore[assignment]
+        done += 1
+
+
+def _parent_dead(parent: tuple[int, int], ppid: int) -> bool:
+    if ppid == parent[0] and os.getppid() != ppid:
+        return True  # reparented: our parent is gone
+    return _proc.process_state(*parent) is _proc.Liveness.DEAD
+
+
+def _orphaned_exit(names: tuple[str, ...]) -> None:
+    """The parent died without closing the pool: remove its segment names (nobody else
+    will), then leave at once."""
+    for name in names:
+        try:
+            _unlink_quietly(name)
+        except Exception:
+            pass
+    os._exit(70)
+
+
+def _watch_parent(
+    parent: tuple[int, int], liveness: float, deathsig: bool, names: tuple[str, ...]
+) -> None:
+    ppid = os.getppid()
+    if deathsig and ppid == parent[0]:
+
+        def on_term(signum: int, frame: object) -> None:
+            if _parent_dead(parent, ppid):
+                _orphaned_exit(names)
+            os._exit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_term)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if _parent_dead(parent, ppid):
+        _orphaned_exit(names)
+
+    def watch() -> None:
+        while True:
+            time.sleep(liveness / 4)
+            if _parent_dead(parent, ppid):
+                _orphaned_exit(names)
+
+    threading.Thread(target=watch, name="shmipc-pool-parent-watch", daemon=True).start()
+
+
+# ---- the parent -----------------------------------------------------------------------------
+
+
+class _Worker:
+    """One worker process and what the parent has sent it."""
+
+    __slots__ = ("budget", "dead", "index", "process", "queue", "tasks")
+
+    def __init__(self, index: int, process: Any, queue: Queue, budget: float) -> None:
+        self.index = index
+        self.process = process
+        self.queue = queue
+        self.budget = budget  # tasks it may still be sent (maxtasksperchild)
+        self.dead = False
+        self.tasks: dict[int, list[Any]] = {}  # seq -> [job, i, func, args, kwds], in order
+
+
+class _Notifier:
+    """The ``_PoolCache`` notifier: the cache emptied, wake ``join``."""
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self._cond = cond
+
+    def put(self, _item: object) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+class _FutureJob:
+    """A ``submit``: a job of the pool's cache that completes a concurrent.futures.Future."""
+
+    def __init__(self, pool: Pool, future: concurrent.futures.Future[Any]) -> None:
+        self._job = next(_mpp.job_counter)
+        self._cache = pool._cache
+        self.future = future
+        self._cache[self._job] = self
+
+    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
+        ok, value = obj
+        if not self.future.done():
+            if ok:
+                self.future.set_result(value)
+            else:
+                self.future.set_exception(value)
+        self._cache.pop(self._job, None)
+        if not self._cache:
+            self._cache.notifier.put(None)
+
+
+class Pool:
+    """A process pool with ``multiprocessing.Pool``'s interface whose tasks and results go
+    through shmipc queues; a worker that dies mid-task fails that task with
+    :class:`BrokenWorker` and is replaced, and the pool goes on. ``context``: a
+    multiprocessing context (fork, spawn or forkserver); the default start method if None.
+    """
+
+    _wrap_exception = True
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        liveness: float = 1.0,
+    ) -> None:
+        self._pool: list[Any] = []  # the worker processes, as multiprocessing.Pool's _pool
+        self._state = INIT
+        self._workers: list[_Worker] = []
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if liveness <= 0:
+            raise ValueError("liveness must be positive")
+        self._ctx = context if context is not None else multiprocessing.get_context()
+        if isinstance(self._ctx, str):
+            self._ctx = multiprocessing.get_context(self._ctx)
+        self._processes = processes
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._maxtasksperchild = maxtasksperchild
+        self._liveness = liveness
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._cache = _mpp._PoolCache(notifier=_Notifier(self._cond))
+        self._pending: collections.deque[list[Any]] = collections.deque()
+        self._inflight: dict[int, _Worker] = {}
+        self._seq = itertools.count(1)
+        self._feeding = 0  # imap generators the task thread is still reading
+        self._taskqueue: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
+        self._parent = _proc.self_identity()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._results = Queue(capacity=_RESULT_CAPACITY, codec="pickle")
+        self._slots = Region.create(8 * processes)
+        self._stopping = False
+        self._draining = False
+        self._maintain_lock = threading.Lock()
+        self._lost: dict[int, tuple[_Worker, int, int | None, int | None]] = {}
+        self._threads: list[threading.Thread] = []
+        try:
+            for index in range(processes):
+                self._workers.append(self._start_worker(index))
+                self._pool.append(self._workers[-1].process)
+        except BaseException:
+            self._kill_all()
+            self._release_segments()
+            raise
+        for target, name in (
+            (self._handle_results, "results"),
+            (self._handle_workers, "workers"),
+            (self._handle_tasks, "tasks"),
+        ):
+            t = threading.Thread(target=target, name=f"shmipc-pool-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._terminate = multiprocessing.util.Finalize(
+            self, Pool._finalize, args=(_Shutdown(self),), exitpriority=15
+        )
+        self._state = RUN
+
+    # ---- workers ------------------------------------------------------------------------
+
+    def _start_worker(self, index: int) -> _Worker:
+        queue = Queue(capacity=_TASK_CAPACITY, codec="pickle")
+        names = (queue.name, self._results.name, self._slots.name or "")
+        process = self._ctx.Process(
+            target=_worker_main,
+            args=(
+                queue,
+                self._results,
+                self._slots,
+                index,
+                self._initializer,
+                self._initargs,
+                self._maxtasksperchild,
+                self._parent,
+                self._liveness,
+                threading.current_thread() is threading.main_thread(),
+                names,
+            ),
+            name=f"ShmipcPoolWorker-{index}",
+            daemon=True,
+        )
+        try:
+            process.start()
+        except BaseException:
+            queue.close()
+            raise
+        budget = self._maxtasksperchild or float("inf")
+        return _Worker(index, process, queue, budget)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _handle_workers(self) -> None:
+        """Watch the worker processes; replace the ones that end (see the module docstring)."""
+        while not self._stopping:
+            with self._lock:
+                sentinels = {w.process.sentinel: w for w in self._workers if not w.dead}
+            ready = multiprocessing.connection.wait([*sentinels, self._wake_r])
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except OSError:
+                    pass
+            if self._stopping:
+                break
+            if any(s in sentinels for s in ready):
+                self._maintain()
+
+    def _maintain(self) -> None:
+        """Replace every worker whose process has ended (while the pool runs or has work),
+        then tell the result thread through a marker behind the dead worker's last result."""
+        with self._maintain_lock:
+            lost = []
+            with self._lock:
+                for index, w in enumerate(self._workers):
+                    if w.dead or w.process.is_alive():
+                        continue
+                    w.process.join(0)
+                    w.dead = True
+                    token = next(self._seq)
+                    running = self._slots.buffer.cast("q")[index]
+                    self._lost[token] = (w, running, w.process.pid, w.process.exitcode)
+                    lost.append((index, token))
+            for index, token in lost:
+                with self._lock:
+                    replace = not self._draining and self._state != TERMINATE and (
+                        self._state == RUN or self._pending or self._inflight or self._feeding
+                    )
+                if replace:
+                    try:
+                        new = self._start_worker(index)
+                    except Exception as exc:  # cannot start a process: work waits
+                        warnings.warn(f"shmipc.Pool could not replace a worker: {exc}",
+                                      RuntimeWarning, stacklevel=1)
+                    else:
+                        with self._lock:
+                            self._workers[index] = new
+                            self._pool[index] = new.process
+                try:
+                    self._results.put((_MARKER, token), timeout=5 * self._liveness)
+                except Exception:
+                    pass
+        self._wake()
+
+    def _repopulate_pool(self) -> None:
+        """Replace workers that have exited now (multiprocessing.Pool's name for it)."""
+        self._maintain()
+
+    # ---- dispatch -----------------------------------------------------------------------
+
+    def _pick(self) -> _Worker | None:
+        best = None
+        for w in self._workers:
+            if w.dead or w.budget <= 0:
+                continue
+            n = len(w.tasks)
+            if n < _PREFETCH and (best is None or n < len(best.tasks)):
+                best = w
+                if n == 0:
+                    break
+        return best
+
+    def _pump(self, failed: list[tuple[Any, int, tuple[bool, Any]]]) -> None:
+        """Send pending tasks while some worker has room (lock held). Tasks that cannot be
+        sent (the arguments do not pickle) go to ``failed``, to be completed outside the lock."""
+        pending = self._pending
+        while pending:
+            w = self._pick()
+            if w is None:
+                return
+            task = pending[0]
+            job = self._cache.get(task[0])
+            if job is None:
+                pending.popleft()
+                continue
+            if isinstance(job, _FutureJob) and not task[5]:
+                if not job.future.set_running_or_notify_cancel():
+                    pending.popleft()
+                    self._cache.pop(task[0], None)
+                    if not self._cache:
+                        self._cond.notify_all()
+                    continue
+                task[5] = True
+            seq = next(self._seq)
+            try:
+                w.queue.put((seq, task[2], task[3], task[4]), timeout=0)
+            except _queue.Full:
+                w.budget, budget = 0, w.budget  # full ring: try another worker this round
+                try:
+                    self._pump(failed)
+                finally:
+                    w.budget = budget
+                return
+            except Closed:
+                return
+            except Exception as exc:
+                pending.popleft()
+                failed.append((task[0], task[1], (False, exc)))
+                continue
+            pending.popleft()
+            w.tasks[seq] = task
+            w.budget -= 1
+            self._inflight[seq] = w
+
+    def _complete(self, done: list[tuple[Any, int, tuple[bool, Any]]]) -> None:
+        for job_id, i, obj in done:
+            job = self._cache.get(job_id)
+            if job is not None:
+                job._set(i, obj)
+
+    def _submit_tasks(self, tasks: Iterable[list[Any]]) -> None:
+        failed: list[tuple[Any, int, tuple[bool, Any]]] = []
+        with self._lock:
+            self._pending.extend(tasks)
+            self._pump(failed)
+        self._complete(failed)
+
+    def _handle_results(self) -> None:
+        get_many = self._results.get_many
+        while True:
+            try:
+                batch = get_many(512, timeout=self._liveness)
+            except _queue.Empty:
+                if self._stopping:
+                    return
+                continue
+            except Closed:
+                return
+            except Exception as exc:  # a result that does not unpickle here: it is lost
+                warnings.warn(f"shmipc.Pool dropped a result: {exc!r}", RuntimeWarning,
+                              stacklevel=1)
+                continue
+            done: list[tuple[Any, int, tuple[bool, Any]]] = []
+            stop = False
+            with self._lock:
+                for msg in batch:
+                    if msg is None:
+                        stop = True
+                        continue
+                    seq = msg[0]
+                    if seq == _MARKER:
+                        self._worker_lost(msg, done)
+                        continue
+                    w = self._inflight.pop(seq, None)
+                    if w is None:
+                        continue
+                    task = w.tasks.pop(seq)
+                    done.append((task[0], task[1], (msg[1], msg[2])))
+                self._pump(done)
+            batch = msg = task = None  # type: ignore[assignment]
+            self._complete(done)
+            done.clear()
+            if stop:
+                return
+
+    def _worker_lost(self, msg: tuple[Any, ...], done: list[Any]) -> None:
+        """The marker of a dead worker: every result it produced has been handled (lock held).
+        The task in its slot was running and fails; the ones it had not started go again."""
+        w, running, pid, exitcode = self._lost.pop(msg[1])
+        again = []
+        for seq, task in w.tasks.items():
+            self._inflight.pop(seq, None)
+            if seq == running:
+                err = BrokenWorker(
+                    f"{_death(pid, exitcode)} while running this task; the pool replaced it",
+                    pid,
+                    exitcode,
+                )
+                done.append((task[0], task[1], (False, err)))
+            else:
+                again.append(task)
+        w.tasks.clear()
+        self._pending.extendleft(reversed(again))
+        try:
+            w.queue.close()
+        except Exception:
+            pass
+
+    def _handle_tasks(self) -> None:
+        """Read imap generators (they may be slow or raise) and queue their tasks."""
+        for taskseq, set_length in iter(self._taskqueue.get, None):
+            idx = -1
+            try:
+                for idx, task in enumerate(taskseq):
+                    if self._state == TERMINATE:
+                        break
+                    if task[2] is _RERAISE:
+                        self._complete([(task[0], task[1], (False, task[3]))])
+                        continue
+                    with self._lock:
+                        while len(self._pending) > 4 * _PREFETCH * len(self._workers):
+                            if self._state == TERMINATE:
+                                break
+                            self._cond.wait(0.1)
+                    self._submit_tasks([task])
+                else:
+                    set_length(idx + 1)
+            finally:
+                taskseq = None
+                with self._lock:
+                    self._feeding -= 1
+                    self._cond.notify_all()
+
+    def _guarded(self, job: Any, func: Callable[..., Any], iterable: Iterable[Any]
+                 ) -> Iterator[list[Any]]:
+        """The tasks of an imap; an exception from the iterable completes the job's next
+        index with it (in the parent: it is not a remote error)."""
+        i = -1
+        try:
+            for i, x in enumerate(iterable):
+                yield [job._job, i, func, (x,), {}, False]
+        except Exception as exc:
+            yield [job._job, i + 1, _RERAISE, exc]
+
+    # ---- the multiprocessing.Pool interface -----------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
+              kwds: dict[str, Any] | None = None) -> Any:
+        """``func(*args, **kwds)`` in a worker; waits for the result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> _mpp.ApplyResult:
+        """Run ``func(*args, **kwds)`` in a worker; an AsyncResult."""
+        self._check_running()
+        result = _mpp.ApplyResult(self, callback, error_callback)
+        self._submit_tasks([[result._job, 0, func, tuple(args), dict(kwds or {}), False]])
+        return result
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+               ) -> concurrent.futures.Future[Any]:
+        """Run ``fn(*args, **kwargs)`` in a worker; a concurrent.futures.Future."""
+        self._check_running()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        job = _FutureJob(self, future)
+        self._submit_tasks([[job._job, 0, fn, args, kwargs, False]])
+        return future
+
+    def map(self, func: Callable[..., Any], iterable: Iterable[Any],
+            chunksize: int | None = None) -> list[Any]:
+        """``list(map(func, iterable))`` computed by the workers, in chunks."""
+        return self._map_async(func, iterable, _mpp.mapstar, chunksize).get()
+
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None) -> list[Any]:
+        """``map`` with each item unpacked as the arguments."""
+        return self._map_async(func, iterable, _mpp.starmapstar, chunksize).get()
+
+    def map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
+                  chunksize: int | None = None, callback: Callable[[Any], object] | None = None,
+                  error_callback: Callable[[BaseException], object] | None = None
+                  ) -> _mpp.MapResult:
+        return self._map_async(func, iterable, _mpp.mapstar, chunksize, callback,
+                               error_callback)
+
+    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None,
+                      callback: Callable[[Any], object] | None = None,
+                      error_callback: Callable[[BaseException], object] | None = None
+                      ) -> _mpp.MapResult:
+        return self._map_async(func, iterable, _mpp.starmapstar, chunksize, callback,
+                               error_callback)
+
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], mapper: Any,
+                   chunksize: int | None = None, callback: Any = None,
+                   error_callback: Any = None) -> _mpp.MapResult:
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        n = len(iterable)  # type: ignore[arg-type]
+        if chunksize is None:
+            chunksize, extra = divmod(n, len(self._workers) * 4)
+            if extra:
+                chunksize += 1
+        if n == 0:
+            chunksize = 0
+        result = _mpp.MapResult(self, chunksize, n, callback, error_callback=error_callback)
+        if n:
+            tasks = [
+                [result._job, i, mapper, (chunk,), {}, False]
+                for i, chunk in enumerate(_mpp.Pool._get_tasks(func, iterable, chunksize))
+            ]
+            self._submit_tasks(tasks)
+        return result
+
+    def imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1
+             ) -> Iterator[Any]:
+        """Results in order, as they come."""
+        return self._imap(_mpp.IMapIterator, func, iterable, chunksize)
+
+    def imap_unordered(self, func: Callable[..., Any], iterable: Iterable[Any],
+                       chunksize: int = 1) -> Iterator[Any]:
+        """Results in the order they finish."""
+        return self._imap(_mpp.IMapUnorderedIterator, func, iterable, chunksize)
+
+    def _imap(self, cls: Any, func: Callable[..., Any], iterable: Iterable[Any],
+              chunksize: int) -> Iterator[Any]:
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+        result = cls(self)
+        with self._lock:
+            self._feeding += 1
+        if chunksize == 1:
+            self._taskqueue.put((self._guarded(result, func, iterable), result._set_length))
+            return result  # type: ignore[no-any-return]
+        batches = _mpp.Pool._get_tasks(func, iterable, chunksize)
+        self._taskqueue.put((self._guarded(result, _mpp.mapstar, batches), result._set_length))
+        return (item for chunk in result for item in chunk)
+
+    # ---- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """No more tasks; the workers exit once the submitted ones are done."""
+        if self._state == RUN:
+            self._state = CLOSE
+            self._wake()
+
+    def terminate(self) -> None:
+        """Stop the workers now; outstanding work is abandoned (futures are cancelled or
+        fail with BrokenWorker)."""
+        self._state = TERMINATE
+        self._terminate()
+
+    def join(self) -> None:
+        """Wait for the workers to exit (after close() or terminate())."""
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        if self._state not in (CLOSE, TERMINATE):
+            raise ValueError("In unknown state")
+        if self._state == CLOSE:
+            with self._lock:
+                while (self._cache or self._pending or self._inflight or self._feeding) and \
+                        self._state == CLOSE:
+                    self._cond.wait(0.2)
+        self._terminate()
+
+    def _shutdown(self, terminate: bool) -> None:
+        """Stop the threads and the workers and remove the segments (once)."""
+        self._taskqueue.put(None)
+        with self._lock:
+            self._draining = True
+        with self._maintain_lock:
+            pass  # a replacement being started is in self._pool once this returns
+        if terminate:
+            with self._lock:
+                self._pending.clear()
+        else:
+            # The workers leave on their sentinel once their queue is drained.
+            with self._lock:
+                for w in self._workers:
+                    if not w.dead:
+                        try:
+                            w.queue.put(None, timeout=self._liveness)
+                        except Exception:
+                            w.process.terminate()
+        deadline = time.monotonic() + (0.5 if terminate else 5.0)
+        if terminate:
+            self._kill_all()
+        for p in self._pool:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.exitcode is None:
+                p.kill()
+                p.join(5)
+        self._stopping = True
+        self._wake()
+        try:
+            self._results.put(None, timeout=self._liveness)
+        except Exception:
+            pass
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(5 + self._liveness)
+        leftover: list[Any] = []
+        with self._lock:
+            for w in self._workers:
+                for task in w.tasks.values():
+                    leftover.append(task)
+                w.tasks.clear()
+            self._inflight.clear()
+        for task in leftover:
+            job = self._cache.get(task[0])
+            if isinstance(job, _FutureJob) and not job.future.done():
+                job._set(0, (False, BrokenWorker("the pool was terminated before this task "
+                                                 "finished")))
+        for job in list(self._cache.values()):
+            if isinstance(job, _FutureJob):
+                job.future.cancel()
+                self._cache.pop(job._job, None)
+        self._release_segments()
+
+    def _kill_all(self) -> None:
+        for p in self._pool:
+            if p.exitcode is None:
+                try:
+                    p.terminate()
+                except Exception:
+                    pass
+
+    def _release_segments(self) -> None:
+        for w in self._workers:
+            try:
+                w.queue.close()
+            except Exception:
+                pass
+        for obj in (self._results, self._slots):
+            try:
+                obj.close()
+            except Exception:
+                pass
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    @staticmethod
+    def _finalize(shutdown: _Shutdown) -> None:
+        shutdown()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __del__(self, _warn: Any = warnings.warn, RUN: str = RUN) -> None:
+        if getattr(self, "_state", None) == RUN:
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning,
+                  source=self)
+
+    def __repr__(self) -> str:
+        cls = type(self)
+        return (f"<{cls.__module__}.{cls.__qualname__} state={self._state} "
+                f"pool_size={len(self._pool)}>")
+
+
+class _Shutdown:
+    """The pool's finaliser: runs ``_shutdown`` once (terminate, join, or interpreter exit)
+    without the Finalize keeping the pool alive."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._done = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        pool = self._pool
+        self._pool = None  # type: ignore[assignment]
+        pool._shutdown(terminate=pool._state != CLOSE)
