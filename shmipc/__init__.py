@@ -31,6 +31,7 @@ from .errors import (
     Revoked,
     ShmipcError,
 )
+from .pool import BrokenWorker, Executor, Pool
 from .queue import Queue
 from .region import Region
 from .ring import Ring, RingStatistics
@@ -39,14 +40,17 @@ from .sync import AtomicCounter, Barrier, Event, Lock, Semaphore
 __all__ = [
     "AtomicCounter",
     "Barrier",
+    "BrokenWorker",
     "Closed",
     "CorruptedError",
     "Event",
+    "Executor",
     "Lagged",
     "LayoutMismatch",
     "Lock",
     "MessageTooLarge",
     "PeerDied",
+    "Pool",
     "Queue",
     "Region",
     "Revoked",

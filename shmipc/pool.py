@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import ctypes
+import functools
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -63,6 +64,7 @@ _TASK_CAPACITY = 1 << 20
 _RESULT_CAPACITY = 1 << 22
 _MARKER = -1  # first field of a "worker lost" message in the result queue
 _RERAISE = object()  # an imap task that is the iterable's own exception
+_DEATHSIG = signal.SIGHUP  # what PR_SET_PDEATHSIG sends a worker (see _watch_parent)
 
 
 class BrokenWorker(ShmipcError, BrokenProcessPool):
@@ -165,16 +167,22 @@ def _watch_parent(
 ) -> None:
     ppid = os.getppid()
     if deathsig and ppid == parent[0]:
+        # PR_SET_PDEATHSIG: the kernel signals us as the parent exits (valid only when the
+        # thread that started us lives as long as the parent: the main thread). The signal
+        # can come before the parent looks dead from here, and anyone may send it: wait for
+        # the death to show (up to the liveness interval), otherwise carry on.
 
-        def on_term(signum: int, frame: object) -> None:
-            if _parent_dead(parent, ppid):
-                _orphaned_exit(names)
-            os._exit(128 + signum)
+        def on_hangup(signum: int, frame: object) -> None:
+            end = time.monotonic() + liveness
+            while time.monotonic() < end:
+                if _parent_dead(parent, ppid):
+                    _orphaned_exit(names)
+                time.sleep(0.005)
 
-        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(_DEATHSIG, on_hangup)
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+            libc.prctl(1, int(_DEATHSIG), 0, 0, 0)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
     if _parent_dead(parent, ppid):
@@ -389,15 +397,20 @@ class Pool:
                     lost.append((index, token))
             for index, token in lost:
                 with self._lock:
-                    replace = not self._draining and self._state != TERMINATE and (
-                        self._state == RUN or self._pending or self._inflight or self._feeding
+                    replace = (
+                        not self._draining
+                        and self._state != TERMINATE
+                        and (self._state == RUN or self._pending or self._inflight or self._feeding)
                     )
                 if replace:
                     try:
                         new = self._start_worker(index)
                     except Exception as exc:  # cannot start a process: work waits
-                        warnings.warn(f"shmipc.Pool could not replace a worker: {exc}",
-                                      RuntimeWarning, stacklevel=1)
+                        warnings.warn(
+                            f"shmipc.Pool could not replace a worker: {exc}",
+                            RuntimeWarning,
+                            stacklevel=1,
+                        )
                     else:
                         with self._lock:
                             self._workers[index] = new
@@ -493,8 +506,9 @@ class Pool:
             except Closed:
                 return
             except Exception as exc:  # a result that does not unpickle here: it is lost
-                warnings.warn(f"shmipc.Pool dropped a result: {exc!r}", RuntimeWarning,
-                              stacklevel=1)
+                warnings.warn(
+                    f"shmipc.Pool dropped a result: {exc!r}", RuntimeWarning, stacklevel=1
+                )
                 continue
             done: list[tuple[Any, int, tuple[bool, Any]]] = []
             stop = False
@@ -547,7 +561,7 @@ class Pool:
         for taskseq, set_length in iter(self._taskqueue.get, None):
             idx = -1
             try:
-                for idx, task in enumerate(taskseq):
+                for idx, task in enumerate(taskseq):  # noqa: B007 - read after the loop
                     if self._state == TERMINATE:
                         break
                     if task[2] is _RERAISE:
@@ -567,8 +581,9 @@ class Pool:
                     self._feeding -= 1
                     self._cond.notify_all()
 
-    def _guarded(self, job: Any, func: Callable[..., Any], iterable: Iterable[Any]
-                 ) -> Iterator[list[Any]]:
+    def _guarded(
+        self, job: Any, func: Callable[..., Any], iterable: Iterable[Any]
+    ) -> Iterator[list[Any]]:
         """The tasks of an imap; an exception from the iterable completes the job's next
         index with it (in the parent: it is not a remote error)."""
         i = -1
@@ -584,8 +599,9 @@ class Pool:
         if self._state != RUN:
             raise ValueError("Pool not running")
 
-    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
-              kwds: dict[str, Any] | None = None) -> Any:
+    def apply(
+        self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None
+    ) -> Any:
         """``func(*args, **kwds)`` in a worker; waits for the result."""
         return self.apply_async(func, args, kwds).get()
 
@@ -603,8 +619,9 @@ class Pool:
         self._submit_tasks([[result._job, 0, func, tuple(args), dict(kwds or {}), False]])
         return result
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-               ) -> concurrent.futures.Future[Any]:
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` in a worker; a concurrent.futures.Future."""
         self._check_running()
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -612,34 +629,52 @@ class Pool:
         self._submit_tasks([[job._job, 0, fn, args, kwargs, False]])
         return future
 
-    def map(self, func: Callable[..., Any], iterable: Iterable[Any],
-            chunksize: int | None = None) -> list[Any]:
+    def map(
+        self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None
+    ) -> list[Any]:
         """``list(map(func, iterable))`` computed by the workers, in chunks."""
         return self._map_async(func, iterable, _mpp.mapstar, chunksize).get()
 
-    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
-                chunksize: int | None = None) -> list[Any]:
+    def starmap(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+    ) -> list[Any]:
         """``map`` with each item unpacked as the arguments."""
         return self._map_async(func, iterable, _mpp.starmapstar, chunksize).get()
 
-    def map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
-                  chunksize: int | None = None, callback: Callable[[Any], object] | None = None,
-                  error_callback: Callable[[BaseException], object] | None = None
-                  ) -> _mpp.MapResult:
-        return self._map_async(func, iterable, _mpp.mapstar, chunksize, callback,
-                               error_callback)
+    def map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> _mpp.MapResult:
+        return self._map_async(func, iterable, _mpp.mapstar, chunksize, callback, error_callback)
 
-    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
-                      chunksize: int | None = None,
-                      callback: Callable[[Any], object] | None = None,
-                      error_callback: Callable[[BaseException], object] | None = None
-                      ) -> _mpp.MapResult:
-        return self._map_async(func, iterable, _mpp.starmapstar, chunksize, callback,
-                               error_callback)
+    def starmap_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> _mpp.MapResult:
+        return self._map_async(
+            func, iterable, _mpp.starmapstar, chunksize, callback, error_callback
+        )
 
-    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], mapper: Any,
-                   chunksize: int | None = None, callback: Any = None,
-                   error_callback: Any = None) -> _mpp.MapResult:
+    def _map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        mapper: Any,
+        chunksize: int | None = None,
+        callback: Any = None,
+        error_callback: Any = None,
+    ) -> _mpp.MapResult:
         self._check_running()
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
@@ -659,18 +694,21 @@ class Pool:
             self._submit_tasks(tasks)
         return result
 
-    def imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1
-             ) -> Iterator[Any]:
+    def imap(
+        self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1
+    ) -> Iterator[Any]:
         """Results in order, as they come."""
         return self._imap(_mpp.IMapIterator, func, iterable, chunksize)
 
-    def imap_unordered(self, func: Callable[..., Any], iterable: Iterable[Any],
-                       chunksize: int = 1) -> Iterator[Any]:
+    def imap_unordered(
+        self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1
+    ) -> Iterator[Any]:
         """Results in the order they finish."""
         return self._imap(_mpp.IMapUnorderedIterator, func, iterable, chunksize)
 
-    def _imap(self, cls: Any, func: Callable[..., Any], iterable: Iterable[Any],
-              chunksize: int) -> Iterator[Any]:
+    def _imap(
+        self, cls: Any, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int
+    ) -> Iterator[Any]:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
@@ -706,8 +744,9 @@ class Pool:
             raise ValueError("In unknown state")
         if self._state == CLOSE:
             with self._lock:
-                while (self._cache or self._pending or self._inflight or self._feeding) and \
-                        self._state == CLOSE:
+                while (
+                    self._cache or self._pending or self._inflight or self._feeding
+                ) and self._state == CLOSE:
                     self._cond.wait(0.2)
         self._terminate()
 
@@ -757,13 +796,27 @@ class Pool:
         for task in leftover:
             job = self._cache.get(task[0])
             if isinstance(job, _FutureJob) and not job.future.done():
-                job._set(0, (False, BrokenWorker("the pool was terminated before this task "
-                                                 "finished")))
+                job._set(
+                    0, (False, BrokenWorker("the pool was terminated before this task finished"))
+                )
         for job in list(self._cache.values()):
             if isinstance(job, _FutureJob):
                 job.future.cancel()
                 self._cache.pop(job._job, None)
         self._release_segments()
+
+    def _cancel_pending(self) -> None:
+        """Cancel the submitted futures no worker has started (Executor.shutdown)."""
+        with self._lock:
+            keep = collections.deque()
+            for task in self._pending:
+                job = self._cache.get(task[0])
+                if isinstance(job, _FutureJob) and not task[5] and job.future.cancel():
+                    self._cache.pop(task[0], None)
+                    continue
+                keep.append(task)
+            self._pending = keep
+            self._cond.notify_all()
 
     def _kill_all(self) -> None:
         for p in self._pool:
@@ -807,13 +860,13 @@ class Pool:
 
     def __del__(self, _warn: Any = warnings.warn, RUN: str = RUN) -> None:
         if getattr(self, "_state", None) == RUN:
-            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning,
-                  source=self)
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
 
     def __repr__(self) -> str:
         cls = type(self)
-        return (f"<{cls.__module__}.{cls.__qualname__} state={self._state} "
-                f"pool_size={len(self._pool)}>")
+        return (
+            f"<{cls.__module__}.{cls.__qualname__} state={self._state} pool_size={len(self._pool)}>"
+        )
 
 
 class _Shutdown:
@@ -833,3 +886,78 @@ class _Shutdown:
         pool = self._pool
         self._pool = None  # type: ignore[assignment]
         pool._shutdown(terminate=pool._state != CLOSE)
+
+
+class Executor(concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` on a :class:`Pool`: ``submit``, ``map`` (with
+    ``chunksize`` and ``timeout``) and ``shutdown(wait, cancel_futures)``, as
+    ``ProcessPoolExecutor``. A worker that dies fails only the future it was running
+    (:class:`BrokenWorker`, a ``BrokenProcessPool``); the executor replaces it and goes on.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        *,
+        liveness: float = 1.0,
+    ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._shutdown_lock = threading.Lock()
+        self._shut = False
+        self._pool = Pool(max_workers, initializer, initargs, context=mp_context, liveness=liveness)
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        with self._shutdown_lock:
+            if self._shut:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            return self._pool.submit(fn, *args, **kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Results in order; ``TimeoutError`` if one is not ready ``timeout`` seconds after
+        the call. ``chunksize`` items travel as one task."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = _chunks(zip(*iterables, strict=False), chunksize)
+        results = super().map(functools.partial(_run_chunk, fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more submissions; ``cancel_futures`` cancels those not started; ``wait`` waits
+        for the running ones and the workers' exit."""
+        with self._shutdown_lock:
+            self._shut = True
+        pool = self._pool
+        if cancel_futures:
+            pool._cancel_pending()
+        if pool._state == RUN:
+            pool.close()
+        if wait:
+            pool.join()
+        else:
+            threading.Thread(target=pool.join, name="shmipc-executor-shutdown", daemon=True).start()
+
+
+def _chunks(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
+    while True:
+        chunk = tuple(itertools.islice(items, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    return [fn(*args) for args in chunk]
