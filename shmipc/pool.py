@@ -63,6 +63,8 @@ _PREFETCH = 8  # tasks sent ahead to one worker (its queue holds them while it r
 _TASK_CAPACITY = 1 << 20
 _RESULT_CAPACITY = 1 << 22
 _MARKER = -1  # first field of a "worker lost" message in the result queue
+_NUDGE = -2  # first field of a message that only wakes the result thread
+_RX_GRACE = 0.01  # seconds the result thread leaves the result queue to waiting callers
 _RERAISE = object()  # an imap task that is the iterable's own exception
 _DEATHSIG = signal.SIGHUP  # what PR_SET_PDEATHSIG sends a worker (see _watch_parent)
 
@@ -246,6 +248,68 @@ class _FutureJob:
             self._cache.notifier.put(None)
 
 
+def _remaining(deadline: float | None, cap: float) -> float:
+    if deadline is None:
+        return cap
+    return min(cap, deadline - time.monotonic())
+
+
+class _Driven:
+    """``wait`` of the pool's AsyncResults: the waiting thread reads the results itself."""
+
+    _event: threading.Event
+
+    def _keep_driver(self, pool: Pool) -> None:
+        self._driver: Pool | None = pool
+
+    def wait(self, timeout: float | None = None) -> None:
+        pool = self._driver
+        if pool is not None and not self._event.is_set():
+            pool._drive(self._event.is_set, timeout)
+        self._event.wait(0 if pool is not None and timeout is not None else timeout)
+        if self._event.is_set():
+            self._driver = None
+
+
+class _ApplyResult(_Driven, _mpp.ApplyResult):
+    def __init__(self, pool: Pool, callback: Any, error_callback: Any) -> None:
+        _mpp.ApplyResult.__init__(self, pool, callback, error_callback)
+        self._keep_driver(pool)
+
+
+class _MapResult(_Driven, _mpp.MapResult):
+    def __init__(
+        self, pool: Pool, chunksize: int, length: int, callback: Any, error_callback: Any
+    ) -> None:
+        _mpp.MapResult.__init__(self, pool, chunksize, length, callback, error_callback)
+        self._keep_driver(pool)
+
+
+class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
+    """A Future whose ``result``/``exception`` read the pool's results in the waiting
+    thread (see Pool._drive)."""
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__()
+        self._driver: Pool | None = pool
+
+    def _drive(self, timeout: float | None) -> float | None:
+        pool = self._driver
+        if pool is None or self.done():
+            return timeout
+        start = time.monotonic()
+        pool._drive(self.done, timeout)
+        if self.done():
+            self._driver = None
+        return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._drive(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._drive(timeout))
+
+
 class Pool:
     """A process pool with ``multiprocessing.Pool``'s interface whose tasks and results go
     through shmipc queues; a worker that dies mid-task fails that task with
@@ -304,6 +368,12 @@ class Pool:
         self._stopping = False
         self._draining = False
         self._maintain_lock = threading.Lock()
+        self._rx = threading.Lock()
+        self._rx_cond = threading.Condition(threading.Lock())
+        self._rx_owner: int | None = None
+        self._rx_wanted = 0
+        self._rx_in_get = False
+        self._rx_left = 0.0
         self._lost: dict[int, tuple[_Worker, int, int | None, int | None]] = {}
         self._threads: list[threading.Thread] = []
         try:
@@ -494,44 +564,119 @@ class Pool:
             self._pump(failed)
         self._complete(failed)
 
+    # ---- receiving results ------------------------------------------------------------
+    #
+    # One thread at a time reads the result queue: whoever holds ``_rx``. A caller waiting on
+    # a result (AsyncResult.get/wait, Future.result/exception) takes that role itself, so a
+    # result reaches it without a hop through another thread (the hop costs more than the
+    # whole round trip to the worker); the result thread holds it otherwise, so callbacks
+    # and join() progress with nobody waiting. The result thread steps aside while callers
+    # want the role and for _RX_GRACE after the last one left (a caller in a loop of
+    # submit-then-wait keeps it), and a caller that finds it blocked in the queue wakes it
+    # with a _NUDGE message. ``_rx_wanted``/``_rx_in_get`` change under ``_rx_cond``: either
+    # the result thread sees a caller wanting the role, or the caller sees it in the queue.
+    # The holder does the bookkeeping of a batch (under ``_lock``) before it lets go of
+    # ``_rx``, so results and "worker lost" markers are handled in queue order.
+
+    def _receive(self, timeout: float) -> bool:
+        """Take one batch off the result queue and handle it (``_rx`` held). False when the
+        queue is closed or a stop message came."""
+        try:
+            batch = self._results.get_many(512, timeout=timeout)
+        except _queue.Empty:
+            return True
+        except Closed:
+            return False
+        except Exception as exc:  # a result that does not unpickle here: it is lost
+            warnings.warn(f"shmipc.Pool dropped a result: {exc!r}", RuntimeWarning, stacklevel=1)
+            return True
+        done: list[tuple[Any, int, tuple[bool, Any]]] = []
+        go_on = True
+        with self._lock:
+            for msg in batch:
+                if msg is None:
+                    go_on = False
+                    continue
+                seq = msg[0]
+                if seq == _NUDGE:
+                    continue
+                if seq == _MARKER:
+                    self._worker_lost(msg, done)
+                    continue
+                w = self._inflight.pop(seq, None)
+                if w is None:
+                    continue
+                task = w.tasks.pop(seq)
+                done.append((task[0], task[1], (msg[1], msg[2])))
+            self._pump(done)
+        batch = msg = task = None  # type: ignore[assignment]
+        self._complete(done)
+        return go_on and not self._stopping
+
     def _handle_results(self) -> None:
-        get_many = self._results.get_many
+        cond = self._rx_cond
         while True:
-            try:
-                batch = get_many(512, timeout=self._liveness)
-            except _queue.Empty:
+            with cond:
+                while not self._stopping and (
+                    self._rx_wanted or time.monotonic() - self._rx_left < _RX_GRACE
+                ):
+                    cond.wait(_RX_GRACE)
                 if self._stopping:
                     return
-                continue
-            except Closed:
-                return
-            except Exception as exc:  # a result that does not unpickle here: it is lost
-                warnings.warn(
-                    f"shmipc.Pool dropped a result: {exc!r}", RuntimeWarning, stacklevel=1
-                )
-                continue
-            done: list[tuple[Any, int, tuple[bool, Any]]] = []
-            stop = False
-            with self._lock:
-                for msg in batch:
-                    if msg is None:
-                        stop = True
-                        continue
-                    seq = msg[0]
-                    if seq == _MARKER:
-                        self._worker_lost(msg, done)
-                        continue
-                    w = self._inflight.pop(seq, None)
-                    if w is None:
-                        continue
-                    task = w.tasks.pop(seq)
-                    done.append((task[0], task[1], (msg[1], msg[2])))
-                self._pump(done)
-            batch = msg = task = None  # type: ignore[assignment]
-            self._complete(done)
-            done.clear()
-            if stop:
-                return
+                self._rx_in_get = True
+            got = self._rx.acquire(timeout=0.05)
+            try:
+                if got:
+                    with cond:
+                        wanted = self._rx_wanted
+                    if not wanted and not self._receive(self._liveness):
+                        return
+            finally:
+                with cond:
+                    self._rx_in_get = False
+                if got:
+                    self._rx.release()
+
+    def _drive(self, ready: Callable[[], bool], timeout: float | None) -> None:
+        """Wait until ``ready()``, reading the result queue in this thread (see above)."""
+        if ready():
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        me = threading.get_ident()
+        if self._rx_owner == me:  # a callback of ours waits: we hold the role already
+            while not ready() and self._receive(_remaining(deadline, self._liveness)):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+            return
+        with self._rx_cond:
+            self._rx_wanted += 1
+            nudge = self._rx_in_get
+        try:
+            if nudge:
+                try:
+                    self._results.put((_NUDGE,), timeout=0)
+                except Exception:
+                    pass
+            while not ready():
+                left = _remaining(deadline, 0.002)
+                if left <= 0 and deadline is not None:
+                    return
+                if not self._rx.acquire(timeout=min(left, 0.002)):
+                    continue  # another thread receives: it may be handling ours
+                self._rx_owner = me
+                try:
+                    while not ready():
+                        if not self._receive(_remaining(deadline, self._liveness)):
+                            return
+                        if deadline is not None and time.monotonic() >= deadline:
+                            return
+                finally:
+                    self._rx_owner = None
+                    self._rx.release()
+        finally:
+            with self._rx_cond:
+                self._rx_wanted -= 1
+                self._rx_left = time.monotonic()
 
     def _worker_lost(self, msg: tuple[Any, ...], done: list[Any]) -> None:
         """The marker of a dead worker: every result it produced has been handled (lock held).
@@ -615,7 +760,7 @@ class Pool:
     ) -> _mpp.ApplyResult:
         """Run ``func(*args, **kwds)`` in a worker; an AsyncResult."""
         self._check_running()
-        result = _mpp.ApplyResult(self, callback, error_callback)
+        result = _ApplyResult(self, callback, error_callback)
         self._submit_tasks([[result._job, 0, func, tuple(args), dict(kwds or {}), False]])
         return result
 
@@ -624,7 +769,7 @@ class Pool:
     ) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` in a worker; a concurrent.futures.Future."""
         self._check_running()
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future = _PoolFuture(self)
         job = _FutureJob(self, future)
         self._submit_tasks([[job._job, 0, fn, args, kwargs, False]])
         return future
@@ -685,7 +830,7 @@ class Pool:
                 chunksize += 1
         if n == 0:
             chunksize = 0
-        result = _mpp.MapResult(self, chunksize, n, callback, error_callback=error_callback)
+        result = _MapResult(self, chunksize, n, callback, error_callback=error_callback)
         if n:
             tasks = [
                 [result._job, i, mapper, (chunk,), {}, False]
@@ -779,6 +924,8 @@ class Pool:
                 p.join(5)
         self._stopping = True
         self._wake()
+        with self._rx_cond:
+            self._rx_cond.notify_all()
         try:
             self._results.put(None, timeout=self._liveness)
         except Exception:
