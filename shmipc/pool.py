@@ -38,7 +38,7 @@ import functools
 import itertools
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.pool as _mpp
+import multiprocessing.pool as _stdpool
 import os
 import queue as _queue
 import signal
@@ -56,9 +56,14 @@ from .region import Region, _unlink_quietly
 
 __all__ = ["BrokenWorker", "Executor", "Pool"]
 
+# The standard library's pool module: its result classes, task helpers and remote-traceback
+# wrapper are reused as they are (private names, stable since 3.8; typeshed leaves them out).
+_mpp: Any = _stdpool
+
 # The standard library's pool states: tests and tools compare ``pool._state`` with them.
 INIT, RUN, CLOSE, TERMINATE = _mpp.INIT, _mpp.RUN, _mpp.CLOSE, _mpp.TERMINATE
 
+_EXECUTOR_PREFETCH = 2
 _PREFETCH = 8  # tasks sent ahead to one worker (its queue holds them while it runs one)
 _TASK_CAPACITY = 1 << 20
 _RESULT_CAPACITY = 1 << 22
@@ -368,6 +373,7 @@ class Pool:
         self._stopping = False
         self._draining = False
         self._maintain_lock = threading.Lock()
+        self._prefetch = _PREFETCH
         self._rx = threading.Lock()
         self._rx_cond = threading.Condition(threading.Lock())
         self._rx_owner: int | None = None
@@ -503,7 +509,7 @@ class Pool:
             if w.dead or w.budget <= 0:
                 continue
             n = len(w.tasks)
-            if n < _PREFETCH and (best is None or n < len(best.tasks)):
+            if n < self._prefetch and (best is None or n < len(best.tasks)):
                 best = w
                 if n == 0:
                     break
@@ -713,7 +719,7 @@ class Pool:
                         self._complete([(task[0], task[1], (False, task[3]))])
                         continue
                     with self._lock:
-                        while len(self._pending) > 4 * _PREFETCH * len(self._workers):
+                        while len(self._pending) > 4 * self._prefetch * len(self._workers):
                             if self._state == TERMINATE:
                                 break
                             self._cond.wait(0.1)
@@ -955,7 +961,7 @@ class Pool:
     def _cancel_pending(self) -> None:
         """Cancel the submitted futures no worker has started (Executor.shutdown)."""
         with self._lock:
-            keep = collections.deque()
+            keep: collections.deque[list[Any]] = collections.deque()
             for task in self._pending:
                 job = self._cache.get(task[0])
                 if isinstance(job, _FutureJob) and not task[5] and job.future.cancel():
@@ -1056,6 +1062,9 @@ class Executor(concurrent.futures.Executor):
         self._shutdown_lock = threading.Lock()
         self._shut = False
         self._pool = Pool(max_workers, initializer, initargs, context=mp_context, liveness=liveness)
+        # As ProcessPoolExecutor: a future is "running" once a worker has it, so keep few
+        # queued at each worker and the rest cancellable (shutdown(cancel_futures=True)).
+        self._pool._prefetch = _EXECUTOR_PREFETCH
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any

@@ -21,7 +21,6 @@ import argparse
 import concurrent.futures
 import importlib.util
 import multiprocessing
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -54,7 +53,7 @@ class _Subject:
     submit: Callable[[Any, Callable[..., Any], Any], Any]  # (pool, fn, arg) -> handle
     wait: Callable[[Any], Any]  # handle -> result
     map: Callable[[Any, Callable[..., Any], Sequence[Any]], list[Any]]
-    stop: Callable[[Any], None]
+    stop: Callable[[Any], object]
 
 
 def _subjects() -> list[_Subject]:
@@ -141,16 +140,14 @@ class PoolReport:
         return f"{1 / row.value:,.0f}/s"
 
     def _ratio(self, row: PoolRow, base: str) -> str:
-        ref = next(
-            (r for r in self.rows if r.subject == base and r.workload == row.workload), None
-        )
+        ref = next((r for r in self.rows if r.subject == base and r.workload == row.workload), None)
         if row.value is None or ref is None or ref.value is None:
             return ""
         return f"{ref.value / row.value:.2f}x"
 
     def table(self) -> list[tuple[str, ...]]:
         head = ("workload", "pool", "result", "vs mp.Pool", "vs ProcessPoolExecutor")
-        cells = [head]
+        cells: list[tuple[str, ...]] = [head]
         for workload in self.units:
             for row in (r for r in self.rows if r.workload == workload):
                 cells.append(
@@ -249,9 +246,7 @@ def _measure(subject: _Subject, quick: bool, report: PoolReport) -> None:
         subject.stop(pool)
 
 
-def run(
-    quick: bool = False, progress: Callable[[int, int, str], None] | None = None
-) -> PoolReport:
+def run(quick: bool = False, progress: Callable[[int, int, str], None] | None = None) -> PoolReport:
     """Run every pool through every workload; rows in the order of ``PoolReport.units``."""
     report = PoolReport()
     subjects = _subjects()
@@ -291,7 +286,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n in report.notes:
             print(f"- {n}")
     ok = all(r.value is not None for r in report.rows)
-    _ = statistics  # (kept for callers that summarise rows)
     return 0 if ok else 1
 
 
