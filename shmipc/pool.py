@@ -954,7 +954,12 @@ class Pool:
                 )
         for job in list(self._cache.values()):
             if isinstance(job, _FutureJob):
-                job.future.cancel()
+                if not job.future.cancel() and not job.future.done():
+                    # sent to a worker once (running), then back in line when it died
+                    job._set(
+                        0,
+                        (False, BrokenWorker("the pool was terminated before this task finished")),
+                    )
                 self._cache.pop(job._job, None)
         self._release_segments()
 
