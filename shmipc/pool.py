@@ -374,6 +374,7 @@ class Pool:
         self._draining = False
         self._maintain_lock = threading.Lock()
         self._prefetch = _PREFETCH
+        self._feed_low = 2 * _PREFETCH * processes  # imap: refill the line below this
         self._rx = threading.Lock()
         self._rx_cond = threading.Condition(threading.Lock())
         self._rx_owner: int | None = None
@@ -556,6 +557,8 @@ class Pool:
             w.tasks[seq] = task
             w.budget -= 1
             self._inflight[seq] = w
+            if self._feeding and len(pending) == self._feed_low:
+                self._cond.notify_all()  # the task thread waits for room (_handle_tasks)
 
     def _complete(self, done: list[tuple[Any, int, tuple[bool, Any]]]) -> None:
         for job_id, i, obj in done:
@@ -719,7 +722,7 @@ class Pool:
                         self._complete([(task[0], task[1], (False, task[3]))])
                         continue
                     with self._lock:
-                        while len(self._pending) > 4 * self._prefetch * len(self._workers):
+                        while len(self._pending) > 2 * self._feed_low:
                             if self._state == TERMINATE:
                                 break
                             self._cond.wait(0.1)

@@ -187,75 +187,95 @@ class PoolReport:
             console.print(f"- {n}")
 
 
-def _best(fn: Callable[[], float], repeats: int) -> float:
-    return min(fn() for _ in range(repeats))
-
-
-def _measure(subject: _Subject, quick: bool, report: PoolReport) -> None:
+def _workloads(subject: _Subject, pool: Any, quick: bool) -> list[tuple[str, Callable[[], float]]]:
+    """(workload, timed run -> seconds per unit) for one started pool."""
     import numpy as np
 
-    repeats = 1 if quick else 3
     map_n = MAP_N // 10 if quick else MAP_N
     single_n = SINGLE_N // 10 if quick else SINGLE_N
-    pool = subject.start()
-    try:
-        subject.map(pool, square, range(100))  # every worker up and warm
 
-        def do_map() -> float:
-            t = time.perf_counter()
-            got = subject.map(pool, square, range(map_n))
-            dt = time.perf_counter() - t
-            assert got[-1] == (map_n - 1) ** 2 and len(got) == map_n
-            return dt
+    def do_map() -> float:
+        t = time.perf_counter()
+        got = subject.map(pool, square, range(map_n))
+        dt = time.perf_counter() - t
+        assert got[-1] == (map_n - 1) ** 2 and len(got) == map_n
+        return dt * MAP_N / map_n
 
-        def do_latency() -> float:
-            t = time.perf_counter()
-            for i in range(single_n):
-                assert subject.wait(subject.submit(pool, square, i)) == i * i
-            return (time.perf_counter() - t) / single_n
+    def do_latency() -> float:
+        t = time.perf_counter()
+        for i in range(single_n):
+            assert subject.wait(subject.submit(pool, square, i)) == i * i
+        return (time.perf_counter() - t) / single_n
 
-        def do_throughput() -> float:
-            t = time.perf_counter()
-            handles = [subject.submit(pool, square, i) for i in range(single_n)]
-            got = [subject.wait(h) for h in handles]
-            dt = time.perf_counter() - t
-            assert got[-1] == (single_n - 1) ** 2
-            return dt / single_n
+    def do_throughput() -> float:
+        t = time.perf_counter()
+        handles = [subject.submit(pool, square, i) for i in range(single_n)]
+        got = [subject.wait(h) for h in handles]
+        dt = time.perf_counter() - t
+        assert got[-1] == (single_n - 1) ** 2
+        return dt / single_n
 
-        arr = np.arange(ARRAY_BYTES // 8, dtype=np.float64)
+    arr = np.arange(ARRAY_BYTES // 8, dtype=np.float64)
 
-        def do_array() -> float:
-            t = time.perf_counter()
-            out = subject.wait(subject.submit(pool, touch, arr))
-            dt = time.perf_counter() - t
-            assert out.shape == arr.shape and out[12345] == arr[12345] + 1.0
-            return dt
+    def do_array() -> float:
+        t = time.perf_counter()
+        out = subject.wait(subject.submit(pool, touch, arr))
+        dt = time.perf_counter() - t
+        assert out.shape == arr.shape and out[12345] == arr[12345] + 1.0
+        return dt
 
-        for name, fn, scale in (
-            ("map", do_map, MAP_N / map_n),
-            ("latency", do_latency, 1.0),
-            ("throughput", do_throughput, 1.0),
-            ("array", do_array, 1.0),
-        ):
-            try:
-                value = _best(fn, repeats if name != "array" else repeats + 2) * scale
-                report.rows.append(PoolRow(subject.name, name, value))
-            except Exception as exc:  # a row that fails says why; the others go on
-                report.rows.append(PoolRow(subject.name, name, None, repr(exc)[:80]))
-    finally:
-        subject.stop(pool)
+    return [
+        ("map", do_map),
+        ("latency", do_latency),
+        ("throughput", do_throughput),
+        ("array", do_array),
+    ]
 
 
 def run(quick: bool = False, progress: Callable[[int, int, str], None] | None = None) -> PoolReport:
-    """Run every pool through every workload; rows in the order of ``PoolReport.units``."""
+    """Run every pool through every workload. All pools are started first, and each round
+    runs every workload on every pool in turn, so that a burst of load from elsewhere
+    spreads over all rows; a row reports its best round."""
     report = PoolReport()
     subjects = _subjects()
-    for i, subject in enumerate(subjects):
-        if progress is not None:
-            progress(i, len(subjects), subject.name)
-        _measure(subject, quick, report)
+    rounds = 1 if quick else 3
+    pools: list[Any] = []
+    best: dict[tuple[str, str], float | None] = {}
+    errors: dict[tuple[str, str], str] = {}
+    try:
+        for subject in subjects:
+            pool = subject.start()
+            pools.append(pool)
+            subject.map(pool, square, range(100))  # every worker up and warm
+        plans = [_workloads(s, p, quick) for s, p in zip(subjects, pools, strict=True)]
+        steps = rounds * len(subjects)
+        for r in range(rounds):
+            for i, (subject, plan) in enumerate(zip(subjects, plans, strict=True)):
+                if progress is not None:
+                    progress(r * len(subjects) + i, steps, f"round {r + 1}: {subject.name}")
+                for name, fn in plan:
+                    key = (subject.name, name)
+                    if key in errors:
+                        continue
+                    try:
+                        value = min(fn() for _ in range(2 if name == "array" else 1))
+                    except Exception as exc:  # a row that fails says why; the others go on
+                        errors[key] = repr(exc)[:80]
+                        continue
+                    old = best.get(key)
+                    best[key] = value if old is None else min(old, value)
+    finally:
+        for subject, pool in zip(subjects, pools, strict=False):
+            try:
+                subject.stop(pool)
+            except Exception:
+                pass
     if progress is not None:
-        progress(len(subjects), len(subjects), "done")
+        progress(1, 1, "done")
+    for name in report.units:
+        for subject in subjects:
+            key = (subject.name, name)
+            report.rows.append(PoolRow(subject.name, name, best.get(key), errors.get(key, "")))
     if importlib.util.find_spec("loky") is None:
         report.notes.append("loky is not installed: no loky rows")
     if importlib.util.find_spec("shmipc.buffers") is None:
@@ -264,9 +284,11 @@ def run(quick: bool = False, progress: Callable[[int, int, str], None] | None = 
             "pickled through its queues (spilled to a side segment), like the others'"
         )
     if quick:
-        report.notes.append("--quick: a tenth of the calls, one repeat (map scaled to 20,000)")
+        report.notes.append("--quick: a tenth of the calls, one round (map scaled to 20,000)")
     else:
-        report.notes.append("best of 3 runs per row (5 for arrays); fork start method")
+        report.notes.append(
+            f"best of {rounds} interleaved rounds (arrays: 2 round trips a round); fork"
+        )
     return report
 
 
