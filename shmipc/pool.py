@@ -52,7 +52,7 @@ from typing import Any
 from . import _proc
 from .errors import Closed, ShmipcError
 from .queue import Queue
-from .region import Region, _unlink_quietly
+from .region import SHM_DIR, Region, _unlink_if_ours
 
 __all__ = ["BrokenWorker", "Executor", "Pool"]
 
@@ -158,12 +158,24 @@ def _parent_dead(parent: tuple[int, int], ppid: int) -> bool:
     return _proc.process_state(*parent) is _proc.Liveness.DEAD
 
 
-def _orphaned_exit(names: tuple[str, ...]) -> None:
-    """The parent died without closing the pool: remove its segment names (nobody else
-    will), then leave at once."""
+def _segment_idents(names: tuple[str, ...]) -> list[tuple[str, tuple[int, int] | None]]:
+    """(name, (st_dev, st_ino)) of the pool's segments as this worker found them at start."""
+    out: list[tuple[str, tuple[int, int] | None]] = []
     for name in names:
         try:
-            _unlink_quietly(name)
+            st = os.stat(os.path.join(SHM_DIR, name), follow_symlinks=False)
+            out.append((name, (st.st_dev, st.st_ino)))
+        except (OSError, ValueError):
+            out.append((name, None))
+    return out
+
+
+def _orphaned_exit(segments: list[tuple[str, tuple[int, int] | None]]) -> None:
+    """The parent died without closing the pool: remove its segment names (nobody else
+    will; only while a name still names the segment we knew), then leave at once."""
+    for name, ident in segments:
+        try:
+            _unlink_if_ours(name, ident)
         except Exception:
             pass
     os._exit(70)
@@ -173,6 +185,7 @@ def _watch_parent(
     parent: tuple[int, int], liveness: float, deathsig: bool, names: tuple[str, ...]
 ) -> None:
     ppid = os.getppid()
+    segments = _segment_idents(names)
     if deathsig and ppid == parent[0]:
         # PR_SET_PDEATHSIG: the kernel signals us as the parent exits (valid only when the
         # thread that started us lives as long as the parent: the main thread). The signal
@@ -183,7 +196,7 @@ def _watch_parent(
             end = time.monotonic() + liveness
             while time.monotonic() < end:
                 if _parent_dead(parent, ppid):
-                    _orphaned_exit(names)
+                    _orphaned_exit(segments)
                 time.sleep(0.005)
 
         signal.signal(_DEATHSIG, on_hangup)
@@ -193,13 +206,13 @@ def _watch_parent(
         except (OSError, AttributeError):
             pass
     if _parent_dead(parent, ppid):
-        _orphaned_exit(names)
+        _orphaned_exit(segments)
 
     def watch() -> None:
         while True:
             time.sleep(liveness / 4)
             if _parent_dead(parent, ppid):
-                _orphaned_exit(names)
+                _orphaned_exit(segments)
 
     threading.Thread(target=watch, name="shmipc-pool-parent-watch", daemon=True).start()
 

@@ -327,3 +327,15 @@ def test_imap_keeps_the_workers_fed() -> None:
         assert sum(pool.imap(square, iter(range(20_000)))) == sum(x * x for x in range(20_000))
         assert time.monotonic() - started < 10
     pool.join()
+
+
+def test_segments_are_private_to_this_user() -> None:
+    """Whoever can write a pool's queues can make its workers (and the parent) unpickle
+    anything: the segments are this uid's, mode 0600, like every shmipc segment."""
+    with Pool(2, context=FORK) as pool:
+        names = [pool._results.name, pool._slots.name] + [w.queue.name for w in pool._workers]
+        for name in names:
+            st = os.stat(os.path.join("/dev/shm", name))
+            assert st.st_mode & 0o777 == 0o600, (name, oct(st.st_mode))
+            assert st.st_uid == os.getuid()
+    pool.join()
