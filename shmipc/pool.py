@@ -47,7 +47,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _proc
 from .errors import Closed, ShmipcError
@@ -59,6 +59,7 @@ __all__ = ["BrokenWorker", "Executor", "Pool"]
 # The standard library's pool module: its result classes, task helpers and remote-traceback
 # wrapper are reused as they are (private names, stable since 3.8; typeshed leaves them out).
 _mpp: Any = _stdpool
+_T = TypeVar("_T")
 
 # The standard library's pool states: tests and tools compare ``pool._state`` with them.
 INIT, RUN, CLOSE, TERMINATE = _mpp.INIT, _mpp.RUN, _mpp.CLOSE, _mpp.TERMINATE
@@ -218,6 +219,22 @@ def _watch_parent(
 
 
 # ---- the parent -----------------------------------------------------------------------------
+
+
+def lost_tasks(held: dict[int, _T], running: int) -> tuple[_T | None, list[_T]]:
+    """What became of the tasks a dead worker held: ``held`` maps sequence number to task,
+    in send order, for the tasks whose result had not come when its "worker lost" marker
+    came out of the result queue; ``running`` is the number in its slot. Returns the task
+    that was running (it fails) and the ones it never started (they go again, in order).
+
+    The worker takes tasks in send order and writes a task's number to its slot before it
+    runs it, so: a held task with the slot's number started and never finished; the slot
+    holds an older number (whose result came) when it died before starting the next one;
+    every held task after the running one was never taken or only taken. (Model-checked by
+    tests/unit/pool/test_lost_model.py with a kill between any two steps.)
+    """
+    failed = held.get(running)
+    return failed, [task for seq, task in held.items() if seq != running]
 
 
 class _Worker:
@@ -704,18 +721,16 @@ class Pool:
         """The marker of a dead worker: every result it produced has been handled (lock held).
         The task in its slot was running and fails; the ones it had not started go again."""
         w, running, pid, exitcode = self._lost.pop(msg[1])
-        again = []
-        for seq, task in w.tasks.items():
+        for seq in w.tasks:
             self._inflight.pop(seq, None)
-            if seq == running:
-                err = BrokenWorker(
-                    f"{_death(pid, exitcode)} while running this task; the pool replaced it",
-                    pid,
-                    exitcode,
-                )
-                done.append((task[0], task[1], (False, err)))
-            else:
-                again.append(task)
+        failed, again = lost_tasks(w.tasks, running)
+        if failed is not None:
+            err = BrokenWorker(
+                f"{_death(pid, exitcode)} while running this task; the pool replaced it",
+                pid,
+                exitcode,
+            )
+            done.append((failed[0], failed[1], (False, err)))
         w.tasks.clear()
         self._pending.extendleft(reversed(again))
         try:
