@@ -666,6 +666,9 @@ class Pool:
             got = self._rx.acquire(timeout=0.05)
             try:
                 if got:
+                    # A callback run from here that waits on a result receives in this
+                    # thread (_drive checks _rx_owner), instead of waiting for itself.
+                    self._rx_owner = threading.get_ident()
                     with cond:
                         wanted = self._rx_wanted
                     if not wanted and not self._receive(self._liveness):
@@ -674,6 +677,7 @@ class Pool:
                 with cond:
                     self._rx_in_get = False
                 if got:
+                    self._rx_owner = None
                     self._rx.release()
 
     def _drive(self, ready: Callable[[], bool], timeout: float | None) -> None:

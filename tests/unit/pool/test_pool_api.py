@@ -339,3 +339,21 @@ def test_segments_are_private_to_this_user() -> None:
             assert st.st_mode & 0o777 == 0o600, (name, oct(st.st_mode))
             assert st.st_uid == os.getuid()
     pool.join()
+
+
+def test_a_callback_on_the_result_thread_may_wait_on_other_results() -> None:
+    """With nobody waiting, callbacks run on the pool's result thread; one that waits on
+    another result must read the results there, not wait for itself."""
+    got: list[object] = []
+    done = threading.Event()
+    with Pool(2, context=FORK) as pool:
+        other = pool.apply_async(slow, (0.2,))
+
+        def callback(value: int) -> None:
+            got.append((value, other.get(timeout=60)))
+            done.set()
+
+        pool.apply_async(square, (6,), callback=callback)  # nobody waits on it
+        assert done.wait(60)
+    pool.join()
+    assert got == [(36, 0.2)]
