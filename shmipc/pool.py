@@ -522,10 +522,16 @@ class Pool:
                         with self._lock:
                             self._workers[index] = new
                             self._pool[index] = new.process
-                try:
-                    self._results.put((_MARKER, token), timeout=5 * self._liveness)
-                except Exception:
-                    pass
+                # Never dropped while the pool lives: the dead worker's tasks are settled
+                # only when this marker comes out of the queue (a full queue drains).
+                while not self._stopping:
+                    try:
+                        self._results.put((_MARKER, token), timeout=self._liveness)
+                        break
+                    except _queue.Full:
+                        continue
+                    except Exception:
+                        break
         self._wake()
 
     def _repopulate_pool(self) -> None:
