@@ -232,13 +232,18 @@ def _workloads(subject: _Subject, pool: Any, quick: bool) -> list[tuple[str, Cal
     ]
 
 
-def run(quick: bool = False, progress: Callable[[int, int, str], None] | None = None) -> PoolReport:
+def run(
+    quick: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+    rounds: int | None = None,
+) -> PoolReport:
     """Run every pool through every workload. All pools are started first, and each round
     runs every workload on every pool in turn, so that a burst of load from elsewhere
     spreads over all rows; a row reports its best round."""
     report = PoolReport()
     subjects = _subjects()
-    rounds = 1 if quick else 3
+    if rounds is None:
+        rounds = 1 if quick else 3
     pools: list[Any] = []
     best: dict[tuple[str, str], float | None] = {}
     errors: dict[tuple[str, str], str] = {}
@@ -296,8 +301,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shmipc.bench.pools", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls, one run")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3; 1 quick)")
     args = parser.parse_args(argv)
-    report = run(args.quick, lambda i, n, what: print(f"[{i}/{n}] {what}", file=sys.stderr))
+    report = run(
+        args.quick,
+        lambda i, n, what: print(f"[{i}/{n}] {what}", file=sys.stderr),
+        rounds=args.rounds,
+    )
     if args.markdown:
         print(report.to_markdown())
     else:
