@@ -126,7 +126,7 @@ def _worker_main(
 ) -> None:
     """Run tasks from ``tasks`` until a ``None`` sentinel, ``maxtasks`` tasks, or the death
     of ``parent`` (pid, start time)."""
-    _watch_parent(parent, liveness, deathsig, names)
+    _watch_parent(parent, liveness, deathsig, names, (tasks._spills, results._spills))
     slot = slots.buffer.cast("q")
     if initializer is not None:
         initializer(*initargs)
@@ -171,9 +171,17 @@ def _segment_idents(names: tuple[str, ...]) -> list[tuple[str, tuple[int, int] |
     return out
 
 
-def _orphaned_exit(segments: list[tuple[str, tuple[int, int] | None]]) -> None:
+def _orphaned_exit(
+    segments: list[tuple[str, tuple[int, int] | None]], spills: tuple[Any, ...] = ()
+) -> None:
     """The parent died without closing the pool: remove its segment names (nobody else
-    will; only while a name still names the segment we knew), then leave at once."""
+    will; only while a name still names the segment we knew) and the large messages spilled
+    beside its queues, then leave at once."""
+    for space in spills:
+        try:
+            space.remove_all()
+        except Exception:
+            pass
     for name, ident in segments:
         try:
             _unlink_if_ours(name, ident)
@@ -183,7 +191,11 @@ def _orphaned_exit(segments: list[tuple[str, tuple[int, int] | None]]) -> None:
 
 
 def _watch_parent(
-    parent: tuple[int, int], liveness: float, deathsig: bool, names: tuple[str, ...]
+    parent: tuple[int, int],
+    liveness: float,
+    deathsig: bool,
+    names: tuple[str, ...],
+    spills: tuple[Any, ...] = (),
 ) -> None:
     ppid = os.getppid()
     segments = _segment_idents(names)
@@ -197,7 +209,7 @@ def _watch_parent(
             end = time.monotonic() + liveness
             while time.monotonic() < end:
                 if _parent_dead(parent, ppid):
-                    _orphaned_exit(segments)
+                    _orphaned_exit(segments, spills)
                 time.sleep(0.005)
 
         signal.signal(_DEATHSIG, on_hangup)
@@ -207,13 +219,13 @@ def _watch_parent(
         except (OSError, AttributeError):
             pass
     if _parent_dead(parent, ppid):
-        _orphaned_exit(segments)
+        _orphaned_exit(segments, spills)
 
     def watch() -> None:
         while True:
             time.sleep(liveness / 4)
             if _parent_dead(parent, ppid):
-                _orphaned_exit(segments)
+                _orphaned_exit(segments, spills)
 
     threading.Thread(target=watch, name="shmipc-pool-parent-watch", daemon=True).start()
 

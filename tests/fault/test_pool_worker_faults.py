@@ -43,7 +43,7 @@ def hold_file(path: str) -> None:
     """``hold``, reporting through a file (a parent about to be SIGKILLed makes no queue:
     its segment would outlive it)."""
     with open(path, "a") as f:
-        f.write(str(os.getpid()))
+        f.write(f"{os.getpid()} ")
     time.sleep(600)
 
 
@@ -209,10 +209,12 @@ PARENT = textwrap.dedent(
     if __name__ == "__main__":
         ctx = multiprocessing.get_context(sys.argv[1])
         pool = shmipc.Pool(2, context=ctx)
-        busy = pool.apply_async(hold_file, (sys.argv[2],))  # one worker inside a task
-        while not os.path.getsize(sys.argv[2]):
-            time.sleep(0.01)
         assert pool.apply(square, (3,)) == 9
+        busy = [pool.apply_async(hold_file, (sys.argv[2],)) for _ in range(2)]
+        while len(open(sys.argv[2]).read().split()) < 2:  # both workers inside a task
+            time.sleep(0.01)
+        # Queued behind one of them, too large for its ring: waits in a spill file.
+        big = pool.apply_async(len, (b"x" * (3 << 20),))
         names = [pool._results.name, pool._slots.name] + [w.queue.name for w in pool._workers]
         print(" ".join(str(p.pid) for p in pool._pool), flush=True)
         print(" ".join(names), flush=True)
@@ -239,17 +241,21 @@ def test_workers_exit_when_the_parent_is_sigkilled(method: str, tmp_path) -> Non
         pids = [int(x) for x in parent.stdout.readline().split()]
         names = parent.stdout.readline().split()
         assert len(pids) == 2 and len(names) == 4, (pids, names)
+        spills = [f"shmipc_spill_{n}" for n in names]
+        assert any(e.startswith(tuple(spills)) for e in os.listdir(SHM)), "no spill pending"
         parent.kill()
         parent.wait(30)
         killed = time.monotonic()
         # liveness interval 1 s + a wide margin for a loaded 2-core machine
         _wait(lambda: all(_gone(p) for p in pids), 1.0 + 5.0, f"workers {pids} to exit")
         took = time.monotonic() - killed
-        _wait(
-            lambda: not any(os.path.exists(os.path.join(SHM, n)) for n in names),
-            5.0,
-            f"the pool's segments {names} to be removed",
-        )
+        spills = [f"shmipc_spill_{n}" for n in names]
+
+        def cleaned() -> bool:
+            left = [e for e in os.listdir(SHM) if e in names or e.startswith(tuple(spills))]
+            return not left
+
+        _wait(cleaned, 5.0, f"the pool's segments {names} and their spills to be removed")
     finally:
         if parent.poll() is None:
             parent.kill()
