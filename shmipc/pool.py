@@ -1043,9 +1043,9 @@ class Pool:
                 w.queue.close()
             except Exception:
                 pass
-        for obj in (self._results, self._slots):
+        for attr in ("_results", "_slots"):  # absent if __init__ failed before making them
             try:
-                obj.close()
+                getattr(self, attr).close()
             except Exception:
                 pass
         for fd in (self._wake_r, self._wake_w):
