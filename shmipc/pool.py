@@ -10,7 +10,7 @@ How it works, and the invariants the fault handling rests on:
 * Every worker has its own task queue (one producer: the parent, under ``Pool._lock``) and all
   workers share one result queue (codec "pickle": a drop-in must carry anything). The parent
   sends a task to the live worker with the fewest outstanding tasks, at most ``_PREFETCH``
-  each, so it always knows which tasks each worker holds (``_Worker.tasks``, in send order).
+  each (``_PREFETCH_FAST`` while the worker's tasks are quick), so it always knows which tasks each worker holds (``_Worker.tasks``, in send order).
 * Before running a task a worker stores its sequence number in its slot of a small shared
   region. A worker processes its queue in order, so when it dies, of the tasks it held: the
   one whose number is in its slot was running (its result never came: it fails with
@@ -66,6 +66,8 @@ INIT, RUN, CLOSE, TERMINATE = _mpp.INIT, _mpp.RUN, _mpp.CLOSE, _mpp.TERMINATE
 
 _EXECUTOR_PREFETCH = 2
 _PREFETCH = 8  # tasks sent ahead to one worker (its queue holds them while it runs one)
+_PREFETCH_FAST = 64  # ... when its tasks have been taking under _FAST_TASK seconds each
+_FAST_TASK = 100e-6
 _TASK_CAPACITY = 1 << 20
 _RESULT_CAPACITY = 1 << 22
 _MARKER = -1  # first field of a "worker lost" message in the result queue
@@ -252,7 +254,7 @@ def lost_tasks(held: dict[int, _T], running: int) -> tuple[_T | None, list[_T]]:
 class _Worker:
     """One worker process and what the parent has sent it."""
 
-    __slots__ = ("budget", "dead", "index", "process", "queue", "tasks")
+    __slots__ = ("budget", "dead", "index", "last", "process", "queue", "svc", "tasks")
 
     def __init__(self, index: int, process: Any, queue: Queue, budget: float) -> None:
         self.index = index
@@ -261,6 +263,8 @@ class _Worker:
         self.budget = budget  # tasks it may still be sent (maxtasksperchild)
         self.dead = False
         self.tasks: dict[int, list[Any]] = {}  # seq -> [job, i, func, args, kwds], in order
+        self.svc = 1.0  # seconds a task takes it (moving average; long until measured)
+        self.last = 0.0  # when its last result was handled
 
 
 class _Notifier:
@@ -416,6 +420,7 @@ class Pool:
         self._draining = False
         self._maintain_lock = threading.Lock()
         self._prefetch = _PREFETCH
+        self._prefetch_fast = _PREFETCH_FAST
         self._feed_low = 2 * _PREFETCH * processes  # imap: refill the line below this
         self._rx = threading.Lock()
         self._rx_cond = threading.Condition(threading.Lock())
@@ -558,7 +563,8 @@ class Pool:
             if w.dead or w.budget <= 0:
                 continue
             n = len(w.tasks)
-            if n < self._prefetch and (best is None or n < len(best.tasks)):
+            limit = self._prefetch_fast if w.svc < _FAST_TASK else self._prefetch
+            if n < limit and (best is None or n < len(best.tasks)):
                 best = w
                 if n == 0:
                     break
@@ -649,6 +655,7 @@ class Pool:
             return True
         done: list[tuple[Any, int, tuple[bool, Any]]] = []
         go_on = True
+        now = time.monotonic()
         with self._lock:
             for msg in batch:
                 if msg is None:
@@ -665,6 +672,9 @@ class Pool:
                     continue
                 task = w.tasks.pop(seq)
                 done.append((task[0], task[1], (msg[1], msg[2])))
+                if w.tasks:  # it went straight on to the next: time it
+                    w.svc += (now - w.last - w.svc) * 0.25
+                w.last = now
             self._pump(done)
         batch = msg = task = None  # type: ignore[assignment]
         self._complete(done)
@@ -1122,7 +1132,7 @@ class Executor(concurrent.futures.Executor):
         self._pool = Pool(max_workers, initializer, initargs, context=mp_context, liveness=liveness)
         # As ProcessPoolExecutor: a future is "running" once a worker has it, so keep few
         # queued at each worker and the rest cancellable (shutdown(cancel_futures=True)).
-        self._pool._prefetch = _EXECUTOR_PREFETCH
+        self._pool._prefetch = self._pool._prefetch_fast = _EXECUTOR_PREFETCH
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
