@@ -41,6 +41,8 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.pool as _stdpool
 import os
+import pickle
+import pickletools
 import queue as _queue
 import signal
 import threading
@@ -51,7 +53,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from . import _proc
-from .errors import Closed, ShmipcError
+from .codec import PickleCodec
+from .errors import Closed, CorruptedError, ShmipcError
 from .queue import Queue
 from .region import SHM_DIR, Region, _unlink_if_ours
 
@@ -109,6 +112,71 @@ def _death(pid: int | None, exitcode: int | None) -> str:
     if exitcode < 0:
         return f"worker process {pid} was killed by {_signal_name(exitcode)}"
     return f"worker process {pid} exited with code {exitcode}"
+
+
+# ---- framing ---------------------------------------------------------------------------------
+
+
+def _leading_seq(data: Any) -> int | None:
+    """The sequence number a task or result frame starts with (the first item of the pickled
+    tuple), read from the opcodes without unpickling; None if it does not start with one."""
+    try:
+        for op, arg, _ in pickletools.genops(bytes(data)):
+            if op.name in ("BININT", "BININT1", "BININT2", "LONG1"):
+                return int(arg)  # type: ignore[arg-type]
+            if op.name not in ("PROTO", "FRAME", "MARK"):
+                return None
+    except Exception:
+        return None
+    return None
+
+
+def _undecodable_task(message: str) -> None:
+    raise RuntimeError(message)
+
+
+class _TaskCodec(PickleCodec):
+    """Pickle, except that a task that does not unpickle in the worker (its function's module
+    is not importable there, say) becomes a task that raises why, instead of an error that
+    would kill the worker (and the task, sent again, the next one)."""
+
+    name = "shmipc.pool.tasks"
+
+    @staticmethod
+    def decode(data: Any) -> object:
+        try:
+            return pickle.loads(data)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            seq = _leading_seq(data)
+            if seq is None:
+                raise CorruptedError(f"a pool task frame does not unpickle: {exc!r}") from exc
+            why = f"the task could not be unpickled in worker process {os.getpid()}: {exc!r}"
+            return (seq, _undecodable_task, (why,), {})
+
+
+class _ResultCodec(PickleCodec):
+    """Pickle, except that a result that does not unpickle in the parent fails its task with
+    why, instead of being lost (its AsyncResult would never complete)."""
+
+    name = "shmipc.pool.results"
+
+    @staticmethod
+    def decode(data: Any) -> object:
+        try:
+            return pickle.loads(data)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            seq = _leading_seq(data)
+            if seq is None:
+                raise CorruptedError(f"a pool result frame does not unpickle: {exc!r}") from exc
+            return (seq, False, RuntimeError(f"the result could not be unpickled here: {exc!r}"))
+
+
+_TASKS = _TaskCodec()
+_RESULTS = _ResultCodec()
 
 
 # ---- the worker process -------------------------------------------------------------------
@@ -415,7 +483,7 @@ class Pool:
         self._parent = _proc.self_identity()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self._results = Queue(capacity=_RESULT_CAPACITY, codec="pickle")
+        self._results = Queue(capacity=_RESULT_CAPACITY, codec=_RESULTS)
         self._slots = Region.create(8 * processes)
         self._stopping = False
         self._draining = False
@@ -455,7 +523,7 @@ class Pool:
     # ---- workers ------------------------------------------------------------------------
 
     def _start_worker(self, index: int) -> _Worker:
-        queue = Queue(capacity=_TASK_CAPACITY, codec="pickle")
+        queue = Queue(capacity=_TASK_CAPACITY, codec=_TASKS)
         names = (queue.name, self._results.name, self._slots.name or "")
         process = self._ctx.Process(
             target=_worker_main,

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 
 import pytest
 
@@ -357,3 +358,43 @@ def test_a_callback_on_the_result_thread_may_wait_on_other_results() -> None:
         assert done.wait(60)
     pool.join()
     assert got == [(36, 0.2)]
+
+
+def _ghost_module(name: str) -> types.ModuleType:
+    """A module that exists in this process only (no file): what is pickled by reference to
+    it does not unpickle in another process that has not made it."""
+    mod = types.ModuleType(name)
+    exec("def ghost(x):\n    return x\n\nclass Ghost:\n    pass\n", mod.__dict__)
+    sys.modules[name] = mod
+    return mod
+
+
+def ghost_result(_: object = None) -> object:
+    """Returns an object of a class that only this worker has."""
+    return _ghost_module("shmipc_test_worker_only").Ghost()
+
+
+def test_a_task_that_does_not_unpickle_in_the_worker_fails_alone() -> None:
+    """Its function's module is not importable in a spawned worker: the task fails saying so,
+    the worker lives on (no crash, no loop of replacements)."""
+    mod = _ghost_module("shmipc_test_parent_only")
+    try:
+        with Pool(1, context=multiprocessing.get_context("spawn")) as pool:
+            pid = pool.apply(pid_of)
+            with pytest.raises(RuntimeError, match="could not be unpickled in worker"):
+                pool.apply(mod.ghost, (1,))
+            fut = pool.submit(mod.ghost, 2)
+            assert "could not be unpickled" in str(fut.exception(timeout=60))
+            assert pool.apply(pid_of) == pid  # the same worker, still there
+        pool.join()
+    finally:
+        del sys.modules["shmipc_test_parent_only"]
+
+
+def test_a_result_that_does_not_unpickle_in_the_parent_fails_its_task() -> None:
+    with Pool(1, context=FORK) as pool:
+        with pytest.raises(RuntimeError, match="result could not be unpickled"):
+            pool.apply(ghost_result)
+        assert pool.apply(square, (5,)) == 25
+    pool.join()
+    assert "shmipc_test_worker_only" not in sys.modules
