@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform as _platform
 import sys as _sys
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 if not _sys.platform.startswith("linux"):
     raise ImportError(
@@ -42,17 +43,20 @@ from .topic import Publisher, Subscriber, Topic, TopicStatistics
 __all__ = [
     "AtomicCounter",
     "Barrier",
+    "BrokenWorker",
     "BufferPool",
     "Closed",
     "CorruptedError",
     "Event",
     "Evicted",
+    "Executor",
     "Lagged",
     "LayoutMismatch",
     "Loan",
     "Lock",
     "MessageTooLarge",
     "PeerDied",
+    "Pool",
     "PoolExhausted",
     "PoolStatistics",
     "Publisher",
@@ -68,3 +72,16 @@ __all__ = [
     "TopicStatistics",
     "__version__",
 ]
+
+if _TYPE_CHECKING:
+    from .pool import BrokenWorker, Executor, Pool
+
+
+def __getattr__(name: str) -> object:
+    # Pool, Executor and BrokenWorker load shmipc.pool (and multiprocessing.pool,
+    # concurrent.futures.process) on first use, not with every `import shmipc`.
+    if name in ("BrokenWorker", "Executor", "Pool"):
+        from . import pool
+
+        return getattr(pool, name)
+    raise AttributeError(f"module 'shmipc' has no attribute {name!r}")

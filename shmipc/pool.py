@@ -1,0 +1,1257 @@
+"""``shmipc.Pool`` and ``shmipc.Executor``: process pools whose tasks and results travel over
+shmipc queues, and that survive a worker dying mid-task.
+
+The interface is ``multiprocessing.Pool``'s (the result classes are the standard library's own:
+``ApplyResult``, ``MapResult``, ``IMapIterator``) plus ``submit() -> concurrent.futures.Future``;
+:class:`Executor` is a ``concurrent.futures.Executor`` over the same machinery.
+
+How it works, and the invariants the fault handling rests on:
+
+* Every worker has its own task queue (one producer: the parent, under ``Pool._lock``) and all
+  workers share one result queue (codec "pickle": a drop-in must carry anything). The parent
+  sends a task to the live worker with the fewest outstanding tasks, at most ``_PREFETCH``
+  each (``_PREFETCH_FAST`` while the worker's tasks are quick), so it always knows which
+  tasks each worker holds (``_Worker.tasks``, in send order).
+* Before running a task a worker stores its sequence number in its slot of a small shared
+  region. A worker processes its queue in order, so when it dies, of the tasks it held: the
+  one whose number is in its slot was running (its result never came: it fails with
+  :class:`BrokenWorker`), the ones after it never started (they are sent again, to another
+  worker), and the ones before it have results in the result queue already (``put`` stores
+  synchronously before it returns).
+* The parent learns of a death from the process sentinel (watcher thread). It reads the dead
+  worker's slot, starts a replacement in the same slot, then puts a "worker lost" marker into
+  the result queue. The result queue is FIFO and the dead worker's last put completed before
+  it died (a put cut short is discarded by the queue's revocation), so when the result thread
+  reaches the marker every result the dead worker produced has been handled: whatever of its
+  tasks is still outstanding never finished.
+* Workers watch the parent: a watchdog thread polls its identity (pid + start time, through
+  :mod:`shmipc._proc`) every quarter of the liveness interval; workers started from the
+  parent's main thread also get ``PR_SET_PDEATHSIG`` (SIGTERM, handled). A worker that finds
+  its parent dead unlinks the pool's segment names and exits.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import ctypes
+import functools
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.pool as _stdpool
+import os
+import pickle
+import pickletools
+import queue as _queue
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from . import _proc
+from .codec import PickleCodec
+from .errors import Closed, CorruptedError, ShmipcError
+from .queue import Queue
+from .region import SHM_DIR, Region, _unlink_if_ours
+
+__all__ = ["BrokenWorker", "Executor", "Pool"]
+
+# The standard library's pool module: its result classes, task helpers and remote-traceback
+# wrapper are reused as they are (private names, stable since 3.8; typeshed leaves them out).
+_mpp: Any = _stdpool
+_T = TypeVar("_T")
+
+# The standard library's pool states: tests and tools compare ``pool._state`` with them.
+INIT, RUN, CLOSE, TERMINATE = _mpp.INIT, _mpp.RUN, _mpp.CLOSE, _mpp.TERMINATE
+
+_EXECUTOR_PREFETCH = 2
+_PREFETCH = 8  # tasks sent ahead to one worker (its queue holds them while it runs one)
+_PREFETCH_FAST = 64  # ... when its tasks have been taking under _FAST_TASK seconds each
+_FAST_TASK = 100e-6
+_TASK_CAPACITY = 1 << 20
+_RESULT_CAPACITY = 1 << 22
+_MARKER = -1  # first field of a "worker lost" message in the result queue
+_NUDGE = -2  # first field of a message that only wakes the result thread
+_RX_GRACE = 0.01  # seconds the result thread leaves the result queue to waiting callers
+_RERAISE = object()  # an imap task that is the iterable's own exception
+_DEATHSIG = signal.SIGHUP  # what PR_SET_PDEATHSIG sends a worker (see _watch_parent)
+
+
+class BrokenWorker(ShmipcError, BrokenProcessPool):
+    """The worker running this task died before finishing it (killed by a signal, crashed, or
+    exited). The pool replaced the worker and goes on; only this task is lost.
+
+    ``pid``: the worker's process id; ``exitcode``: as ``Process.exitcode`` (negative: the
+    signal that killed it); ``signal``: the signal's name, or None.
+    """
+
+    def __init__(self, message: str, pid: int | None = None, exitcode: int | None = None):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = _signal_name(exitcode) if exitcode is not None and exitcode < 0 else None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0] if self.args else "", self.pid, self.exitcode))
+
+
+def _signal_name(exitcode: int) -> str:
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def _death(pid: int | None, exitcode: int | None) -> str:
+    if exitcode is None:
+        return f"worker process {pid} was lost"
+    if exitcode < 0:
+        return f"worker process {pid} was killed by {_signal_name(exitcode)}"
+    return f"worker process {pid} exited with code {exitcode}"
+
+
+# ---- framing ---------------------------------------------------------------------------------
+
+
+def _leading_seq(data: Any) -> int | None:
+    """The sequence number a task or result frame starts with (the first item of the pickled
+    tuple), read from the opcodes without unpickling; None if it does not start with one."""
+    try:
+        for op, arg, _ in pickletools.genops(bytes(data)):
+            if op.name in ("BININT", "BININT1", "BININT2", "LONG1"):
+                return int(arg)  # type: ignore[arg-type]
+            if op.name not in ("PROTO", "FRAME", "MARK"):
+                return None
+    except Exception:
+        return None
+    return None
+
+
+def _undecodable_task(message: str) -> None:
+    raise RuntimeError(message)
+
+
+class _TaskCodec(PickleCodec):
+    """Pickle, except that a task that does not unpickle in the worker (its function's module
+    is not importable there, say) becomes a task that raises why, instead of an error that
+    would kill the worker (and the task, sent again, the next one)."""
+
+    name = "shmipc.pool.tasks"
+
+    @staticmethod
+    def decode(data: Any) -> object:
+        try:
+            return pickle.loads(data)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            seq = _leading_seq(data)
+            if seq is None:
+                raise CorruptedError(f"a pool task frame does not unpickle: {exc!r}") from exc
+            why = f"the task could not be unpickled in worker process {os.getpid()}: {exc!r}"
+            return (seq, _undecodable_task, (why,), {})
+
+
+class _ResultCodec(PickleCodec):
+    """Pickle, except that a result that does not unpickle in the parent fails its task with
+    why, instead of being lost (its AsyncResult would never complete)."""
+
+    name = "shmipc.pool.results"
+
+    @staticmethod
+    def decode(data: Any) -> object:
+        try:
+            return pickle.loads(data)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            seq = _leading_seq(data)
+            if seq is None:
+                raise CorruptedError(f"a pool result frame does not unpickle: {exc!r}") from exc
+            return (seq, False, RuntimeError(f"the result could not be unpickled here: {exc!r}"))
+
+
+_TASKS = _TaskCodec()
+_RESULTS = _ResultCodec()
+
+
+# ---- the worker process -------------------------------------------------------------------
+
+
+def _worker_main(
+    tasks: Queue,
+    results: Queue,
+    slots: Region,
+    index: int,
+    initializer: Callable[..., object] | None,
+    initargs: tuple[Any, ...],
+    maxtasks: int | None,
+    parent: tuple[int, int],
+    liveness: float,
+    deathsig: bool,
+    names: tuple[str, ...],
+) -> None:
+    """Run tasks from ``tasks`` until a ``None`` sentinel, ``maxtasks`` tasks, or the death
+    of ``parent`` (pid, start time)."""
+    _watch_parent(parent, liveness, deathsig, names, (tasks._spills, results._spills))
+    slot = slots.buffer.cast("q")
+    if initializer is not None:
+        initializer(*initargs)
+    get, put = tasks.get, results.put
+    reraise = _mpp._helper_reraises_exception
+    done = 0
+    while maxtasks is None or done < maxtasks:
+        task = get()
+        if task is None:
+            break
+        seq, func, args, kwds = task
+        slot[index] = seq  # read by the parent only once this process is dead
+        try:
+            result = (seq, True, func(*args, **kwds))
+        except Exception as exc:
+            if func is not reraise:
+                exc = _mpp.ExceptionWithTraceback(exc, exc.__traceback__)
+            result = (seq, False, exc)
+        try:
+            put(result)
+        except Exception as exc:
+            put((seq, False, _mpp.MaybeEncodingError(exc, result[2])))
+        task = func = args = kwds = result = None  # type: ignore[assignment]
+        done += 1
+
+
+def _parent_dead(parent: tuple[int, int], ppid: int) -> bool:
+    if ppid == parent[0] and os.getppid() != ppid:
+        return True  # reparented: our parent is gone
+    return _proc.process_state(*parent) is _proc.Liveness.DEAD
+
+
+def _segment_idents(names: tuple[str, ...]) -> list[tuple[str, tuple[int, int] | None]]:
+    """(name, (st_dev, st_ino)) of the pool's segments as this worker found them at start."""
+    out: list[tuple[str, tuple[int, int] | None]] = []
+    for name in names:
+        try:
+            st = os.stat(os.path.join(SHM_DIR, name), follow_symlinks=False)
+            out.append((name, (st.st_dev, st.st_ino)))
+        except (OSError, ValueError):
+            out.append((name, None))
+    return out
+
+
+def _orphaned_exit(
+    segments: list[tuple[str, tuple[int, int] | None]], spills: tuple[Any, ...] = ()
+) -> None:
+    """The parent died without closing the pool: remove its segment names (nobody else
+    will; only while a name still names the segment we knew) and the large messages spilled
+    beside its queues, then leave at once."""
+    for space in spills:
+        try:
+            space.remove_all()
+        except Exception:
+            pass
+    for name, ident in segments:
+        try:
+            _unlink_if_ours(name, ident)
+        except Exception:
+            pass
+    os._exit(70)
+
+
+def _watch_parent(
+    parent: tuple[int, int],
+    liveness: float,
+    deathsig: bool,
+    names: tuple[str, ...],
+    spills: tuple[Any, ...] = (),
+) -> None:
+    ppid = os.getppid()
+    segments = _segment_idents(names)
+    if deathsig and ppid == parent[0]:
+        # PR_SET_PDEATHSIG: the kernel signals us as the parent exits (valid only when the
+        # thread that started us lives as long as the parent: the main thread). The signal
+        # can come before the parent looks dead from here, and anyone may send it: wait for
+        # the death to show (up to the liveness interval), otherwise carry on.
+
+        def on_hangup(signum: int, frame: object) -> None:
+            end = time.monotonic() + liveness
+            while time.monotonic() < end:
+                if _parent_dead(parent, ppid):
+                    _orphaned_exit(segments, spills)
+                time.sleep(0.005)
+
+        signal.signal(_DEATHSIG, on_hangup)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(_DEATHSIG), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if _parent_dead(parent, ppid):
+        _orphaned_exit(segments, spills)
+
+    def watch() -> None:
+        while True:
+            time.sleep(liveness / 4)
+            if _parent_dead(parent, ppid):
+                _orphaned_exit(segments, spills)
+
+    threading.Thread(target=watch, name="shmipc-pool-parent-watch", daemon=True).start()
+
+
+# ---- the parent -----------------------------------------------------------------------------
+
+
+def lost_tasks(held: dict[int, _T], running: int) -> tuple[_T | None, list[_T]]:
+    """What became of the tasks a dead worker held: ``held`` maps sequence number to task,
+    in send order, for the tasks whose result had not come when its "worker lost" marker
+    came out of the result queue; ``running`` is the number in its slot. Returns the task
+    that was running (it fails) and the ones it never started (they go again, in order).
+
+    The worker takes tasks in send order and writes a task's number to its slot before it
+    runs it, so: a held task with the slot's number started and never finished; the slot
+    holds an older number (whose result came) when it died before starting the next one;
+    every held task after the running one was never taken or only taken. (Model-checked by
+    tests/unit/pool/test_lost_model.py with a kill between any two steps.)
+    """
+    failed = held.get(running)
+    return failed, [task for seq, task in held.items() if seq != running]
+
+
+class _Worker:
+    """One worker process and what the parent has sent it."""
+
+    __slots__ = ("budget", "dead", "index", "last", "process", "queue", "svc", "tasks")
+
+    def __init__(self, index: int, process: Any, queue: Queue, budget: float) -> None:
+        self.index = index
+        self.process = process
+        self.queue = queue
+        self.budget = budget  # tasks it may still be sent (maxtasksperchild)
+        self.dead = False
+        self.tasks: dict[int, list[Any]] = {}  # seq -> [job, i, func, args, kwds], in order
+        self.svc = 1.0  # seconds a task takes it (moving average; long until measured)
+        self.last = 0.0  # when its last result was handled
+
+
+class _Notifier:
+    """The ``_PoolCache`` notifier: the cache emptied, wake ``join``."""
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self._cond = cond
+
+    def put(self, _item: object) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+class _FutureJob:
+    """A ``submit``: a job of the pool's cache that completes a concurrent.futures.Future."""
+
+    def __init__(self, pool: Pool, future: concurrent.futures.Future[Any]) -> None:
+        self._job = next(_mpp.job_counter)
+        self._cache = pool._cache
+        self.future = future
+        self._cache[self._job] = self
+
+    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
+        ok, value = obj
+        if not self.future.done():
+            if ok:
+                self.future.set_result(value)
+            else:
+                self.future.set_exception(value)
+        self._cache.pop(self._job, None)
+        if not self._cache:
+            self._cache.notifier.put(None)
+
+
+def _remaining(deadline: float | None, cap: float) -> float:
+    if deadline is None:
+        return cap
+    return min(cap, deadline - time.monotonic())
+
+
+class _Driven:
+    """``wait`` of the pool's AsyncResults: the waiting thread reads the results itself."""
+
+    _event: threading.Event
+
+    def _keep_driver(self, pool: Pool) -> None:
+        self._driver: Pool | None = pool
+
+    def wait(self, timeout: float | None = None) -> None:
+        pool = self._driver
+        if pool is not None and not self._event.is_set():
+            pool._drive(self._event.is_set, timeout)
+        self._event.wait(0 if pool is not None and timeout is not None else timeout)
+        if self._event.is_set():
+            self._driver = None
+
+
+class _ApplyResult(_Driven, _mpp.ApplyResult):
+    def __init__(self, pool: Pool, callback: Any, error_callback: Any) -> None:
+        _mpp.ApplyResult.__init__(self, pool, callback, error_callback)
+        self._keep_driver(pool)
+
+
+class _MapResult(_Driven, _mpp.MapResult):
+    def __init__(
+        self, pool: Pool, chunksize: int, length: int, callback: Any, error_callback: Any
+    ) -> None:
+        _mpp.MapResult.__init__(self, pool, chunksize, length, callback, error_callback)
+        self._keep_driver(pool)
+
+
+class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
+    """A Future whose ``result``/``exception`` read the pool's results in the waiting
+    thread (see Pool._drive)."""
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__()
+        self._driver: Pool | None = pool
+
+    def _drive(self, timeout: float | None) -> float | None:
+        pool = self._driver
+        if pool is None or self.done():
+            return timeout
+        start = time.monotonic()
+        pool._drive(self.done, timeout)
+        if self.done():
+            self._driver = None
+        return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._drive(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._drive(timeout))
+
+
+class Pool:
+    """A process pool with ``multiprocessing.Pool``'s interface whose tasks and results go
+    through shmipc queues; a worker that dies mid-task fails that task with
+    :class:`BrokenWorker` and is replaced, and the pool goes on. ``context``: a
+    multiprocessing context (fork, spawn or forkserver); the default start method if None.
+    """
+
+    _wrap_exception = True
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        liveness: float = 1.0,
+    ) -> None:
+        self._pool: list[Any] = []  # the worker processes, as multiprocessing.Pool's _pool
+        self._state = INIT
+        self._workers: list[_Worker] = []
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (
+            not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0
+        ):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if liveness <= 0:
+            raise ValueError("liveness must be positive")
+        self._ctx = context if context is not None else multiprocessing.get_context()
+        if isinstance(self._ctx, str):
+            self._ctx = multiprocessing.get_context(self._ctx)
+        self._processes = processes
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._maxtasksperchild = maxtasksperchild
+        self._liveness = liveness
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._cache = _mpp._PoolCache(notifier=_Notifier(self._cond))
+        self._pending: collections.deque[list[Any]] = collections.deque()
+        self._inflight: dict[int, _Worker] = {}
+        self._seq = itertools.count(1)
+        self._feeding = 0  # imap generators the task thread is still reading
+        self._taskqueue: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
+        self._parent = _proc.self_identity()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._results = Queue(capacity=_RESULT_CAPACITY, codec=_RESULTS)
+        self._slots = Region.create(8 * processes)
+        self._stopping = False
+        self._draining = False
+        self._maintain_lock = threading.Lock()
+        self._prefetch = _PREFETCH
+        self._prefetch_fast = _PREFETCH_FAST
+        self._feed_low = 2 * _PREFETCH * processes  # imap: refill the line below this
+        self._rx = threading.Lock()
+        self._rx_cond = threading.Condition(threading.Lock())
+        self._rx_owner: int | None = None
+        self._rx_wanted = 0
+        self._rx_in_get = False
+        self._rx_left = 0.0
+        self._lost: dict[int, tuple[_Worker, int, int | None, int | None]] = {}
+        self._threads: list[threading.Thread] = []
+        try:
+            for index in range(processes):
+                self._workers.append(self._start_worker(index))
+                self._pool.append(self._workers[-1].process)
+        except BaseException:
+            self._kill_all()
+            self._release_segments()
+            raise
+        for target, name in (
+            (self._handle_results, "results"),
+            (self._handle_workers, "workers"),
+            (self._handle_tasks, "tasks"),
+        ):
+            t = threading.Thread(target=target, name=f"shmipc-pool-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._terminate = multiprocessing.util.Finalize(
+            self, Pool._finalize, args=(_Shutdown(self),), exitpriority=15
+        )
+        self._state = RUN
+
+    # ---- workers ------------------------------------------------------------------------
+
+    def _start_worker(self, index: int) -> _Worker:
+        queue = Queue(capacity=_TASK_CAPACITY, codec=_TASKS)
+        names = (queue.name, self._results.name, self._slots.name or "")
+        process = self._ctx.Process(
+            target=_worker_main,
+            args=(
+                queue,
+                self._results,
+                self._slots,
+                index,
+                self._initializer,
+                self._initargs,
+                self._maxtasksperchild,
+                self._parent,
+                self._liveness,
+                threading.current_thread() is threading.main_thread(),
+                names,
+            ),
+            name=f"ShmipcPoolWorker-{index}",
+            daemon=True,
+        )
+        try:
+            process.start()
+        except BaseException:
+            queue.close()
+            raise
+        budget = self._maxtasksperchild or float("inf")
+        return _Worker(index, process, queue, budget)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _handle_workers(self) -> None:
+        """Watch the worker processes; replace the ones that end (see the module docstring)."""
+        while not self._stopping:
+            with self._lock:
+                sentinels = {w.process.sentinel: w for w in self._workers if not w.dead}
+            ready = multiprocessing.connection.wait([*sentinels, self._wake_r])
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except OSError:
+                    pass
+            if self._stopping:
+                break
+            if any(s in sentinels for s in ready):
+                self._maintain()
+
+    def _maintain(self) -> None:
+        """Replace every worker whose process has ended (while the pool runs or has work),
+        then tell the result thread through a marker behind the dead worker's last result."""
+        with self._maintain_lock:
+            lost = []
+            with self._lock:
+                for index, w in enumerate(self._workers):
+                    if w.dead or w.process.is_alive():
+                        continue
+                    w.process.join(0)
+                    w.dead = True
+                    token = next(self._seq)
+                    running = self._slots.buffer.cast("q")[index]
+                    self._lost[token] = (w, running, w.process.pid, w.process.exitcode)
+                    lost.append((index, token))
+            for index, token in lost:
+                with self._lock:
+                    replace = (
+                        not self._draining
+                        and self._state != TERMINATE
+                        and (self._state == RUN or self._pending or self._inflight or self._feeding)
+                    )
+                if replace:
+                    try:
+                        new = self._start_worker(index)
+                    except Exception as exc:  # cannot start a process: work waits
+                        warnings.warn(
+                            f"shmipc.Pool could not replace a worker: {exc}",
+                            RuntimeWarning,
+                            stacklevel=1,
+                        )
+                    else:
+                        with self._lock:
+                            self._workers[index] = new
+                            self._pool[index] = new.process
+                # Never dropped while the pool lives: the dead worker's tasks are settled
+                # only when this marker comes out of the queue (a full queue drains).
+                while not self._stopping:
+                    try:
+                        self._results.put((_MARKER, token), timeout=self._liveness)
+                        break
+                    except _queue.Full:
+                        continue
+                    except Exception:
+                        break
+        self._wake()
+
+    def _repopulate_pool(self) -> None:
+        """Replace workers that have exited now (multiprocessing.Pool's name for it)."""
+        self._maintain()
+
+    # ---- dispatch -----------------------------------------------------------------------
+
+    def _pick(self) -> _Worker | None:
+        best = None
+        for w in self._workers:
+            if w.dead or w.budget <= 0:
+                continue
+            n = len(w.tasks)
+            limit = self._prefetch_fast if w.svc < _FAST_TASK else self._prefetch
+            if n < limit and (best is None or n < len(best.tasks)):
+                best = w
+                if n == 0:
+                    break
+        return best
+
+    def _pump(self, failed: list[tuple[Any, int, tuple[bool, Any]]]) -> None:
+        """Send pending tasks while some worker has room (lock held). Tasks that cannot be
+        sent (the arguments do not pickle) go to ``failed``, to be completed outside the lock."""
+        pending = self._pending
+        while pending:
+            w = self._pick()
+            if w is None:
+                return
+            task = pending[0]
+            job = self._cache.get(task[0])
+            if job is None:
+                pending.popleft()
+                continue
+            if isinstance(job, _FutureJob) and not task[5]:
+                if not job.future.set_running_or_notify_cancel():
+                    pending.popleft()
+                    self._cache.pop(task[0], None)
+                    if not self._cache:
+                        self._cond.notify_all()
+                    continue
+                task[5] = True
+            seq = next(self._seq)
+            try:
+                w.queue.put((seq, task[2], task[3], task[4]), timeout=0)
+            except _queue.Full:
+                w.budget, budget = 0, w.budget  # full ring: try another worker this round
+                try:
+                    self._pump(failed)
+                finally:
+                    w.budget = budget
+                return
+            except Closed:
+                return
+            except Exception as exc:
+                pending.popleft()
+                failed.append((task[0], task[1], (False, exc)))
+                continue
+            pending.popleft()
+            w.tasks[seq] = task
+            w.budget -= 1
+            self._inflight[seq] = w
+            if self._feeding and len(pending) == self._feed_low:
+                self._cond.notify_all()  # the task thread waits for room (_handle_tasks)
+
+    def _complete(self, done: list[tuple[Any, int, tuple[bool, Any]]]) -> None:
+        for job_id, i, obj in done:
+            job = self._cache.get(job_id)
+            if job is not None:
+                job._set(i, obj)
+
+    def _submit_tasks(self, tasks: Iterable[list[Any]]) -> None:
+        failed: list[tuple[Any, int, tuple[bool, Any]]] = []
+        with self._lock:
+            self._pending.extend(tasks)
+            self._pump(failed)
+        self._complete(failed)
+
+    # ---- receiving results ------------------------------------------------------------
+    #
+    # One thread at a time reads the result queue: whoever holds ``_rx``. A caller waiting on
+    # a result (AsyncResult.get/wait, Future.result/exception) takes that role itself, so a
+    # result reaches it without a hop through another thread (the hop costs more than the
+    # whole round trip to the worker); the result thread holds it otherwise, so callbacks
+    # and join() progress with nobody waiting. The result thread steps aside while callers
+    # want the role and for _RX_GRACE after the last one left (a caller in a loop of
+    # submit-then-wait keeps it), and a caller that finds it blocked in the queue wakes it
+    # with a _NUDGE message. ``_rx_wanted``/``_rx_in_get`` change under ``_rx_cond``: either
+    # the result thread sees a caller wanting the role, or the caller sees it in the queue.
+    # The holder does the bookkeeping of a batch (under ``_lock``) before it lets go of
+    # ``_rx``, so results and "worker lost" markers are handled in queue order.
+
+    def _receive(self, timeout: float) -> bool:
+        """Take one batch off the result queue and handle it (``_rx`` held). False when the
+        queue is closed or a stop message came."""
+        try:
+            batch = self._results.get_many(512, timeout=timeout)
+        except _queue.Empty:
+            return True
+        except Closed:
+            return False
+        except Exception as exc:  # a result that does not unpickle here: it is lost
+            warnings.warn(f"shmipc.Pool dropped a result: {exc!r}", RuntimeWarning, stacklevel=1)
+            return True
+        done: list[tuple[Any, int, tuple[bool, Any]]] = []
+        go_on = True
+        now = time.monotonic()
+        with self._lock:
+            for msg in batch:
+                if msg is None:
+                    go_on = False
+                    continue
+                seq = msg[0]
+                if seq == _NUDGE:
+                    continue
+                if seq == _MARKER:
+                    self._worker_lost(msg, done)
+                    continue
+                w = self._inflight.pop(seq, None)
+                if w is None:
+                    continue
+                task = w.tasks.pop(seq)
+                done.append((task[0], task[1], (msg[1], msg[2])))
+                if w.tasks:  # it went straight on to the next: time it
+                    w.svc += (now - w.last - w.svc) * 0.25
+                w.last = now
+            self._pump(done)
+        batch = msg = task = None  # type: ignore[assignment]
+        self._complete(done)
+        return go_on and not self._stopping
+
+    def _handle_results(self) -> None:
+        cond = self._rx_cond
+        while True:
+            with cond:
+                while not self._stopping and (
+                    self._rx_wanted or time.monotonic() - self._rx_left < _RX_GRACE
+                ):
+                    cond.wait(_RX_GRACE)
+                if self._stopping:
+                    return
+                self._rx_in_get = True
+            got = self._rx.acquire(timeout=0.05)
+            try:
+                if got:
+                    # A callback run from here that waits on a result receives in this
+                    # thread (_drive checks _rx_owner), instead of waiting for itself.
+                    self._rx_owner = threading.get_ident()
+                    with cond:
+                        wanted = self._rx_wanted
+                    if not wanted and not self._receive(self._liveness):
+                        return
+            finally:
+                with cond:
+                    self._rx_in_get = False
+                if got:
+                    self._rx_owner = None
+                    self._rx.release()
+
+    def _drive(self, ready: Callable[[], bool], timeout: float | None) -> None:
+        """Wait until ``ready()``, reading the result queue in this thread (see above)."""
+        if ready():
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        me = threading.get_ident()
+        if self._rx_owner == me:  # a callback of ours waits: we hold the role already
+            while not ready() and self._receive(_remaining(deadline, self._liveness)):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+            return
+        with self._rx_cond:
+            self._rx_wanted += 1
+            nudge = self._rx_in_get
+        try:
+            if nudge:
+                try:
+                    self._results.put((_NUDGE,), timeout=0)
+                except Exception:
+                    pass
+            while not ready():
+                left = _remaining(deadline, 0.002)
+                if left <= 0 and deadline is not None:
+                    return
+                if not self._rx.acquire(timeout=min(left, 0.002)):
+                    continue  # another thread receives: it may be handling ours
+                self._rx_owner = me
+                try:
+                    while not ready():
+                        if not self._receive(_remaining(deadline, self._liveness)):
+                            return
+                        if deadline is not None and time.monotonic() >= deadline:
+                            return
+                finally:
+                    self._rx_owner = None
+                    self._rx.release()
+        finally:
+            with self._rx_cond:
+                self._rx_wanted -= 1
+                self._rx_left = time.monotonic()
+
+    def _worker_lost(self, msg: tuple[Any, ...], done: list[Any]) -> None:
+        """The marker of a dead worker: every result it produced has been handled (lock held).
+        The task in its slot was running and fails; the ones it had not started go again."""
+        w, running, pid, exitcode = self._lost.pop(msg[1])
+        for seq in w.tasks:
+            self._inflight.pop(seq, None)
+        failed, again = lost_tasks(w.tasks, running)
+        if failed is not None:
+            err = BrokenWorker(
+                f"{_death(pid, exitcode)} while running this task; the pool replaced it",
+                pid,
+                exitcode,
+            )
+            done.append((failed[0], failed[1], (False, err)))
+        w.tasks.clear()
+        self._pending.extendleft(reversed(again))
+        try:
+            w.queue.close()
+        except Exception:
+            pass
+
+    def _handle_tasks(self) -> None:
+        """Read imap generators (they may be slow or raise) and queue their tasks."""
+        for taskseq, set_length in iter(self._taskqueue.get, None):
+            idx = -1
+            try:
+                for idx, task in enumerate(taskseq):  # noqa: B007 - read after the loop
+                    if self._state == TERMINATE:
+                        break
+                    if task[2] is _RERAISE:
+                        self._complete([(task[0], task[1], (False, task[3]))])
+                        continue
+                    with self._lock:
+                        while len(self._pending) > 2 * self._feed_low:
+                            if self._state == TERMINATE:
+                                break
+                            self._cond.wait(0.1)
+                    self._submit_tasks([task])
+                else:
+                    set_length(idx + 1)
+            finally:
+                taskseq = None
+                with self._lock:
+                    self._feeding -= 1
+                    self._cond.notify_all()
+
+    def _guarded(
+        self, job: Any, func: Callable[..., Any], iterable: Iterable[Any]
+    ) -> Iterator[list[Any]]:
+        """The tasks of an imap; an exception from the iterable completes the job's next
+        index with it (in the parent: it is not a remote error)."""
+        i = -1
+        try:
+            for i, x in enumerate(iterable):
+                yield [job._job, i, func, (x,), {}, False]
+        except Exception as exc:
+            yield [job._job, i + 1, _RERAISE, exc]
+
+    # ---- the multiprocessing.Pool interface -----------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
+    def apply(
+        self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: dict[str, Any] | None = None
+    ) -> Any:
+        """``func(*args, **kwds)`` in a worker; waits for the result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: Iterable[Any] = (),
+        kwds: dict[str, Any] | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> _mpp.ApplyResult:
+        """Run ``func(*args, **kwds)`` in a worker; an AsyncResult."""
+        self._check_running()
+        result = _ApplyResult(self, callback, error_callback)
+        self._submit_tasks([[result._job, 0, func, tuple(args), dict(kwds or {}), False]])
+        return result
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        """Run ``fn(*args, **kwargs)`` in a worker; a concurrent.futures.Future."""
+        self._check_running()
+        future = _PoolFuture(self)
+        job = _FutureJob(self, future)
+        self._submit_tasks([[job._job, 0, fn, args, kwargs, False]])
+        return future
+
+    def map(
+        self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None
+    ) -> list[Any]:
+        """``list(map(func, iterable))`` computed by the workers, in chunks."""
+        return self._map_async(func, iterable, _mpp.mapstar, chunksize).get()
+
+    def starmap(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+    ) -> list[Any]:
+        """``map`` with each item unpacked as the arguments."""
+        return self._map_async(func, iterable, _mpp.starmapstar, chunksize).get()
+
+    def map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> _mpp.MapResult:
+        return self._map_async(func, iterable, _mpp.mapstar, chunksize, callback, error_callback)
+
+    def starmap_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[Any], object] | None = None,
+        error_callback: Callable[[BaseException], object] | None = None,
+    ) -> _mpp.MapResult:
+        return self._map_async(
+            func, iterable, _mpp.starmapstar, chunksize, callback, error_callback
+        )
+
+    def _map_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        mapper: Any,
+        chunksize: int | None = None,
+        callback: Any = None,
+        error_callback: Any = None,
+    ) -> _mpp.MapResult:
+        self._check_running()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        n = len(iterable)  # type: ignore[arg-type]
+        if chunksize is None:
+            chunksize, extra = divmod(n, len(self._workers) * 4)
+            if extra:
+                chunksize += 1
+        if n == 0:
+            chunksize = 0
+        result = _MapResult(self, chunksize, n, callback, error_callback=error_callback)
+        if n:
+            tasks = [
+                [result._job, i, mapper, (chunk,), {}, False]
+                for i, chunk in enumerate(_mpp.Pool._get_tasks(func, iterable, chunksize))
+            ]
+            self._submit_tasks(tasks)
+        return result
+
+    def imap(
+        self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1
+    ) -> Iterator[Any]:
+        """Results in order, as they come."""
+        return self._imap(_mpp.IMapIterator, func, iterable, chunksize)
+
+    def imap_unordered(
+        self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int = 1
+    ) -> Iterator[Any]:
+        """Results in the order they finish."""
+        return self._imap(_mpp.IMapUnorderedIterator, func, iterable, chunksize)
+
+    def _imap(
+        self, cls: Any, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int
+    ) -> Iterator[Any]:
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+        result = cls(self)
+        with self._lock:
+            self._feeding += 1
+        if chunksize == 1:
+            self._taskqueue.put((self._guarded(result, func, iterable), result._set_length))
+            return result  # type: ignore[no-any-return]
+        batches = _mpp.Pool._get_tasks(func, iterable, chunksize)
+        self._taskqueue.put((self._guarded(result, _mpp.mapstar, batches), result._set_length))
+        return (item for chunk in result for item in chunk)
+
+    # ---- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """No more tasks; the workers exit once the submitted ones are done."""
+        if self._state == RUN:
+            self._state = CLOSE
+            self._wake()
+
+    def terminate(self) -> None:
+        """Stop the workers now; outstanding work is abandoned (futures are cancelled or
+        fail with BrokenWorker)."""
+        self._state = TERMINATE
+        self._terminate()
+
+    def join(self) -> None:
+        """Wait for the workers to exit (after close() or terminate())."""
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        if self._state not in (CLOSE, TERMINATE):
+            raise ValueError("In unknown state")
+        if self._state == CLOSE:
+            with self._lock:
+                while (
+                    self._cache or self._pending or self._inflight or self._feeding
+                ) and self._state == CLOSE:
+                    self._cond.wait(0.2)
+        self._terminate()
+
+    def _shutdown(self, terminate: bool) -> None:
+        """Stop the threads and the workers and remove the segments (once)."""
+        self._taskqueue.put(None)
+        with self._lock:
+            self._draining = True
+        with self._maintain_lock:
+            pass  # a replacement being started is in self._pool once this returns
+        if terminate:
+            with self._lock:
+                self._pending.clear()
+        else:
+            # The workers leave on their sentinel once their queue is drained.
+            with self._lock:
+                for w in self._workers:
+                    if not w.dead:
+                        try:
+                            w.queue.put(None, timeout=self._liveness)
+                        except Exception:
+                            w.process.terminate()
+        deadline = time.monotonic() + (0.5 if terminate else 5.0)
+        if terminate:
+            self._kill_all()
+        for p in self._pool:
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.exitcode is None:
+                p.kill()
+                p.join(5)
+        self._stopping = True
+        self._wake()
+        with self._rx_cond:
+            self._rx_cond.notify_all()
+        try:
+            self._results.put(None, timeout=self._liveness)
+        except Exception:
+            pass
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(5 + self._liveness)
+        leftover: list[Any] = []
+        with self._lock:
+            for w in self._workers:
+                for task in w.tasks.values():
+                    leftover.append(task)
+                w.tasks.clear()
+            self._inflight.clear()
+        for task in leftover:
+            job = self._cache.get(task[0])
+            if isinstance(job, _FutureJob) and not job.future.done():
+                job._set(
+                    0, (False, BrokenWorker("the pool was terminated before this task finished"))
+                )
+        for job in list(self._cache.values()):
+            if isinstance(job, _FutureJob):
+                if not job.future.cancel() and not job.future.done():
+                    # sent to a worker once (running), then back in line when it died
+                    job._set(
+                        0,
+                        (False, BrokenWorker("the pool was terminated before this task finished")),
+                    )
+                self._cache.pop(job._job, None)
+        self._release_segments()
+
+    def _cancel_pending(self) -> None:
+        """Cancel the submitted futures no worker has started (Executor.shutdown)."""
+        with self._lock:
+            keep: collections.deque[list[Any]] = collections.deque()
+            for task in self._pending:
+                job = self._cache.get(task[0])
+                if isinstance(job, _FutureJob) and not task[5] and job.future.cancel():
+                    self._cache.pop(task[0], None)
+                    continue
+                keep.append(task)
+            self._pending = keep
+            self._cond.notify_all()
+
+    def _kill_all(self) -> None:
+        for p in self._pool:
+            if p.exitcode is None:
+                try:
+                    p.terminate()
+                except Exception:
+                    pass
+
+    def _release_segments(self) -> None:
+        for w in self._workers:
+            try:
+                w.queue.close()
+            except Exception:
+                pass
+        for attr in ("_results", "_slots"):  # absent if __init__ failed before making them
+            try:
+                getattr(self, attr).close()
+            except Exception:
+                pass
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    @staticmethod
+    def _finalize(shutdown: _Shutdown) -> None:
+        shutdown()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __del__(self, _warn: Any = warnings.warn, RUN: str = RUN) -> None:
+        if getattr(self, "_state", None) == RUN:
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
+
+    def __repr__(self) -> str:
+        cls = type(self)
+        return (
+            f"<{cls.__module__}.{cls.__qualname__} state={self._state} pool_size={len(self._pool)}>"
+        )
+
+
+class _Shutdown:
+    """The pool's finaliser: runs ``_shutdown`` once (terminate, join, or interpreter exit)
+    without the Finalize keeping the pool alive."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._done = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        pool = self._pool
+        self._pool = None  # type: ignore[assignment]
+        pool._shutdown(terminate=pool._state != CLOSE)
+
+
+class Executor(concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` on a :class:`Pool`: ``submit``, ``map`` (with
+    ``chunksize`` and ``timeout``) and ``shutdown(wait, cancel_futures)``, as
+    ``ProcessPoolExecutor``. A worker that dies fails only the future it was running
+    (:class:`BrokenWorker`, a ``BrokenProcessPool``); the executor replaces it and goes on.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        *,
+        liveness: float = 1.0,
+    ) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._shutdown_lock = threading.Lock()
+        self._shut = False
+        self._pool = Pool(max_workers, initializer, initargs, context=mp_context, liveness=liveness)
+        # As ProcessPoolExecutor: a future is "running" once a worker has it, so keep few
+        # queued at each worker and the rest cancellable (shutdown(cancel_futures=True)),
+        # unless its tasks take under 0.1 ms (then 64 queued are done within ~6 ms anyway).
+        self._pool._prefetch = _EXECUTOR_PREFETCH
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        with self._shutdown_lock:
+            if self._shut:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            return self._pool.submit(fn, *args, **kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Results in order; ``TimeoutError`` if one is not ready ``timeout`` seconds after
+        the call. ``chunksize`` items travel as one task."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = _chunks(zip(*iterables, strict=False), chunksize)
+        results = super().map(functools.partial(_run_chunk, fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more submissions; ``cancel_futures`` cancels those not started; ``wait`` waits
+        for the running ones and the workers' exit."""
+        with self._shutdown_lock:
+            self._shut = True
+        pool = self._pool
+        if cancel_futures:
+            pool._cancel_pending()
+        if pool._state == RUN:
+            pool.close()
+        if wait:
+            pool.join()
+        else:
+            threading.Thread(target=pool.join, name="shmipc-executor-shutdown", daemon=True).start()
+
+
+def _chunks(items: Iterator[tuple[Any, ...]], size: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
+    while True:
+        chunk = tuple(itertools.islice(items, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    return [fn(*args) for args in chunk]
