@@ -46,6 +46,7 @@ from ._native_ext import Port, RingMiss, View  # noqa: E402 - exist only after t
 if lib.shmipc_pool_install() != 0:  # pragma: no cover - only if the interpreter refuses
     raise ImportError("shmipc's compiled core could not add PoolBuffer")
 from ._native_ext import PoolBuffer  # noqa: E402
+
 # The topics' hot paths (csrc/topic.c): TopicPort and TopicMiss, added the same way.
 if lib.shmipc_topic_install() != 0:  # pragma: no cover - only if the interpreter refuses
     raise ImportError("shmipc's compiled core could not add its topic paths (TopicPort)")
