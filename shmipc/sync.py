@@ -29,7 +29,18 @@ from .errors import Closed, LayoutMismatch
 from .layout import CACHE_LINE, Kind, Layout
 from .region import ATTACH_TIMEOUT, Region
 
-__all__ = ["SPIN_NS", "AtomicCounter", "Barrier", "BarrierTimeout", "Event", "Lock", "Semaphore"]
+__all__ = [
+    "SPIN_NS",
+    "AtomicCounter",
+    "Barrier",
+    "BarrierTimeout",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Lock",
+    "RLock",
+    "Semaphore",
+]
 
 #: How long a waiter spins (checking the condition, with a CPU pause) before it sleeps.
 #: A cross-core futex wake costs tens of µs here, so spinning that long first decides latency.
@@ -466,6 +477,10 @@ class Semaphore(_Primitive):
     def value(self) -> int:
         return lib.shmipc_load32_acquire(self._base, self._off + self._COUNT)
 
+    def get_value(self) -> int:
+        """The current count (``multiprocessing.Semaphore.get_value``'s spelling of ``value``)."""
+        return self.value
+
     def __enter__(self) -> Semaphore:
         self.acquire()
         return self
@@ -565,6 +580,18 @@ class Lock(_Primitive):
                 "release of a Lock that this thread does not hold (or whose holding was taken "
                 "over after this thread was presumed dead)"
             )
+
+    def _is_owned(self) -> bool:
+        """True if the calling thread holds the lock (its identity is in the word)."""
+        return lib.shmipc_load64_acquire(self._base, self._off) == lib.shmipc_lock_identity()
+
+    def _release_save(self) -> Any:
+        """Release for ``Condition.wait``; what ``_acquire_restore`` needs to take it back."""
+        self.release()
+        return None
+
+    def _acquire_restore(self, saved: Any) -> None:
+        self.acquire()
 
     @property
     def recoveries(self) -> int:
@@ -859,3 +886,371 @@ def _bumped(high: int) -> int:
 def _released(high: int) -> int:
     """The epoch word after generation ``high`` went through: next one, and it released."""
     return ((high & 0xFFFF) << 16) | ((high + 1) & 0xFFFF)
+
+
+# ---- the multiprocessing drop-in's primitives (issue 10): BoundedSemaphore, RLock, Condition ----
+
+
+class BoundedSemaphore(Semaphore):
+    """A ``Semaphore`` that refuses to be released above its initial value (``ValueError``),
+    like ``threading.BoundedSemaphore`` and ``multiprocessing.BoundedSemaphore``.
+
+    ======  ====  ==========================================
+    offset  size  field
+    ======  ====  ==========================================
+    0       4     count (the futex word; waiters sleep at 0)
+    4       4     waiters: processes asleep on the count
+    8       4     bound: the initial value, the most the count may reach
+    ======  ====  ==========================================
+
+    The same kind as ``Semaphore`` (a plain Semaphore handle on it ignores the bound); one
+    attached as a BoundedSemaphore must have a bound.
+    """
+
+    LAYOUT = _layout("bounded semaphore", ("count", 4), ("waiters", 4), ("bound", 4))
+    SIZE = LAYOUT.size
+    _BOUND = LAYOUT["bound"]
+
+    def __init__(self, value: int = 1) -> None:
+        self._bind_standalone(value=value)
+
+    @classmethod
+    def create(
+        cls, name: str | None = None, *, value: int = 1, mode: int = 0o600
+    ) -> BoundedSemaphore:
+        return cls._create_named(name, mode, value=value)
+
+    def _init_shared(self, value: int = 1) -> None:
+        super()._init_shared(value)
+        lib.shmipc_store32_release(self._base, self._off + self._BOUND, value)
+
+    def _check_attached(self) -> None:
+        if self.bound == 0:
+            raise LayoutMismatch("this semaphore has no bound: attach it as a Semaphore")
+
+    @property
+    def bound(self) -> int:
+        """The initial value: ``release`` never takes the count above it."""
+        return lib.shmipc_load32_acquire(self._base, self._off + self._BOUND)
+
+    def release(self, n: int = 1) -> None:
+        """Return ``n`` units; ``ValueError`` (nothing released) past the initial value."""
+        if n < 1:
+            raise ValueError(f"release count must be positive, got {n}")
+        count_off = self._off + self._COUNT
+        bound = self.bound
+        while True:
+            c = lib.shmipc_load32_acquire(self._base, count_off)
+            if c + n > bound:
+                raise ValueError("Semaphore released too many times")
+            if lib.shmipc_cas32_acq_rel(self._base, count_off, c, c + n) == c:
+                break
+        lib.shmipc_wake32(self._base, count_off, self._off + self._WAITERS, n)
+
+
+def _rlock_layout() -> Layout:
+    lay = Layout("rlock")
+    lay.add("word", 8)
+    lay.add("sleepers", 4)
+    lay.add("recoveries", 4)
+    lay.add("count", 4)
+    lay.pad_to(CACHE_LINE)
+    assert lay["sleepers"] == lib.SHMIPC_LOCK_OFF_WAITERS
+    return lay
+
+
+class RLock(Lock):
+    """A reentrant robust lock: the holding thread may acquire it again, and must release it
+    as many times (``threading.RLock``/``multiprocessing.RLock`` across processes).
+
+    The lock word and its robustness are ``Lock``'s: a holder that dies (at any depth)
+    passes the lock to the next acquirer within a wait slice, with ``recovered`` set and the
+    depth starting again at 1. The depth lives next to the word; only the holder writes it.
+
+    ======  ====  ==================================================
+    offset  size  field
+    ======  ====  ==================================================
+    0       8     word: 0 free, else holder tid | start time << 32
+    8       4     sleepers: waiters asleep on the word
+    12      4     recoveries: times a dead holder's lock passed on
+    16      4     count: the holder's depth (0 when free)
+    ======  ====  ==================================================
+    """
+
+    KIND = Kind.RLOCK
+    LAYOUT = _rlock_layout()
+    SIZE = LAYOUT.size
+    _COUNT = LAYOUT["count"]
+
+    @classmethod
+    def create(cls, name: str | None = None, *, mode: int = 0o600) -> RLock:
+        return cls._create_named(name, mode)
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Take the lock, or go one deeper if this thread holds it; False on timeout."""
+        base, count_off = self._base, self._off + self._COUNT
+        if self._is_owned():
+            # Only the holder reads or writes the depth while it holds the lock; the lock
+            # word's acquire/release orders it between holders.
+            lib.shmipc_store32_relaxed(
+                base, count_off, lib.shmipc_load32_relaxed(base, count_off) + 1
+            )
+            return True
+        if not Lock.acquire(self, block, timeout):
+            return False
+        lib.shmipc_store32_relaxed(base, count_off, 1)  # a dead holder's depth is dropped
+        return True
+
+    def release(self) -> None:
+        """Go one level up; the last release frees the lock. ``RuntimeError`` if this thread
+        does not hold it."""
+        if not self._is_owned():
+            raise RuntimeError("cannot release un-acquired lock")
+        base, count_off = self._base, self._off + self._COUNT
+        depth = lib.shmipc_load32_relaxed(base, count_off)
+        if depth > 1:
+            lib.shmipc_store32_relaxed(base, count_off, depth - 1)
+            return
+        lib.shmipc_store32_relaxed(base, count_off, 0)
+        Lock.release(self)
+
+    def _release_save(self) -> Any:
+        depth = lib.shmipc_load32_relaxed(self._base, self._off + self._COUNT)
+        lib.shmipc_store32_relaxed(self._base, self._off + self._COUNT, 0)
+        Lock.release(self)
+        return depth
+
+    def _acquire_restore(self, saved: Any) -> None:
+        Lock.acquire(self)
+        lib.shmipc_store32_relaxed(self._base, self._off + self._COUNT, max(1, saved or 1))
+
+    @property
+    def depth(self) -> int:
+        """How deep the holder holds it (0 when free); meaningful to the holder."""
+        return lib.shmipc_load32_relaxed(self._base, self._off + self._COUNT)
+
+    def _state(self) -> str:
+        word = lib.shmipc_load64_acquire(self._base, self._off)
+        if not word:
+            return "unlocked"
+        return f"held by thread {word & 0x7FFFFFFF} depth={self.depth}"
+
+
+class Condition(_Primitive):
+    """A condition variable shared between processes: ``threading.Condition``'s ``wait``,
+    ``wait_for``, ``notify(n)`` and ``notify_all`` on a shmipc ``Lock`` or ``RLock``.
+
+    Its own ``RLock`` (used when no lock is given) sits at the start of its memory, then the
+    waiter state. ``notify(n)`` hands out up to ``n`` wake-up tickets, never more than there
+    are registered waiters without one; a waiter returns True only with a ticket (or False
+    when its timeout passes without one), so exactly as many waits return True as tickets
+    were given. Wakes go through a sequence word: a waiter reads it before releasing the lock
+    and sleeps only while it is unchanged, so a notify between the two is never lost.
+
+    ======  ====  ==============================================================
+    offset  size  field
+    ======  ====  ==============================================================
+    0       64    the embedded RLock (see ``RLock``)
+    64      4     waiting: waiters registered (incremented under the lock)
+    68      4     tickets: notifications given and not yet taken (<= waiting)
+    72      4     seq: bumped by every notify that gave tickets (the futex word)
+    76      4     sleepers: waiters asleep on seq
+    ======  ====  ==============================================================
+
+    ``waiting`` and ``tickets`` form one little-endian 64-bit word, so that taking a ticket,
+    withdrawing and notifying are each one compare-exchange. A waiter killed while waiting
+    stays registered: a later notify may spend a ticket on it, which a later waiter then
+    takes at once (a spurious wake-up; ``wait_for`` re-checks its predicate).
+    """
+
+    KIND = Kind.CONDITION
+    LAYOUT = Layout("condition")
+    LAYOUT.add("lock", RLock.SIZE)
+    LAYOUT.add("waiting", 4)
+    LAYOUT.add("tickets", 4)
+    LAYOUT.add("seq", 4)
+    LAYOUT.add("sleepers", 4)
+    LAYOUT.pad_to(CACHE_LINE)
+    SIZE = LAYOUT.size
+    _STATE = LAYOUT["waiting"]
+    _SEQ = LAYOUT["seq"]
+    _SLEEPERS = LAYOUT["sleepers"]
+
+    _lock: Lock
+    _own_lock: bool
+
+    def __init__(self, lock: Lock | None = None) -> None:
+        self._bind_standalone()
+        self._set_lock(lock)
+
+    @classmethod
+    def create(
+        cls, name: str | None = None, *, lock: Lock | None = None, mode: int = 0o600
+    ) -> Condition:
+        obj = cls._create_named(name, mode)
+        obj._set_lock(lock)
+        return obj
+
+    @classmethod
+    def attach(
+        cls,
+        name: str,
+        *,
+        lock: Lock | None = None,
+        timeout: float = ATTACH_TIMEOUT,
+        trusted_uids: Iterable[int] = (),
+    ) -> Condition:
+        """Attach a named Condition; ``lock`` must be the lock it was made with, if any (by
+        default, its own RLock)."""
+        obj = super().attach(name, timeout=timeout, trusted_uids=trusted_uids)
+        obj._set_lock(lock)
+        return obj
+
+    @classmethod
+    def at(  # type: ignore[override]
+        cls, region: Region, offset: int = 0, *, create: bool, lock: Lock | None = None
+    ) -> Condition:
+        obj = super().at(region, offset, create=create)
+        obj._set_lock(lock)
+        return obj
+
+    def _set_lock(self, lock: Lock | None) -> None:
+        if lock is None:
+            lock = RLock.at(self._region, self._offset, create=False)
+            self._own_lock = True
+        elif isinstance(lock, Lock):
+            self._own_lock = False
+        else:
+            raise TypeError(
+                f"a shmipc Condition needs a shmipc Lock or RLock, not {type(lock).__name__} "
+                "(it must tell whether the calling thread holds it)"
+            )
+        self._lock = lock
+        self.acquire = lock.acquire
+        self.release = lock.release
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._set_lock(state.get("lock"))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (*super().__reduce__(), {"lock": None if self._own_lock else self._lock})
+
+    def close(self) -> None:
+        if not self.closed and self._own_lock:
+            self._lock.close()
+        super().close()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def _state(self) -> str:
+        state = lib.shmipc_load64_acquire(self._base, self._off + self._STATE)
+        return f"waiting={state & 0xFFFFFFFF} tickets={state >> 32}"
+
+    def _take(self, withdraw: bool) -> bool:
+        """Take a ticket and leave: True. Without one: False, and with ``withdraw`` leave
+        anyway. A waiter whose timeout passes takes a ticket that is there rather than leave
+        it: the notify's one futex wake may have gone to this very waiter."""
+        base, off = self._base, self._off + self._STATE
+        while True:
+            state = lib.shmipc_load64_acquire(base, off)
+            waiting, tickets = state & 0xFFFFFFFF, state >> 32
+            if tickets:
+                new = state - 1 - (1 << 32)
+                got = True
+            elif withdraw and waiting:
+                new = state - 1
+                got = False
+            else:
+                return False
+            if lib.shmipc_cas64_acq_rel(base, off, state, new) == state:
+                return got
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock, wait for a notify or ``timeout`` seconds, take the lock back.
+
+        True if notified, False on timeout. ``RuntimeError`` unless this thread holds the
+        lock. Ctrl-C leaves the wait (giving back a ticket it may have been handed to the
+        next waiter when possible) and retakes the lock before raising.
+        """
+        lock = self._lock
+        if not lock._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        deadline = deadline_ns(timeout)
+        base = self._base
+        seq_off, sleepers_off = self._off + self._SEQ, self._off + self._SLEEPERS
+        # Register and read seq under the lock: a notify (which needs the lock) comes after.
+        lib.shmipc_fetch_add64_acq_rel(base, self._off + self._STATE, 1)
+        saved = lock._release_save()
+        try:
+            while True:
+                seen = lib.shmipc_load32_acquire(base, seq_off)  # before looking for a ticket
+                if self._take(withdraw=False):
+                    return True
+                if not _wait_until(base, seq_off, sleepers_off, seen, deadline):
+                    return self._take(withdraw=True)
+        except BaseException:
+            if self._take(withdraw=True):
+                self._pass_on()
+            raise
+        finally:
+            lock._acquire_restore(saved)
+
+    def _pass_on(self) -> None:
+        """An interrupted waiter took a ticket: hand it to another waiter, if one is left."""
+        base, off = self._base, self._off + self._STATE
+        while True:
+            state = lib.shmipc_load64_acquire(base, off)
+            if (state & 0xFFFFFFFF) <= state >> 32:
+                return
+            if lib.shmipc_cas64_acq_rel(base, off, state, state + (1 << 32)) == state:
+                break
+        self._wake(1)
+
+    def _wake(self, n: int) -> None:
+        base = self._base
+        seq_off = self._off + self._SEQ
+        # Release: pairs with the waiter's acquire load of seq; the tickets were given first.
+        lib.shmipc_fetch_add32_acq_rel(base, seq_off, 1)
+        lib.shmipc_wake32(base, seq_off, self._off + self._SLEEPERS, min(n, _INT_MAX))
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Wait until ``predicate()`` is true (``threading.Condition.wait_for``): its last
+        value, false if ``timeout`` passed first."""
+        endtime = None
+        waittime = timeout
+        result = predicate()
+        while not result:
+            if waittime is not None:
+                if endtime is None:
+                    endtime = time.monotonic() + waittime
+                else:
+                    waittime = endtime - time.monotonic()
+                    if waittime <= 0:
+                        break
+            self.wait(waittime)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters; ``RuntimeError`` unless this thread holds the lock."""
+        if not self._lock._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        base, off = self._base, self._off + self._STATE
+        while True:
+            state = lib.shmipc_load64_acquire(base, off)
+            give = min(n, (state & 0xFFFFFFFF) - (state >> 32))
+            if give <= 0:
+                return
+            if lib.shmipc_cas64_acq_rel(base, off, state, state + (give << 32)) == state:
+                break
+        self._wake(give)
+
+    def notify_all(self) -> None:
+        """Wake every waiter; ``RuntimeError`` unless this thread holds the lock."""
+        self.notify(_INT_MAX)
+
+    notifyAll = notify_all  # threading's old spelling
