@@ -560,6 +560,10 @@ class Lock(_Primitive):
                 self.recovered = False
                 return True
             if rc == lib.SHMIPC_DEADLOCK:
+                if not block or timeout is not None:
+                    # threading.Lock's (and multiprocessing's) answer: it stays held, so the
+                    # attempt fails; without waiting, since only this thread could free it.
+                    return False
                 raise RuntimeError("this thread already holds the Lock (it is not reentrant)")
             if rc == lib.SHMIPC_ERROR:
                 err = lib.shmipc_errno()
@@ -1146,9 +1150,14 @@ class Condition(_Primitive):
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
 
-    def _state(self) -> str:
+    def _counts(self) -> tuple[int, int]:
+        """(waiters registered, tickets not yet taken): (0, 0) when nobody waits."""
         state = lib.shmipc_load64_acquire(self._base, self._off + self._STATE)
-        return f"waiting={state & 0xFFFFFFFF} tickets={state >> 32}"
+        return state & 0xFFFFFFFF, state >> 32
+
+    def _state(self) -> str:
+        waiting, tickets = self._counts()
+        return f"waiting={waiting} tickets={tickets}"
 
     def _take(self, withdraw: bool) -> bool:
         """Take a ticket and leave: True. Without one: False, and with ``withdraw`` leave
