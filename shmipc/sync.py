@@ -1040,45 +1040,73 @@ class RLock(Lock):
         return f"held by thread {word & 0x7FFFFFFF} depth={self.depth}"
 
 
+def _condition_layout() -> Layout:
+    lay = Layout("condition")
+    lay.add("lock", RLock.SIZE)  # the embedded RLock, used when no lock is given
+    lay.add("cursor", 4)  # where the next notify starts looking (round robin)
+    lay.add("sleepers", 4)  # waiters asleep on their slot (or on overflow_gen)
+    lay.add("overflow", 4)  # waiters that found no free slot, waiting on overflow_gen
+    lay.add("overflow_gen", 4)  # bumped by a notify when overflow waiters exist
+    lay.pad_to(CACHE_LINE)
+    lay.add("slots", 8 * Condition_SLOTS, align=CACHE_LINE)
+    lay.pad_to(CACHE_LINE)
+    return lay
+
+
+#: How many waiters a Condition tracks one by one (more wait on a shared generation word).
+Condition_SLOTS = 64
+_RELEASED = 1 << 31  # in a slot: the waiter it names was notified (bit 31 of the tid half)
+
+
 class Condition(_Primitive):
     """A condition variable shared between processes: ``threading.Condition``'s ``wait``,
     ``wait_for``, ``notify(n)`` and ``notify_all`` on a shmipc ``Lock`` or ``RLock``.
 
-    Its own ``RLock`` (used when no lock is given) sits at the start of its memory, then the
-    waiter state. ``notify(n)`` hands out up to ``n`` wake-up tickets, never more than there
-    are registered waiters without one; a waiter returns True only with a ticket (or False
-    when its timeout passes without one), so exactly as many waits return True as tickets
-    were given. Wakes go through a sequence word: a waiter reads it before releasing the lock
-    and sleeps only while it is unchanged, so a notify between the two is never lost.
+    Each waiter registers in a slot of its own (under the lock, so before any notify that
+    could be meant for it) and sleeps on it; ``notify(n)`` marks up to ``n`` registered
+    waiters' slots released and wakes exactly those. A waiter that registers after a notify
+    can therefore never take the wake-up meant for an earlier one, and exactly as many waits
+    return True as notify handed out. Its own ``RLock`` (used when no lock is given) sits at
+    the start of its memory.
 
     ======  ====  ==============================================================
     offset  size  field
     ======  ====  ==============================================================
     0       64    the embedded RLock (see ``RLock``)
-    64      4     waiting: waiters registered (incremented under the lock)
-    68      4     tickets: notifications given and not yet taken (<= waiting)
-    72      4     seq: bumped by every notify that gave tickets (the futex word)
-    76      4     sleepers: waiters asleep on seq
+    64      4     cursor: the slot the next notify looks at first (round robin)
+    68      4     sleepers: waiters asleep (on their slot or on overflow_gen)
+    72      4     overflow: waiters beyond the slots, waiting on overflow_gen
+    76      4     overflow_gen: bumped by a notify while overflow waiters exist
+    128     512   slots: 64 x u64: 0 free; else the waiter's identity (tid |
+                  start time << 32), with bit 31 set once it was notified. The
+                  low half is the futex word that waiter sleeps on.
     ======  ====  ==============================================================
 
-    ``waiting`` and ``tickets`` form one little-endian 64-bit word, so that taking a ticket,
-    withdrawing and notifying are each one compare-exchange. A waiter killed while waiting
-    stays registered: a later notify may spend a ticket on it, which a later waiter then
-    takes at once (a spurious wake-up; ``wait_for`` re-checks its predicate).
+    Protocol (the actors: waiters, notifiers, the dead; a slot changes only by CAS):
+
+    * I1 a slot goes 0 -> id (its waiter, under the lock), id -> id|RELEASED (a notifier,
+      under the lock), id -> 0 (its waiter leaving on timeout or Ctrl-C) or id|RELEASED -> 0
+      (its waiter collecting the wake-up). Waiter and notifier race only on the id, by CAS,
+      so a waiter either leaves unnotified or returns True, never both or neither.
+    * I2 a notifier wakes the slot's futex after its release CAS; the waiter sleeps only
+      while its slot's low half still equals its tid, so the wake is never lost.
+    * I3 a notifier that finds a slot naming a thread known dead frees it and does not count
+      it: a waiter killed while waiting costs no later notify. (A waiter killed after being
+      notified took its wake-up with it, as a killed thread does.)
+    * Beyond ``Condition_SLOTS`` concurrent waiters, the extra ones wait on ``overflow_gen``
+      and every notify that finds any wakes them all (they return True): a notify may then
+      wake more than ``n`` of them.
     """
 
     KIND = Kind.CONDITION
-    LAYOUT = Layout("condition")
-    LAYOUT.add("lock", RLock.SIZE)
-    LAYOUT.add("waiting", 4)
-    LAYOUT.add("tickets", 4)
-    LAYOUT.add("seq", 4)
-    LAYOUT.add("sleepers", 4)
-    LAYOUT.pad_to(CACHE_LINE)
+    SLOTS = Condition_SLOTS
+    LAYOUT = _condition_layout()
     SIZE = LAYOUT.size
-    _STATE = LAYOUT["waiting"]
-    _SEQ = LAYOUT["seq"]
+    _CURSOR = LAYOUT["cursor"]
     _SLEEPERS = LAYOUT["sleepers"]
+    _OVERFLOW = LAYOUT["overflow"]
+    _OVERFLOW_GEN = LAYOUT["overflow_gen"]
+    _SLOT0 = LAYOUT["slots"]
 
     _lock: Lock
     _own_lock: bool
@@ -1151,80 +1179,92 @@ class Condition(_Primitive):
         self._lock.release()
 
     def _counts(self) -> tuple[int, int]:
-        """(waiters registered, tickets not yet taken): (0, 0) when nobody waits."""
-        state = lib.shmipc_load64_acquire(self._base, self._off + self._STATE)
-        return state & 0xFFFFFFFF, state >> 32
+        """(waiters registered and not notified, notified waiters that have not yet
+        collected their wake-up), overflow waiters included in the first: (0, 0) when
+        nobody waits."""
+        waiting = lib.shmipc_load32_acquire(self._base, self._off + self._OVERFLOW)
+        released = 0
+        for i in range(self.SLOTS):
+            v = lib.shmipc_load64_acquire(self._base, self._off + self._SLOT0 + 8 * i)
+            if v & _RELEASED:
+                released += 1
+            elif v:
+                waiting += 1
+        return waiting, released
 
     def _state(self) -> str:
-        waiting, tickets = self._counts()
-        return f"waiting={waiting} tickets={tickets}"
+        waiting, released = self._counts()
+        return f"waiting={waiting} notified={released}"
 
-    def _take(self, withdraw: bool) -> bool:
-        """Take a ticket and leave: True. Without one: False, and with ``withdraw`` leave
-        anyway. A waiter whose timeout passes takes a ticket that is there rather than leave
-        it: the notify's one futex wake may have gone to this very waiter."""
-        base, off = self._base, self._off + self._STATE
-        while True:
-            state = lib.shmipc_load64_acquire(base, off)
-            waiting, tickets = state & 0xFFFFFFFF, state >> 32
-            if tickets:
-                new = state - 1 - (1 << 32)
-                got = True
-            elif withdraw and waiting:
-                new = state - 1
-                got = False
-            else:
-                return False
-            if lib.shmipc_cas64_acq_rel(base, off, state, new) == state:
-                return got
+    def _register(self, me: int) -> int:
+        """A free slot, now naming ``me`` (I1), or -1 if all are taken (by the living)."""
+        base, slot0 = self._base, self._off + self._SLOT0
+        for i in range(self.SLOTS):
+            off = slot0 + 8 * i
+            if lib.shmipc_cas64_acq_rel(base, off, 0, me) == 0:
+                return off
+        for i in range(self.SLOTS):  # full: take back the slots of waiters that died (I3)
+            off = slot0 + 8 * i
+            v = lib.shmipc_load64_acquire(base, off)
+            if (
+                v
+                and not _proc.identity_alive(v)
+                and lib.shmipc_cas64_acq_rel(base, off, v, me) == v
+            ):
+                return off
+        return -1
 
     def wait(self, timeout: float | None = None) -> bool:
         """Release the lock, wait for a notify or ``timeout`` seconds, take the lock back.
 
         True if notified, False on timeout. ``RuntimeError`` unless this thread holds the
-        lock. Ctrl-C leaves the wait (giving back a ticket it may have been handed to the
-        next waiter when possible) and retakes the lock before raising.
+        lock. Ctrl-C leaves the wait (a notify that reached this waiter at that moment is
+        passed on to another) and retakes the lock before raising.
         """
         lock = self._lock
         if not lock._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
         deadline = deadline_ns(timeout)
+        me = lib.shmipc_lock_identity()
+        off = self._register(me)  # under the lock: before any notify meant for us
+        if off < 0:
+            return self._wait_overflow(deadline)
         base = self._base
-        seq_off, sleepers_off = self._off + self._SEQ, self._off + self._SLEEPERS
-        # Register and read seq under the lock: a notify (which needs the lock) comes after.
-        lib.shmipc_fetch_add64_acq_rel(base, self._off + self._STATE, 1)
         saved = lock._release_save()
         try:
-            while True:
-                seen = lib.shmipc_load32_acquire(base, seq_off)  # before looking for a ticket
-                if self._take(withdraw=False):
-                    return True
-                if not _wait_until(base, seq_off, sleepers_off, seen, deadline):
-                    return self._take(withdraw=True)
-        except BaseException:
-            if self._take(withdraw=True):
-                self._pass_on()
-            raise
+            try:
+                while lib.shmipc_load64_acquire(base, off) == me:
+                    if not _wait_until(
+                        base, off, self._off + self._SLEEPERS, me & 0xFFFFFFFF, deadline
+                    ):
+                        break
+            except BaseException:
+                if not self._leave(off, me):
+                    self._notify(1)  # we were notified as we left: pass it on
+                raise
+            return not self._leave(off, me)
         finally:
             lock._acquire_restore(saved)
 
-    def _pass_on(self) -> None:
-        """An interrupted waiter took a ticket: hand it to another waiter, if one is left."""
-        base, off = self._base, self._off + self._STATE
-        while True:
-            state = lib.shmipc_load64_acquire(base, off)
-            if (state & 0xFFFFFFFF) <= state >> 32:
-                return
-            if lib.shmipc_cas64_acq_rel(base, off, state, state + (1 << 32)) == state:
-                break
-        self._wake(1)
+    def _leave(self, off: int, me: int) -> bool:
+        """Free our slot (I1): True if we left unnotified, False if a notify reached us."""
+        if lib.shmipc_cas64_acq_rel(self._base, off, me, 0) == me:
+            return True
+        lib.shmipc_store64_release(self._base, off, 0)  # id|RELEASED: collected
+        return False
 
-    def _wake(self, n: int) -> None:
+    def _wait_overflow(self, deadline: int) -> bool:
+        """A waiter beyond the slots: wait for the next notify that finds overflow waiters."""
         base = self._base
-        seq_off = self._off + self._SEQ
-        # Release: pairs with the waiter's acquire load of seq; the tickets were given first.
-        lib.shmipc_fetch_add32_acq_rel(base, seq_off, 1)
-        lib.shmipc_wake32(base, seq_off, self._off + self._SLEEPERS, min(n, _INT_MAX))
+        gen_off, of_off = self._off + self._OVERFLOW_GEN, self._off + self._OVERFLOW
+        seen = lib.shmipc_load32_acquire(base, gen_off)
+        lib.shmipc_fetch_add32_acq_rel(base, of_off, 1)
+        saved = self._lock._release_save()
+        try:
+            return _wait_until(base, gen_off, self._off + self._SLEEPERS, seen, deadline)
+        finally:
+            lib.shmipc_fetch_add32_acq_rel(base, of_off, _U32_MINUS_1)
+            self._lock._acquire_restore(saved)
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
         """Wait until ``predicate()`` is true (``threading.Condition.wait_for``): its last
@@ -1248,18 +1288,72 @@ class Condition(_Primitive):
         """Wake up to ``n`` waiters; ``RuntimeError`` unless this thread holds the lock."""
         if not self._lock._is_owned():
             raise RuntimeError("cannot notify on un-acquired lock")
-        base, off = self._base, self._off + self._STATE
-        while True:
-            state = lib.shmipc_load64_acquire(base, off)
-            give = min(n, (state & 0xFFFFFFFF) - (state >> 32))
-            if give <= 0:
-                return
-            if lib.shmipc_cas64_acq_rel(base, off, state, state + (give << 32)) == state:
+        self._notify(n)
+
+    def _slot_values(self) -> list[int]:
+        """A snapshot of the slots (plain loads; every change is then made by CAS)."""
+        view = self.__dict__.get("_slots_view")
+        if view is None:
+            start = self._offset + self._SLOT0
+            view = self._region.buffer[start : start + 8 * self.SLOTS].cast("Q")
+            self._slots_view = view
+        return view.tolist()  # type: ignore[no-any-return]
+
+    def _notify(self, n: int) -> None:
+        base = self._base
+        slot0, sleepers = self._off + self._SLOT0, self._off + self._SLEEPERS
+        values = self._slot_values()
+        start = lib.shmipc_load32_relaxed(base, self._off + self._CURSOR) % self.SLOTS
+        woken = 0
+        last = start
+        for step in range(self.SLOTS):
+            if woken >= n:
                 break
-        self._wake(give)
+            i = (start + step) % self.SLOTS
+            v = values[i]
+            if not v or v & _RELEASED:
+                continue
+            off = slot0 + 8 * i
+            if not _waiter_alive(v):  # I3: a waiter killed while waiting
+                lib.shmipc_cas64_acq_rel(base, off, v, 0)
+                continue
+            # I1/I2: release, then wake its futex (the low half just changed).
+            if lib.shmipc_cas64_acq_rel(base, off, v, v | _RELEASED) == v:
+                lib.shmipc_wake32(base, off, sleepers, 1)
+                woken += 1
+                last = i
+        if woken:
+            lib.shmipc_store32_relaxed(base, self._off + self._CURSOR, (last + 1) % self.SLOTS)
+        if woken < n and lib.shmipc_load32_acquire(base, self._off + self._OVERFLOW):
+            gen_off = self._off + self._OVERFLOW_GEN
+            lib.shmipc_fetch_add32_acq_rel(base, gen_off, 1)
+            lib.shmipc_wake32(base, gen_off, sleepers, _INT_MAX)
 
     def notify_all(self) -> None:
         """Wake every waiter; ``RuntimeError`` unless this thread holds the lock."""
         self.notify(_INT_MAX)
 
     notifyAll = notify_all  # threading's old spelling
+
+
+_U32_MINUS_1 = 0xFFFFFFFF
+
+#: A waiter seen alive is not asked about again for this long (a /proc read costs tens of µs);
+#: one seen dead stays dead (its identity carries its start time).
+_ALIVE_FOR_NS = 1_000_000_000
+_alive_seen: dict[int, int] = {}
+
+
+def _waiter_alive(identity: int) -> bool:
+    """False only when the thread a Condition slot names is known dead (I3)."""
+    now = time.monotonic_ns()
+    seen = _alive_seen.get(identity)
+    if seen is not None and now - seen < _ALIVE_FOR_NS:
+        return True
+    if not _proc.identity_alive(identity):
+        _alive_seen.pop(identity, None)
+        return False
+    if len(_alive_seen) > 4096:
+        _alive_seen.clear()
+    _alive_seen[identity] = now
+    return True
