@@ -85,6 +85,7 @@ __all__ = [
     "get_start_method",
     "log_to_stderr",
     "parent_process",
+    "reducer",  # noqa: F822 - the stdlib's, through __getattr__ (a property of its context)
     "set_executable",
     "set_forkserver_preload",
     "set_start_method",
