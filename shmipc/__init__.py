@@ -31,23 +31,37 @@ from .errors import (
     Revoked,
     ShmipcError,
 )
+from .joinable import JoinableQueue  # issue 10 (shmipc.mp)
 from .queue import Queue
 from .region import Region
 from .ring import Ring, RingStatistics
-from .sync import AtomicCounter, Barrier, Event, Lock, Semaphore
+from .sync import (  # issue 10 (shmipc.mp)
+    AtomicCounter,
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    Lock,
+    RLock,
+    Semaphore,
+)
 
 __all__ = [
     "AtomicCounter",
     "Barrier",
+    "BoundedSemaphore",
     "Closed",
+    "Condition",
     "CorruptedError",
     "Event",
+    "JoinableQueue",
     "Lagged",
     "LayoutMismatch",
     "Lock",
     "MessageTooLarge",
     "PeerDied",
     "Queue",
+    "RLock",
     "Region",
     "Revoked",
     "Ring",

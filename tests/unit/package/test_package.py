@@ -31,6 +31,11 @@ PUBLIC = {
     "Semaphore",
     "ShmipcError",
     "__version__",
+    # issue 10 (shmipc.mp, the multiprocessing drop-in)
+    "BoundedSemaphore",
+    "Condition",
+    "JoinableQueue",
+    "RLock",
 }
 
 
