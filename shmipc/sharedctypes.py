@@ -31,8 +31,9 @@ from .sync import RLock
 
 __all__ = ["Array", "RawArray", "RawValue", "Value", "copy", "synchronized", "typecode_to_type"]
 
-typecode_to_type = _std.typecode_to_type
-synchronized = _std.synchronized
+typecode_to_type: dict[str, Any] = _std.typecode_to_type  # type: ignore[attr-defined]
+synchronized: Any = _std.synchronized
+_rebuild_ctype: Any = _std.rebuild_ctype  # type: ignore[attr-defined]
 
 
 def start_method(ctx: Any = None) -> str:
@@ -75,7 +76,7 @@ def _new(type_: Any, with_lock: bool, ctx: Any) -> tuple[Any, RLock | None]:
     total = data_off + max(size, 1)
     region = Region.create(total) if uses_names(ctx) else Region.anonymous(total)
     lock = RLock.at(region, 0, create=True) if with_lock else None
-    obj = _std.rebuild_ctype(type_, RegionBuffer(region, data_off, size), None)
+    obj = _rebuild_ctype(type_, RegionBuffer(region, data_off, size), None)
     return obj, lock
 
 
