@@ -18,7 +18,8 @@ can tell "the tasks are slow" from "the tasks died with their consumer". The unf
 itself is not changed behind the program's back: whether a task that died with its worker is
 done, retried or lost is the program's decision (``task_done`` as many times to write them
 off). Not counted: a death in the few instructions between the message leaving the ring and
-the slot's increment; tasks marked done by another process than the one that took them (the
+the slot's increment, or between ``task_done``'s slot decrement and its count decrement (a
+task done is never reported abandoned); tasks marked done by another process than the one that took them (the
 taker's slot keeps them, so they count as abandoned once it exits); processes beyond the
 ``SLOTS`` table's size (they take and finish tasks normally, uncounted).
 
@@ -262,8 +263,11 @@ class JoinableQueue(Queue):
 
     def task_done(self) -> None:
         """Mark one task taken off the queue as done; ``ValueError`` if none is unfinished."""
-        self._finish(1, strict=True)
+        # The slot first: a death between the two then leaves the task unfinished and not
+        # counted (as a death between get and the slot's increment), never counted as
+        # abandoned although it was done.
         self._untake()
+        self._finish(1, strict=True)
 
     def join(self, timeout: float | None = None) -> bool:
         """Block until every task put was marked done; True then. With ``timeout`` (an
