@@ -19,9 +19,9 @@ itself is not changed behind the program's back: whether a task that died with i
 done, retried or lost is the program's decision (``task_done`` as many times to write them
 off). Not counted: a death in the few instructions between the message leaving the ring and
 the slot's increment, or between ``task_done``'s slot decrement and its count decrement (a
-task done is never reported abandoned); tasks marked done by another process than the one that took them (the
-taker's slot keeps them, so they count as abandoned once it exits); processes beyond the
-``SLOTS`` table's size (they take and finish tasks normally, uncounted).
+task done is never reported abandoned); tasks marked done by another process than the one
+that took them (the taker's slot keeps them, so they count as abandoned once it exits);
+processes beyond the ``SLOTS`` table's size (they take and finish tasks normally, uncounted).
 
 Invariants (the actors: producers, consumers, joiners; any may die between two steps):
 
