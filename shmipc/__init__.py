@@ -34,22 +34,35 @@ from .errors import (
     Revoked,
     ShmipcError,
 )
+from .joinable import JoinableQueue  # issue 10 (shmipc.mp)
 from .queue import Queue
 from .region import Region
 from .ring import Ring, RingStatistics
-from .sync import AtomicCounter, Barrier, Event, Lock, Semaphore
+from .sync import (  # issue 10 (shmipc.mp)
+    AtomicCounter,
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    Lock,
+    RLock,
+    Semaphore,
+)
 from .topic import Publisher, Subscriber, Topic, TopicStatistics
 
 __all__ = [
     "AtomicCounter",
     "Barrier",
+    "BoundedSemaphore",
     "BrokenWorker",
     "BufferPool",
     "Closed",
+    "Condition",
     "CorruptedError",
     "Event",
     "Evicted",
     "Executor",
+    "JoinableQueue",
     "Lagged",
     "LayoutMismatch",
     "Loan",
@@ -61,6 +74,7 @@ __all__ = [
     "PoolStatistics",
     "Publisher",
     "Queue",
+    "RLock",
     "Region",
     "Revoked",
     "Ring",

@@ -77,6 +77,8 @@ class Kind(enum.IntEnum):
     QUEUE = 8
     TOPIC = 9
     BUFFER_POOL = 10
+    RLOCK = 11  # shmipc.sync.RLock (issue 10, the multiprocessing drop-in)
+    CONDITION = 12  # shmipc.sync.Condition (its own RLock, then its waiter state)
 
 
 class InitState(enum.IntEnum):

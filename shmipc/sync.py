@@ -29,7 +29,18 @@ from .errors import Closed, LayoutMismatch
 from .layout import CACHE_LINE, Kind, Layout
 from .region import ATTACH_TIMEOUT, Region
 
-__all__ = ["SPIN_NS", "AtomicCounter", "Barrier", "BarrierTimeout", "Event", "Lock", "Semaphore"]
+__all__ = [
+    "SPIN_NS",
+    "AtomicCounter",
+    "Barrier",
+    "BarrierTimeout",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
+    "Lock",
+    "RLock",
+    "Semaphore",
+]
 
 #: How long a waiter spins (checking the condition, with a CPU pause) before it sleeps.
 #: A cross-core futex wake costs tens of µs here, so spinning that long first decides latency.
@@ -466,6 +477,10 @@ class Semaphore(_Primitive):
     def value(self) -> int:
         return lib.shmipc_load32_acquire(self._base, self._off + self._COUNT)
 
+    def get_value(self) -> int:
+        """The current count (``multiprocessing.Semaphore.get_value``'s spelling of ``value``)."""
+        return self.value
+
     def __enter__(self) -> Semaphore:
         self.acquire()
         return self
@@ -545,6 +560,10 @@ class Lock(_Primitive):
                 self.recovered = False
                 return True
             if rc == lib.SHMIPC_DEADLOCK:
+                if not block or timeout is not None:
+                    # threading.Lock's (and multiprocessing's) answer: it stays held, so the
+                    # attempt fails; without waiting, since only this thread could free it.
+                    return False
                 raise RuntimeError("this thread already holds the Lock (it is not reentrant)")
             if rc == lib.SHMIPC_ERROR:
                 err = lib.shmipc_errno()
@@ -565,6 +584,18 @@ class Lock(_Primitive):
                 "release of a Lock that this thread does not hold (or whose holding was taken "
                 "over after this thread was presumed dead)"
             )
+
+    def _is_owned(self) -> bool:
+        """True if the calling thread holds the lock (its identity is in the word)."""
+        return lib.shmipc_load64_acquire(self._base, self._off) == lib.shmipc_lock_identity()
+
+    def _release_save(self) -> Any:
+        """Release for ``Condition.wait``; what ``_acquire_restore`` needs to take it back."""
+        self.release()
+        return None
+
+    def _acquire_restore(self, saved: Any) -> None:
+        self.acquire()
 
     @property
     def recoveries(self) -> int:
@@ -859,3 +890,470 @@ def _bumped(high: int) -> int:
 def _released(high: int) -> int:
     """The epoch word after generation ``high`` went through: next one, and it released."""
     return ((high & 0xFFFF) << 16) | ((high + 1) & 0xFFFF)
+
+
+# ---- the multiprocessing drop-in's primitives (issue 10): BoundedSemaphore, RLock, Condition ----
+
+
+class BoundedSemaphore(Semaphore):
+    """A ``Semaphore`` that refuses to be released above its initial value (``ValueError``),
+    like ``threading.BoundedSemaphore`` and ``multiprocessing.BoundedSemaphore``.
+
+    ======  ====  ==========================================
+    offset  size  field
+    ======  ====  ==========================================
+    0       4     count (the futex word; waiters sleep at 0)
+    4       4     waiters: processes asleep on the count
+    8       4     bound: the initial value, the most the count may reach
+    ======  ====  ==========================================
+
+    The same kind as ``Semaphore`` (a plain Semaphore handle on it ignores the bound); one
+    attached as a BoundedSemaphore must have a bound.
+    """
+
+    LAYOUT = _layout("bounded semaphore", ("count", 4), ("waiters", 4), ("bound", 4))
+    SIZE = LAYOUT.size
+    _BOUND = LAYOUT["bound"]
+
+    def __init__(self, value: int = 1) -> None:
+        self._bind_standalone(value=value)
+
+    @classmethod
+    def create(
+        cls, name: str | None = None, *, value: int = 1, mode: int = 0o600
+    ) -> BoundedSemaphore:
+        return cls._create_named(name, mode, value=value)
+
+    def _init_shared(self, value: int = 1) -> None:
+        super()._init_shared(value)
+        lib.shmipc_store32_release(self._base, self._off + self._BOUND, value)
+
+    def _check_attached(self) -> None:
+        if self.bound == 0:
+            raise LayoutMismatch("this semaphore has no bound: attach it as a Semaphore")
+
+    @property
+    def bound(self) -> int:
+        """The initial value: ``release`` never takes the count above it."""
+        return lib.shmipc_load32_acquire(self._base, self._off + self._BOUND)
+
+    def release(self, n: int = 1) -> None:
+        """Return ``n`` units; ``ValueError`` (nothing released) past the initial value."""
+        if n < 1:
+            raise ValueError(f"release count must be positive, got {n}")
+        count_off = self._off + self._COUNT
+        bound = self.bound
+        while True:
+            c = lib.shmipc_load32_acquire(self._base, count_off)
+            if c + n > bound:
+                raise ValueError("Semaphore released too many times")
+            if lib.shmipc_cas32_acq_rel(self._base, count_off, c, c + n) == c:
+                break
+        lib.shmipc_wake32(self._base, count_off, self._off + self._WAITERS, n)
+
+
+def _rlock_layout() -> Layout:
+    lay = Layout("rlock")
+    lay.add("word", 8)
+    lay.add("sleepers", 4)
+    lay.add("recoveries", 4)
+    lay.add("count", 4)
+    lay.pad_to(CACHE_LINE)
+    assert lay["sleepers"] == lib.SHMIPC_LOCK_OFF_WAITERS
+    return lay
+
+
+class RLock(Lock):
+    """A reentrant robust lock: the holding thread may acquire it again, and must release it
+    as many times (``threading.RLock``/``multiprocessing.RLock`` across processes).
+
+    The lock word and its robustness are ``Lock``'s: a holder that dies (at any depth)
+    passes the lock to the next acquirer within a wait slice, with ``recovered`` set and the
+    depth starting again at 1. The depth lives next to the word; only the holder writes it.
+
+    ======  ====  ==================================================
+    offset  size  field
+    ======  ====  ==================================================
+    0       8     word: 0 free, else holder tid | start time << 32
+    8       4     sleepers: waiters asleep on the word
+    12      4     recoveries: times a dead holder's lock passed on
+    16      4     count: the holder's depth (0 when free)
+    ======  ====  ==================================================
+    """
+
+    KIND = Kind.RLOCK
+    LAYOUT = _rlock_layout()
+    SIZE = LAYOUT.size
+    _COUNT = LAYOUT["count"]
+
+    @classmethod
+    def create(cls, name: str | None = None, *, mode: int = 0o600) -> RLock:
+        return cls._create_named(name, mode)
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+        """Take the lock, or go one deeper if this thread holds it; False on timeout."""
+        base, count_off = self._base, self._off + self._COUNT
+        if self._is_owned():
+            # Only the holder reads or writes the depth while it holds the lock; the lock
+            # word's acquire/release orders it between holders.
+            lib.shmipc_store32_relaxed(
+                base, count_off, lib.shmipc_load32_relaxed(base, count_off) + 1
+            )
+            return True
+        if not Lock.acquire(self, block, timeout):
+            return False
+        lib.shmipc_store32_relaxed(base, count_off, 1)  # a dead holder's depth is dropped
+        return True
+
+    def release(self) -> None:
+        """Go one level up; the last release frees the lock. ``RuntimeError`` if this thread
+        does not hold it."""
+        if not self._is_owned():
+            raise RuntimeError("cannot release un-acquired lock")
+        base, count_off = self._base, self._off + self._COUNT
+        depth = lib.shmipc_load32_relaxed(base, count_off)
+        if depth > 1:
+            lib.shmipc_store32_relaxed(base, count_off, depth - 1)
+            return
+        lib.shmipc_store32_relaxed(base, count_off, 0)
+        Lock.release(self)
+
+    def _release_save(self) -> Any:
+        depth = lib.shmipc_load32_relaxed(self._base, self._off + self._COUNT)
+        lib.shmipc_store32_relaxed(self._base, self._off + self._COUNT, 0)
+        Lock.release(self)
+        return depth
+
+    def _acquire_restore(self, saved: Any) -> None:
+        Lock.acquire(self)
+        lib.shmipc_store32_relaxed(self._base, self._off + self._COUNT, max(1, saved or 1))
+
+    @property
+    def depth(self) -> int:
+        """How deep the holder holds it (0 when free); meaningful to the holder."""
+        return lib.shmipc_load32_relaxed(self._base, self._off + self._COUNT)
+
+    def _state(self) -> str:
+        word = lib.shmipc_load64_acquire(self._base, self._off)
+        if not word:
+            return "unlocked"
+        return f"held by thread {word & 0x7FFFFFFF} depth={self.depth}"
+
+
+def _condition_layout() -> Layout:
+    lay = Layout("condition")
+    lay.add("lock", RLock.SIZE)  # the embedded RLock, used when no lock is given
+    lay.add("cursor", 4)  # where the next notify starts looking (round robin)
+    lay.add("sleepers", 4)  # waiters asleep on their slot (or on overflow_gen)
+    lay.add("overflow", 4)  # waiters that found no free slot, waiting on overflow_gen
+    lay.add("overflow_gen", 4)  # bumped by a notify when overflow waiters exist
+    lay.pad_to(CACHE_LINE)
+    lay.add("slots", 8 * Condition_SLOTS, align=CACHE_LINE)
+    lay.pad_to(CACHE_LINE)
+    return lay
+
+
+#: How many waiters a Condition tracks one by one (more wait on a shared generation word).
+Condition_SLOTS = 64
+_RELEASED = 1 << 31  # in a slot: the waiter it names was notified (bit 31 of the tid half)
+
+
+class Condition(_Primitive):
+    """A condition variable shared between processes: ``threading.Condition``'s ``wait``,
+    ``wait_for``, ``notify(n)`` and ``notify_all`` on a shmipc ``Lock`` or ``RLock``.
+
+    Each waiter registers in a slot of its own (under the lock, so before any notify that
+    could be meant for it) and sleeps on it; ``notify(n)`` marks up to ``n`` registered
+    waiters' slots released and wakes exactly those. A waiter that registers after a notify
+    can therefore never take the wake-up meant for an earlier one, and exactly as many waits
+    return True as notify handed out. Its own ``RLock`` (used when no lock is given) sits at
+    the start of its memory.
+
+    ======  ====  ==============================================================
+    offset  size  field
+    ======  ====  ==============================================================
+    0       64    the embedded RLock (see ``RLock``)
+    64      4     cursor: the slot the next notify looks at first (round robin)
+    68      4     sleepers: waiters asleep (on their slot or on overflow_gen)
+    72      4     overflow: waiters beyond the slots, waiting on overflow_gen
+    76      4     overflow_gen: bumped by a notify while overflow waiters exist
+    128     512   slots: 64 x u64: 0 free; else the waiter's identity (tid |
+                  start time << 32), with bit 31 set once it was notified. The
+                  low half is the futex word that waiter sleeps on.
+    ======  ====  ==============================================================
+
+    Protocol (the actors: waiters, notifiers, the dead; a slot changes only by CAS):
+
+    * I1 a slot goes 0 -> id (its waiter, under the lock), id -> id|RELEASED (a notifier,
+      under the lock), id -> 0 (its waiter leaving on timeout or Ctrl-C) or id|RELEASED -> 0
+      (its waiter collecting the wake-up). Waiter and notifier race only on the id, by CAS,
+      so a waiter either leaves unnotified or returns True, never both or neither.
+    * I2 a notifier wakes the slot's futex after its release CAS; the waiter sleeps only
+      while its slot's low half still equals its tid, so the wake is never lost.
+    * I3 a notifier that finds a slot naming a thread known dead frees it and does not count
+      it: a waiter killed while waiting costs no later notify. (A waiter killed after being
+      notified took its wake-up with it, as a killed thread does.)
+    * Beyond ``Condition_SLOTS`` concurrent waiters, the extra ones wait on ``overflow_gen``
+      and every notify that finds any wakes them all (they return True): a notify may then
+      wake more than ``n`` of them.
+    """
+
+    KIND = Kind.CONDITION
+    SLOTS = Condition_SLOTS
+    LAYOUT = _condition_layout()
+    SIZE = LAYOUT.size
+    _CURSOR = LAYOUT["cursor"]
+    _SLEEPERS = LAYOUT["sleepers"]
+    _OVERFLOW = LAYOUT["overflow"]
+    _OVERFLOW_GEN = LAYOUT["overflow_gen"]
+    _SLOT0 = LAYOUT["slots"]
+
+    _lock: Lock
+    _own_lock: bool
+
+    def __init__(self, lock: Lock | None = None) -> None:
+        self._bind_standalone()
+        self._set_lock(lock)
+
+    @classmethod
+    def create(
+        cls, name: str | None = None, *, lock: Lock | None = None, mode: int = 0o600
+    ) -> Condition:
+        obj = cls._create_named(name, mode)
+        obj._set_lock(lock)
+        return obj
+
+    @classmethod
+    def attach(
+        cls,
+        name: str,
+        *,
+        lock: Lock | None = None,
+        timeout: float = ATTACH_TIMEOUT,
+        trusted_uids: Iterable[int] = (),
+    ) -> Condition:
+        """Attach a named Condition; ``lock`` must be the lock it was made with, if any (by
+        default, its own RLock)."""
+        obj = super().attach(name, timeout=timeout, trusted_uids=trusted_uids)
+        obj._set_lock(lock)
+        return obj
+
+    @classmethod
+    def at(  # type: ignore[override]
+        cls, region: Region, offset: int = 0, *, create: bool, lock: Lock | None = None
+    ) -> Condition:
+        obj = super().at(region, offset, create=create)
+        obj._set_lock(lock)
+        return obj
+
+    def _set_lock(self, lock: Lock | None) -> None:
+        if lock is None:
+            lock = RLock.at(self._region, self._offset, create=False)
+            self._own_lock = True
+        elif isinstance(lock, Lock):
+            self._own_lock = False
+        else:
+            raise TypeError(
+                f"a shmipc Condition needs a shmipc Lock or RLock, not {type(lock).__name__} "
+                "(it must tell whether the calling thread holds it)"
+            )
+        self._lock = lock
+        self.acquire = lock.acquire
+        self.release = lock.release
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._set_lock(state.get("lock"))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (*super().__reduce__(), {"lock": None if self._own_lock else self._lock})
+
+    def close(self) -> None:
+        if not self.closed and self._own_lock:
+            self._lock.close()
+        super().close()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def _counts(self) -> tuple[int, int]:
+        """(waiters registered and not notified, notified waiters that have not yet
+        collected their wake-up), overflow waiters included in the first: (0, 0) when
+        nobody waits."""
+        waiting = lib.shmipc_load32_acquire(self._base, self._off + self._OVERFLOW)
+        released = 0
+        for i in range(self.SLOTS):
+            v = lib.shmipc_load64_acquire(self._base, self._off + self._SLOT0 + 8 * i)
+            if v & _RELEASED:
+                released += 1
+            elif v:
+                waiting += 1
+        return waiting, released
+
+    def _state(self) -> str:
+        waiting, released = self._counts()
+        return f"waiting={waiting} notified={released}"
+
+    def _register(self, me: int) -> int:
+        """A free slot, now naming ``me`` (I1), or -1 if all are taken (by the living)."""
+        base, slot0 = self._base, self._off + self._SLOT0
+        for i in range(self.SLOTS):
+            off = slot0 + 8 * i
+            if lib.shmipc_cas64_acq_rel(base, off, 0, me) == 0:
+                return off
+        for i in range(self.SLOTS):  # full: take back the slots of waiters that died (I3)
+            off = slot0 + 8 * i
+            v = lib.shmipc_load64_acquire(base, off)
+            if (
+                v
+                and not _proc.identity_alive(v)
+                and lib.shmipc_cas64_acq_rel(base, off, v, me) == v
+            ):
+                return off
+        return -1
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock, wait for a notify or ``timeout`` seconds, take the lock back.
+
+        True if notified, False on timeout. ``RuntimeError`` unless this thread holds the
+        lock. Ctrl-C leaves the wait (a notify that reached this waiter at that moment is
+        passed on to another) and retakes the lock before raising.
+        """
+        lock = self._lock
+        if not lock._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        deadline = deadline_ns(timeout)
+        me = lib.shmipc_lock_identity()
+        off = self._register(me)  # under the lock: before any notify meant for us
+        if off < 0:
+            return self._wait_overflow(deadline)
+        base = self._base
+        saved = lock._release_save()
+        try:
+            try:
+                while lib.shmipc_load64_acquire(base, off) == me:
+                    if not _wait_until(
+                        base, off, self._off + self._SLEEPERS, me & 0xFFFFFFFF, deadline
+                    ):
+                        break
+            except BaseException:
+                if not self._leave(off, me):
+                    self._notify(1)  # we were notified as we left: pass it on
+                raise
+            return not self._leave(off, me)
+        finally:
+            lock._acquire_restore(saved)
+
+    def _leave(self, off: int, me: int) -> bool:
+        """Free our slot (I1): True if we left unnotified, False if a notify reached us."""
+        if lib.shmipc_cas64_acq_rel(self._base, off, me, 0) == me:
+            return True
+        lib.shmipc_store64_release(self._base, off, 0)  # id|RELEASED: collected
+        return False
+
+    def _wait_overflow(self, deadline: int) -> bool:
+        """A waiter beyond the slots: wait for the next notify that finds overflow waiters."""
+        base = self._base
+        gen_off, of_off = self._off + self._OVERFLOW_GEN, self._off + self._OVERFLOW
+        seen = lib.shmipc_load32_acquire(base, gen_off)
+        lib.shmipc_fetch_add32_acq_rel(base, of_off, 1)
+        saved = self._lock._release_save()
+        try:
+            return _wait_until(base, gen_off, self._off + self._SLEEPERS, seen, deadline)
+        finally:
+            lib.shmipc_fetch_add32_acq_rel(base, of_off, _U32_MINUS_1)
+            self._lock._acquire_restore(saved)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Wait until ``predicate()`` is true (``threading.Condition.wait_for``): its last
+        value, false if ``timeout`` passed first."""
+        endtime = None
+        waittime = timeout
+        result = predicate()
+        while not result:
+            if waittime is not None:
+                if endtime is None:
+                    endtime = time.monotonic() + waittime
+                else:
+                    waittime = endtime - time.monotonic()
+                    if waittime <= 0:
+                        break
+            self.wait(waittime)
+            result = predicate()
+        return result
+
+    def notify(self, n: int = 1) -> None:
+        """Wake up to ``n`` waiters; ``RuntimeError`` unless this thread holds the lock."""
+        if not self._lock._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        self._notify(n)
+
+    def _slot_values(self) -> list[int]:
+        """A snapshot of the slots (plain loads; every change is then made by CAS)."""
+        view = self.__dict__.get("_slots_view")
+        if view is None:
+            start = self._offset + self._SLOT0
+            view = self._region.buffer[start : start + 8 * self.SLOTS].cast("Q")
+            self._slots_view = view
+        return view.tolist()  # type: ignore[no-any-return]
+
+    def _notify(self, n: int) -> None:
+        base = self._base
+        slot0, sleepers = self._off + self._SLOT0, self._off + self._SLEEPERS
+        values = self._slot_values()
+        start = lib.shmipc_load32_relaxed(base, self._off + self._CURSOR) % self.SLOTS
+        woken = 0
+        last = start
+        for step in range(self.SLOTS):
+            if woken >= n:
+                break
+            i = (start + step) % self.SLOTS
+            v = values[i]
+            if not v or v & _RELEASED:
+                continue
+            off = slot0 + 8 * i
+            if not _waiter_alive(v):  # I3: a waiter killed while waiting
+                lib.shmipc_cas64_acq_rel(base, off, v, 0)
+                continue
+            # I1/I2: release, then wake its futex (the low half just changed).
+            if lib.shmipc_cas64_acq_rel(base, off, v, v | _RELEASED) == v:
+                lib.shmipc_wake32(base, off, sleepers, 1)
+                woken += 1
+                last = i
+        if woken:
+            lib.shmipc_store32_relaxed(base, self._off + self._CURSOR, (last + 1) % self.SLOTS)
+        if woken < n and lib.shmipc_load32_acquire(base, self._off + self._OVERFLOW):
+            gen_off = self._off + self._OVERFLOW_GEN
+            lib.shmipc_fetch_add32_acq_rel(base, gen_off, 1)
+            lib.shmipc_wake32(base, gen_off, sleepers, _INT_MAX)
+
+    def notify_all(self) -> None:
+        """Wake every waiter; ``RuntimeError`` unless this thread holds the lock."""
+        self.notify(_INT_MAX)
+
+    notifyAll = notify_all  # threading's old spelling
+
+
+_U32_MINUS_1 = 0xFFFFFFFF
+
+#: A waiter seen alive is not asked about again for this long (a /proc read costs tens of µs);
+#: one seen dead stays dead (its identity carries its start time).
+_ALIVE_FOR_NS = 1_000_000_000
+_alive_seen: dict[int, int] = {}
+
+
+def _waiter_alive(identity: int) -> bool:
+    """False only when the thread a Condition slot names is known dead (I3)."""
+    now = time.monotonic_ns()
+    seen = _alive_seen.get(identity)
+    if seen is not None and now - seen < _ALIVE_FOR_NS:
+        return True
+    if not _proc.identity_alive(identity):
+        _alive_seen.pop(identity, None)
+        return False
+    if len(_alive_seen) > 4096:
+        _alive_seen.clear()
+    _alive_seen[identity] = now
+    return True

@@ -44,6 +44,11 @@ PUBLIC = {
     "Subscriber",
     "Topic",
     "TopicStatistics",
+    # issue 10 (shmipc.mp, the multiprocessing drop-in)
+    "BoundedSemaphore",
+    "Condition",
+    "JoinableQueue",
+    "RLock",
 }
 
 

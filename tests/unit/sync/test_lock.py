@@ -48,29 +48,44 @@ def test_acquire_release():
 
 def test_context_manager():
     lock = Lock()
-    with lock, pytest.raises(RuntimeError):
-        lock.acquire(block=False)
+    with lock:
+        assert lock.acquire(block=False) is False  # held (by this very thread)
     assert lock.acquire(block=False)
     lock.release()
+
+
+def test_not_reentrant_blocking_acquire_is_refused():
+    """A blocking acquire by the holder would deadlock forever: RuntimeError at once."""
+    lock = Lock()
+    lock.acquire()
+    t = time.monotonic()
+    with pytest.raises(RuntimeError, match="reentrant"):
+        lock.acquire()
+    assert time.monotonic() - t < 0.5  # refused at once, no deadlock
+    lock.release()  # still held exactly once
+    with pytest.raises(RuntimeError):
+        lock.release()
 
 
 @pytest.mark.parametrize(
     "again",
     [
-        lambda lk: lk.acquire(),
         lambda lk: lk.acquire(block=False),
+        lambda lk: lk.acquire(False),
         lambda lk: lk.acquire(timeout=0.1),
         lambda lk: lk.acquire(timeout=0),
+        lambda lk: lk.acquire(True, 30),
     ],
-    ids=["block", "nonblock", "timeout", "zero-timeout"],
+    ids=["nonblock", "positional", "timeout", "zero-timeout", "long-timeout"],
 )
-def test_not_reentrant(again):
+def test_not_reentrant_try_fails(again):
+    """A non-blocking or timed acquire by the holder fails (False), as threading.Lock's and
+    multiprocessing.Lock's do; at once, since only the holder itself could free it."""
     lock = Lock()
     lock.acquire()
     t = time.monotonic()
-    with pytest.raises(RuntimeError, match="reentrant"):
-        again(lock)
-    assert time.monotonic() - t < 0.5  # refused at once, no deadlock
+    assert again(lock) is False
+    assert time.monotonic() - t < 0.5
     lock.release()  # still held exactly once
     with pytest.raises(RuntimeError):
         lock.release()
