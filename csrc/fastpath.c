@@ -72,6 +72,9 @@ typedef struct {
         PyObject *view;  /* its exporter (a View) */
         uint64_t len;    /* payload bytes */
     } claims_inline[2];
+    PyObject *spare[2];  /* ended Views nobody else refers to, kept (with their export of the
+                            mapping) for the next claims: a View costs ~350 instructions */
+    int nspare;
     /* Cold fields last, off the hot fields' cache lines: */
     Py_ssize_t undecodable; /* records taken off the ring that failed to decode */
     Py_buffer lease;  /* an export of the mapping the ring lives in (lease.obj NULL: none) */
@@ -132,6 +135,7 @@ static inline char *enter(Port *self) {
 }
 
 static void drop_lease(Port *self) {
+    while (self->nspare > 0) Py_DECREF(self->spare[--self->nspare]); /* their exports first */
     if (self->lease.obj) PyBuffer_Release(&self->lease); /* may unmap: the GIL is held */
 }
 
@@ -1121,28 +1125,31 @@ static int view_in_use(void) {
     return -1;
 }
 
-/* The end half of retire, once view_others found no other hold: release `live` (or NULL),
- * refuse every later export, and let go of the export pinning the mapping: into *pin when
- * pin is given (the caller still touches the ring, then releases it), else here. -1 with an
- * exception (nothing ended). Runs no Python code but the memoryview's own release. */
-static int view_end(View *self, PyMemoryViewObject *live, Py_buffer *pin) {
+/* memoryview.release itself (found at install), called without a method lookup. */
+static PyCFunction memoryview_release;
+
+/* The end half of retire, once view_others found no other hold: release `live` (or NULL) and
+ * refuse every later export. The export pinning the mapping is let go too, unless keep_src
+ * (the port still touches the ring through it, then recycles the View or lets it go). -1
+ * with an exception (nothing ended). Runs no Python code but the memoryview's own release. */
+static int view_end(View *self, PyMemoryViewObject *live, int keep_src) {
     if (live) {
-        static PyObject *release_name;
-        if (!release_name && !(release_name = PyUnicode_InternFromString("release")))
-            return -1;
-        PyObject *r = PyObject_CallMethodNoArgs((PyObject *)live, release_name);
+        PyObject *r;
+        if (memoryview_release) {
+            r = memoryview_release((PyObject *)live, NULL);
+        } else {
+            static PyObject *release_name;
+            if (!release_name && !(release_name = PyUnicode_InternFromString("release")))
+                return -1;
+            r = PyObject_CallMethodNoArgs((PyObject *)live, release_name);
+        }
         if (!r) return -1;
         Py_DECREF(r);
     }
     if (self->exports > 0) /* cannot happen after view_others; never retire under one */
         return view_in_use();
     self->buf = NULL;
-    if (pin) {
-        *pin = self->src; /* the caller's now (obj NULL if the view was ended before) */
-        self->src.obj = NULL;
-    } else if (self->src.obj) {
-        PyBuffer_Release(&self->src);
-    }
+    if (!keep_src && self->src.obj) PyBuffer_Release(&self->src);
     return 0;
 }
 
@@ -1155,7 +1162,7 @@ static PyObject *view_retire(View *self, PyObject *mv) {
     Py_ssize_t others = view_others(self, mv, &live);
     if (others < 0) return NULL;
     if (others > 0) return view_in_use(), NULL;
-    if (view_end(self, live, NULL) < 0) return NULL;
+    if (view_end(self, live, 0) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1299,28 +1306,57 @@ static int claim_add(Port *self, const Claim *c) {
     return 0;
 }
 
-/* End claim c's view for a commit/abort/release, keeping the export that pins the mapping in
- * *pin for the ring call that follows: -1 (BufferError, nothing changed) while anything but
- * the handed-out memoryview holds its bytes. */
-static int claim_end_view(Claim *c, Py_buffer *pin) {
+/* End claim c's view for a commit/abort/release, the View keeping its export that pins the
+ * mapping for the ring call that follows (claim_finish lets go of it): -1 (BufferError,
+ * nothing changed) while anything but the handed-out memoryview holds the bytes. */
+static int claim_end_view(Claim *c) {
     PyMemoryViewObject *live;
     Py_ssize_t others = view_others((View *)c->view, c->mv, &live);
     if (others < 0) return -1;
     if (others > 0) return view_in_use();
-    return view_end((View *)c->view, live, pin);
+    return view_end((View *)c->view, live, 1);
+}
+
+/* After the ring call of a claim taken off the port: drop its memoryview, and keep its ended
+ * View (with its export of the mapping) for the next claim if nothing else refers to it and
+ * the port is open; else let go of the export and the View. */
+static void claim_finish(Port *self, Claim *c) {
+    Py_CLEAR(c->mv);
+    View *v = (View *)c->view;
+    c->view = NULL;
+    if (Py_REFCNT(v) == 1 && self->ring && v->src.obj == self->lease.obj &&
+        self->nspare < (int)(sizeof self->spare / sizeof *self->spare)) {
+        self->spare[self->nspare++] = (PyObject *)v;
+        return;
+    }
+    if (v->src.obj) PyBuffer_Release(&v->src); /* the ring is not touched after this */
+    Py_DECREF(v);
 }
 
 /* A View over `len` payload bytes at data index `idx` of the entered ring, and the memoryview
  * handed out over it (new references, in *view_out and returned); NULL with an exception. */
 static PyObject *make_view(Port *self, char *ring, uint64_t idx, uint64_t len, int readonly,
                            PyObject **view_out) {
-    View *v = (View *)ViewType->tp_alloc(ViewType, 0);
-    if (!v) return NULL;
     Py_ssize_t offset = (Py_ssize_t)(ring - (char *)self->lease.buf) +
                         SHMIPC_RING_HEADER_SIZE + (Py_ssize_t)idx;
-    PyObject *mv = NULL;
-    if (view_setup(v, self->lease.obj, offset, (Py_ssize_t)len, readonly) == 0)
-        mv = PyMemoryView_FromObject((PyObject *)v);
+    View *v;
+    int ok;
+    if (self->nspare > 0) { /* an ended View, its export of this mapping kept */
+        v = (View *)self->spare[--self->nspare];
+        ok = offset >= 0 && (Py_ssize_t)len <= v->src.len - offset;
+        if (ok) {
+            v->buf = (char *)v->src.buf + offset;
+            v->len = (Py_ssize_t)len;
+        } else {
+            PyErr_SetString(PyExc_ValueError, "View's range does not fit its mapping");
+        }
+    } else {
+        if (!(v = (View *)ViewType->tp_alloc(ViewType, 0))) return NULL;
+        /* A writable export (the port's lease is one), so that any View can be recycled. */
+        ok = view_setup(v, self->lease.obj, offset, (Py_ssize_t)len, 0) == 0;
+    }
+    v->readonly = readonly;
+    PyObject *mv = ok ? PyMemoryView_FromObject((PyObject *)v) : NULL;
     if (!mv) {
         Py_DECREF(v);
         return NULL;
@@ -1437,8 +1473,7 @@ static PyObject *finish_reservation(Port *self, int publish) {
         PyErr_SetString(PyExc_RuntimeError, "this thread has no reservation on this queue");
         return NULL;
     }
-    Py_buffer pin;
-    if (claim_end_view(c, &pin) < 0) return NULL; /* BufferError: nothing changed */
+    if (claim_end_view(c) < 0) return NULL; /* BufferError: nothing changed */
     Claim mine;
     claim_take(self, c, &mine);
     int rc = SHMIPC_OK;
@@ -1450,8 +1485,7 @@ static PyObject *finish_reservation(Port *self, int publish) {
     } else {
         rc = shmipc_ring_commit(mine.ring, self->cap, (size_t)mine.len);
     }
-    PyBuffer_Release(&pin); /* the ring is not touched after this */
-    claim_drop(&mine);
+    claim_finish(self, &mine);
     if (rc == SHMIPC_OK) Py_RETURN_NONE;
     return call_slow_zc(self, publish ? ZC_COMMIT : ZC_ABORT, rc, (long long)mine.len, 0);
 }
@@ -1546,8 +1580,7 @@ static PyObject *finish_peek(Port *self, int consume) {
         PyErr_SetString(PyExc_RuntimeError, "this thread has not peeked a record of this queue");
         return NULL;
     }
-    Py_buffer pin;
-    if (claim_end_view(c, &pin) < 0) return NULL; /* BufferError: nothing changed */
+    if (claim_end_view(c) < 0) return NULL; /* BufferError: nothing changed */
     Claim mine;
     claim_take(self, c, &mine);
     int rc = SHMIPC_OK;
@@ -1559,8 +1592,7 @@ static PyObject *finish_peek(Port *self, int consume) {
     } else {
         rc = shmipc_ring_release(mine.ring, self->cap);
     }
-    PyBuffer_Release(&pin); /* the ring is not touched after this */
-    claim_drop(&mine);
+    claim_finish(self, &mine);
     if (rc == SHMIPC_OK) Py_RETURN_NONE;
     return call_slow_zc(self, ZC_RELEASE, rc, (long long)mine.len, 0);
 }
@@ -1608,6 +1640,10 @@ int shmipc_fastpath_install(void) {
         PyObject *port = module ? PyType_FromSpec(&port_spec) : NULL;
         PyObject *view = port ? PyType_FromSpec(&view_spec) : NULL;
         ViewType = (PyTypeObject *)Py_XNewRef(view); /* ours for good */
+        for (PyMethodDef *m = PyMemoryView_Type.tp_methods; m && m->ml_name; m++) {
+            if (strcmp(m->ml_name, "release") == 0 && m->ml_flags == METH_NOARGS)
+                memoryview_release = m->ml_meth;
+        }
         RingMiss = view ? PyErr_NewException("shmipc._native_ext.RingMiss", NULL, NULL) : NULL;
         if (RingMiss && PyModule_AddObjectRef(module, "Port", port) == 0 &&
             PyModule_AddObjectRef(module, "View", view) == 0 &&
