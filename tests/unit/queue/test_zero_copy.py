@@ -408,3 +408,41 @@ def test_the_port_answers_misses_without_the_queue():
         assert isinstance(view, memoryview)
         port.abort()
         assert port.try_reserve(CAP, 0) == 11  # SHMIPC_TOOBIG
+
+
+def test_a_memoryview_nobody_else_holds_is_reused_and_sees_only_its_record(q):
+    """A view dropped before its commit/release may be handed out again, pointed at the next
+    record (read-only for a peek): its contents, length and flags are always the new ones."""
+    for i in range(40):
+        n = 1 + i % 9
+        q.reserve(n)[:] = bytes([i]) * n  # a temporary: nobody holds it at commit
+        q.commit()
+        first = q.peek()
+        assert first.readonly and len(first) == n and bytes(first) == bytes([i]) * n
+        with pytest.raises(TypeError):
+            first[0] = 1
+        del first
+        q.release()
+        view = q.reserve(n + 1)
+        assert not view.readonly and len(view) == n + 1
+        view[:] = b"w" * (n + 1)
+        del view
+        q.abort()
+    assert q.qsize() == 0
+
+
+def test_a_view_with_a_weak_reference_or_its_exporter_held_is_not_reused(q):
+    import weakref
+
+    view = q.reserve(3)
+    view[:] = b"one"
+    ref = weakref.ref(view)
+    del view
+    q.commit()
+    assert ref() is None  # released and freed, never kept to show another record
+    exporter = q.reserve(3).obj
+    q.abort()
+    with pytest.raises(BufferError, match="no longer valid"):
+        memoryview(exporter)
+    assert bytes(q.peek()) == b"one"
+    q.release()
