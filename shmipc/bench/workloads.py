@@ -229,6 +229,7 @@ def _consume_in_place(receiver: Receiver) -> ConsumerResult:
         view = peek()
         seq = unpack(view)[0]
         is_end = seq == END_SEQ and len(view) == stamp
+        del view  # dropped first: the queue may hand the same view out again
         release()
         if is_end:
             ends -= 1
@@ -353,6 +354,7 @@ def _ping_in_place(out: Sender, back: Receiver, rounds: int, warmup: int) -> Pin
         reply = peek()
         got = unpack(reply)[0]
         n = len(reply)
+        del reply  # dropped first: the queue may hand the same view out again
         release()
         note_latency(clock() - t0)
         if got != seq or n != size:
@@ -387,6 +389,7 @@ def _pong_in_place(inp: Receiver, back: Sender) -> int:
             return n
         reply = reserve(len(message))
         reply[:] = message
+        del message, reply  # dropped first: the queue may hand the same views out again
         release()
         commit()
         n += 1
