@@ -381,10 +381,10 @@ def _pong_in_place(inp: Receiver, back: Sender) -> int:
     """pong, each message copied from where it lies straight into the reply's reservation."""
     assert inp.in_place is not None and back.in_place is not None
     (peek, release), (reserve, commit) = inp.in_place, back.in_place
-    end, n = END, 0
+    end, n, stamp = END, 0, len(END)
     while True:
         message = peek()
-        if message == end:
+        if len(message) == stamp and message == end:
             release()
             return n
         reply = reserve(len(message))
