@@ -59,10 +59,35 @@ typedef struct {
     PyObject *slow_get;  /* (status, type, payload, deadline, decode) -> result: likewise */
     int bytes_as_is;     /* send: an exact bytes object travels as raw_type, unframed */
     uint64_t last_len;   /* the last record get() took: its guess for a record still to come */
+    /* The zero-copy calls (reserve/commit/abort, peek/release): */
+    PyObject *slow_zc;   /* (op, status, arg, deadline) -> result: every other outcome */
+    Py_ssize_t nclaims;  /* claims held now, in claims[0 .. nclaims) */
+    Py_ssize_t claims_cap;
+    struct Claim *claims;   /* claims_inline, or a larger block once more threads hold one */
+    struct Claim {
+        uint64_t owner;  /* the holding thread (shmipc_lock_identity) */
+        int producer;    /* 1: a reservation, 0: a peeked record */
+        char *ring;      /* the claim's own copy of the ring's address (its view pins it) */
+        PyObject *mv;    /* the memoryview handed out */
+        PyObject *view;  /* its exporter (a View) */
+        uint64_t len;    /* payload bytes */
+    } claims_inline[2];
+    PyObject *spare[2];  /* ended Views nobody else refers to, kept (with their export of the
+                            mapping) for the next claims: a View costs ~350 instructions */
+    int nspare;
+    /* A handed-out memoryview that nobody but the port could reach when its claim ended,
+     * kept unreleased with its View, to be pointed at the next claim's bytes: */
+    PyObject *spare_mv;
+    PyObject *spare_mv_view;
     /* Cold fields last, off the hot fields' cache lines: */
     Py_ssize_t undecodable; /* records taken off the ring that failed to decode */
     Py_buffer lease;  /* an export of the mapping the ring lives in (lease.obj NULL: none) */
 } Port;
+
+typedef struct Claim Claim;
+
+static void claims_drop_all(Port *self);
+static void claims_purge_dead(Port *self);
 
 static PyObject *miss(int status, uint32_t type, PyObject *payload) {
     /* payload: a new reference (stolen) or NULL */
@@ -114,6 +139,9 @@ static inline char *enter(Port *self) {
 }
 
 static void drop_lease(Port *self) {
+    Py_CLEAR(self->spare_mv); /* releases it, and its View's export */
+    Py_CLEAR(self->spare_mv_view);
+    while (self->nspare > 0) Py_DECREF(self->spare[--self->nspare]); /* their exports first */
     if (self->lease.obj) PyBuffer_Release(&self->lease); /* may unmap: the GIL is held */
 }
 
@@ -613,6 +641,8 @@ static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nar
 static int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t nargs,
                           PyObject *kwnames, int has_first, const char *fname,
                           PyObject **first, int64_t *deadline) {
+    /* the first argument's name: reserve's size, or put's object */
+    const char *first_name = fname[0] == 'r' ? "nbytes" : "obj";
     PyObject *block = NULL, *timeout = NULL;
     Py_ssize_t npos = nargs;
     if (npos > has_first + 2) {
@@ -629,7 +659,7 @@ static int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t nargs,
             PyObject **slot = NULL;
             if (PyUnicode_CompareWithASCIIString(key, "block") == 0) slot = &block;
             else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) slot = &timeout;
-            else if (has_first && PyUnicode_CompareWithASCIIString(key, "obj") == 0)
+            else if (has_first && PyUnicode_CompareWithASCIIString(key, first_name) == 0)
                 slot = first;
             if (!slot) {
                 PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
@@ -645,8 +675,8 @@ static int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t nargs,
         }
     }
     if (has_first && !*first) {
-        PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: 'obj'",
-                     fname);
+        PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: '%s'",
+                     fname, first_name);
         return -1;
     }
     int blocking = 1;
@@ -773,20 +803,24 @@ static PyObject *port_close(Port *self, PyObject *unused) {
      * export is dropped by the last such call to leave, or here if there is none. */
     self->ring = NULL;
     if (self->inflight == 0) drop_lease(self);
+    /* Claims of live threads stay, to be given back (commit aborts, release unpeeks); those
+     * of threads that ended holding one are dropped with what their views pin. */
+    claims_purge_dead(self);
     Py_RETURN_NONE;
 }
 
 static int port_init(Port *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"mapping",  "offset",   "cap",      "decode",
                              "obj_type", "raw_type", "encode",   "deadline",
-                             "slow_put", "slow_get", "bytes_as_is", NULL};
+                             "slow_put", "slow_get", "bytes_as_is", "slow_zc", NULL};
     PyObject *mapping, *decode, *encode = Py_None, *deadline = Py_None;
-    PyObject *slow_put = Py_None, *slow_get = Py_None;
+    PyObject *slow_put = Py_None, *slow_get = Py_None, *slow_zc = Py_None;
     PyObject *offset_obj, *cap_obj, *obj_type_obj, *raw_type_obj;
     int bytes_as_is = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO|$OOOOp", kwlist, &mapping, &offset_obj,
-                                     &cap_obj, &decode, &obj_type_obj, &raw_type_obj, &encode,
-                                     &deadline, &slow_put, &slow_get, &bytes_as_is))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO|$OOOOpO", kwlist, &mapping,
+                                     &offset_obj, &cap_obj, &decode, &obj_type_obj,
+                                     &raw_type_obj, &encode, &deadline, &slow_put, &slow_get,
+                                     &bytes_as_is, &slow_zc))
         return -1;
     if (self->ring || self->lease.obj || self->inflight) {
         PyErr_SetString(PyExc_TypeError, "a Port is initialised once");
@@ -806,12 +840,12 @@ static int port_init(Port *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "Port needs a ring's power-of-two capacity");
         return -1;
     }
-    PyObject *callables[] = {decode, encode, deadline, slow_put, slow_get};
+    PyObject *callables[] = {decode, encode, deadline, slow_put, slow_get, slow_zc};
     for (size_t i = 0; i < sizeof callables / sizeof *callables; i++) {
         if (callables[i] != Py_None && !PyCallable_Check(callables[i])) {
             PyErr_SetString(PyExc_TypeError,
-                            "decode, encode, deadline, slow_put and slow_get must be callable "
-                            "or None");
+                            "decode, encode, deadline, slow_put, slow_get and slow_zc must be "
+                            "callable or None");
             return -1;
         }
     }
@@ -840,6 +874,9 @@ static int port_init(Port *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->deadline, Py_NewRef(deadline));
     Py_XSETREF(self->slow_put, Py_NewRef(slow_put));
     Py_XSETREF(self->slow_get, Py_NewRef(slow_get));
+    Py_XSETREF(self->slow_zc, Py_NewRef(slow_zc));
+    self->claims = self->claims_inline;
+    self->claims_cap = sizeof self->claims_inline / sizeof *self->claims_inline;
     self->obj_type = obj_type;
     self->raw_type = raw_type;
     self->bytes_as_is = bytes_as_is;
@@ -853,6 +890,13 @@ static int port_traverse(Port *self, visitproc visit, void *arg) {
     Py_VISIT(self->deadline);
     Py_VISIT(self->slow_put);
     Py_VISIT(self->slow_get);
+    Py_VISIT(self->slow_zc);
+    for (Py_ssize_t i = 0; i < self->nclaims; i++) {
+        Py_VISIT(self->claims[i].mv);
+        Py_VISIT(self->claims[i].view);
+    }
+    Py_VISIT(self->spare_mv);
+    Py_VISIT(self->spare_mv_view);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -864,6 +908,10 @@ static int port_clear(Port *self) {
     Py_CLEAR(self->deadline);
     Py_CLEAR(self->slow_put);
     Py_CLEAR(self->slow_get);
+    Py_CLEAR(self->slow_zc);
+    Py_CLEAR(self->spare_mv);
+    Py_CLEAR(self->spare_mv_view);
+    claims_drop_all(self);
     return 0;
 }
 
@@ -877,7 +925,39 @@ static void port_dealloc(Port *self) {
     Py_DECREF(tp);
 }
 
+/* The zero-copy calls (defined after the View type, below). */
+static PyObject *port_reserve(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames);
+static PyObject *port_try_reserve(Port *self, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *port_commit(Port *self, PyObject *unused);
+static PyObject *port_abort(Port *self, PyObject *unused);
+static PyObject *port_peek(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames);
+static PyObject *port_try_peek(Port *self, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *port_release(Port *self, PyObject *unused);
+static PyObject *port_let_go(Port *self, PyObject *unused);
+static PyObject *port_holds_claim(Port *self, PyObject *unused);
+
 static PyMethodDef port_methods[] = {
+    {"reserve", (PyCFunction)(void (*)(void))port_reserve, METH_FASTCALL | METH_KEYWORDS,
+     "reserve($self, /, nbytes, block=True, timeout=None)\n--\n\nQueue.reserve in one call."},
+    {"try_reserve", (PyCFunction)(void (*)(void))port_try_reserve, METH_FASTCALL,
+     "try_reserve(nbytes, deadline_ns) -> memoryview, or the status as an int"},
+    {"commit", (PyCFunction)port_commit, METH_NOARGS,
+     "commit($self, /)\n--\n\nQueue.commit in one call."},
+    {"abort", (PyCFunction)port_abort, METH_NOARGS,
+     "abort($self, /)\n--\n\nQueue.abort in one call."},
+    {"peek", (PyCFunction)(void (*)(void))port_peek, METH_FASTCALL | METH_KEYWORDS,
+     "peek($self, /, block=True, timeout=None)\n--\n\nQueue.peek in one call."},
+    {"try_peek", (PyCFunction)(void (*)(void))port_try_peek, METH_FASTCALL,
+     "try_peek(deadline_ns) -> memoryview, or (status, record type)"},
+    {"release", (PyCFunction)port_release, METH_NOARGS,
+     "release($self, /)\n--\n\nQueue.release in one call."},
+    {"let_go", (PyCFunction)port_let_go, METH_NOARGS,
+     "Abort this thread's reservation and unpeek its peek (BufferError, nothing changed, "
+     "while a view of either is exported)."},
+    {"holds_claim", (PyCFunction)port_holds_claim, METH_NOARGS,
+     "Whether this thread holds a reservation or a peeked record through this port."},
     {"put", (PyCFunction)(void (*)(void))port_put, METH_FASTCALL,
      "put(data, type, deadline_ns) -> status"},
     {"put_many", (PyCFunction)(void (*)(void))port_put_many, METH_FASTCALL,
@@ -1021,50 +1101,78 @@ static void view_releasebuffer(View *self, Py_buffer *view) {
     self->exports--;
 }
 
+/* The check half of retire: how many holds on the view's bytes there are besides `mv` (the
+ * memoryview made from it, or None), with *live set to mv if it still needs releasing (else
+ * NULL); -1 with an exception for an mv that is not this view's. Changes nothing. */
+static Py_ssize_t view_others(View *self, PyObject *mv, PyMemoryViewObject **live) {
+    Py_ssize_t others = self->exports;
+    *live = NULL;
+    if (mv != Py_None) {
+        if (!PyMemoryView_Check(mv)) {
+            PyErr_SetString(PyExc_TypeError, "retire() takes a memoryview or None");
+            return -1;
+        }
+        PyMemoryViewObject *m = (PyMemoryViewObject *)mv;
+        if (m->flags & _Py_MEMORYVIEW_RELEASED) {
+            /* released before: it holds nothing */
+        } else if (m->mbuf->master.obj != (PyObject *)self) {
+            PyErr_SetString(PyExc_ValueError, "retire() was given another object's memoryview");
+            return -1;
+        } else {
+            /* mv's managed buffer holds one export of ours, shared by every memoryview
+             * registered on it (mbuf->exports of them); mv->exports counts its own. */
+            others = self->exports - 1 + (m->mbuf->exports - 1) + m->exports;
+            *live = m;
+        }
+    }
+    return others;
+}
+
+static int view_in_use(void) {
+    PyErr_SetString(PyExc_BufferError,
+                    "a view of this record is still in use (a memoryview slice, a "
+                    "PickleBuffer, a numpy array, ...): drop it and call again");
+    return -1;
+}
+
+/* memoryview.release itself (found at install), called without a method lookup. */
+static PyCFunction memoryview_release;
+
+/* The end half of retire, once view_others found no other hold: release `live` (or NULL) and
+ * refuse every later export. The export pinning the mapping is let go too, unless keep_src
+ * (the port still touches the ring through it, then recycles the View or lets it go). -1
+ * with an exception (nothing ended). Runs no Python code but the memoryview's own release. */
+static int view_end(View *self, PyMemoryViewObject *live, int keep_src) {
+    if (live) {
+        PyObject *r;
+        if (memoryview_release) {
+            r = memoryview_release((PyObject *)live, NULL);
+        } else {
+            static PyObject *release_name;
+            if (!release_name && !(release_name = PyUnicode_InternFromString("release")))
+                return -1;
+            r = PyObject_CallMethodNoArgs((PyObject *)live, release_name);
+        }
+        if (!r) return -1;
+        Py_DECREF(r);
+    }
+    if (self->exports > 0) /* cannot happen after view_others; never retire under one */
+        return view_in_use();
+    self->buf = NULL;
+    if (!keep_src && self->src.obj) PyBuffer_Release(&self->src);
+    return 0;
+}
+
 /* retire(mv): end the view, first releasing `mv` (the memoryview made from it, or None).
  * BufferError, with nothing changed (mv still usable), while anything else holds the bytes:
  * an export of mv itself (a PickleBuffer, a numpy array), another memoryview sharing mv's
  * buffer (a slice, memoryview(mv)) or any other export of this view. */
 static PyObject *view_retire(View *self, PyObject *mv) {
-    Py_ssize_t others = self->exports;
-    PyMemoryViewObject *m = NULL;
-    if (mv != Py_None) {
-        if (!PyMemoryView_Check(mv)) {
-            PyErr_SetString(PyExc_TypeError, "retire() takes a memoryview or None");
-            return NULL;
-        }
-        m = (PyMemoryViewObject *)mv;
-        if (m->flags & _Py_MEMORYVIEW_RELEASED) {
-            m = NULL; /* released before: it holds nothing */
-        } else if (m->mbuf->master.obj != (PyObject *)self) {
-            PyErr_SetString(PyExc_ValueError, "retire() was given another object's memoryview");
-            return NULL;
-        } else {
-            /* mv's managed buffer holds one export of ours, shared by every memoryview
-             * registered on it (mbuf->exports of them); mv->exports counts its own. */
-            others = self->exports - 1 + (m->mbuf->exports - 1) + m->exports;
-        }
-    }
-    if (others > 0) {
-        PyErr_SetString(PyExc_BufferError,
-                        "a view of this record is still in use (a memoryview slice, a "
-                        "PickleBuffer, a numpy array, ...): drop it and call again");
-        return NULL;
-    }
-    if (m) {
-        static PyObject *release_name;
-        if (!release_name && !(release_name = PyUnicode_InternFromString("release")))
-            return NULL;
-        PyObject *r = PyObject_CallMethodNoArgs(mv, release_name);
-        if (!r) return NULL;
-        Py_DECREF(r);
-    }
-    if (self->exports > 0) { /* cannot happen after the count above; never retire under one */
-        PyErr_SetString(PyExc_BufferError, "a view of this record is still in use");
-        return NULL;
-    }
-    self->buf = NULL;
-    if (self->src.obj) PyBuffer_Release(&self->src);
+    PyMemoryViewObject *live;
+    Py_ssize_t others = view_others(self, mv, &live);
+    if (others < 0) return NULL;
+    if (others > 0) return view_in_use(), NULL;
+    if (view_end(self, live, 0) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1114,6 +1222,479 @@ static PyType_Spec view_spec = {
     .slots = view_slots,
 };
 
+/* ---- zero-copy calls on the Port ---------------------------------------------------------
+ *
+ * Queue.reserve/commit/abort and peek/release, one call each, waiting as put/get do: a first
+ * try holding the GIL; only if that would wait, the GIL is let go and csrc/ring.c spins, then
+ * sleeps (SHMIPC_TRY_ONLY, then the caller's deadline). The ring side is csrc/ring.c's
+ * reserve/commit/abort and peek/release/unpeek unchanged, so the claims protocol of
+ * csrc/claim.c (register and park at reserve, unpark at commit/abort, revocation,
+ * quarantine) is exactly the one the Ring's own calls follow.
+ *
+ * A claim (a reservation, or a peeked record) belongs to the thread that made it, as the
+ * side lock it holds does: the port keeps (thread identity, side) -> the claim's own copy of
+ * the ring's address, the memoryview handed out, its View and its length. A second claim of
+ * one side in one port exists only after the first was revoked or its thread died, so the
+ * table is nearly always empty or one entry; claims of threads that ended are dropped when
+ * the table is full and at close().
+ *
+ * Order of commit, abort and release, every time: check the view's exports (BufferError,
+ * nothing changed); end the view (no later export, the memoryview released); take the claim
+ * off the port; touch the ring through the claim's address while still holding the view's
+ * export of the mapping (so the memory is mapped whatever else let go); only then drop that
+ * export. A claim outlives close(): commit then aborts, release unpeeks, and the slow path
+ * raises Closed, so a side lock is never left to a holder that can no longer let go.
+ * Anything but the fast outcome goes to slow_zc(op, status, arg, deadline) in Python: the
+ * retries between wait slices, the liveness passes, and every error.
+ */
+enum { ZC_RESERVE, ZC_COMMIT, ZC_ABORT, ZC_PEEK, ZC_RELEASE };
+
+static PyTypeObject *ViewType;
+
+static Claim *claim_find(Port *self, uint64_t me, int producer) {
+    for (Py_ssize_t i = 0; i < self->nclaims; i++)
+        if (self->claims[i].owner == me && self->claims[i].producer == producer)
+            return &self->claims[i];
+    return NULL;
+}
+
+/* Take claim c off the port: its references go to *out. */
+static void claim_take(Port *self, Claim *c, Claim *out) {
+    *out = *c;
+    *c = self->claims[--self->nclaims];
+}
+
+static void claim_drop(Claim *c) {
+    Py_XDECREF(c->mv); /* may run code (a finalizer): the claim is off the port already */
+    Py_XDECREF(c->view);
+}
+
+/* Drop the claims of threads that have ended (their ring side is taken over as any dead
+ * holder's is, by a liveness pass): whatever their views pin is let go. */
+static void claims_purge_dead(Port *self) {
+    for (Py_ssize_t i = 0; i < self->nclaims;) {
+        if (shmipc_identity_alive(self->claims[i].owner)) {
+            i++;
+            continue;
+        }
+        Claim dead;
+        claim_take(self, &self->claims[i], &dead);
+        claim_drop(&dead);
+        i = 0; /* the drop may have run code that changed the table */
+    }
+}
+
+static void claims_drop_all(Port *self) {
+    while (self->nclaims > 0) {
+        Claim c;
+        claim_take(self, &self->claims[self->nclaims - 1], &c);
+        claim_drop(&c);
+    }
+    if (self->claims && self->claims != self->claims_inline) {
+        PyMem_Free(self->claims);
+        self->claims = self->claims_inline;
+        self->claims_cap = sizeof self->claims_inline / sizeof *self->claims_inline;
+    }
+}
+
+/* Add a claim (its references are the table's from here): -1 with MemoryError. */
+static int claim_add(Port *self, const Claim *c) {
+    if (self->nclaims == self->claims_cap && self->nclaims > 0) claims_purge_dead(self);
+    if (self->nclaims == self->claims_cap) {
+        Py_ssize_t cap = self->claims_cap ? 2 * self->claims_cap : 2;
+        Claim *block = PyMem_Malloc((size_t)cap * sizeof *block);
+        if (!block) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (self->nclaims) memcpy(block, self->claims, (size_t)self->nclaims * sizeof *block);
+        if (self->claims != self->claims_inline) PyMem_Free(self->claims);
+        self->claims = block;
+        self->claims_cap = cap;
+    }
+    self->claims[self->nclaims++] = *c;
+    return 0;
+}
+
+/* Whether claim c's memoryview can serve the next claim: nothing but the claim refers to it
+ * (no other reference, weak reference, export, or slice sharing its buffer), it is
+ * unreleased, one-dimensional bytes, over the claim's View, which nothing else refers to
+ * either. Then nobody can reach its bytes after the claim ends, and pointing it at other
+ * bytes later is invisible; it saves making and freeing a memoryview and its managed buffer
+ * (~700 instructions). The fields read are CPython's memoryview internals, as in retire. */
+static int mv_reusable(Claim *c) {
+    PyMemoryViewObject *m = (PyMemoryViewObject *)c->mv;
+    View *v = (View *)c->view;
+    if (Py_REFCNT(m) != 1 || (m->flags & _Py_MEMORYVIEW_RELEASED) || m->exports != 0 ||
+        m->weakreflist != NULL)
+        return 0;
+    _PyManagedBufferObject *b = m->mbuf;
+    return Py_REFCNT(b) == 1 && b->exports == 1 && b->master.obj == (PyObject *)v &&
+           v->exports == 1 && Py_REFCNT(v) == 2 && m->view.ndim == 1 &&
+           m->view.itemsize == 1 && m->view.strides[0] == 1 && m->view.shape == m->ob_array;
+}
+
+/* Point a reusable memoryview (mv_reusable) and its View at other bytes of the mapping. */
+static void mv_retarget(PyObject *mv, View *v, char *buf, Py_ssize_t len, int readonly) {
+    PyMemoryViewObject *m = (PyMemoryViewObject *)mv;
+    v->buf = m->view.buf = m->mbuf->master.buf = buf;
+    v->len = m->view.len = m->mbuf->master.len = len;
+    m->view.shape[0] = len;
+    v->readonly = m->view.readonly = m->mbuf->master.readonly = readonly;
+    m->hash = -1;
+}
+
+/* End claim c's view for a commit/abort/release, the View keeping its export that pins the
+ * mapping for the ring call that follows (claim_finish lets go of it): -1 (BufferError,
+ * nothing changed) while anything but the handed-out memoryview holds the bytes. *keep: the
+ * memoryview is reusable (mv_reusable), left unreleased, its View refusing exports. */
+static int claim_end_view(Claim *c, int *keep) {
+    *keep = 0;
+    PyMemoryViewObject *live;
+    Py_ssize_t others = view_others((View *)c->view, c->mv, &live);
+    if (others < 0) return -1;
+    if (others > 0) return view_in_use();
+    if (live && mv_reusable(c)) {
+        ((View *)c->view)->buf = NULL; /* nobody can export it: a guard all the same */
+        *keep = 1;
+        return 0;
+    }
+    return view_end((View *)c->view, live, 1);
+}
+
+/* After the ring call of a claim taken off the port: keep its memoryview for the next claim
+ * (keep), or drop it and keep its ended View (with its export of the mapping) if nothing
+ * else refers to it and the port is open; else let go of the export and the View. */
+static void claim_finish(Port *self, Claim *c, int keep) {
+    if (keep && self->ring && !self->spare_mv) {
+        self->spare_mv = c->mv; /* the references go to the port */
+        self->spare_mv_view = c->view;
+        c->mv = c->view = NULL;
+        return;
+    }
+    Py_CLEAR(c->mv); /* a kept one is released by its deallocation, and its View's export */
+    View *v = (View *)c->view;
+    c->view = NULL;
+    if (Py_REFCNT(v) == 1 && self->ring && v->src.obj == self->lease.obj &&
+        self->nspare < (int)(sizeof self->spare / sizeof *self->spare)) {
+        v->buf = NULL;
+        self->spare[self->nspare++] = (PyObject *)v;
+        return;
+    }
+    if (v->src.obj) PyBuffer_Release(&v->src); /* the ring is not touched after this */
+    Py_DECREF(v);
+}
+
+/* A View over `len` payload bytes at data index `idx` of the entered ring, and the memoryview
+ * handed out over it (new references, in *view_out and returned); NULL with an exception. */
+static PyObject *make_view(Port *self, char *ring, uint64_t idx, uint64_t len, int readonly,
+                           PyObject **view_out) {
+    Py_ssize_t offset = (Py_ssize_t)(ring - (char *)self->lease.buf) +
+                        SHMIPC_RING_HEADER_SIZE + (Py_ssize_t)idx;
+    View *v;
+    int ok;
+    if (self->spare_mv) { /* a memoryview nobody else can reach: pointed at these bytes */
+        v = (View *)self->spare_mv_view;
+        if (offset >= 0 && (Py_ssize_t)len <= v->src.len - offset) {
+            PyObject *mv = self->spare_mv;
+            self->spare_mv = self->spare_mv_view = NULL;
+            mv_retarget(mv, v, (char *)v->src.buf + offset, (Py_ssize_t)len, readonly);
+            *view_out = (PyObject *)v;
+            return mv;
+        }
+    }
+    if (self->nspare > 0) { /* an ended View, its export of this mapping kept */
+        v = (View *)self->spare[--self->nspare];
+        ok = offset >= 0 && (Py_ssize_t)len <= v->src.len - offset;
+        if (ok) {
+            v->buf = (char *)v->src.buf + offset;
+            v->len = (Py_ssize_t)len;
+        } else {
+            PyErr_SetString(PyExc_ValueError, "View's range does not fit its mapping");
+        }
+    } else {
+        if (!(v = (View *)ViewType->tp_alloc(ViewType, 0))) return NULL;
+        /* A writable export (the port's lease is one), so that any View can be recycled. */
+        ok = view_setup(v, self->lease.obj, offset, (Py_ssize_t)len, 0) == 0;
+    }
+    v->readonly = readonly;
+    PyObject *mv = ok ? PyMemoryView_FromObject((PyObject *)v) : NULL;
+    if (!mv) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    *view_out = (PyObject *)v;
+    return mv;
+}
+
+static PyObject *call_slow_zc(Port *self, int op, int status, long long arg,
+                              int64_t deadline) {
+    if (self->slow_zc == Py_None) {
+        PyErr_Format(PyExc_RuntimeError, "ring call failed (status %d)", status);
+        return NULL;
+    }
+    PyObject *argv[4] = {PyLong_FromLong(op), PyLong_FromLong(status), PyLong_FromLongLong(arg),
+                         PyLong_FromLongLong(deadline)};
+    PyObject *out = NULL;
+    if (argv[0] && argv[1] && argv[2] && argv[3])
+        out = PyObject_Vectorcall(self->slow_zc, argv, 4, NULL);
+    for (int i = 0; i < 4; i++) Py_XDECREF(argv[i]);
+    return out;
+}
+
+static int zc_ready(Port *self, const char *fname) {
+    if (self->slow_zc != Py_None && self->deadline != Py_None) return 0;
+    PyErr_Format(PyExc_TypeError, "%s() needs a Port made with slow_zc and deadline", fname);
+    return -1;
+}
+
+/* Reserve nbytes of raw_type for this thread, waiting as the deadline allows: the memoryview,
+ * or NULL with the status in *status (SHMIPC_OK: an exception is set). */
+static PyObject *reserve_impl(Port *self, PyObject *n_obj, int64_t deadline, int *status,
+                              Py_ssize_t *nbytes) {
+    *status = SHMIPC_OK;
+    *nbytes = PyNumber_AsSsize_t(n_obj, PyExc_OverflowError); /* TypeError for a float */
+    if (*nbytes == -1 && PyErr_Occurred()) return NULL;
+    uint64_t me = shmipc_lock_identity();
+    if (claim_find(self, me, 1)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "this thread already has a reservation on this queue: commit it");
+        return NULL;
+    }
+    if (*nbytes < 0) {
+        PyErr_Format(PyExc_ValueError, "nbytes must be >= 0, got %zd", *nbytes);
+        return NULL;
+    }
+    uint64_t cap = self->cap, n = (uint64_t)*nbytes;
+    if (n > UINT32_MAX || rec_size(n) > cap / 2) {
+        *status = SHMIPC_TOOBIG;
+        return NULL;
+    }
+    char *ring = enter(self); /* keeps the mapping while the GIL is let go below */
+    if (!ring) {
+        *status = SHMIPC_CLOSED;
+        return NULL;
+    }
+    int64_t r = shmipc_ring_reserve(ring, cap, (size_t)n, self->raw_type, SHMIPC_TRY_ONLY);
+    if (r == -SHMIPC_TIMEDOUT || (r == -SHMIPC_FULL && deadline != 0)) {
+        Py_BEGIN_ALLOW_THREADS
+        r = shmipc_ring_reserve(ring, cap, (size_t)n, self->raw_type, deadline);
+        Py_END_ALLOW_THREADS
+    }
+    if (r < 0) {
+        leave(self);
+        *status = (int)-r;
+        return NULL;
+    }
+    /* The producer lock is ours (parked: csrc/claim.c) until commit or abort. */
+    Claim c = {.owner = me, .producer = 1, .ring = ring, .len = n};
+    c.mv = make_view(self, ring, (uint64_t)r, n, 0, &c.view);
+    if (!c.mv || claim_add(self, &c) < 0) {
+        shmipc_ring_abort(ring); /* still entered: the lease pins the mapping */
+        claim_drop(&c);
+        leave(self);
+        return NULL;
+    }
+    leave(self); /* from here the claim's view pins the mapping */
+    return Py_NewRef(c.mv);
+}
+
+/* reserve(nbytes, block=True, timeout=None): a writable view of nbytes in the ring. */
+static PyObject *port_reserve(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames) {
+    PyObject *n_obj;
+    int64_t deadline;
+    if (zc_ready(self, "reserve") ||
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 1, "reserve", &n_obj,
+                       &deadline))
+        return NULL;
+    int status;
+    Py_ssize_t nbytes;
+    PyObject *mv = reserve_impl(self, n_obj, deadline, &status, &nbytes);
+    if (mv || status == SHMIPC_OK) return mv;
+    return call_slow_zc(self, ZC_RESERVE, status, nbytes, deadline);
+}
+
+/* try_reserve(nbytes, deadline_ns) -> memoryview, or the status (an int) of a miss. */
+static PyObject *port_try_reserve(Port *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t deadline;
+    if (arg_count(nargs, 2, "try_reserve(nbytes, deadline_ns)") ||
+        as_deadline(args[1], &deadline))
+        return NULL;
+    int status;
+    Py_ssize_t nbytes;
+    PyObject *mv = reserve_impl(self, args[0], deadline, &status, &nbytes);
+    if (mv || status == SHMIPC_OK) return mv;
+    return PyLong_FromLong(status);
+}
+
+/* commit (publish) or abort this thread's reservation. */
+static PyObject *finish_reservation(Port *self, int publish) {
+    Claim *c = claim_find(self, shmipc_lock_identity(), 1);
+    if (!c) {
+        PyErr_SetString(PyExc_RuntimeError, "this thread has no reservation on this queue");
+        return NULL;
+    }
+    int keep;
+    if (claim_end_view(c, &keep) < 0) return NULL; /* BufferError: nothing changed */
+    Claim mine;
+    claim_take(self, c, &mine);
+    int rc = SHMIPC_OK;
+    if (!publish) {
+        shmipc_ring_abort(mine.ring);
+    } else if (!self->ring) { /* closed by another thread: give the claim back */
+        shmipc_ring_abort(mine.ring);
+        rc = SHMIPC_CLOSED;
+    } else {
+        rc = shmipc_ring_commit(mine.ring, self->cap, (size_t)mine.len);
+    }
+    claim_finish(self, &mine, keep);
+    if (rc == SHMIPC_OK) Py_RETURN_NONE;
+    return call_slow_zc(self, publish ? ZC_COMMIT : ZC_ABORT, rc, (long long)mine.len, 0);
+}
+
+static PyObject *port_commit(Port *self, PyObject *unused) {
+    return finish_reservation(self, 1);
+}
+
+static PyObject *port_abort(Port *self, PyObject *unused) {
+    return finish_reservation(self, 0);
+}
+
+/* Peek at the next record for this thread, waiting as the deadline allows: the memoryview;
+ * or NULL with *status (SHMIPC_OK: an exception is set, or, if none is, the next record is
+ * of a type the port does not hand out, left in place, its type in *type). */
+static PyObject *peek_impl(Port *self, int64_t deadline, int *status, uint32_t *type) {
+    *status = SHMIPC_OK;
+    *type = 0;
+    uint64_t me = shmipc_lock_identity();
+    if (claim_find(self, me, 0)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "this thread already peeked a record of this queue: release it");
+        return NULL;
+    }
+    uint64_t cap = self->cap, out[2];
+    char *ring = enter(self); /* keeps the mapping while the GIL is let go below */
+    if (!ring) {
+        *status = SHMIPC_CLOSED;
+        return NULL;
+    }
+    int64_t r = shmipc_ring_peek(ring, cap, out, SHMIPC_TRY_ONLY);
+    if (r == -SHMIPC_TIMEDOUT || (r == -SHMIPC_EMPTY && deadline != 0)) {
+        Py_BEGIN_ALLOW_THREADS
+        r = shmipc_ring_peek(ring, cap, out, deadline);
+        Py_END_ALLOW_THREADS
+    }
+    if (r < 0) {
+        leave(self);
+        *status = (int)-r;
+        return NULL;
+    }
+    /* The consumer lock is ours until release (or unpeek). */
+    if (!fast_type(self, (uint32_t)out[1])) {
+        shmipc_ring_unpeek(ring); /* it stays the next record */
+        leave(self);
+        *type = (uint32_t)out[1];
+        return NULL;
+    }
+    Claim c = {.owner = me, .producer = 0, .ring = ring, .len = out[0]};
+    c.mv = make_view(self, ring, (uint64_t)r, out[0], 1, &c.view);
+    if (!c.mv || claim_add(self, &c) < 0) {
+        shmipc_ring_unpeek(ring); /* still entered: the lease pins the mapping */
+        claim_drop(&c);
+        leave(self);
+        return NULL;
+    }
+    leave(self); /* from here the claim's view pins the mapping */
+    return Py_NewRef(c.mv);
+}
+
+/* peek(block=True, timeout=None): a read-only view of the next record's payload. */
+static PyObject *port_peek(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames) {
+    int64_t deadline;
+    if (zc_ready(self, "peek") ||
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 0, "peek", NULL,
+                       &deadline))
+        return NULL;
+    int status;
+    uint32_t type;
+    PyObject *mv = peek_impl(self, deadline, &status, &type);
+    if (mv || (status == SHMIPC_OK && PyErr_Occurred())) return mv;
+    return call_slow_zc(self, ZC_PEEK, status, type, deadline);
+}
+
+/* try_peek(deadline_ns) -> memoryview, or (status, record type) of a miss. */
+static PyObject *port_try_peek(Port *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t deadline;
+    if (arg_count(nargs, 1, "try_peek(deadline_ns)") || as_deadline(args[0], &deadline))
+        return NULL;
+    int status;
+    uint32_t type;
+    PyObject *mv = peek_impl(self, deadline, &status, &type);
+    if (mv || (status == SHMIPC_OK && PyErr_Occurred())) return mv;
+    return Py_BuildValue("(iI)", status, type);
+}
+
+/* release (consume) or unpeek this thread's peeked record. */
+static PyObject *finish_peek(Port *self, int consume) {
+    Claim *c = claim_find(self, shmipc_lock_identity(), 0);
+    if (!c) {
+        PyErr_SetString(PyExc_RuntimeError, "this thread has not peeked a record of this queue");
+        return NULL;
+    }
+    int keep;
+    if (claim_end_view(c, &keep) < 0) return NULL; /* BufferError: nothing changed */
+    Claim mine;
+    claim_take(self, c, &mine);
+    int rc = SHMIPC_OK;
+    if (!consume) {
+        shmipc_ring_unpeek(mine.ring);
+    } else if (!self->ring) { /* closed by another thread: the record stays the next one */
+        shmipc_ring_unpeek(mine.ring);
+        rc = SHMIPC_CLOSED;
+    } else {
+        rc = shmipc_ring_release(mine.ring, self->cap);
+    }
+    claim_finish(self, &mine, keep);
+    if (rc == SHMIPC_OK) Py_RETURN_NONE;
+    return call_slow_zc(self, ZC_RELEASE, rc, (long long)mine.len, 0);
+}
+
+static PyObject *port_release(Port *self, PyObject *unused) {
+    return finish_peek(self, 1);
+}
+
+/* let_go(): abort this thread's reservation and unpeek its peek, both views checked before
+ * either is touched (BufferError, nothing changed). For close() on the holding thread. */
+static PyObject *port_let_go(Port *self, PyObject *unused) {
+    uint64_t me = shmipc_lock_identity();
+    Claim *held[2] = {claim_find(self, me, 1), claim_find(self, me, 0)};
+    for (int i = 0; i < 2; i++) {
+        if (!held[i]) continue;
+        PyMemoryViewObject *live;
+        Py_ssize_t others = view_others((View *)held[i]->view, held[i]->mv, &live);
+        if (others < 0) return NULL;
+        if (others > 0) return view_in_use(), NULL;
+    }
+    int reserved = held[0] != NULL, peeked = held[1] != NULL;
+    PyObject *r;
+    if (reserved) {
+        if (!(r = finish_reservation(self, 0))) return NULL;
+        Py_DECREF(r);
+    }
+    if (peeked) {
+        if (!(r = finish_peek(self, 0))) return NULL;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *port_holds_claim(Port *self, PyObject *unused) {
+    uint64_t me = shmipc_lock_identity();
+    return PyBool_FromLong(claim_find(self, me, 1) || claim_find(self, me, 0));
+}
+
 int shmipc_fastpath_install(void) {
     static int installed = 0;
     PyGILState_STATE gil = PyGILState_Ensure();
@@ -1122,6 +1703,11 @@ int shmipc_fastpath_install(void) {
         PyObject *module = PyImport_AddModule("shmipc._native_ext"); /* borrowed */
         PyObject *port = module ? PyType_FromSpec(&port_spec) : NULL;
         PyObject *view = port ? PyType_FromSpec(&view_spec) : NULL;
+        ViewType = (PyTypeObject *)Py_XNewRef(view); /* ours for good */
+        for (PyMethodDef *m = PyMemoryView_Type.tp_methods; m && m->ml_name; m++) {
+            if (strcmp(m->ml_name, "release") == 0 && m->ml_flags == METH_NOARGS)
+                memoryview_release = m->ml_meth;
+        }
         RingMiss = view ? PyErr_NewException("shmipc._native_ext.RingMiss", NULL, NULL) : NULL;
         if (RingMiss && PyModule_AddObjectRef(module, "Port", port) == 0 &&
             PyModule_AddObjectRef(module, "View", view) == 0 &&

@@ -23,7 +23,7 @@ from ._native import Port, RingMiss, lib
 from .buffers import BufferPool, Loan, PoolExhausted, PoolHook, channel_tag
 from .buffers import _attach_cached as _attach_pool
 from .codec import Codec, get_codec
-from .errors import Closed, CorruptedError
+from .errors import Closed, CorruptedError, Revoked
 from .layout import Kind
 from .region import ATTACH_TIMEOUT
 from .ring import DEFAULT_LIVENESS, DEFAULT_SPIN_NS, Ring, RingStatistics, byte_view
@@ -51,6 +51,9 @@ _FULL = lib.SHMIPC_FULL
 _TOOBIG = lib.SHMIPC_TOOBIG
 _CLOSED = lib.SHMIPC_CLOSED
 _NOTBUF = lib.SHMIPC_NOTBUF
+_REVOKED = lib.SHMIPC_REVOKED
+# What the port's zero-copy calls hand to _zc_slow (csrc/fastpath.c, "zero-copy calls").
+_ZC_RESERVE, _ZC_COMMIT, _ZC_ABORT, _ZC_PEEK, _ZC_RELEASE = range(5)
 
 
 class Queue:
@@ -183,13 +186,26 @@ class Queue:
             slow_put=lambda *a: _handle(me)._put_slow(*a),
             slow_get=lambda *a: _handle(me)._get_miss(*a),
             bytes_as_is=self._bytes_as_is,
+            slow_zc=lambda *a: _handle(me)._zc_slow(*a),
         )
         self._fput = port.put
         self._fput_many = port.put_many
         self._fget_many = port.get_many
+        # The zero-copy calls are the port's too (one native call each, claims kept per
+        # thread in the port); the ring asks it whether this thread holds one (its errors).
+        ring._claims_elsewhere = port.holds_claim
         cls = type(self)
         if self._pool_hook is not None:
             return  # put goes through _put_pooled (encode, then undo on failure); get is fast
+        for name, fast in (
+            ("reserve", port.reserve),
+            ("commit", port.commit),
+            ("abort", port.abort),
+            ("peek", port.peek),
+            ("release", port.release),
+        ):
+            if getattr(cls, name) is getattr(Queue, name):
+                setattr(self, name, fast)
         for name, fast in (
             ("put", port.send),
             ("put_bytes", port.send_bytes),
@@ -503,43 +519,96 @@ class Queue:
 
     # ---- zero-copy -----------------------------------------------------------------------
 
+    # reserve/commit/abort/peek/release: each handle binds its port's one-call versions over
+    # these (see _bind); these definitions document them and serve subclasses.
+
     def reserve(self, nbytes: int, block: bool = True, timeout: float | None = None) -> memoryview:
-        """A writable view of ``nbytes`` in the ring; ``commit()`` sends it as bytes."""
-        return self._live_ring().reserve(nbytes, type=T_BYTES, block=block, timeout=timeout)
+        """A writable view of ``nbytes`` in the ring; ``commit()`` sends it as bytes.
+
+        Until this thread commits or aborts, other producers wait: fill the view promptly.
+        Drop whatever was made from the view (slices, arrays) before committing.
+        """
+        return self._port.reserve(nbytes, block, timeout)
 
     def commit(self) -> None:
-        self._claim_ring().commit()
+        """Publish this thread's reservation; its view becomes unusable. BufferError (nothing
+        published, the reservation kept) while anything made from the view is alive."""
+        self._port.commit()
 
     def abort(self) -> None:
-        self._claim_ring().abort()
+        """Drop this thread's reservation: nothing is published. BufferError (the
+        reservation kept) while anything made from its view is alive."""
+        self._port.abort()
 
     def peek(self, block: bool = True, timeout: float | None = None) -> memoryview:
-        """A read-only view of the next message's raw payload; ``release()`` frees it."""
-        ring = self._live_ring()
-        view = ring.peek(block=block, timeout=timeout)
-        rtype = ring.peeked_type
-        if rtype in (T_SPILL_OBJ, T_SPILL_BYTES):
-            ring.unpeek()  # it stays the next message
-            raise ValueError(
-                "the next message was larger than half the ring and travels in a side "
-                "segment, so it has no view in the ring: read it with get() or get_bytes()"
-            )
-        if rtype not in (T_OBJ, T_BYTES):
-            ring.unpeek()
-            raise CorruptedError(f"queue record of unknown type {rtype}")
-        return view
+        """A read-only view of the next message's raw payload; ``release()`` frees it.
+
+        Until this thread releases it, other consumers wait.
+        """
+        return self._port.peek(block, timeout)
 
     def release(self) -> None:
-        self._claim_ring().release()
+        """Free the message this thread peeked; its view becomes unusable. BufferError (the
+        message kept, still peeked) while anything made from the view is alive."""
+        self._port.release()
 
-    def _claim_ring(self) -> Ring:
-        """The ring for commit/abort/release: still there after close(), so that a thread
-        holding a reservation or a peek when another closed the handle gives it back (the
-        ring then raises Closed) instead of keeping the side locked."""
+    def _zc_slow(self, op: int, status: int, arg: int, deadline: int) -> Any:
+        """Everything but the port's fast zero-copy outcome: retries between wait slices
+        (with the ring's liveness pass), and every error. ``arg``: the reservation's size,
+        or the type of a record peek leaves in place (status OK)."""
+        if op == _ZC_RESERVE:
+            return self._reserve_slow(status, arg, deadline)
+        if op == _ZC_PEEK:
+            return self._peek_slow(status, arg, deadline)
+        # commit/abort/release after the port let go of the claim
+        if status == _CLOSED:
+            what = "nothing was published" if op == _ZC_COMMIT else "the message was not consumed"
+            raise Closed(f"this queue handle was closed; {what}")
         ring = self._ring or self._closed_ring
-        if ring is None:
-            raise Closed("this queue handle was closed")
-        return ring
+        if status == _REVOKED:
+            label = ring._label if ring is not None else "this queue"
+            raise Revoked(
+                f"this thread's reservation of {arg} bytes on {label} was revoked while the "
+                "process was stopped for longer than the ring's liveness interval; nothing "
+                "of it was published: reserve again to send it"
+            )
+        if ring is None:  # pragma: no cover - a port always has its ring
+            raise Closed("this queue handle is closed")
+        ring._raise(status)
+
+    def _reserve_slow(self, status: int, nbytes: int, deadline: int) -> memoryview:
+        while True:
+            if status == _CLOSED:
+                self._live_ring()
+                raise Closed("this queue handle is closed")
+            ring = self._live_ring()
+            if not ring._retry(status):
+                ring._raise(status, nbytes)
+            r = self._port.try_reserve(nbytes, deadline)
+            if not isinstance(r, int):
+                return r
+            status = r
+
+    def _peek_slow(self, status: int, rtype: int, deadline: int) -> memoryview:
+        while True:
+            if status == _OK:  # a record peek does not show: it stays the next one
+                if rtype in (T_SPILL_OBJ, T_SPILL_BYTES):
+                    raise ValueError(
+                        "the next message was larger than half the ring and travels in a side "
+                        "segment, so it has no view in the ring: read it with get() or "
+                        "get_bytes()"
+                    )
+                raise CorruptedError(f"queue record of unknown type {rtype}")
+            if status == _CLOSED:
+                self._live_ring()
+                raise Closed("this queue handle is closed")
+            ring = self._live_ring()
+            if not ring._retry(status):
+                ring._raise(status)
+            r = self._port.try_peek(deadline)
+            if not isinstance(r, tuple):
+                return r
+            status, rtype = r
 
     # ---- state ---------------------------------------------------------------------------
 
@@ -569,7 +638,10 @@ class Queue:
         queue's spilled messages still waiting."""
         ring = self._ring
         if ring is not None:
-            ring._let_go()  # this thread's reserve/peek: BufferError while its view is in use
+            # This thread's reservation and peek: BufferError, nothing changed, while a view
+            # of either is in use.
+            self._port.let_go()
+            ring._let_go()
         self._ring = None
         # The next fast-path call fails, and _live_ring says why. A call inside the ring in
         # another thread keeps the mapping (the port's export until it leaves, or its frame's

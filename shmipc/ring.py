@@ -25,7 +25,7 @@ import queue
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -163,6 +163,9 @@ class Ring:
         self._spsc = bool(lib.shmipc_load32_acquire(self._ptr, lib.SHMIPC_RING_OFF_FLAGS) & _SPSC)
         self._local = _PerThread()
         self._claims = Claims(self._ptr, self._cap, self._spsc)  # revocation, quarantine
+        # Whether this thread holds a reservation or peek made through another object on
+        # this ring (a Queue's port), for the errors that depend on it.
+        self._claims_elsewhere: Callable[[], bool] = _holds_nothing
 
     # ---- construction --------------------------------------------------------------------
 
@@ -396,7 +399,8 @@ class Ring:
                 "made without spsc=True"
             )
         if rc == lib.SHMIPC_DEADLOCK:
-            if self._local.reserved is None and self._local.peeked is None:
+            local = self._local
+            if local.reserved is None and local.peeked is None and not self._claims_elsewhere():
                 raise CorruptedError(
                     "a side lock of this ring names this thread, which holds nothing on it: "
                     "the lock word was overwritten"
@@ -840,6 +844,10 @@ class Ring:
 
     def __repr__(self) -> str:
         return f"<shmipc.Ring {self.name or 'anonymous'} capacity={self._cap}>"
+
+
+def _holds_nothing() -> bool:
+    return False
 
 
 def _retire(view: memoryview | None, window: Any) -> None:

@@ -100,6 +100,9 @@ class Sender:
     send_many: Callable[[list[Any]], object] | None = None  #: batched variants only
     #: write one message made of these parts; in place where the transport can
     send_parts: Callable[..., object] | None = None
+    #: (reserve(n) -> writable view, commit()): small messages and ping-pongs are then
+    #: written in place (the zero-copy variants only)
+    in_place: tuple[Callable[[int], Any], Callable[[], object]] | None = None
 
     def __post_init__(self) -> None:
         if self.send_parts is None:
@@ -121,6 +124,9 @@ class Receiver:
     recv_many: Callable[[], list[Any]] | None = None  #: batched variants only
     #: call fn on the next message and return its result; in place where the transport can
     recv_with: Callable[[Callable[[Any], Any]], Any] | None = None
+    #: (peek() -> read-only view, release()): small messages and ping-pongs are then read
+    #: in place (the zero-copy variants only)
+    in_place: tuple[Callable[[], Any], Callable[[], object]] | None = None
 
     def __post_init__(self) -> None:
         if self.recv_with is None:
@@ -265,7 +271,12 @@ class _ShmipcChannel(_SharedQueueChannel):
         if self.spec.objects:
             return Sender(send=q.put, finish=_noop)
         if self._style == "zero-copy":
-            return Sender(send=q.put_bytes, finish=_noop, send_parts=self._send_in_place)
+            return Sender(
+                send=q.put_bytes,
+                finish=_noop,
+                send_parts=self._send_in_place,
+                in_place=(q.reserve, q.commit),
+            )
         return Sender(send=q.put_bytes, finish=_noop)
 
     def _send_in_place(self, *parts: bytes) -> None:
@@ -286,7 +297,12 @@ class _ShmipcChannel(_SharedQueueChannel):
         if self.spec.objects:
             return Receiver(recv=q.get, ends=1)
         if self._style == "zero-copy":
-            return Receiver(recv=q.get_bytes, ends=1, recv_with=self._recv_in_place)
+            return Receiver(
+                recv=q.get_bytes,
+                ends=1,
+                recv_with=self._recv_in_place,
+                in_place=(q.peek, q.release),
+            )
         return Receiver(recv=q.get_bytes, ends=1)
 
     def _recv_in_place(self, fn: Callable[[Any], Any]) -> Any:
@@ -575,7 +591,7 @@ TRANSPORTS: tuple[Transport, ...] = (
         make=partial(_ShmipcChannel, style="zero-copy"),
         serialisation="reserve(n)/fill in place/commit() and peek()/read in place/release()",
         unavailable=_shmipc_unavailable("put_bytes", *_ZERO_COPY_METHODS),
-        workloads=frozenset({"1MiB"}),
+        workloads=frozenset({"64B", "1MiB", "pingpong"}),
     ),
     Transport(
         key="shmipc",

@@ -191,6 +191,8 @@ def produce(workload: Workload, sender: Sender, producer: int, count: int) -> No
         _produce_dicts(sender.send, seqs)
     elif workload.size >= MIB:
         _produce_large(sender, seqs, workload.size)
+    elif sender.in_place is not None:
+        _produce_in_place(sender, seqs)
     elif sender.send_many is not None:
         _produce_batched(sender, seqs)
     else:
@@ -208,6 +210,16 @@ def _produce_batched(sender: Sender, seqs: range) -> None:
     pack = _MSG_64.pack
     for lo in range(seqs.start, seqs.stop, BATCH):
         send_many(list(map(pack, range(lo, min(lo + BATCH, seqs.stop)))))
+
+
+def _produce_in_place(sender: Sender, seqs: range) -> None:
+    """Each 64-byte message built where it is sent: reserve, pack into the view, commit."""
+    assert sender.in_place is not None
+    reserve, commit = sender.in_place
+    pack_into, size = _MSG_64.pack_into, _MSG_64.size
+    for seq in seqs:
+        pack_into(reserve(size), 0, seq)
+        commit()
 
 
 def _produce_dicts(send: Callable[[Any], object], seqs: range) -> None:
@@ -248,6 +260,8 @@ def consume(workload: Workload, receiver: Receiver) -> ConsumerResult:
         return _consume_dicts(receiver)
     if workload.size >= MIB:
         return _consume_large(receiver, workload.size)
+    if receiver.in_place is not None:
+        return _consume_in_place(receiver)
     if receiver.recv_many is not None:
         return _consume_batched(receiver)
     return _consume_small(receiver)
@@ -265,6 +279,27 @@ def _consume_small(receiver: Receiver) -> ConsumerResult:
                 return ConsumerResult(seqs)
             continue
         append(unpack(message)[0])
+
+
+def _consume_in_place(receiver: Receiver) -> ConsumerResult:
+    """Each message read where it lies: peek, note its sequence number, release."""
+    assert receiver.in_place is not None
+    peek, release = receiver.in_place
+    seqs = array("Q")
+    append, unpack, stamp = seqs.append, SEQ.unpack_from, SEQ.size
+    ends = receiver.ends
+    while True:
+        view = peek()
+        seq = unpack(view)[0]
+        is_end = seq == END_SEQ and len(view) == stamp
+        del view  # dropped first: the queue may hand the same view out again
+        release()
+        if is_end:
+            ends -= 1
+            if not ends:
+                return ConsumerResult(seqs)
+            continue
+        append(seq)
 
 
 def _consume_batched(receiver: Receiver) -> ConsumerResult:
@@ -349,6 +384,8 @@ class PingResult:
 
 def ping(out: Sender, back: Receiver, rounds: int, warmup: int) -> PingResult:
     """Send a 64-byte message, wait for it to come back; ``warmup`` untimed rounds first."""
+    if out.in_place is not None and back.in_place is not None:
+        return _ping_in_place(out, back, rounds, warmup)
     send, recv, clock, pack = out.send, back.recv, time.perf_counter_ns, _MSG_64.pack
     latencies, seqs = array("q"), array("Q")
     note_latency, note_seq, unpack = latencies.append, seqs.append, SEQ.unpack_from
@@ -365,8 +402,34 @@ def ping(out: Sender, back: Receiver, rounds: int, warmup: int) -> PingResult:
     return PingResult(latencies[warmup:], seqs, corrupt)
 
 
+def _ping_in_place(out: Sender, back: Receiver, rounds: int, warmup: int) -> PingResult:
+    """ping, each message packed into its reservation and its reply read where it lies."""
+    assert out.in_place is not None and back.in_place is not None
+    (reserve, commit), (peek, release) = out.in_place, back.in_place
+    clock, pack_into, size = time.perf_counter_ns, _MSG_64.pack_into, _MSG_64.size
+    latencies, seqs = array("q"), array("Q")
+    note_latency, note_seq, unpack = latencies.append, seqs.append, SEQ.unpack_from
+    corrupt = 0
+    for seq in range(warmup + rounds):
+        t0 = clock()
+        pack_into(reserve(size), 0, seq)
+        commit()
+        reply = peek()
+        got = unpack(reply)[0]
+        n = len(reply)
+        del reply  # dropped first: the queue may hand the same view out again
+        release()
+        note_latency(clock() - t0)
+        if got != seq or n != size:
+            corrupt += 1
+        note_seq(got)
+    return PingResult(latencies[warmup:], seqs, corrupt)
+
+
 def pong(inp: Receiver, back: Sender) -> int:
     """Send every message back until the stream ends; returns how many."""
+    if inp.in_place is not None and back.in_place is not None:
+        return _pong_in_place(inp, back)
     recv, send, end = inp.recv, back.send, END
     n = 0
     while True:
@@ -374,4 +437,22 @@ def pong(inp: Receiver, back: Sender) -> int:
         if message == end:
             return n
         send(message)
+        n += 1
+
+
+def _pong_in_place(inp: Receiver, back: Sender) -> int:
+    """pong, each message copied from where it lies straight into the reply's reservation."""
+    assert inp.in_place is not None and back.in_place is not None
+    (peek, release), (reserve, commit) = inp.in_place, back.in_place
+    end, n, stamp = END, 0, len(END)
+    while True:
+        message = peek()
+        if len(message) == stamp and message == end:
+            release()
+            return n
+        reply = reserve(len(message))
+        reply[:] = message
+        del message, reply  # dropped first: the queue may hand the same views out again
+        release()
+        commit()
         n += 1
