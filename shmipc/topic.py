@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import _proc
+from . import topic_pool as _tp
 from ._native import TopicMiss, TopicPort, ffi, lib
 from .codec import Codec, get_codec
 from .errors import (
@@ -59,10 +60,9 @@ from .errors import (
 )
 from .layout import CACHE_LINE, SEGMENT_LAYOUT, Kind, Layout, SegmentHeader
 from .region import ATTACH_TIMEOUT, Region
-from . import topic_pool as _tp
 from .ring import DEFAULT_SPIN_NS
-from .topic_pool import TopicPool
 from .sync import deadline_ns, take_over_if_dead
+from .topic_pool import TopicPool
 
 __all__ = [
     "Publisher",
@@ -782,8 +782,13 @@ class Publisher:
                     n = lib.shmipc_topic_count_active(topic._ptr, topic._max_subs)
                     tp.move(sent, n)
                     rc = lib.shmipc_topic_place_locked(
-                        topic._ptr, topic._cap, topic._max_subs, frame, len(frame),
-                        _tp.K_POOLED, need,
+                        topic._ptr,
+                        topic._cap,
+                        topic._max_subs,
+                        frame,
+                        len(frame),
+                        _tp.K_POOLED,
+                        need,
                     )
                     if rc != _OK:
                         tp.unmove(sent, n)
@@ -1047,11 +1052,14 @@ class Subscriber:
         self._port.close()
         if not owned:
             return
-        if topic._tpool is not None and topic._region is not None:
-            # Give back the unread records' references (under the publisher lock), unless an
-            # evictor already took the slot (then it walked them).
-            if _tp.retire(topic, self._slot, self._word, True, False):
-                return
+        # A pooled topic: give back the unread records' references (under the publisher
+        # lock), unless an evictor already took the slot (then it walked them).
+        if (
+            topic._tpool is not None
+            and topic._region is not None
+            and _tp.retire(topic, self._slot, self._word, True, False)
+        ):
+            return
         lib.shmipc_topic_release(self._ptr, self._max_subs, self._slot, self._word)
 
     def __enter__(self) -> Subscriber:

@@ -123,7 +123,7 @@ class TopicPool:
         me = self._encoder().key
         transit = self.hook.key
         done = []
-        for block, _, handle in sent:
+        for _block, _, handle in sent:
             m, cls, index, gen, *_ = self.hook._parse(handle)
             rc = m.adjust(cls, index, gen, me, 1, transit if n else 0, n)
             if rc < 0:
@@ -164,8 +164,10 @@ class TopicPool:
         mask = cap - 1
         tail = lib.shmipc_load64_acquire(p, lib.SHMIPC_TOPIC_OFF_TAIL)
         mm = topic._mapping
-        data = topic._map_off + lib.SHMIPC_TOPIC_HEADER_SIZE + topic._max_subs * (
-            lib.SHMIPC_TOPIC_SLOT_SIZE
+        data = (
+            topic._map_off
+            + lib.SHMIPC_TOPIC_HEADER_SIZE
+            + topic._max_subs * (lib.SHMIPC_TOPIC_SLOT_SIZE)
         )
         c = start
         walked = 0

@@ -1,0 +1,277 @@
+"""Topic fan-out through the block pool (shmipc/topic_pool.py): references counted under the
+publisher lock, claimed by each subscriber, given back by close and by eviction."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import struct
+import time
+
+import pytest
+
+np = pytest.importorskip("numpy")
+
+from shmipc import BufferPool, CorruptedError, Evicted, Topic  # noqa: E402
+from shmipc import topic_pool as _tp  # noqa: E402
+from shmipc._native import ffi, lib  # noqa: E402
+from tests._procs import wait_for  # noqa: E402
+
+N = 40
+SHAPE = (64, 1024)  # 512 KiB of float64
+
+
+@pytest.fixture
+def pool():
+    p = BufferPool.create(size=24 << 20)
+    yield p
+    p.unlink()
+    p.close()
+
+
+def _free(pool: BufferPool) -> int:
+    gc.collect()
+    pool.reclaim()
+    return pool.statistics().free_bytes
+
+
+def _fork(fn) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """Run fn(write_fd) in a forked child; returns (pid, read_fd)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(r)
+            fn(w)
+            code = 0
+        except BaseException as exc:
+            os.write(w, f"E{type(exc).__name__}: {exc}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def _read_line(fd: int, timeout: float = 30.0) -> str:
+    import select
+
+    buf = b""
+    end = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = end - time.monotonic()
+        assert left > 0, f"child said nothing in {timeout}s (so far {buf!r})"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            assert chunk, f"child closed its pipe (so far {buf!r})"
+            buf += chunk
+    return buf.decode().strip()
+
+
+def _wait(pid: int, timeout: float = 30.0) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"child {pid} did not exit within {timeout}s")
+
+
+def _checksum(arr) -> int:  # type: ignore[no-untyped-def]
+    return int(arr.view(np.uint64).sum() & 0xFFFFFFFF)
+
+
+@pytest.mark.timeout(60)
+def test_loaned_arrays_fan_out_to_three_processes(pool: BufferPool) -> None:
+    topic = Topic.create(pool=pool, capacity=1 << 12)
+    base = _free(pool)
+    name, pname = topic.name, pool.name
+
+    def child(w: int) -> None:
+        t = Topic.attach(name, pool=pname)
+        sub = t.subscribe()
+        os.write(w, b"ready\n")
+        sums = []
+        held = []
+        for _ in range(N):
+            msg = sub.receive(timeout=30)
+            arr = msg["a"]
+            assert not arr.flags.writeable and arr.shape == SHAPE
+            sums.append(_checksum(arr) == msg["sum"] and arr[0, 0] == msg["seq"])
+            held.append(arr)  # keep views alive across later receives
+            if len(held) > 3:
+                held.pop(0)
+        os.write(w, f"ok {sum(sums)}\n".encode())
+        sub.close()
+
+    kids = [_fork(child) for _ in range(3)]
+    try:
+        for _, r in kids:
+            assert _read_line(r) == "ready"
+        pub = topic.publisher()
+        for seq in range(N):
+            arr = pub.loan_array(SHAPE, np.float64, timeout=10)
+            arr[:] = seq
+            arr[-1, -1] = seq * 7 + 1
+            pub.publish({"a": arr, "seq": seq, "sum": _checksum(arr)}, timeout=30)
+            del arr
+        for pid, r in kids:
+            line = _read_line(r)
+            assert line == f"ok {N}", line
+            assert _wait(pid) == 0
+    finally:
+        for pid, r in kids:
+            os.close(r)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    wait_for(lambda: _free(pool) == base, 10, "free space back to baseline")
+    topic.unlink()
+    topic.close()
+
+
+@pytest.mark.timeout(60)
+def test_killed_and_stopped_subscribers_give_their_blocks_back(pool: BufferPool) -> None:
+    topic = Topic.create(pool=pool, capacity=1 << 10, liveness_interval=0.5)
+    base = _free(pool)
+    name, pname = topic.name, pool.name
+    arr = np.arange(8192, dtype=np.float64)  # 64 KiB: the pool outlasts the ring
+
+    def holder(w: int) -> None:  # receives two, holds the views, waits to be killed
+        t = Topic.attach(name, pool=pname)
+        sub = t.subscribe()
+        os.write(w, b"ready\n")
+        views = [sub.receive(timeout=30), sub.receive(timeout=30)]
+        assert all((v == arr).all() for v in views)
+        os.write(w, b"holding\n")
+        time.sleep(60)
+
+    def idle(w: int) -> None:  # subscribes, then is stopped with everything unread
+        t = Topic.attach(name, pool=pname)
+        sub = t.subscribe()
+        os.write(w, b"ready\n")
+        time.sleep(60)
+        sub.receive(timeout=0)
+
+    (kpid, kr), (spid, sr) = _fork(holder), _fork(idle)
+    try:
+        assert _read_line(kr) == "ready" and _read_line(sr) == "ready"
+        os.kill(spid, signal.SIGSTOP)
+        pub = topic.publisher()
+        pub.publish(arr, timeout=10)
+        pub.publish(arr, timeout=10)
+        assert _read_line(kr) == "holding"
+        assert _free(pool) < base
+        os.kill(kpid, signal.SIGKILL)
+        os.waitpid(kpid, 0)
+        # Publishing goes on: the blocked publisher evicts the dead and the stopped one
+        # (walking their unread records back), within the liveness interval + a margin.
+        t0 = time.monotonic()
+        for _ in range(12):
+            pub.publish(arr, timeout=10)
+        assert time.monotonic() - t0 < 0.5 + 5.0
+        assert topic.statistics().evictions >= 2
+        wait_for(lambda: _free(pool) == base, 0.5 + 5.0, "free space back to baseline")
+    finally:
+        for pid in (kpid, spid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        os.close(kr)
+        os.close(sr)
+    topic.unlink()
+    topic.close()
+
+
+def test_stopped_subscriber_learns_it_was_evicted(pool: BufferPool) -> None:
+    topic = Topic.create(pool=pool, capacity=1 << 12)
+    base = _free(pool)
+    sub = topic.subscribe()
+    pub = topic.publisher()
+    pub.publish(np.ones(SHAPE))
+    pub.publish(np.ones(SHAPE))
+    # Evict it as a blocked publisher would (the owner is alive: to_free=False).
+    assert topic._evict(topic._ptr, sub.slot, sub._word, False)
+    assert _free(pool) == base  # its two unread records' references were walked back
+    with pytest.raises(Evicted):
+        sub.receive(timeout=0)
+    sub.close()
+    topic.unlink()
+    topic.close()
+
+
+def test_receive_bytes_gives_the_reference_back(pool: BufferPool) -> None:
+    topic = Topic.create(pool=pool)
+    base = _free(pool)
+    subs = [topic.subscribe(), topic.subscribe()]
+    topic.publisher().publish(np.ones(SHAPE))
+    frame = subs[0].receive_bytes(timeout=1)
+    assert frame.startswith(b"\x00SH") or len(frame) < 1024  # a frame, not the payload
+    view = subs[1].receive(timeout=1)
+    assert view.sum() == SHAPE[0] * SHAPE[1]
+    assert _free(pool) < base
+    del view
+    assert _free(pool) == base
+    for s in subs:
+        s.close()
+    topic.unlink()
+    topic.close()
+
+
+def test_hostile_handle_in_a_record_is_corrupted_error(pool: BufferPool) -> None:
+    topic = Topic.create(pool=pool)
+    sub = topic.subscribe()
+    pub = topic.publisher()
+    good = pub.loan(1 << 16)
+    frame, sent = topic._tpool.encode(good, None)
+    topic._tpool.give_back(sent)
+    head = struct.Struct("<BBBBIIIQQQ")
+    fields = list(head.unpack_from(frame, 3))
+    for i, value in ((4, 10**6), (7, 1 << 40), (9, 1 << 40), (2, 77), (5, fields[5] + 1)):
+        bad = list(fields)
+        bad[i] = value
+        forged = frame[:3] + head.pack(*bad) + frame[3 + head.size :]
+        need = ffi.new("uint64_t *")
+        _tp.lock(topic, -1)
+        try:
+            rc = lib.shmipc_topic_place_locked(
+                topic._ptr, topic._cap, topic._max_subs, forged, len(forged), _tp.K_POOLED, need
+            )
+        finally:
+            _tp.unlock(topic)
+        assert rc == lib.SHMIPC_OK
+        with pytest.raises(CorruptedError):
+            sub.receive(timeout=1)
+    good.release()
+    sub.close()
+    topic.unlink()
+    topic.close()
+
+
+def test_pool_rules(pool: BufferPool) -> None:
+    with pytest.raises(ValueError, match="block"):
+        Topic.create(pool=pool, policy="overwrite")
+    topic = Topic.create(pool=pool)
+    with pytest.raises(ValueError, match="pool="):
+        Topic.attach(topic.name)
+    plain = Topic.create()
+    with pytest.raises(ValueError, match="without a block pool"):
+        Topic.attach(plain.name, pool=pool)
+    with pytest.raises(ValueError, match="no block pool"):
+        plain.publisher().loan(10)
+    small = topic.publisher()
+    sub = topic.subscribe()
+    small.publish({"small": np.ones(4)})  # below the threshold: inline
+    assert sub.receive(timeout=1)["small"].sum() == 4
+    for t in (topic, plain):
+        sub.close()
+        t.unlink()
+        t.close()
