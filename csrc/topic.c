@@ -298,7 +298,7 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
 /* One record, under the lock held by the caller: SHMIPC_OK, SHMIPC_FULL (policy block, no
  * room: *need gets the cursor the slowest must reach) or SHMIPC_CORRUPT. */
 static int place(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, const char *p,
-                 uint64_t len, uint32_t kind, uint64_t *need) {
+                 uint64_t len, uint32_t kind, uint64_t *need, int pooled_ok) {
     char *data = data_of(t, max_subs);
     uint64_t mask = cap - 1, rec = rec16(len);
     uint64_t tail = ld64(t + SHMIPC_TOPIC_OFF_TAIL);
@@ -327,6 +327,11 @@ static int place(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, cons
         uint32_t olen = ld32(data + oi), okind = ld32(data + oi + 4);
         uint64_t step = okind == SHMIPC_TOPIC_REC_PAD ? cap - oi : rec16(olen);
         if ((okind != SHMIPC_TOPIC_REC_PAD && olen > cap / 2) || oi + step > cap) return SHMIPC_CORRUPT;
+        /* A pooled record holds a ring reference that its overwriter must drop: only the
+         * pooled publish section (Python, shmipc/topic_pool.py) may overwrite one. Nothing
+         * was written yet. */
+        if (okind == SHMIPC_TOPIC_K_POOLED && !pooled_ok && policy == SHMIPC_TOPIC_OVERWRITE)
+            return SHMIPC_TOPIC_POOLED_AHEAD;
         o += step;
         if (o > tail) return SHMIPC_CORRUPT;
     }
@@ -369,7 +374,7 @@ static int publish(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, in
         if (rc == SHMIPC_TIMEDOUT && deadline != SHMIPC_TRY_ONLY) rc = SHMIPC_FULL;
         if (rc != SHMIPC_OK) return rc;
         uint64_t need = 0;
-        rc = place(t, cap, max_subs, policy, p, len, kind, &need);
+        rc = place(t, cap, max_subs, policy, p, len, kind, &need, 0);
         shmipc_lock_release(t, SHMIPC_TOPIC_OFF_LOCK);
         if (rc == SHMIPC_OK) {
             shmipc_wake32(t, SHMIPC_TOPIC_OFF_TAIL, SHMIPC_TOPIC_OFF_DATA_WAITERS, INT_MAX);
@@ -414,7 +419,7 @@ int shmipc_topic_place_locked(char *t, uint64_t cap, uint32_t max_subs, const ch
                               size_t len, uint32_t kind, uint64_t *need) {
     if (len > UINT32_MAX || rec16(len) > cap / 2) return SHMIPC_TOOBIG;
     uint32_t policy = ld32(t + SHMIPC_TOPIC_OFF_POLICY);
-    int rc = place(t, cap, max_subs, policy, data, len, kind, need);
+    int rc = place(t, cap, max_subs, policy, data, len, kind, need, 1);
     if (rc == SHMIPC_OK)
         shmipc_wake32(t, SHMIPC_TOPIC_OFF_TAIL, SHMIPC_TOPIC_OFF_DATA_WAITERS, INT_MAX);
     return rc;

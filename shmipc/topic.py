@@ -195,6 +195,7 @@ _NOTBUF = lib.SHMIPC_NOTBUF
 _NOTOWNER = lib.SHMIPC_NOTOWNER
 _LAGGED = lib.SHMIPC_LAGGED
 _EVICTED = lib.SHMIPC_EVICTED
+_POOLED_AHEAD = lib.SHMIPC_TOPIC_POOLED_AHEAD
 _U64 = (1 << 64) - 1
 #: Linux's PID_MAX_LIMIT: no process id is ever larger (a slot naming one is nonsense).
 _PID_MAX_LIMIT = 1 << 22
@@ -407,8 +408,6 @@ class Topic:
         self._lock_off = CONTROL["lock"]
         self._tpool: TopicPool | None = None
         if pool is not None:
-            if self._policy != POLICIES["block"]:
-                raise ValueError("a topic with a block pool must have policy 'block'")
             self._tpool = TopicPool(self, pool, threshold)
 
     def _validate(self) -> tuple[int, int, int, int]:
@@ -558,9 +557,9 @@ class Topic:
         return _proc.process_state(pid, start)
 
     def _evict(self, p: Any, i: int, w: int, to_free: bool) -> bool:
-        """Evict slot ``i`` seen as ``w``; on a pooled topic, under the publisher lock, with
-        its unread records' pool references given back (shmipc/topic_pool.py)."""
-        if self._tpool is None:
+        """Evict slot ``i`` seen as ``w``; on a pooled "block" topic, under the publisher
+        lock, with its unread records' pool references given back (shmipc/topic_pool.py)."""
+        if self._tpool is None or self._tpool.overwrite:
             return bool(lib.shmipc_topic_evict(p, self._max_subs, i, w, int(to_free)))
         return _tp.retire(self, i, w, to_free, True)
 
@@ -659,15 +658,29 @@ class Topic:
     def close(self) -> None:
         """Close this handle and every publisher and subscriber made from it (subscribers
         give their slots back). In the creating process this also unlinks the name."""
-        region, self._region = self._region, None
         for child in list(self._children):
-            child.close()
+            child.close()  # (before the region goes: a pooled subscriber walks its records)
+        if self._region is not None and self._region.owner:
+            self._drain_pool()
+        region, self._region = self._region, None
         if region is not None:
             region.close()
 
     def unlink(self) -> None:
-        """Remove the name now (the memory lives on while any process maps it)."""
+        """Remove the name now (the memory lives on while any process maps it). A pooled
+        "overwrite" topic gives back the blocks of the records still in its ring."""
         self._live_region().unlink()
+        self._drain_pool()
+
+    def _drain_pool(self) -> None:
+        tp = self._tpool
+        if tp is None or not tp.overwrite or self._region is None:
+            return
+        _tp.lock(self, -1)
+        try:
+            tp.drain()
+        finally:
+            _tp.unlock(self)
 
     def __enter__(self) -> Topic:
         return self
@@ -713,11 +726,6 @@ def _check_pool(pool: Any, policy: str) -> None:
 
     if not isinstance(pool, BufferPool):
         raise TypeError(f"pool must be a BufferPool, not {pool!r}")
-    if policy != "block":
-        raise ValueError(
-            "a topic with a block pool must have policy 'block' (pooled 'overwrite' is not "
-            "supported yet: see docs/topics.md)"
-        )
 
 
 # ---- publisher ---------------------------------------------------------------------------------
@@ -774,24 +782,20 @@ class Publisher:
             if rc != _OK:
                 self._slow_put(rc, frame, K_OBJ, deadline)
             return
+        self._publish_locked(topic, frame, sent, deadline)
+
+    def _publish_locked(self, topic: Topic, frame: bytes, sent: list[Any], deadline: int) -> None:
+        """The pooled publish section (topic_pool.TopicPool.publish_locked), waiting for room
+        (policy "block") as ``deadline`` allows; on failure the blocks' references are given
+        back. Also the path of an inline frame that would overwrite a pooled record."""
+        tp = topic._tpool
+        assert tp is not None
         need = ffi.new("uint64_t *")
         try:
             while True:
                 _tp.lock(topic, deadline if deadline != 0 else time.monotonic_ns() + 20_000_000)
                 try:
-                    n = lib.shmipc_topic_count_active(topic._ptr, topic._max_subs)
-                    tp.move(sent, n)
-                    rc = lib.shmipc_topic_place_locked(
-                        topic._ptr,
-                        topic._cap,
-                        topic._max_subs,
-                        frame,
-                        len(frame),
-                        _tp.K_POOLED,
-                        need,
-                    )
-                    if rc != _OK:
-                        tp.unmove(sent, n)
+                    rc = tp.publish_locked(frame, sent, need)
                 finally:
                     _tp.unlock(topic)
                 if rc == _OK:
@@ -815,6 +819,22 @@ class Publisher:
         except BaseException:
             tp.give_back(sent)
             raise
+
+    def _publish_locked_kind(self, topic: Topic, frame: bytes, kind: int) -> None:
+        tp = topic._tpool
+        assert tp is not None
+        need = ffi.new("uint64_t *")
+        _tp.lock(topic, -1)
+        try:
+            for old in tp._overwritten(len(frame)):
+                tp.hook.discard(old, 1)
+            rc = lib.shmipc_topic_place_locked(
+                topic._ptr, topic._cap, topic._max_subs, frame, len(frame), kind, need
+            )
+        finally:
+            _tp.unlock(topic)
+        if rc != _OK:
+            self._slow_put(rc, frame, kind, 0)
 
     def loan(self, nbytes: int, timeout: float | None = None) -> Any:
         """A writable block of the topic's pool; ``publish(loan)`` sends it without a copy."""
@@ -872,6 +892,12 @@ class Publisher:
                 topic._liveness_pass()  # evict the dead and the stopped, free a dead lock
             elif rc == _NOTBUF:
                 data = memoryview(data).tobytes()
+            elif rc == _POOLED_AHEAD:
+                # An inline record would overwrite a pooled one ("overwrite"): the pooled
+                # section drops that record's ring reference first.
+                frame = data if type(data) is bytes else memoryview(data).tobytes()
+                self._publish_locked_kind(topic, frame, kind)
+                return
             elif rc in (_FULL, _TIMEDOUT):
                 raise Full
             elif rc == _TOOBIG:
@@ -1056,6 +1082,7 @@ class Subscriber:
         # lock), unless an evictor already took the slot (then it walked them).
         if (
             topic._tpool is not None
+            and not topic._tpool.overwrite
             and topic._region is not None
             and _tp.retire(topic, self._slot, self._word, True, False)
         ):

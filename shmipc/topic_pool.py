@@ -61,7 +61,7 @@ from typing import Any
 
 from ._native import ffi, lib
 from .buffers import BufferPool, PoolHook, _self_key, channel_tag
-from .errors import Closed, CorruptedError, ShmipcError
+from .errors import Closed, CorruptedError, Lagged, ShmipcError
 
 K_POOLED = lib.SHMIPC_TOPIC_K_POOLED
 _OK = lib.SHMIPC_OK
@@ -83,6 +83,14 @@ class TopicPool:
         tag = channel_tag(topic.name, header.creator_pid, header.creator_start)
         trusted = topic._region._trusted_uids
         self.hook = PoolHook(pool, topic._codec, tag, threshold, trusted)  # transit key
+        self.overwrite = topic.policy == "overwrite"
+        if self.overwrite:
+            # The ring's reference holds the block; a receiver adds one of its own, and a
+            # block freed or reused since (the record was lapped) is Lagged, never mapped.
+            self.hook.claim_from = 0
+            self.hook.on_stale = lambda: Lagged(
+                1, "a pooled message was overwritten before its block was claimed: missed 1"
+            )
         self._enc: PoolHook | None = None
         self._enc_pid = 0
         self._tag, self._trusted = tag, trusted
@@ -143,6 +151,74 @@ class TopicPool:
             m, cls, index, gen, *_ = self.hook._parse(handle)
             m.adjust(cls, index, gen, transit if n else 0, n, me, 1)
 
+    def publish_locked(self, frame: bytes, sent: list[Any], need: Any) -> int:
+        """The publish section; the caller holds the publisher lock. "block": n transit
+        references per block, n = ACTIVE slots now. "overwrite": drop the ring reference of
+        every pooled record this one overwrites (before its bytes go: a reader that still
+        copies it then finds the block freed or reused, i.e. Lagged), then one ring
+        reference per block. Returns the place status (references undone unless OK)."""
+        topic = self.topic
+        if self.overwrite:
+            for old in self._overwritten(len(frame)):
+                self.hook.discard(old, 1)
+            n = 1
+        else:
+            n = lib.shmipc_topic_count_active(topic._ptr, topic._max_subs)
+        self.move(sent, n)
+        rc = lib.shmipc_topic_place_locked(
+            topic._ptr, topic._cap, topic._max_subs, frame, len(frame), K_POOLED, need
+        )
+        if rc != _OK:
+            self.unmove(sent, n)
+        return rc
+
+    def _overwritten(self, length: int) -> list[bytes]:
+        """The frames of the pooled records a record of ``length`` bytes will overwrite (as
+        place() walks them, under the lock; CorruptedError where it would fail)."""
+        topic = self.topic
+        p, cap = topic._ptr, topic._cap
+        mask = cap - 1
+        tail = lib.shmipc_load64_acquire(p, lib.SHMIPC_TOPIC_OFF_TAIL)
+        o = lib.shmipc_load64_acquire(p, lib.SHMIPC_TOPIC_OFF_OLDEST)
+        rec = (lib.SHMIPC_TOPIC_REC_HEADER + length + 15) & ~15
+        if tail % 16 or o % 16 or o > tail or tail - o > cap or rec > cap // 2:
+            return []  # place() reports it (CORRUPT / TOOBIG)
+        idx = tail & mask
+        end = tail + (cap - idx if cap - idx < rec else 0) + rec
+        out = []
+        mm, data = topic._mapping, self._data_off()
+        while o + cap < end:
+            oi = o & mask
+            olen, okind, _ = _REC.unpack_from(mm, data + oi)
+            step = cap - oi if okind == _PAD else (lib.SHMIPC_TOPIC_REC_HEADER + olen + 15) & ~15
+            if (okind != _PAD and olen > cap // 2) or oi + step > cap or o + step > tail:
+                raise CorruptedError(f"topic record at {o} overruns the ring or the tail")
+            if okind == K_POOLED:
+                b = data + oi + lib.SHMIPC_TOPIC_REC_HEADER
+                out.append(bytes(mm[b : b + olen]))
+            o += step
+        return out
+
+    def _data_off(self) -> int:
+        topic = self.topic
+        return (
+            topic._map_off
+            + lib.SHMIPC_TOPIC_HEADER_SIZE
+            + topic._max_subs * lib.SHMIPC_TOPIC_SLOT_SIZE
+        )
+
+    def drain(self) -> int:
+        """Under the publisher lock ("overwrite", the topic being unlinked): drop the ring
+        reference of every pooled record still in the ring. Returns how many."""
+        p = self.topic._ptr
+        o = lib.shmipc_load64_acquire(p, lib.SHMIPC_TOPIC_OFF_OLDEST)
+        tail = lib.shmipc_load64_acquire(p, lib.SHMIPC_TOPIC_OFF_TAIL)
+        n = self.walk_drop(o)
+        # O moves to the tail: nobody walks these records again (no double drop), and a
+        # reader still behind sees itself lapped (T2).
+        lib.shmipc_store64_release(p, lib.SHMIPC_TOPIC_OFF_OLDEST, tail)
+        return n
+
     # ---- subscriber -------------------------------------------------------------------------
 
     def receive(self, payload: bytes, decode: bool) -> Any:
@@ -150,7 +226,8 @@ class TopicPool:
         this subscriber's references back and return the frame (receive_bytes)."""
         if decode:
             return self.hook.decode(payload)
-        self.hook.discard(payload, 1)
+        if not self.overwrite:  # "overwrite": the ring's reference is not this reader's
+            self.hook.discard(payload, 1)
         return payload
 
     # ---- retire -----------------------------------------------------------------------------
@@ -164,11 +241,7 @@ class TopicPool:
         mask = cap - 1
         tail = lib.shmipc_load64_acquire(p, lib.SHMIPC_TOPIC_OFF_TAIL)
         mm = topic._mapping
-        data = (
-            topic._map_off
-            + lib.SHMIPC_TOPIC_HEADER_SIZE
-            + topic._max_subs * (lib.SHMIPC_TOPIC_SLOT_SIZE)
-        )
+        data = self._data_off()
         c = start
         walked = 0
         if c > tail or tail - c > cap or c % 16:

@@ -13,9 +13,12 @@ import pytest
 
 np = pytest.importorskip("numpy")
 
-from shmipc import BufferPool, CorruptedError, Evicted, Topic  # noqa: E402
+import queue  # noqa: E402
+
+from shmipc import BufferPool, CorruptedError, Evicted, Lagged, Topic  # noqa: E402
 from shmipc import topic_pool as _tp  # noqa: E402
 from shmipc._native import ffi, lib  # noqa: E402
+from shmipc.buffers import PoolExhausted  # noqa: E402
 from tests._procs import wait_for  # noqa: E402
 
 N = 40
@@ -257,8 +260,6 @@ def test_hostile_handle_in_a_record_is_corrupted_error(pool: BufferPool) -> None
 
 
 def test_pool_rules(pool: BufferPool) -> None:
-    with pytest.raises(ValueError, match="block"):
-        Topic.create(pool=pool, policy="overwrite")
     topic = Topic.create(pool=pool)
     with pytest.raises(ValueError, match="pool="):
         Topic.attach(topic.name)
@@ -275,3 +276,86 @@ def test_pool_rules(pool: BufferPool) -> None:
         sub.close()
         t.unlink()
         t.close()
+
+
+def _drain(sub):  # type: ignore[no-untyped-def]
+    """Everything a subscriber can still read: (messages, missed per Lagged)."""
+    got, missed = [], 0
+    while True:
+        try:
+            got.append(sub.receive(timeout=0))
+        except Lagged as exc:
+            missed += exc.missed
+        except queue.Empty:
+            return got, missed
+
+
+@pytest.mark.timeout(60)
+def test_overwrite_slow_subscriber_lags_and_nothing_leaks(pool: BufferPool) -> None:
+    topic = Topic.create(pool=pool, capacity=1 << 11, policy="overwrite")
+    base = _free(pool)
+    pub = topic.publisher()
+    slow, fast = topic.subscribe(), topic.subscribe()
+    arr = np.zeros(16384)
+    seen = []
+    for i in range(300):
+        arr[0] = i
+        pub.publish(arr, timeout=0)  # never waits for the ring
+        if i % 4 == 0:
+            pub.publish({"i": i})  # inline records overwrite pooled ones too
+        got, missed = _drain(fast)
+        assert missed == 0
+        seen.extend(int(m[0]) for m in got if isinstance(m, np.ndarray))
+    assert seen == list(range(300))  # a reader that keeps up loses nothing
+    got, missed = _drain(slow)
+    assert missed > 0 and got  # lapped, told how many, then the live messages
+    assert all(not m.flags.writeable for m in got if isinstance(m, np.ndarray))
+    assert _free(pool) < base  # the ring's records still hold their blocks
+    del got
+    slow.close()
+    fast.close()
+    topic.unlink()  # gives the ring's references back
+    assert _free(pool) == base
+    topic.close()
+
+
+def test_overwrite_lapped_claim_never_maps_a_reused_block(pool: BufferPool) -> None:
+    topic = Topic.create(pool=pool, capacity=1 << 10, policy="overwrite")
+    base = _free(pool)
+    pub = topic.publisher()
+    sub = topic.subscribe()
+    pub.publish(np.full(16384, 1.0))
+    frame = sub.receive_bytes(timeout=1)  # the frame, no reference taken
+    for _ in range(40):  # lap it: its ring reference goes, the block is freed and reused
+        pub.publish(np.full(16384, 2.0))
+    with pytest.raises(Lagged):
+        topic._tpool.receive(frame, True)
+    _drain(sub)
+    sub.close()
+    topic.unlink()
+    assert _free(pool) == base
+    topic.close()
+
+
+@pytest.mark.timeout(60)
+def test_overwrite_publisher_waits_for_the_pool_at_most_its_timeout() -> None:
+    pool = BufferPool.create(size=1 << 20)
+    try:
+        topic = Topic.create(pool=pool, capacity=1 << 12, policy="overwrite")
+        pub = topic.publisher()
+        held = []
+        with pytest.raises(PoolExhausted):
+            for _ in range(1000):  # the pool runs dry: loans held here
+                held.append(pub.loan(64 << 10, timeout=0.2))
+        t0 = time.monotonic()
+        with pytest.raises(queue.Full):
+            pub.publish(np.zeros(8 << 10), timeout=0.2)
+        assert time.monotonic() - t0 < 0.2 + 2.0
+        del held
+        gc.collect()
+        pub.publish(np.zeros(8 << 10), timeout=5)  # blocks are back: it goes
+        topic.unlink()
+        topic.close()
+    finally:
+        pool.unlink()
+        pool.close()
