@@ -47,6 +47,17 @@
  *     SHMIPC_CORRUPT, never a read outside the mapping.
  *
  * Every step of the slot protocol is ONE atomic operation on a shared word.
+ *
+ * POOLED TOPICS (shmipc/topic_pool.py states P-T1..P-T4 and who holds each pool reference;
+ * tests/unit/topic/test_topic_pool_model.py checks them): records of kind
+ * SHMIPC_TOPIC_K_POOLED name pool blocks. Policy "block": the publisher counts the ACTIVE
+ * slots and hands each a transit reference under the publisher lock (count_active, then
+ * place_locked); a slot leaves ACTIVE on a pooled topic only by retire, under the same lock,
+ * which also marks the slot's cursor (fetch_or 1). A subscriber moves its cursor by a release
+ * CAS from the value it last stored, so exactly one of {its claim, the retirer's walk of its
+ * unread records} takes each record's reference. Policy "overwrite": place() refuses to
+ * overwrite a pooled record unless called from the pooled section (pooled_ok), which first
+ * drops that record's ring reference (SHMIPC_TOPIC_POOLED_AHEAD sends the fast path there).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -60,10 +60,13 @@ sender killed inside ``put`` between adding the transit reference and storing th
 transit key until the pool is destroyed: the pool cannot tell whether the record is in the
 ring, so it keeps the block rather than risk freeing a message still to be received.
 
-Topic adoption (the lead wires it): a publisher encodes with ``PoolHook.encode(obj,
-refs=n)`` (n transit references, one per current subscriber); each subscriber decodes with
-``PoolHook.decode`` (claims one); whoever evicts a subscriber, or skips frames it will never
-read, calls ``PoolHook.discard(frame, n)`` to drop their transit references.
+Topic adoption (shmipc/topic_pool.py): a publisher encodes with a hook keyed to its own
+process, then, under the topic's publisher lock, moves each block's reference to n transit
+references (n = subscribers counted under that lock); each subscriber decodes with
+``PoolHook.decode`` (claims one); whoever retires a subscriber walks its unread frames with
+``PoolHook.discard(frame, 1)``. Under "overwrite" the ring holds one transit reference per
+record, dropped by its overwriter, and subscribers claim by adding one of their own
+(``claim_from = 0``; a stale generation raises ``on_stale()``, Lagged).
 """
 
 from __future__ import annotations
