@@ -827,7 +827,7 @@ class Publisher:
         _tp.lock(topic, -1)
         try:
             for old in tp._overwritten(len(frame)):
-                tp.hook.discard(old, 1)
+                tp.drop_frame(old)
             rc = lib.shmipc_topic_place_locked(
                 topic._ptr, topic._cap, topic._max_subs, frame, len(frame), kind, need
             )
@@ -859,8 +859,14 @@ class Publisher:
         first, so an object the codec refuses publishes nothing."""
         topic = self._live_topic()
         if topic._tpool is not None:
-            for x in items:  # each pooled message is its own locked section
-                self.publish(x, timeout)
+            # Each pooled message is its own locked section; all within one timeout.
+            end = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+            for i, x in enumerate(list(items)):
+                left = None if end is None else max(end - time.monotonic(), 0.0)
+                try:
+                    self.publish(x, left)
+                except Full:
+                    raise Full(f"{i} items were published before the timeout") from None
             return
         deadline = _deadline(timeout)
         encode, as_is = topic._codec.encode, topic._bytes_as_is

@@ -130,7 +130,7 @@ class TopicPool:
         (all or nothing: undone on the first failure, which is CorruptedError)."""
         me = self._encoder().key
         transit = self.hook.key
-        done = []
+        done: list[tuple[Any, int, int, int]] = []
         for _block, _, handle in sent:
             m, cls, index, gen, *_ = self.hook._parse(handle)
             rc = m.adjust(cls, index, gen, me, 1, transit if n else 0, n)
@@ -160,7 +160,7 @@ class TopicPool:
         topic = self.topic
         if self.overwrite:
             for old in self._overwritten(len(frame)):
-                self.hook.discard(old, 1)
+                self.drop_frame(old)
             n = 1
         else:
             n = lib.shmipc_topic_count_active(topic._ptr, topic._max_subs)
@@ -219,6 +219,19 @@ class TopicPool:
         lib.shmipc_store64_release(p, lib.SHMIPC_TOPIC_OFF_OLDEST, tail)
         return n
 
+    def drop_frame(self, frame: bytes) -> int:
+        """Drop one transit reference of every block ``frame`` names. A handle that does
+        not parse (a hostile record) names nothing this topic gave references to: skipped,
+        so that a scribbled record never stops a walk or an overwrite half-way (P-T4)."""
+        dropped = 0
+        for data in self.hook._handles_in(frame):
+            try:
+                m, cls, index, gen, *_ = self.hook._parse(data)
+            except CorruptedError:
+                continue
+            dropped += m.adjust(cls, index, gen, self.hook.key, 1, 0, 0) >= 0
+        return dropped
+
     # ---- subscriber -------------------------------------------------------------------------
 
     def receive(self, payload: bytes, decode: bool) -> Any:
@@ -227,7 +240,7 @@ class TopicPool:
         if decode:
             return self.hook.decode(payload)
         if not self.overwrite:  # "overwrite": the ring's reference is not this reader's
-            self.hook.discard(payload, 1)
+            self.drop_frame(payload)
         return payload
 
     # ---- retire -----------------------------------------------------------------------------
@@ -257,7 +270,7 @@ class TopicPool:
                 raise CorruptedError(f"topic record at {c} overruns the ring or the tail")
             if kind == K_POOLED:
                 start_b = data + idx + lib.SHMIPC_TOPIC_REC_HEADER
-                self.hook.discard(bytes(mm[start_b : start_b + length]), 1)
+                self.drop_frame(bytes(mm[start_b : start_b + length]))
             c += rec
             walked += 1
         return walked

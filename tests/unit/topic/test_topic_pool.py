@@ -229,8 +229,9 @@ def test_receive_bytes_gives_the_reference_back(pool: BufferPool) -> None:
     topic.close()
 
 
-def test_hostile_handle_in_a_record_is_corrupted_error(pool: BufferPool) -> None:
-    topic = Topic.create(pool=pool)
+@pytest.mark.parametrize("policy", ["block", "overwrite"])
+def test_hostile_handle_in_a_record_is_corrupted_error(pool: BufferPool, policy: str) -> None:
+    topic = Topic.create(pool=pool, policy=policy, capacity=1 << 12)
     sub = topic.subscribe()
     pub = topic.publisher()
     good = pub.loan(1 << 16)
@@ -238,7 +239,10 @@ def test_hostile_handle_in_a_record_is_corrupted_error(pool: BufferPool) -> None
     topic._tpool.give_back(sent)
     head = struct.Struct("<BBBBIIIQQQ")
     fields = list(head.unpack_from(frame, 3))
-    for i, value in ((4, 10**6), (7, 1 << 40), (9, 1 << 40), (2, 77), (5, fields[5] + 1)):
+    # index, offset, length, class; and (block) a generation that is not the block's: under
+    # "overwrite" that one reads as a lapped record (Lagged), never as the reused block.
+    cases = [(4, 10**6), (7, 1 << 40), (9, 1 << 40), (2, 77), (5, fields[5] + 1)]
+    for i, value in cases:
         bad = list(fields)
         bad[i] = value
         forged = frame[:3] + head.pack(*bad) + frame[3 + head.size :]
@@ -251,12 +255,28 @@ def test_hostile_handle_in_a_record_is_corrupted_error(pool: BufferPool) -> None
         finally:
             _tp.unlock(topic)
         assert rc == lib.SHMIPC_OK
-        with pytest.raises(CorruptedError):
+        expect = Lagged if (policy, i) == ("overwrite", 5) else CorruptedError
+        with pytest.raises(expect):
             sub.receive(timeout=1)
     good.release()
-    sub.close()
+    base = _free(pool)
+    for _ in range(3):  # forged records left unread, walked, or overwritten: no error
+        pub.publish(np.ones(8192), timeout=5)
+    for _ in range(5):
+        _tp.lock(topic, -1)
+        try:
+            lib.shmipc_topic_place_locked(
+                topic._ptr, topic._cap, topic._max_subs, forged, len(forged), _tp.K_POOLED, need
+            )
+        finally:
+            _tp.unlock(topic)
+    sub.close()  # "block": walks the unread ones, forged or not
+    if policy == "overwrite":
+        for _ in range(100):  # overwrite them all
+            pub.publish(np.ones(8192), timeout=5)
     topic.unlink()
     topic.close()
+    assert _free(pool) == base
 
 
 def test_pool_rules(pool: BufferPool) -> None:
@@ -359,3 +379,23 @@ def test_overwrite_publisher_waits_for_the_pool_at_most_its_timeout() -> None:
     finally:
         pool.unlink()
         pool.close()
+
+
+def test_publish_many_and_pickling_carry_the_pool(pool: BufferPool) -> None:
+    import pickle
+
+    topic = Topic.create(pool=pool, zero_copy_threshold=1024)
+    base = _free(pool)
+    again = pickle.loads(pickle.dumps(topic))
+    assert again.pool is not None and again.pool.name == pool.name
+    sub = again.subscribe()
+    topic.publisher().publish_many([np.full(256, float(i)) for i in range(5)], timeout=5)
+    got = [sub.receive(timeout=1) for _ in range(5)]
+    assert [float(a[0]) for a in got] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert _free(pool) < base  # 2 KiB arrays went by handle (threshold 1024)
+    del got
+    sub.close()
+    again.close()
+    assert _free(pool) == base
+    topic.unlink()
+    topic.close()
