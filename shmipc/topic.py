@@ -1196,6 +1196,7 @@ def inspect_segment(view: memoryview) -> dict[str, Any]:
     return {
         "kind": "topic",
         "codec": codec,
+        "pooled": bool(header.flags & _POOLED_FLAG),  # records may name block-pool blocks
         "policy": _POLICY_NAMES[policy],
         "capacity": cap,
         "max_subscribers": max_subs,
