@@ -399,3 +399,23 @@ def test_publish_many_and_pickling_carry_the_pool(pool: BufferPool) -> None:
     assert _free(pool) == base
     topic.unlink()
     topic.close()
+
+
+def test_a_failed_claim_gives_the_subscribers_reference_back(
+    pool: BufferPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = Topic.create(pool=pool)
+    base = _free(pool)
+    sub = topic.subscribe()
+    topic.publisher().publish(np.ones(SHAPE))
+
+    def no_slot(data: bytes, raw: bool = False) -> None:
+        raise CorruptedError("no free holder slot (as with more than 10 holders)")
+
+    monkeypatch.setattr(topic._tpool.hook, "_claim", no_slot)
+    with pytest.raises(CorruptedError):
+        sub.receive(timeout=1)
+    assert _free(pool) == base
+    sub.close()
+    topic.unlink()
+    topic.close()
