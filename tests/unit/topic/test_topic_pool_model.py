@@ -466,7 +466,7 @@ def _ow_initial() -> tuple:
     return tuple(sorted(st.items()))
 
 
-def _ow_steps(m: M) -> list[tuple[str, Any]]:
+def _ow_steps(m: M, gen_check: bool = True) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     if "P" not in m.dead:
         pc = m.p_pc
@@ -545,7 +545,7 @@ def _ow_steps(m: M) -> list[tuple[str, Any]]:
 
             def claim(m: M) -> None:
                 b, g, pub = m.r_copy
-                if m.gen[b] == g and m.refs[b]:  # the pool's generation check (P3)
+                if (m.gen[b] == g or not gen_check) and m.refs[b]:  # the pool's check (P3)
                     _adjust(m, b, None, 0, "R", 1)
                     if m.data[b] != pub:
                         m.failed = f"mapped block {b} of publish {m.data[b]}, not {pub}"
@@ -617,3 +617,9 @@ def _ow_terminal(m: M) -> None:
 def test_overwrite_model() -> None:
     states = _explore(_ow_initial(), _ow_steps, _ow_kills, _ow_terminal)
     assert states > 500
+
+
+def test_overwrite_model_needs_the_generation_check() -> None:
+    """Without the generation check, a lapped reader maps a reused block (the model sees it)."""
+    with pytest.raises(AssertionError, match="mapped block"):
+        _explore(_ow_initial(), lambda m: _ow_steps(m, gen_check=False), _ow_kills, _ow_terminal)
