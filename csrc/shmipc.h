@@ -385,3 +385,14 @@ int shmipc_topic_publish(char *t, uint64_t cap, uint32_t max_subs, const char *d
                          uint32_t kind, int64_t deadline_ns);
 /* Adds `TopicPort` and `TopicMiss` to the extension module (shmipc/_native.py). */
 int shmipc_topic_install(void);
+/* ---- Topic block pool (TP: csrc/topic.c "pooled records", shmipc/topic_pool.py) ---- */
+#define SHMIPC_TOPIC_K_POOLED 3
+/* publish (fast path) would overwrite a pooled record: the Python pooled section must. */
+#define SHMIPC_TOPIC_POOLED_AHEAD 40
+uint32_t shmipc_topic_count_active(char *t, uint32_t max_subs);
+int shmipc_topic_place_locked(char *t, uint64_t cap, uint32_t max_subs, const char *data,
+                              size_t len, uint32_t kind, uint64_t *need);
+int shmipc_topic_wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
+                            int64_t deadline_ns);
+int shmipc_topic_retire(char *t, uint32_t max_subs, uint32_t slot, uint64_t observed,
+                        int to_free, int count_eviction, uint64_t *cursor);

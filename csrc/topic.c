@@ -47,6 +47,17 @@
  *     SHMIPC_CORRUPT, never a read outside the mapping.
  *
  * Every step of the slot protocol is ONE atomic operation on a shared word.
+ *
+ * POOLED TOPICS (shmipc/topic_pool.py states P-T1..P-T4 and who holds each pool reference;
+ * tests/unit/topic/test_topic_pool_model.py checks them): records of kind
+ * SHMIPC_TOPIC_K_POOLED name pool blocks. Policy "block": the publisher counts the ACTIVE
+ * slots and hands each a transit reference under the publisher lock (count_active, then
+ * place_locked); a slot leaves ACTIVE on a pooled topic only by retire, under the same lock,
+ * which also marks the slot's cursor (fetch_or 1). A subscriber moves its cursor by a release
+ * CAS from the value it last stored, so exactly one of {its claim, the retirer's walk of its
+ * unread records} takes each record's reference. Policy "overwrite": place() refuses to
+ * overwrite a pooled record unless called from the pooled section (pooled_ok), which first
+ * drops that record's ring reference (SHMIPC_TOPIC_POOLED_AHEAD sends the fast path there).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -232,6 +243,10 @@ static int slowest(char *t, uint64_t cap, uint32_t max_subs, uint64_t tail, uint
         if (W_STATE(w) != SHMIPC_TOPIC_ACTIVE) continue;
         /* Acquire: pairs with the subscriber's release store of its cursor after its copy. */
         uint64_t c = atomic_load_explicit(A64(s, SHMIPC_TOPIC_SLOT_OFF_CURSOR), ACQUIRE);
+        if (c % 16 == 1 &&
+            W_STATE(atomic_load_explicit(A64(s, SHMIPC_TOPIC_SLOT_OFF_WORD), ACQUIRE)) !=
+                SHMIPC_TOPIC_ACTIVE)
+            continue; /* retired (P-T2) since we read its word: no longer counted */
         if (c > tail || tail - c > cap || c % 16) return SHMIPC_CORRUPT;
         if (c < m) m = c;
     }
@@ -294,7 +309,7 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
 /* One record, under the lock held by the caller: SHMIPC_OK, SHMIPC_FULL (policy block, no
  * room: *need gets the cursor the slowest must reach) or SHMIPC_CORRUPT. */
 static int place(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, const char *p,
-                 uint64_t len, uint32_t kind, uint64_t *need) {
+                 uint64_t len, uint32_t kind, uint64_t *need, int pooled_ok) {
     char *data = data_of(t, max_subs);
     uint64_t mask = cap - 1, rec = rec16(len);
     uint64_t tail = ld64(t + SHMIPC_TOPIC_OFF_TAIL);
@@ -323,6 +338,11 @@ static int place(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, cons
         uint32_t olen = ld32(data + oi), okind = ld32(data + oi + 4);
         uint64_t step = okind == SHMIPC_TOPIC_REC_PAD ? cap - oi : rec16(olen);
         if ((okind != SHMIPC_TOPIC_REC_PAD && olen > cap / 2) || oi + step > cap) return SHMIPC_CORRUPT;
+        /* A pooled record holds a ring reference that its overwriter must drop: only the
+         * pooled publish section (Python, shmipc/topic_pool.py) may overwrite one. Nothing
+         * was written yet. */
+        if (okind == SHMIPC_TOPIC_K_POOLED && !pooled_ok && policy == SHMIPC_TOPIC_OVERWRITE)
+            return SHMIPC_TOPIC_POOLED_AHEAD;
         o += step;
         if (o > tail) return SHMIPC_CORRUPT;
     }
@@ -365,7 +385,7 @@ static int publish(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, in
         if (rc == SHMIPC_TIMEDOUT && deadline != SHMIPC_TRY_ONLY) rc = SHMIPC_FULL;
         if (rc != SHMIPC_OK) return rc;
         uint64_t need = 0;
-        rc = place(t, cap, max_subs, policy, p, len, kind, &need);
+        rc = place(t, cap, max_subs, policy, p, len, kind, &need, 0);
         shmipc_lock_release(t, SHMIPC_TOPIC_OFF_LOCK);
         if (rc == SHMIPC_OK) {
             shmipc_wake32(t, SHMIPC_TOPIC_OFF_TAIL, SHMIPC_TOPIC_OFF_DATA_WAITERS, INT_MAX);
@@ -385,6 +405,76 @@ int shmipc_topic_publish(char *t, uint64_t cap, uint32_t max_subs, const char *d
     int64_t spin = (int64_t)ld64(t + SHMIPC_TOPIC_OFF_SPIN_NS);
     if (spin < 0 || spin > 1000000) spin = 50000;
     return publish(t, cap, max_subs, policy, spin, data, len, kind, deadline_ns);
+}
+
+/* ---- pooled records (shmipc/topic_pool.py; invariants P-T1..P-T4 there) ---------------
+ * The caller holds the publisher lock (shmipc_lock_acquire at SHMIPC_TOPIC_OFF_LOCK) around
+ * count_active, the pool reference adjustments and place_locked, and around retire and its
+ * walk of the retired slot's unread records: so the set of ACTIVE slots a record was counted
+ * for is exactly the set that will see it, and no retire runs between count and place. */
+
+/* ACTIVE slots now (exact while the caller holds the publisher lock: only activate, under
+ * the lock, makes a slot ACTIVE; only retire, under the lock, takes it out on a pooled topic). */
+uint32_t shmipc_topic_count_active(char *t, uint32_t max_subs) {
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < max_subs; i++)
+        if (W_STATE(atomic_load_explicit(A64(slot_at(t, i), SHMIPC_TOPIC_SLOT_OFF_WORD),
+                                         ACQUIRE)) == SHMIPC_TOPIC_ACTIVE)
+            n++;
+    return n;
+}
+
+/* place() under the caller's lock, then wake the readers: SHMIPC_OK, SHMIPC_FULL (*need: the
+ * cursor the slowest must reach), SHMIPC_TOOBIG or SHMIPC_CORRUPT. Writes nothing unless OK. */
+int shmipc_topic_place_locked(char *t, uint64_t cap, uint32_t max_subs, const char *data,
+                              size_t len, uint32_t kind, uint64_t *need) {
+    if (len > UINT32_MAX || rec16(len) > cap / 2) return SHMIPC_TOOBIG;
+    uint32_t policy = ld32(t + SHMIPC_TOPIC_OFF_POLICY);
+    int rc = place(t, cap, max_subs, policy, data, len, kind, need, 1);
+    if (rc == SHMIPC_OK)
+        shmipc_wake32(t, SHMIPC_TOPIC_OFF_TAIL, SHMIPC_TOPIC_OFF_DATA_WAITERS, INT_MAX);
+    return rc;
+}
+
+/* Wait, without the lock, until the slowest ACTIVE cursor reaches `need` (one slice at most). */
+int shmipc_topic_wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
+                            int64_t deadline_ns) {
+    int64_t spin = (int64_t)ld64(t + SHMIPC_TOPIC_OFF_SPIN_NS);
+    if (spin < 0 || spin > 1000000) spin = 50000;
+    return wait_space(t, cap, max_subs, need, deadline_ns, spin);
+}
+
+/* Retire a slot, under the caller's publisher lock: CAS its word from `observed` (ACTIVE ->
+ * FREE or EVICTED, EVICTED/CLAIMING -> FREE with to_free), then, if it was ACTIVE, mark its
+ * cursor (fetch_or 1: the owner's next cursor CAS fails, so it discards what it was reading)
+ * and hand back in *cursor the position from which its unread records are now the
+ * retirer's. 1 if it was ACTIVE (walk [*cursor, tail)), 2 if retired but was not ACTIVE
+ * (nothing to walk), 0 if the word moved on, SHMIPC_CORRUPT for a cursor that cannot be. */
+int shmipc_topic_retire(char *t, uint32_t max_subs, uint32_t slot, uint64_t observed,
+                        int to_free, int count_eviction, uint64_t *cursor) {
+    if (slot >= max_subs || W_STATE(observed) == SHMIPC_TOPIC_FREE) return 0;
+    char *s = slot_at(t, slot);
+    int was_active = W_STATE(observed) == SHMIPC_TOPIC_ACTIVE;
+    if (!to_free && !was_active) return 0;
+    uint64_t next = to_free ? MAKE_W(0, W_GEN(observed) + 1, SHMIPC_TOPIC_FREE)
+                            : (observed & ~(uint64_t)0xFF) | SHMIPC_TOPIC_EVICTED;
+    uint64_t w = observed;
+    /* seq_cst as in evict (T6) */
+    if (!atomic_compare_exchange_strong_explicit(A64(s, SHMIPC_TOPIC_SLOT_OFF_WORD), &w, next,
+                                                 SEQ_CST, RELAXED))
+        return 0;
+    int rc = 2;
+    if (was_active) {
+        /* acq_rel: the owner's release CAS of its cursor (after its copy) either came first
+         * (we read it and start after its record) or fails on our mark. */
+        uint64_t c = atomic_fetch_or_explicit(A64(s, SHMIPC_TOPIC_SLOT_OFF_CURSOR), 1,
+                                              memory_order_acq_rel);
+        *cursor = c & ~(uint64_t)1;
+        rc = (c % 16) ? SHMIPC_CORRUPT : 1;
+        if (count_eviction) atomic_fetch_add_explicit(A64(t, SHMIPC_TOPIC_OFF_EVICTIONS), 1, RELAXED);
+    }
+    wake_publishers(t, UINT64_MAX);
+    return rc;
 }
 
 /* ---- the TopicPort type ------------------------------------------------------------------
@@ -423,7 +513,7 @@ typedef struct {
     uint64_t expected;   /* sequence number expected next */
     uint64_t tail_seen;
     uint64_t missed;     /* the last Lagged report's count */
-    PyObject *encode, *decode, *deadline, *slow_put, *slow_get;
+    PyObject *encode, *decode, *deadline, *slow_put, *slow_get, *pooled;
     Py_buffer lease;
 } TopicPort;
 
@@ -561,6 +651,7 @@ static PyObject *tp_put(TopicPort *self, PyObject *const *args, Py_ssize_t nargs
 
 #define K_OBJ 1
 #define K_BYTES 2
+#define K_POOLED 3 /* a frame naming pool blocks (shmipc/topic_pool.py) */
 
 static PyObject *publish_impl(TopicPort *self, PyObject *obj, int framed, int64_t deadline) {
     PyObject *data = obj;
@@ -693,10 +784,19 @@ static int try_take(TopicPort *self, char *t, PyObject **out, uint32_t *kind) {
         Py_DECREF(b);
         return SHMIPC_EVICTED;
     }
+    /* Release CAS from the cursor this subscriber last stored: publishers (T3) reuse the
+     * bytes only after seeing the cursor past them. It fails only when a retire (eviction,
+     * under the publisher lock) marked the cursor since: the retirer has taken over this
+     * slot's unread records from c0 (and their pool references, P-T2), so the copy is
+     * discarded, never returned. */
+    uint64_t mine = c0;
+    if (!atomic_compare_exchange_strong_explicit(A64(s, SHMIPC_TOPIC_SLOT_OFF_CURSOR), &mine,
+                                                 c + rec, RELEASE, RELAXED)) {
+        Py_DECREF(b);
+        return SHMIPC_EVICTED;
+    }
     self->cursor = c + rec;
     self->expected = seq + 1;
-    /* Release: publishers (T3) reuse the bytes only after seeing the cursor past them. */
-    atomic_store_explicit(A64(s, SHMIPC_TOPIC_SLOT_OFF_CURSOR), c + rec, RELEASE);
     atomic_store_explicit(A64(s, SHMIPC_TOPIC_SLOT_OFF_EXPECTED), seq + 1, RELAXED);
     if (self->policy == SHMIPC_TOPIC_BLOCK) wake_publishers(t, c + rec);
     *out = b;
@@ -733,7 +833,19 @@ static int take(TopicPort *self, int64_t deadline, PyObject **out, uint32_t *kin
     return rc;
 }
 
+/* K_POOLED only on a topic with a pool (a pooled hook): elsewhere it is corruption. */
+static inline int known_kind(TopicPort *self, uint32_t kind) {
+    return kind == K_OBJ || kind == K_BYTES || (kind == K_POOLED && self->pooled && self->pooled != Py_None);
+}
+
 static PyObject *deliver(TopicPort *self, PyObject *payload, uint32_t kind, int decode) {
+    if (kind == K_POOLED) {
+        /* the pooled hook claims the blocks (decode) or gives their references back */
+        PyObject *obj = PyObject_CallFunctionObjArgs(self->pooled, payload,
+                                                     decode ? Py_True : Py_False, NULL);
+        Py_DECREF(payload);
+        return obj;
+    }
     if (kind != K_OBJ || !decode || self->decode == Py_None) return payload;
     PyObject *obj = PyObject_CallOneArg(self->decode, payload);
     Py_DECREF(payload);
@@ -764,7 +876,7 @@ static PyObject *tp_get(TopicPort *self, PyObject *const *args, Py_ssize_t nargs
     int rc = take(self, deadline, &payload, &kind);
     if (rc == -1) return NULL;
     if (rc != SHMIPC_OK) return miss(rc, self);
-    if (kind != K_OBJ && kind != K_BYTES) {
+    if (!known_kind(self, kind)) {
         Py_DECREF(payload);
         return miss(SHMIPC_CORRUPT, self);
     }
@@ -810,7 +922,7 @@ static PyObject *tp_get_many(TopicPort *self, PyObject *const *args, Py_ssize_t 
             Py_XDECREF(tb);
             break;
         }
-        if (rc == SHMIPC_OK && kind != K_OBJ && kind != K_BYTES) {
+        if (rc == SHMIPC_OK && !known_kind(self, kind)) {
             Py_DECREF(payload);
             rc = SHMIPC_CORRUPT;
         }
@@ -848,7 +960,7 @@ static PyObject *receive_impl(TopicPort *self, int decode, int64_t deadline) {
     uint32_t kind = 0;
     int rc = take(self, deadline, &payload, &kind);
     if (rc == -1) return NULL;
-    if (rc == SHMIPC_OK && (kind == K_OBJ || kind == K_BYTES))
+    if (rc == SHMIPC_OK && known_kind(self, kind))
         return deliver(self, payload, kind, decode);
     if (rc == SHMIPC_OK) {
         Py_DECREF(payload);
@@ -904,17 +1016,17 @@ static PyObject *tp_lag(TopicPort *self, PyObject *unused) {
 static int tp_init(TopicPort *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"mapping", "offset", "cap", "max_subs", "policy", "slot", "word",
                              "cursor", "expected", "encode", "decode", "deadline", "slow_put",
-                             "slow_get", "bytes_as_is", NULL};
+                             "slow_get", "bytes_as_is", "pooled", NULL};
     PyObject *mapping, *encode = Py_None, *decode = Py_None, *deadline = Py_None;
-    PyObject *slow_put = Py_None, *slow_get = Py_None;
+    PyObject *slow_put = Py_None, *slow_get = Py_None, *pooled = Py_None;
     Py_ssize_t offset;
     unsigned long long cap, word = 0, cursor = 0, expected = 0;
     unsigned int max_subs, policy;
     int slot = -1, bytes_as_is = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnKII|iKKKOOOOOp", kwlist, &mapping, &offset,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnKII|iKKKOOOOOpO", kwlist, &mapping, &offset,
                                      &cap, &max_subs, &policy, &slot, &word, &cursor, &expected,
                                      &encode, &decode, &deadline, &slow_put, &slow_get,
-                                     &bytes_as_is))
+                                     &bytes_as_is, &pooled))
         return -1;
     if (self->t || self->lease.obj) {
         PyErr_SetString(PyExc_TypeError, "a TopicPort is initialised once");
@@ -925,8 +1037,8 @@ static int tp_init(TopicPort *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "TopicPort: bad capacity, table size, policy or slot");
         return -1;
     }
-    PyObject *callables[] = {encode, decode, deadline, slow_put, slow_get};
-    for (size_t i = 0; i < 5; i++) {
+    PyObject *callables[] = {encode, decode, deadline, slow_put, slow_get, pooled};
+    for (size_t i = 0; i < 6; i++) {
         if (callables[i] != Py_None && !PyCallable_Check(callables[i])) {
             PyErr_SetString(PyExc_TypeError, "TopicPort's callables must be callable or None");
             return -1;
@@ -961,6 +1073,7 @@ static int tp_init(TopicPort *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->deadline, Py_NewRef(deadline));
     Py_XSETREF(self->slow_put, Py_NewRef(slow_put));
     Py_XSETREF(self->slow_get, Py_NewRef(slow_get));
+    Py_XSETREF(self->pooled, Py_NewRef(pooled));
     return 0;
 }
 
@@ -970,6 +1083,7 @@ static int tp_traverse(TopicPort *self, visitproc visit, void *arg) {
     Py_VISIT(self->deadline);
     Py_VISIT(self->slow_put);
     Py_VISIT(self->slow_get);
+    Py_VISIT(self->pooled);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -980,6 +1094,7 @@ static int tp_clear(TopicPort *self) {
     Py_CLEAR(self->deadline);
     Py_CLEAR(self->slow_put);
     Py_CLEAR(self->slow_get);
+    Py_CLEAR(self->pooled);
     return 0;
 }
 

@@ -60,10 +60,13 @@ sender killed inside ``put`` between adding the transit reference and storing th
 transit key until the pool is destroyed: the pool cannot tell whether the record is in the
 ring, so it keeps the block rather than risk freeing a message still to be received.
 
-Topic adoption (the lead wires it): a publisher encodes with ``PoolHook.encode(obj,
-refs=n)`` (n transit references, one per current subscriber); each subscriber decodes with
-``PoolHook.decode`` (claims one); whoever evicts a subscriber, or skips frames it will never
-read, calls ``PoolHook.discard(frame, n)`` to drop their transit references.
+Topic adoption (shmipc/topic_pool.py): a publisher encodes with a hook keyed to its own
+process, then, under the topic's publisher lock, moves each block's reference to n transit
+references (n = subscribers counted under that lock); each subscriber decodes with
+``PoolHook.decode`` (claims one); whoever retires a subscriber walks its unread frames with
+``PoolHook.discard(frame, 1)``. Under "overwrite" the ring holds one transit reference per
+record, dropped by its overwriter, and subscribers claim by adding one of their own
+(``claim_from = 0``; a stale generation raises ``on_stale()``, Lagged).
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ from . import _proc
 from . import codec as _codec
 from ._names import check_name
 from ._native import PoolBuffer, ffi, lib
-from .errors import Closed, CorruptedError, ShmipcError
+from .errors import Closed, CorruptedError, Lagged, ShmipcError
 from .layout import CACHE_LINE, SEGMENT_LAYOUT, InitState, Kind, Layout, align_up
 from .region import PAGE_SIZE, SHM_DIR, Region, _owned
 from .sync import deadline_ns
@@ -998,6 +1001,12 @@ class PoolHook:
         self.pickle = getattr(codec, "name", None) == "pickle"
         self._tls = threading.local()
         self.name = getattr(codec, "name", "custom")
+        # How a receiver claims: move one transit reference (1, a Queue's or a "block"
+        # Topic's), or add one of its own while the ring's reference holds the block (0, an
+        # "overwrite" Topic's, shmipc/topic_pool.py); ``on_stale`` (if set) makes the error
+        # raised when the block was freed or reused since the handle was made.
+        self.claim_from = 1
+        self.on_stale: Any = None
 
     # ---- encode ----------------------------------------------------------------------------
 
@@ -1213,7 +1222,7 @@ class PoolHook:
                 unicode_errors="surrogatepass",
                 max_map_len=_codec._FAST_MAP_LEN,
             )
-        except (_codec._HashFlood, MemoryError):
+        except (_codec._HashFlood, MemoryError, Lagged):
             raise
         except CorruptedError:
             if claimed or not isinstance(frame, (bytes, bytearray, memoryview)):
@@ -1227,7 +1236,7 @@ class PoolHook:
                 strict_map_key=True,
                 unicode_errors="surrogatepass",
             )
-        except (_codec._HashFlood, MemoryError):
+        except (_codec._HashFlood, MemoryError, Lagged):
             raise
         except Exception:
             pass
@@ -1239,7 +1248,7 @@ class PoolHook:
                 unicode_errors="surrogatepass",
                 object_pairs_hook=_codec._guarded_map,
             )
-        except (CorruptedError, MemoryError):
+        except (CorruptedError, MemoryError, Lagged):
             raise
         except Exception as exc:
             raise _codec._decode_error(frame, exc) from exc
@@ -1283,7 +1292,9 @@ class PoolHook:
         if flavor == _FLAVOR_ARRAY:
             meta = _array_meta(rest, nbytes)
         me = _self_key()
-        rc = m.adjust(cls, index, gen, self.key, 1, me, 1)
+        rc = m.adjust(cls, index, gen, self.key if self.claim_from else 0, self.claim_from, me, 1)
+        if rc == lib.SHMIPC_POOL_STALE and self.on_stale is not None:
+            raise self.on_stale()
         if rc < 0:
             raise CorruptedError(
                 f"handle of block {index} (class {cls}, generation {gen}) of pool "

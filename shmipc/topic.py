@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import _proc
+from . import topic_pool as _tp
 from ._native import TopicMiss, TopicPort, ffi, lib
 from .codec import Codec, get_codec
 from .errors import (
@@ -61,6 +62,7 @@ from .layout import CACHE_LINE, SEGMENT_LAYOUT, Kind, Layout, SegmentHeader
 from .region import ATTACH_TIMEOUT, Region
 from .ring import DEFAULT_SPIN_NS
 from .sync import deadline_ns, take_over_if_dead
+from .topic_pool import TopicPool
 
 __all__ = [
     "Publisher",
@@ -175,6 +177,7 @@ K_BYTES = 2
 # policy is in the next byte (informational: the control block's is the one used).
 _CODEC_IDS = {"msgpack": 1, "pickle": 2, "raw": 3}
 _CODEC_NAMES = {v: k for k, v in _CODEC_IDS.items()}
+_POOLED_FLAG = 1 << 16  # segment header flag: records may name blocks of a pool
 
 DEFAULT_LIVENESS = 1.0
 MAX_SUBSCRIBERS = 65536
@@ -192,6 +195,7 @@ _NOTBUF = lib.SHMIPC_NOTBUF
 _NOTOWNER = lib.SHMIPC_NOTOWNER
 _LAGGED = lib.SHMIPC_LAGGED
 _EVICTED = lib.SHMIPC_EVICTED
+_POOLED_AHEAD = lib.SHMIPC_TOPIC_POOLED_AHEAD
 _U64 = (1 << 64) - 1
 #: Linux's PID_MAX_LIMIT: no process id is ever larger (a slot naming one is nonsense).
 _PID_MAX_LIMIT = 1 << 22
@@ -278,6 +282,8 @@ class Topic:
         mode: int = 0o600,
         liveness_interval: float = DEFAULT_LIVENESS,
         spin_ns: int = DEFAULT_SPIN_NS,
+        pool: Any = None,
+        zero_copy_threshold: int = 64 * 1024,
     ) -> Topic:
         """A new topic in a new named segment (a random name if ``name`` is None).
 
@@ -285,9 +291,13 @@ class Topic:
         plus 16 bytes, rounded up to 16, and may be at most half of it). ``policy``: "block"
         (publishers wait for the slowest live subscriber) or "overwrite" (they never wait;
         lapped subscribers get Lagged). ``liveness_interval``: seconds a subscriber may stay
-        stopped before a blocked publisher evicts it.
+        stopped before a blocked publisher evicts it. ``pool`` (a :class:`~shmipc.BufferPool`)
+        publishes numpy arrays and bytes-like payloads of ``zero_copy_threshold`` bytes or
+        more, and loans, as handles to pool blocks (docs/topics.md "Pooled topics"; policy
+        "block" only).
         """
         _check_params(capacity, policy, max_subscribers, liveness_interval)
+        _check_pool(pool, policy)
         codec_obj = get_codec(codec)
         codec_id = _CODEC_IDS.get(codec, 0) if isinstance(codec, str) else 0
         liveness_ns = (
@@ -310,12 +320,12 @@ class Topic:
             kind=Kind.TOPIC,
             name=name,
             mode=mode,
-            flags=codec_id | POLICIES[policy] << 8,
+            flags=codec_id | POLICIES[policy] << 8 | (_POOLED_FLAG if pool is not None else 0),
             init=init,
         )
         self = cls.__new__(cls)
         try:
-            self._bind(region, codec_obj)
+            self._bind(region, codec_obj, pool, zero_copy_threshold)
         except BaseException:
             region.close()
             raise
@@ -329,12 +339,15 @@ class Topic:
         codec: str | Codec | None = None,
         trusted_uids: Iterable[int] = (),
         timeout: float = ATTACH_TIMEOUT,
+        pool: Any = None,
+        zero_copy_threshold: int = 64 * 1024,
     ) -> Topic:
         """Attach the topic another process created under ``name``.
 
         ``codec=None`` takes the codec named in the segment, except "pickle": unpickling
         runs code, so only the caller's ``codec="pickle"`` ever unpickles. A topic another
-        user owns is refused unless that uid is in ``trusted_uids``.
+        user owns is refused unless that uid is in ``trusted_uids``. A topic made with a
+        pool needs ``pool=`` (the BufferPool or its name, attached with the same trust).
         """
         region = Region._attach_segment(
             name, kind=Kind.TOPIC, timeout=timeout, trusted_uids=trusted_uids
@@ -361,14 +374,27 @@ class Topic:
                     raise ValueError(
                         f"topic {name!r} was made with codec {made_with!r}, not {given!r}"
                     )
+            pooled = bool(header.flags & _POOLED_FLAG)
+            if pooled and pool is None:
+                raise ValueError(
+                    f"topic {name!r} publishes through a block pool: attach it with pool="
+                )
+            if not pooled and pool is not None:
+                raise ValueError(f"topic {name!r} was made without a block pool")
+            if isinstance(pool, str):
+                from .buffers import _attach_cached
+
+                pool = _attach_cached(pool, trusted_uids)
             self = cls.__new__(cls)
-            self._bind(region, get_codec(codec))
+            self._bind(region, get_codec(codec), pool, zero_copy_threshold)
         except BaseException:
             region.close()
             raise
         return self
 
-    def _bind(self, region: Region, codec: Codec) -> None:
+    def _bind(
+        self, region: Region, codec: Codec, pool: Any = None, threshold: int = 64 * 1024
+    ) -> None:
         self._region: Region | None = region
         base, off = region.pointer(0)
         self._base = base  # keeps the mapping alive while this handle holds addresses
@@ -379,6 +405,10 @@ class Topic:
         self._cap, self._max_subs, self._policy, self._liveness_ns = self._validate()
         self._stopped_since: dict[int, int] = {}  # slot word -> first seen stopped (ns)
         self._children: weakref.WeakSet[Publisher | Subscriber] = weakref.WeakSet()
+        self._lock_off = CONTROL["lock"]
+        self._tpool: TopicPool | None = None
+        if pool is not None:
+            self._tpool = TopicPool(self, pool, threshold)
 
     def _validate(self) -> tuple[int, int, int, int]:
         """Check the control block before any native call trusts it."""
@@ -526,6 +556,18 @@ class Topic:
         start = lib.shmipc_load64_acquire(self._ptr, HEADER_SIZE + i * SLOT_SIZE + SLOT["start"])
         return _proc.process_state(pid, start)
 
+    def _evict(self, p: Any, i: int, w: int, to_free: bool) -> bool:
+        """Evict slot ``i`` seen as ``w``; on a pooled "block" topic, under the publisher
+        lock, with its unread records' pool references given back (shmipc/topic_pool.py)."""
+        if self._tpool is None or self._tpool.overwrite:
+            return bool(lib.shmipc_topic_evict(p, self._max_subs, i, w, int(to_free)))
+        return _tp.retire(self, i, w, to_free, True)
+
+    @property
+    def pool(self) -> Any:
+        """The block pool this topic publishes large payloads through (None: none)."""
+        return self._tpool.pool if self._tpool is not None else None
+
     def _reclaim_dead(self) -> bool:
         """Free every slot whose owner is dead; True if any was freed."""
         p = self._p()
@@ -535,7 +577,7 @@ class Topic:
             if w & 0xFF == FREE:
                 continue
             if self._owner_state(i, w) is _proc.Liveness.DEAD:
-                freed |= bool(lib.shmipc_topic_evict(p, self._max_subs, i, w, 1))
+                freed |= self._evict(p, i, w, True)
         return freed
 
     def _liveness_pass(self) -> bool:
@@ -555,7 +597,7 @@ class Topic:
                 continue
             state = self._owner_state(i, w)
             if state is _proc.Liveness.DEAD:
-                took |= bool(lib.shmipc_topic_evict(p, self._max_subs, i, w, 1))
+                took |= self._evict(p, i, w, True)
                 continue
             if st != ACTIVE or state is not _proc.Liveness.ALIVE:
                 continue
@@ -564,7 +606,7 @@ class Topic:
             seen.add(w)
             since = self._stopped_since.setdefault(w, now)
             if now - since >= self._liveness_ns:
-                took |= bool(lib.shmipc_topic_evict(p, self._max_subs, i, w, 0))
+                took |= self._evict(p, i, w, False)
         # A word not seen stopped this time starts a new interval if it stops again.
         for w in list(self._stopped_since):
             if w not in seen:
@@ -616,15 +658,29 @@ class Topic:
     def close(self) -> None:
         """Close this handle and every publisher and subscriber made from it (subscribers
         give their slots back). In the creating process this also unlinks the name."""
-        region, self._region = self._region, None
         for child in list(self._children):
-            child.close()
+            child.close()  # (before the region goes: a pooled subscriber walks its records)
+        if self._region is not None and self._region.owner:
+            self._drain_pool()
+        region, self._region = self._region, None
         if region is not None:
             region.close()
 
     def unlink(self) -> None:
-        """Remove the name now (the memory lives on while any process maps it)."""
+        """Remove the name now (the memory lives on while any process maps it). A pooled
+        "overwrite" topic gives back the blocks of the records still in its ring."""
         self._live_region().unlink()
+        self._drain_pool()
+
+    def _drain_pool(self) -> None:
+        tp = self._tpool
+        if tp is None or not tp.overwrite or self._region is None:
+            return
+        _tp.lock(self, -1)
+        try:
+            tp.drain()
+        finally:
+            _tp.unlock(self)
 
     def __enter__(self) -> Topic:
         return self
@@ -637,7 +693,13 @@ class Topic:
         region = self._live_region()
         name = getattr(self._codec, "name", None)
         spec = name if name in _CODEC_IDS else self._codec
-        return (_attach_topic, (self.name, spec, region._trusted_uids))
+        tp = self._tpool
+        if tp is None:
+            return (_attach_topic, (self.name, spec, region._trusted_uids))
+        return (
+            _attach_topic,
+            (self.name, spec, region._trusted_uids, tp.pool.name, tp.threshold),
+        )
 
     def __repr__(self) -> str:
         if self._region is None:
@@ -645,8 +707,25 @@ class Topic:
         return f"<shmipc.Topic {self.name} policy={self.policy} capacity={self._cap}>"
 
 
-def _attach_topic(name: str, codec: str | Codec, trusted_uids: tuple[int, ...] = ()) -> Topic:
-    return Topic.attach(name, codec=codec, trusted_uids=trusted_uids)
+def _attach_topic(
+    name: str,
+    codec: str | Codec,
+    trusted_uids: tuple[int, ...] = (),
+    pool: str | None = None,
+    threshold: int = 64 * 1024,
+) -> Topic:
+    return Topic.attach(
+        name, codec=codec, trusted_uids=trusted_uids, pool=pool, zero_copy_threshold=threshold
+    )
+
+
+def _check_pool(pool: Any, policy: str) -> None:
+    if pool is None:
+        return
+    from .buffers import BufferPool
+
+    if not isinstance(pool, BufferPool):
+        raise TypeError(f"pool must be a BufferPool, not {pool!r}")
 
 
 # ---- publisher ---------------------------------------------------------------------------------
@@ -673,12 +752,103 @@ class Publisher:
             bytes_as_is=topic._bytes_as_is,
         )
         self._put = port.put
-        self.publish = port.publish  # type: ignore[method-assign]
         self.publish_bytes = port.publish_bytes  # type: ignore[method-assign]
+        if topic._tpool is None:
+            self.publish = port.publish  # type: ignore[method-assign]
 
     def publish(self, obj: Any, timeout: float | None = None) -> None:
-        """Encode ``obj`` and publish it (one native call; see the class doc)."""
-        self._port.publish(obj, timeout)
+        """Encode ``obj`` and publish it (one native call; see the class doc). On a pooled
+        topic, large arrays and bytes-like payloads and loans go by handle."""
+        topic = self._live_topic()
+        if topic._tpool is None:
+            self._port.publish(obj, timeout)
+            return
+        self._publish_pooled(topic, obj, timeout)
+
+    def _publish_pooled(self, topic: Topic, obj: Any, timeout: float | None) -> None:
+        """Encode (blocks held by this process), then under the publisher lock: count the
+        ACTIVE subscribers, hand each a transit reference, place the record (topic_pool)."""
+        tp = topic._tpool
+        assert tp is not None
+        deadline = _deadline(timeout)
+        from .buffers import PoolExhausted
+
+        try:
+            frame, sent = tp.encode(obj, timeout)
+        except PoolExhausted as exc:
+            raise Full(str(exc)) from exc
+        if not sent:
+            rc = self._put(frame, K_OBJ, deadline)
+            if rc != _OK:
+                self._slow_put(rc, frame, K_OBJ, deadline)
+            return
+        self._publish_locked(topic, frame, sent, deadline)
+
+    def _publish_locked(self, topic: Topic, frame: bytes, sent: list[Any], deadline: int) -> None:
+        """The pooled publish section (topic_pool.TopicPool.publish_locked), waiting for room
+        (policy "block") as ``deadline`` allows; on failure the blocks' references are given
+        back. Also the path of an inline frame that would overwrite a pooled record."""
+        tp = topic._tpool
+        assert tp is not None
+        need = ffi.new("uint64_t *")
+        try:
+            while True:
+                _tp.lock(topic, deadline if deadline != 0 else time.monotonic_ns() + 20_000_000)
+                try:
+                    rc = tp.publish_locked(frame, sent, need)
+                finally:
+                    _tp.unlock(topic)
+                if rc == _OK:
+                    return
+                if rc == _FULL and deadline != 0:
+                    rc = lib.shmipc_topic_wait_space(
+                        topic._ptr, topic._cap, topic._max_subs, need[0], deadline
+                    )
+                    if rc in (_SLICE, _INTERRUPTED):
+                        topic._liveness_pass()
+                    elif rc == _TIMEDOUT:
+                        raise Full
+                    elif rc not in (_OK, _CORRUPT):
+                        raise OSError(f"publish failed ({rc})")
+                    continue
+                self._slow_put(rc, frame, K_OBJ, deadline)  # raises what rc means
+                raise OSError(f"publish failed ({rc})")  # pragma: no cover
+        except TimeoutError:
+            tp.give_back(sent)
+            raise Full from None
+        except BaseException:
+            tp.give_back(sent)
+            raise
+
+    def _publish_locked_kind(self, topic: Topic, frame: bytes, kind: int) -> None:
+        tp = topic._tpool
+        assert tp is not None
+        need = ffi.new("uint64_t *")
+        _tp.lock(topic, -1)
+        try:
+            for old in tp._overwritten(len(frame)):
+                tp.drop_frame(old)
+            rc = lib.shmipc_topic_place_locked(
+                topic._ptr, topic._cap, topic._max_subs, frame, len(frame), kind, need
+            )
+        finally:
+            _tp.unlock(topic)
+        if rc != _OK:
+            self._slow_put(rc, frame, kind, 0)
+
+    def loan(self, nbytes: int, timeout: float | None = None) -> Any:
+        """A writable block of the topic's pool; ``publish(loan)`` sends it without a copy."""
+        return self._need_pool().loan(nbytes, timeout)
+
+    def loan_array(self, shape: Any, dtype: Any = float, timeout: float | None = None) -> Any:
+        """A writable ndarray in a block of the topic's pool; ``publish`` sends it by handle."""
+        return self._need_pool().loan_array(shape, dtype, timeout)
+
+    def _need_pool(self) -> Any:
+        tp = self._live_topic()._tpool
+        if tp is None:
+            raise ValueError("this topic has no block pool: create it with pool=BufferPool...")
+        return tp.pool
 
     def publish_bytes(self, obj: Any, timeout: float | None = None) -> None:
         """Publish a bytes-like payload as is; ``receive`` returns it as bytes."""
@@ -688,6 +858,16 @@ class Publisher:
         """Publish every item in order, all within one ``timeout``. Everything is encoded
         first, so an object the codec refuses publishes nothing."""
         topic = self._live_topic()
+        if topic._tpool is not None:
+            # Each pooled message is its own locked section; all within one timeout.
+            end = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+            for i, x in enumerate(list(items)):
+                left = None if end is None else max(end - time.monotonic(), 0.0)
+                try:
+                    self.publish(x, left)
+                except Full:
+                    raise Full(f"{i} items were published before the timeout") from None
+            return
         deadline = _deadline(timeout)
         encode, as_is = topic._codec.encode, topic._bytes_as_is
         frames = [(x, K_BYTES) if as_is and type(x) is bytes else (encode(x), K_OBJ) for x in items]
@@ -718,6 +898,12 @@ class Publisher:
                 topic._liveness_pass()  # evict the dead and the stopped, free a dead lock
             elif rc == _NOTBUF:
                 data = memoryview(data).tobytes()
+            elif rc == _POOLED_AHEAD:
+                # An inline record would overwrite a pooled one ("overwrite"): the pooled
+                # section drops that record's ring reference first.
+                frame = data if type(data) is bytes else memoryview(data).tobytes()
+                self._publish_locked_kind(topic, frame, kind)
+                return
             elif rc in (_FULL, _TIMEDOUT):
                 raise Full
             elif rc == _TOOBIG:
@@ -789,6 +975,7 @@ class Subscriber:
             decode=topic._codec.decode,
             deadline=_deadline,
             slow_get=lambda *a: _alive(me)._slow_get(*a),
+            pooled=topic._tpool.receive if topic._tpool is not None else None,
         )
         self._get = port.get
         self._get_many = port.get_many
@@ -891,11 +1078,22 @@ class Subscriber:
         """Give the slot back (publishers stop waiting for this subscriber)."""
         if self._topic is None:
             return
+        topic = self._topic
         self._topic = None
         owned = self._port.owned()  # a forked child's copy must not free its parent's slot
         self._port.close()
-        if owned:
-            lib.shmipc_topic_release(self._ptr, self._max_subs, self._slot, self._word)
+        if not owned:
+            return
+        # A pooled topic: give back the unread records' references (under the publisher
+        # lock), unless an evictor already took the slot (then it walked them).
+        if (
+            topic._tpool is not None
+            and not topic._tpool.overwrite
+            and topic._region is not None
+            and _tp.retire(topic, self._slot, self._word, True, False)
+        ):
+            return
+        lib.shmipc_topic_release(self._ptr, self._max_subs, self._slot, self._word)
 
     def __enter__(self) -> Subscriber:
         return self
@@ -998,6 +1196,7 @@ def inspect_segment(view: memoryview) -> dict[str, Any]:
     return {
         "kind": "topic",
         "codec": codec,
+        "pooled": bool(header.flags & _POOLED_FLAG),  # records may name block-pool blocks
         "policy": _POLICY_NAMES[policy],
         "capacity": cap,
         "max_subscribers": max_subs,
