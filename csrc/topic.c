@@ -54,6 +54,7 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -117,8 +118,12 @@ int shmipc_topic_init(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy,
 static void wake_publishers(char *t, uint64_t cursor) {
     /* seq_cst fence: pairs with the publisher's seq_cst registration in wait_space. */
     atomic_thread_fence(SEQ_CST);
-    if (atomic_load_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), RELAXED) &&
-        cursor >= atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), RELAXED)) {
+    _Atomic uint32_t *flag = A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS);
+    /* The flag is cleared by the one waker (exchange), so the publisher it wakes is woken by
+     * one syscall, not by one per message read until it gets a CPU to look (T8). */
+    if (atomic_load_explicit(flag, RELAXED) &&
+        cursor >= atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), RELAXED) &&
+        atomic_exchange_explicit(flag, 0, SEQ_CST)) {
         atomic_fetch_add_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_SEQ), 1, SEQ_CST);
         shmipc_futex_wake(t, SHMIPC_TOPIC_OFF_SPACE_SEQ, INT_MAX);
     }
@@ -252,9 +257,10 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
         if ((i & 15) == 0 && shmipc_monotonic_ns() >= spin_until) break;
         shmipc_cpu_relax();
     }
-    /* Register, then look again, then sleep on the sequence word: a subscriber stores its
-     * cursor, fences (seq_cst) and reads the count (wake_publishers), so either it sees us
-     * or we see its cursor; the futex re-checks the sequence word atomically. Subscribers
+    /* Register (set the flag), then look again, then sleep on the sequence word: a
+     * subscriber stores its cursor, fences (seq_cst) and reads the flag (wake_publishers), so
+     * either it sees us or we see its cursor; the futex re-checks the sequence word
+     * atomically. The waker clears the flag; a stale one costs one wake. Subscribers
      * wake us only once the cursor we wait for is a quarter ring past `need` (or at the
      * tail); a subscriber that pauses between the two is caught by polling every
      * millisecond, so waiting costs at most 1000 wake-ups a second, never a syscall per
@@ -267,7 +273,7 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
         /* The bound subscribers compare their cursor with: ours if none sleeps yet, else the
          * lower one (a publisher that sleeps past it is caught by its poll). */
         uint32_t before =
-            atomic_fetch_add_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
+            atomic_exchange_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
         uint64_t cur = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), RELAXED);
         if (before == 0 || want < cur)
             atomic_store_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), want, SEQ_CST);
@@ -280,7 +286,6 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
             int64_t until = deadline_ns >= 0 && deadline_ns < poll ? deadline_ns : poll;
             rc = shmipc_futex_wait(t, SHMIPC_TOPIC_OFF_SPACE_SEQ, seq, until);
         }
-        atomic_fetch_sub_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
         if (rc == SHMIPC_CHANGED || rc == SHMIPC_OK) return SHMIPC_OK;
         if (rc != SHMIPC_TIMEDOUT) return rc; /* SLICE, INTERRUPTED, ERROR */
         int64_t now = shmipc_monotonic_ns();
@@ -349,6 +354,52 @@ static int place(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, cons
     return SHMIPC_OK;
 }
 
+/* ---- subscribers' sleep on the tail (T8) ----------------------------------------------
+ *
+ * DATA_WAITERS is a flag, not a count: "a subscriber may sleep on the tail". A subscriber
+ * about to sleep sets it (seq_cst RMW), then re-reads T, then futex-waits on T's low word;
+ * a publisher, after its release store of T, fences (seq_cst) and, if it sees the flag,
+ * clears it (exchange) and wakes every sleeper with ONE syscall. Either the publisher sees
+ * the flag or the subscriber's re-read sees the new T (seq_cst fence/RMW order), and a
+ * sleeper not yet in the kernel is refused by the futex's own check of T: no wake is lost.
+ * A count would make every publish pay a syscall until the woken subscribers get a CPU to
+ * unregister (milliseconds when subscribers outnumber cores); the flag costs one wake per
+ * sleep episode. A stale flag (a sleeper that timed out) costs one futex call. */
+static inline void wake_subscribers(char *t) {
+    /* seq_cst fence: pairs with the sleeper's seq_cst flag store in wait_data. */
+    atomic_thread_fence(SEQ_CST);
+    _Atomic uint32_t *flag = A32(t, SHMIPC_TOPIC_OFF_DATA_WAITERS);
+    if (atomic_load_explicit(flag, RELAXED) && atomic_exchange_explicit(flag, 0, SEQ_CST))
+        shmipc_futex_wake(t, SHMIPC_TOPIC_OFF_TAIL, INT_MAX);
+}
+
+/* Wait while T's low word is `low` (a subscriber's cursor): spin up to spin_ns, then sleep
+ * until a publisher's wake, the deadline or the end of a slice. OK/CHANGED when T moved (or
+ * may have), TIMEDOUT, SLICE, INTERRUPTED, ERROR. */
+static int wait_data(char *t, uint32_t low, int64_t deadline_ns, int64_t spin_ns) {
+    _Atomic uint32_t *word = A32(t, SHMIPC_TOPIC_OFF_TAIL);
+    if (atomic_load_explicit(word, ACQUIRE) != low) return SHMIPC_OK;
+    if (spin_ns > 0) {
+        int64_t spin_until = shmipc_monotonic_ns() + spin_ns;
+        if (deadline_ns >= 0 && deadline_ns < spin_until) spin_until = deadline_ns;
+        for (unsigned i = 1;; i++) {
+            shmipc_cpu_relax();
+            /* Acquire: pairs with the publisher's release store of T (T1). */
+            if (atomic_load_explicit(word, ACQUIRE) != low) return SHMIPC_OK;
+            if ((i & 15) == 0 && i >= 128) sched_yield();
+            if ((i & 63) == 0 && shmipc_monotonic_ns() >= spin_until) break;
+        }
+    }
+    /* seq_cst RMW: pairs with the publisher's seq_cst fence in wake_subscribers. */
+    atomic_exchange_explicit(A32(t, SHMIPC_TOPIC_OFF_DATA_WAITERS), 1, SEQ_CST);
+    if (atomic_load_explicit(word, SEQ_CST) != low) return SHMIPC_OK;
+    int rc = shmipc_futex_wait(t, SHMIPC_TOPIC_OFF_TAIL, low, deadline_ns);
+    if (rc == SHMIPC_CHANGED) rc = SHMIPC_OK;
+    if (rc == SHMIPC_OK && atomic_load_explicit(word, ACQUIRE) == low)
+        rc = SHMIPC_CHANGED; /* woken (or spurious) but the word is back: caller re-evaluates */
+    return rc;
+}
+
 /* Publish one record, waiting for the lock and (policy block) for room as the deadline
  * allows, one slice at most. SHMIPC_TRY_ONLY: no waiting at all (a held lock is TIMEDOUT). */
 static int publish(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, int64_t spin,
@@ -368,7 +419,7 @@ static int publish(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, in
         rc = place(t, cap, max_subs, policy, p, len, kind, &need);
         shmipc_lock_release(t, SHMIPC_TOPIC_OFF_LOCK);
         if (rc == SHMIPC_OK) {
-            shmipc_wake32(t, SHMIPC_TOPIC_OFF_TAIL, SHMIPC_TOPIC_OFF_DATA_WAITERS, INT_MAX);
+            wake_subscribers(t);
             return rc;
         }
         if (rc != SHMIPC_FULL || deadline == 0) return rc;
@@ -722,8 +773,7 @@ static int take(TopicPort *self, int64_t deadline, PyObject **out, uint32_t *kin
         uint32_t low = (uint32_t)self->cursor;
         int64_t spin = self->spin;
         Py_BEGIN_ALLOW_THREADS
-        rc = shmipc_wait_while32(t, SHMIPC_TOPIC_OFF_TAIL, low, SHMIPC_TOPIC_OFF_DATA_WAITERS,
-                                 deadline, spin);
+        rc = wait_data(t, low, deadline, spin);
         Py_END_ALLOW_THREADS
         if (rc == SHMIPC_OK || rc == SHMIPC_CHANGED) continue;
         if (rc == SHMIPC_TIMEDOUT) rc = SHMIPC_EMPTY;
