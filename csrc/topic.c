@@ -54,7 +54,10 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <fcntl.h>
 #include <sched.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -227,6 +230,46 @@ int shmipc_topic_steal(char *t, uint64_t observed) {
 
 /* ---- publishing (T1..T3) ---------------------------------------------------------------- */
 
+/* The spin budget for a wait: `spin_ns` while the machine has a core for every runnable
+ * thread, else OVERSUBSCRIBED_SPIN_NS. When more threads are runnable than there are cores
+ * (a publisher and four subscribers on two cores), a waiter that spins burns the time slice
+ * the one it waits for needs to run; sleeping at once gives it the core. The count is the
+ * kernel's runnable count (/proc/loadavg, 4th field, ourselves included), read at most every
+ * LOAD_EVERY_NS per process: a wait costs one clock read, not a file read. */
+#define OVERSUBSCRIBED_SPIN_NS 2000
+#define LOAD_EVERY_NS 20000000
+static _Atomic int64_t load_checked_ns;
+static _Atomic int oversubscribed;
+
+static int64_t spin_budget(int64_t spin_ns) {
+    if (spin_ns <= OVERSUBSCRIBED_SPIN_NS) return spin_ns;
+    int64_t now = shmipc_monotonic_ns();
+    if (now - atomic_load_explicit(&load_checked_ns, RELAXED) >= LOAD_EVERY_NS) {
+        atomic_store_explicit(&load_checked_ns, now, RELAXED);
+        static long cores;
+        if (cores <= 0) cores = sysconf(_SC_NPROCESSORS_ONLN);
+        char buf[128];
+        int over = 0;
+        int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t n = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            if (n > 0) {
+                buf[n] = 0;
+                long running = 0;
+                /* "0.50 0.40 0.30 3/200 1234": runnable/total after the third space. */
+                char *p = buf;
+                for (int sp = 0; *p && sp < 3; p++)
+                    if (*p == ' ') sp++;
+                running = strtol(p, NULL, 10);
+                over = cores > 0 && running > cores;
+            }
+        }
+        atomic_store_explicit(&oversubscribed, over, RELAXED);
+    }
+    return atomic_load_explicit(&oversubscribed, RELAXED) ? OVERSUBSCRIBED_SPIN_NS : spin_ns;
+}
+
 /* The slowest ACTIVE cursor, or `tail` when none: SHMIPC_OK, or SHMIPC_CORRUPT for a cursor
  * that cannot be (ahead of the tail, more than a lap behind, unaligned). */
 static int slowest(char *t, uint64_t cap, uint32_t max_subs, uint64_t tail, uint64_t *min) {
@@ -249,7 +292,7 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
                       int64_t deadline_ns, int64_t spin_ns) {
     atomic_fetch_add_explicit(A64(t, SHMIPC_TOPIC_OFF_PUB_WAITS), 1, RELAXED);
     int64_t now = shmipc_monotonic_ns();
-    int64_t spin_until = now + spin_ns;
+    int64_t spin_until = now + spin_budget(spin_ns);
     uint64_t m;
     for (unsigned i = 1;; i++) {
         uint64_t tail = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_TAIL), ACQUIRE);
@@ -379,6 +422,7 @@ static inline void wake_subscribers(char *t) {
 static int wait_data(char *t, uint32_t low, int64_t deadline_ns, int64_t spin_ns) {
     _Atomic uint32_t *word = A32(t, SHMIPC_TOPIC_OFF_TAIL);
     if (atomic_load_explicit(word, ACQUIRE) != low) return SHMIPC_OK;
+    spin_ns = spin_budget(spin_ns);
     if (spin_ns > 0) {
         int64_t spin_until = shmipc_monotonic_ns() + spin_ns;
         if (deadline_ns >= 0 && deadline_ns < spin_until) spin_until = deadline_ns;
