@@ -45,6 +45,13 @@
  *     memory is checked before use (a position is masked into the ring, a record must end
  *     inside the ring and below T, a length is at most capacity / 2); a check that fails is
  *     SHMIPC_CORRUPT, never a read outside the mapping.
+ *  T8 (no lost wake-up; one wake per sleep) A sleeper sets its side's flag (seq_cst RMW:
+ *     DATA_WAITERS for subscribers, SPACE_WAITERS + SPACE_NEED for publishers), then looks
+ *     again, then futex-waits on a word it just read; a waker makes its change, fences
+ *     (seq_cst), and only if it exchanges the flag from set to clear makes the wake syscall.
+ *     Either the waker sees the flag or the sleeper sees the change, and a sleeper not yet in
+ *     the kernel is refused by the futex's own check. Flags are hints: a stale or scribbled
+ *     one costs one futex call, a lost one at most a slice (publishers also poll every ms).
  *
  * Every step of the slot protocol is ONE atomic operation on a shared word.
  */
