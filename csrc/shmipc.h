@@ -339,8 +339,8 @@ int shmipc_pool_install(void);
 #define SHMIPC_TOPIC_OFF_TAIL 128          /* u64: end of published records (release) */
 #define SHMIPC_TOPIC_OFF_PUBLISHED 136     /* u64: sequence numbers handed out */
 #define SHMIPC_TOPIC_OFF_OLDEST 144        /* u64: position of the oldest intact record */
-#define SHMIPC_TOPIC_OFF_DATA_WAITERS 192  /* u32: subscribers asleep on the tail's low word */
-#define SHMIPC_TOPIC_OFF_SPACE_WAITERS 256 /* u32: publishers asleep waiting for room */
+#define SHMIPC_TOPIC_OFF_DATA_WAITERS 192  /* u32 flag: a subscriber may sleep on the tail */
+#define SHMIPC_TOPIC_OFF_SPACE_WAITERS 256 /* u32 flag: a publisher may sleep for room */
 #define SHMIPC_TOPIC_OFF_SPACE_SEQ 260     /* u32: bumped when room may have been made */
 #define SHMIPC_TOPIC_OFF_SPACE_NEED 264    /* u64: the cursor a sleeping publisher waits for */
 #define SHMIPC_TOPIC_OFF_LAPS 320          /* u64: Lagged reports (atomic) */

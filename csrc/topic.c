@@ -45,6 +45,13 @@
  *     memory is checked before use (a position is masked into the ring, a record must end
  *     inside the ring and below T, a length is at most capacity / 2); a check that fails is
  *     SHMIPC_CORRUPT, never a read outside the mapping.
+ *  T8 (no lost wake-up; one wake per sleep) A sleeper sets its side's flag (seq_cst RMW:
+ *     DATA_WAITERS for subscribers, SPACE_WAITERS + SPACE_NEED for publishers), then looks
+ *     again, then futex-waits on a word it just read; a waker makes its change, fences
+ *     (seq_cst), and only if it exchanges the flag from set to clear makes the wake syscall.
+ *     Either the waker sees the flag or the sleeper sees the change, and a sleeper not yet in
+ *     the kernel is refused by the futex's own check. Flags are hints: a stale or scribbled
+ *     one costs one futex call, a lost one at most a slice (publishers also poll every ms).
  *
  * Every step of the slot protocol is ONE atomic operation on a shared word.
  *
@@ -65,6 +72,10 @@
 
 #include <limits.h>
 #include <pthread.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
@@ -128,8 +139,12 @@ int shmipc_topic_init(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy,
 static void wake_publishers(char *t, uint64_t cursor) {
     /* seq_cst fence: pairs with the publisher's seq_cst registration in wait_space. */
     atomic_thread_fence(SEQ_CST);
-    if (atomic_load_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), RELAXED) &&
-        cursor >= atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), RELAXED)) {
+    _Atomic uint32_t *flag = A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS);
+    /* The flag is cleared by the one waker (exchange), so the publisher it wakes is woken by
+     * one syscall, not by one per message read until it gets a CPU to look (T8). */
+    if (atomic_load_explicit(flag, RELAXED) &&
+        cursor >= atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), RELAXED) &&
+        atomic_exchange_explicit(flag, 0, SEQ_CST)) {
         atomic_fetch_add_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_SEQ), 1, SEQ_CST);
         shmipc_futex_wake(t, SHMIPC_TOPIC_OFF_SPACE_SEQ, INT_MAX);
     }
@@ -233,6 +248,46 @@ int shmipc_topic_steal(char *t, uint64_t observed) {
 
 /* ---- publishing (T1..T3) ---------------------------------------------------------------- */
 
+/* The spin budget for a wait: `spin_ns` while the machine has a core for every runnable
+ * thread, else OVERSUBSCRIBED_SPIN_NS. When more threads are runnable than there are cores
+ * (a publisher and four subscribers on two cores), a waiter that spins burns the time slice
+ * the one it waits for needs to run; sleeping at once gives it the core. The count is the
+ * kernel's runnable count (/proc/loadavg, 4th field, ourselves included), read at most every
+ * LOAD_EVERY_NS per process: a wait costs one clock read, not a file read. */
+#define OVERSUBSCRIBED_SPIN_NS 2000
+#define LOAD_EVERY_NS 20000000
+static _Atomic int64_t load_checked_ns;
+static _Atomic int oversubscribed;
+
+static int64_t spin_budget(int64_t spin_ns) {
+    if (spin_ns <= OVERSUBSCRIBED_SPIN_NS) return spin_ns;
+    int64_t now = shmipc_monotonic_ns();
+    if (now - atomic_load_explicit(&load_checked_ns, RELAXED) >= LOAD_EVERY_NS) {
+        atomic_store_explicit(&load_checked_ns, now, RELAXED);
+        static long cores;
+        if (cores <= 0) cores = sysconf(_SC_NPROCESSORS_ONLN);
+        char buf[128];
+        int over = 0;
+        int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t n = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            if (n > 0) {
+                buf[n] = 0;
+                long running = 0;
+                /* "0.50 0.40 0.30 3/200 1234": runnable/total after the third space. */
+                char *p = buf;
+                for (int sp = 0; *p && sp < 3; p++)
+                    if (*p == ' ') sp++;
+                running = strtol(p, NULL, 10);
+                over = cores > 0 && running > cores;
+            }
+        }
+        atomic_store_explicit(&oversubscribed, over, RELAXED);
+    }
+    return atomic_load_explicit(&oversubscribed, RELAXED) ? OVERSUBSCRIBED_SPIN_NS : spin_ns;
+}
+
 /* The slowest ACTIVE cursor, or `tail` when none: SHMIPC_OK, or SHMIPC_CORRUPT for a cursor
  * that cannot be (ahead of the tail, more than a lap behind, unaligned). */
 static int slowest(char *t, uint64_t cap, uint32_t max_subs, uint64_t tail, uint64_t *min) {
@@ -259,7 +314,7 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
                       int64_t deadline_ns, int64_t spin_ns) {
     atomic_fetch_add_explicit(A64(t, SHMIPC_TOPIC_OFF_PUB_WAITS), 1, RELAXED);
     int64_t now = shmipc_monotonic_ns();
-    int64_t spin_until = now + spin_ns;
+    int64_t spin_until = now + spin_budget(spin_ns);
     uint64_t m;
     for (unsigned i = 1;; i++) {
         uint64_t tail = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_TAIL), ACQUIRE);
@@ -267,9 +322,10 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
         if ((i & 15) == 0 && shmipc_monotonic_ns() >= spin_until) break;
         shmipc_cpu_relax();
     }
-    /* Register, then look again, then sleep on the sequence word: a subscriber stores its
-     * cursor, fences (seq_cst) and reads the count (wake_publishers), so either it sees us
-     * or we see its cursor; the futex re-checks the sequence word atomically. Subscribers
+    /* Register (set the flag), then look again, then sleep on the sequence word: a
+     * subscriber stores its cursor, fences (seq_cst) and reads the flag (wake_publishers), so
+     * either it sees us or we see its cursor; the futex re-checks the sequence word
+     * atomically. The waker clears the flag; a stale one costs one wake. Subscribers
      * wake us only once the cursor we wait for is a quarter ring past `need` (or at the
      * tail); a subscriber that pauses between the two is caught by polling every
      * millisecond, so waiting costs at most 1000 wake-ups a second, never a syscall per
@@ -282,7 +338,7 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
         /* The bound subscribers compare their cursor with: ours if none sleeps yet, else the
          * lower one (a publisher that sleeps past it is caught by its poll). */
         uint32_t before =
-            atomic_fetch_add_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
+            atomic_exchange_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
         uint64_t cur = atomic_load_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), RELAXED);
         if (before == 0 || want < cur)
             atomic_store_explicit(A64(t, SHMIPC_TOPIC_OFF_SPACE_NEED), want, SEQ_CST);
@@ -295,7 +351,6 @@ static int wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t need,
             int64_t until = deadline_ns >= 0 && deadline_ns < poll ? deadline_ns : poll;
             rc = shmipc_futex_wait(t, SHMIPC_TOPIC_OFF_SPACE_SEQ, seq, until);
         }
-        atomic_fetch_sub_explicit(A32(t, SHMIPC_TOPIC_OFF_SPACE_WAITERS), 1, SEQ_CST);
         if (rc == SHMIPC_CHANGED || rc == SHMIPC_OK) return SHMIPC_OK;
         if (rc != SHMIPC_TIMEDOUT) return rc; /* SLICE, INTERRUPTED, ERROR */
         int64_t now = shmipc_monotonic_ns();
@@ -369,6 +424,53 @@ static int place(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, cons
     return SHMIPC_OK;
 }
 
+/* ---- subscribers' sleep on the tail (T8) ----------------------------------------------
+ *
+ * DATA_WAITERS is a flag, not a count: "a subscriber may sleep on the tail". A subscriber
+ * about to sleep sets it (seq_cst RMW), then re-reads T, then futex-waits on T's low word;
+ * a publisher, after its release store of T, fences (seq_cst) and, if it sees the flag,
+ * clears it (exchange) and wakes every sleeper with ONE syscall. Either the publisher sees
+ * the flag or the subscriber's re-read sees the new T (seq_cst fence/RMW order), and a
+ * sleeper not yet in the kernel is refused by the futex's own check of T: no wake is lost.
+ * A count would make every publish pay a syscall until the woken subscribers get a CPU to
+ * unregister (milliseconds when subscribers outnumber cores); the flag costs one wake per
+ * sleep episode. A stale flag (a sleeper that timed out) costs one futex call. */
+static inline void wake_subscribers(char *t) {
+    /* seq_cst fence: pairs with the sleeper's seq_cst flag store in wait_data. */
+    atomic_thread_fence(SEQ_CST);
+    _Atomic uint32_t *flag = A32(t, SHMIPC_TOPIC_OFF_DATA_WAITERS);
+    if (atomic_load_explicit(flag, RELAXED) && atomic_exchange_explicit(flag, 0, SEQ_CST))
+        shmipc_futex_wake(t, SHMIPC_TOPIC_OFF_TAIL, INT_MAX);
+}
+
+/* Wait while T's low word is `low` (a subscriber's cursor): spin up to spin_ns, then sleep
+ * until a publisher's wake, the deadline or the end of a slice. OK/CHANGED when T moved (or
+ * may have), TIMEDOUT, SLICE, INTERRUPTED, ERROR. */
+static int wait_data(char *t, uint32_t low, int64_t deadline_ns, int64_t spin_ns) {
+    _Atomic uint32_t *word = A32(t, SHMIPC_TOPIC_OFF_TAIL);
+    if (atomic_load_explicit(word, ACQUIRE) != low) return SHMIPC_OK;
+    spin_ns = spin_budget(spin_ns);
+    if (spin_ns > 0) {
+        int64_t spin_until = shmipc_monotonic_ns() + spin_ns;
+        if (deadline_ns >= 0 && deadline_ns < spin_until) spin_until = deadline_ns;
+        for (unsigned i = 1;; i++) {
+            shmipc_cpu_relax();
+            /* Acquire: pairs with the publisher's release store of T (T1). */
+            if (atomic_load_explicit(word, ACQUIRE) != low) return SHMIPC_OK;
+            if ((i & 15) == 0 && i >= 128) sched_yield();
+            if ((i & 63) == 0 && shmipc_monotonic_ns() >= spin_until) break;
+        }
+    }
+    /* seq_cst RMW: pairs with the publisher's seq_cst fence in wake_subscribers. */
+    atomic_exchange_explicit(A32(t, SHMIPC_TOPIC_OFF_DATA_WAITERS), 1, SEQ_CST);
+    if (atomic_load_explicit(word, SEQ_CST) != low) return SHMIPC_OK;
+    int rc = shmipc_futex_wait(t, SHMIPC_TOPIC_OFF_TAIL, low, deadline_ns);
+    if (rc == SHMIPC_CHANGED) rc = SHMIPC_OK;
+    if (rc == SHMIPC_OK && atomic_load_explicit(word, ACQUIRE) == low)
+        rc = SHMIPC_CHANGED; /* woken (or spurious) but the word is back: caller re-evaluates */
+    return rc;
+}
+
 /* Publish one record, waiting for the lock and (policy block) for room as the deadline
  * allows, one slice at most. SHMIPC_TRY_ONLY: no waiting at all (a held lock is TIMEDOUT). */
 static int publish(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, int64_t spin,
@@ -388,7 +490,7 @@ static int publish(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, in
         rc = place(t, cap, max_subs, policy, p, len, kind, &need, 0);
         shmipc_lock_release(t, SHMIPC_TOPIC_OFF_LOCK);
         if (rc == SHMIPC_OK) {
-            shmipc_wake32(t, SHMIPC_TOPIC_OFF_TAIL, SHMIPC_TOPIC_OFF_DATA_WAITERS, INT_MAX);
+            wake_subscribers(t);
             return rc;
         }
         if (rc != SHMIPC_FULL || deadline == 0) return rc;
@@ -822,8 +924,7 @@ static int take(TopicPort *self, int64_t deadline, PyObject **out, uint32_t *kin
         uint32_t low = (uint32_t)self->cursor;
         int64_t spin = self->spin;
         Py_BEGIN_ALLOW_THREADS
-        rc = shmipc_wait_while32(t, SHMIPC_TOPIC_OFF_TAIL, low, SHMIPC_TOPIC_OFF_DATA_WAITERS,
-                                 deadline, spin);
+        rc = wait_data(t, low, deadline, spin);
         Py_END_ALLOW_THREADS
         if (rc == SHMIPC_OK || rc == SHMIPC_CHANGED) continue;
         if (rc == SHMIPC_TIMEDOUT) rc = SHMIPC_EMPTY;
