@@ -545,7 +545,7 @@ def _shm_region(size: int) -> Iterator[int]:
     try:
         os.unlink(path)
         os.ftruncate(fd, size)
-        probes.fault(size, shared=True, fd=fd, prefault="populate_write")
+        probes.fault(size, shared=True, fd=fd)  # one write per page fills it
         yield fd
     finally:
         os.close(fd)

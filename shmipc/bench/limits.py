@@ -529,7 +529,7 @@ def _memfd(nbytes: int) -> Iterator[int]:
     fd = os.memfd_create("shmipc-limits", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, nbytes)
-        probes.fault(nbytes, shared=True, fd=fd, prefault="populate_write")
+        probes.fault(nbytes, shared=True, fd=fd)  # one write per page fills it
         yield fd
     finally:
         os.close(fd)
