@@ -157,14 +157,11 @@ class Report:
         for label, value in self.machine:
             console.print(f"[bold]{escape(label)}[/bold]: {escape(value)}", highlight=False)
         table = Table(title=escape(self.title), show_lines=False)
-        for column, kwargs in (
-            ("measurement", {}),
-            ("here", {"justify": "right"}),
-            ("the page says", {}),
-            ("verdict", {}),
-            ("note", {"overflow": "fold"}),
-        ):
-            table.add_column(column, **kwargs)
+        table.add_column("measurement")
+        table.add_column("here", justify="right")
+        table.add_column("the page says")
+        table.add_column("verdict")
+        table.add_column("note", overflow="fold")
         group = None
         for row in self.rows:
             if row.group and row.group != group:
