@@ -47,10 +47,11 @@ class Sizes:
     wake_rounds: int
     line_rounds: int
     pread_count: int
+    trip_runs: int  # short runs of round trips: a median of many resists preemption
 
 
-FULL = Sizes(256 * MIB, 5, 1 * GIB, 4_000_000, 256 * MIB, 4 * GIB, 20_000, 1_000_000, 200_000)
-QUICK = Sizes(16 * MIB, 1, 64 * MIB, 200_000, 32 * MIB, 128 * MIB, 1_000, 20_000, 10_000)
+FULL = Sizes(256 * MIB, 5, 1 * GIB, 4_000_000, 256 * MIB, 4 * GIB, 4_000, 20_000, 200_000, 15)
+QUICK = Sizes(16 * MIB, 1, 64 * MIB, 200_000, 32 * MIB, 128 * MIB, 1_000, 20_000, 10_000, 3)
 
 
 def run(quick: bool = False, progress: Progress | None = None) -> Report:
@@ -79,8 +80,9 @@ def run(quick: bool = False, progress: Progress | None = None) -> Report:
         progress(len(steps), len(steps), "done")
     report.method += [
         "Every loop runs in C (csrc/measure.c), timed with CLOCK_MONOTONIC; fault counts from "
-        "getrusage(RUSAGE_THREAD). Values are medians of "
-        f"{sizes.repeats} run(s) where a row says so.",
+        f"getrusage(RUSAGE_THREAD). Page-fault, random-access and pread rows are medians of "
+        f"{sizes.repeats} run(s); round trips are medians of {sizes.trip_runs} short runs "
+        "(a run the scheduler preempts counts once), with the best run in the note.",
         "A figure the page gives as '~X' held if this machine's value lies within 3x of X "
         "(the page states orders of magnitude); comparisons held if the order came out as the "
         "page says.",
@@ -456,9 +458,10 @@ def _round_trips(report: Report, sizes: Sizes) -> None:
                 label, "µs", "-", f"this process may use only CPUs {cpus}", group=group
             )
             continue
-        runs = [probes.pingpong(kind, rounds, cpus=pair) for _ in range(sizes.repeats)]
+        runs = [probes.pingpong(kind, rounds, cpus=pair) for _ in range(sizes.trip_runs)]
         ns = statistics.median(r["ns_per_round_trip"] for r in runs)
-        notes = []
+        best = min(r["ns_per_round_trip"] for r in runs)
+        notes = [f"median of {len(runs)} runs of {rounds:,}; best run {_ns_text(best)}"]
         if not all(r["pinned"] for r in runs):
             notes.append("not pinned: sched_setaffinity refused")
         if kind == "futex":
@@ -673,6 +676,10 @@ def _rss_kb() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def _ns_text(ns: float) -> str:
+    return f"{ns:.0f} ns" if ns < 1000 else f"{ns / 1e3:.3g} µs"
 
 
 def _mib(n: int) -> str:
