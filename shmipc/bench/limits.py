@@ -243,7 +243,8 @@ def _faults(report: Report, sizes: Sizes) -> None:
         anon_runs.append(probes.fault(n, shared=True)["total_ns_per_page"])
         shm_runs.append(_shm_open_cost(n))
     anon_total = statistics.median(anon_runs)
-    shm_total = None if None in shm_runs else statistics.median(shm_runs)  # type: ignore[type-var]
+    shm_ok = [v for v in shm_runs if v is not None]
+    shm_total = statistics.median(shm_ok) if len(shm_ok) == len(shm_runs) else None
     if shm_total is None:
         report.unavailable(
             "shm_open region: create, map, first write",
