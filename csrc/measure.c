@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -80,6 +81,18 @@ static uint64_t sum_words(const char *p, size_t n)
     return s;
 }
 
+/* A mapping of `bytes` of fd must not reach past the file's end: touching there is SIGBUS.
+ * 0 if fd is a regular file at least that long, else a negated errno. */
+static int covers(int fd, size_t bytes)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode) || st.st_size < 0 || (size_t)st.st_size < bytes)
+        return -EINVAL;
+    return 0;
+}
+
 /* ---- page faults -------------------------------------------------------------------- */
 
 int shmipc_measure_fault(int fd, size_t bytes, int shared, int prefault, double *out)
@@ -88,6 +101,11 @@ int shmipc_measure_fault(int fd, size_t bytes, int shared, int prefault, double 
     if (!out || page <= 0 || bytes == 0 || bytes % (size_t)page || bytes > MAX_BYTES ||
         prefault < 0 || prefault > 2 || (fd >= 0 && !shared))
         return -EINVAL;
+    if (fd >= 0) {
+        int c = covers(fd, bytes);
+        if (c)
+            return c;
+    }
     int flags = (shared ? MAP_SHARED : MAP_PRIVATE) | (fd < 0 ? MAP_ANONYMOUS : 0);
     if (prefault == 1)
         flags |= MAP_POPULATE;
@@ -437,6 +455,11 @@ int shmipc_io_read(int fd, int method, size_t file_size, size_t block, int rando
         (method != 1 && fd < 0) || (method == 2 && (depth == 0 || depth > 4096)) ||
         advice < 0 || advice > 4 || (fd >= 0 && file_size % block))
         return -EINVAL;
+    if (fd >= 0) {
+        int c = covers(fd, file_size);
+        if (c)
+            return c;
+    }
     if (method == 2)
         return io_uring_reads(fd, file_size, block, random, count, seed, depth, out);
     size_t blocks = file_size / block;
@@ -634,8 +657,18 @@ static int io_uring_reads(int fd, size_t file_size, size_t block, int random, si
     }
     int64_t t1 = shmipc_measure_now_ns();
     faults(&m1, &j1);
-    /* After an error, reads may still be in flight into bufs: closing the ring (below) waits
-     * for them before the buffers go. */
+    /* After an error, reads may still be in flight into bufs: reap them before the buffers
+     * are freed (a plain read completes by copying into them). */
+    while (inflight > 0) {
+        if (uring_enter(ring, 0, 1, IORING_ENTER_GETEVENTS) < 0 && errno != EINTR)
+            break;
+        uint32_t head = atomic_load_explicit(cq_head, memory_order_relaxed);
+        /* acquire: pairs with the kernel's release of the CQ tail */
+        uint32_t ctail = atomic_load_explicit(cq_tail, memory_order_acquire);
+        inflight -= ctail - head;
+        /* release: pairs with the kernel's acquire of the CQ head */
+        atomic_store_explicit(cq_head, ctail, memory_order_release);
+    }
     sink = total;
     out[0] = (double)(t1 - t0);
     out[1] = (double)count * (double)block;
@@ -662,6 +695,9 @@ int shmipc_io_resident(int fd, size_t file_size, double *out)
 {
     if (!out || fd < 0 || file_size == 0 || file_size > MAX_BYTES)
         return -EINVAL;
+    int c = covers(fd, file_size);
+    if (c)
+        return c;
     char *p = mmap(NULL, file_size, PROT_READ, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED)
         return -errno;
@@ -691,6 +727,9 @@ int shmipc_io_msync(int fd, size_t file_size, double *out)
 {
     if (!out || fd < 0 || file_size == 0 || file_size > MAX_BYTES)
         return -EINVAL;
+    int c = covers(fd, file_size);
+    if (c)
+        return c;
     char *p = mmap(NULL, file_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED)
         return -errno;

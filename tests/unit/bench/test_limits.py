@@ -273,3 +273,36 @@ def test_cli_usage_errors():
     assert main(["--limits", "--size", "12X"], out=io.StringIO()) == 2
     assert parse_size("64M") == 64 << 20 and parse_size("1GiB") == 1 << 30
     assert parse_size("4096") == 4096
+
+
+def test_a_file_shorter_than_the_mapping_is_refused_not_sigbus(tmp_path):
+    """Touching a mapping past its file's end is SIGBUS: the C side checks the size first."""
+    code = r"""
+import errno, os, sys
+from shmipc.bench import probes
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+os.ftruncate(fd, 4096)
+calls = [
+    lambda: probes.fault(1 << 20, shared=True, fd=fd),
+    lambda: probes.io_read(fd, "mmap", size=1 << 20, block=4096, random=True, count=10),
+    lambda: probes.io_msync(fd, 1 << 20),
+    lambda: probes.io_resident(fd, 1 << 20),
+]
+for call in calls:
+    try:
+        call()
+    except OSError as exc:
+        assert exc.errno == errno.EINVAL, exc
+    else:
+        raise AssertionError("not refused")
+print("refused")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "short")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert proc.stdout.strip() == "refused"
