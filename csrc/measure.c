@@ -15,11 +15,9 @@
  * side reads is that word, so the pairing only keeps the loop honest, not any payload).
  */
 #define _GNU_SOURCE
-#include <cpuid.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
-#include <linux/io_uring.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -37,6 +35,26 @@
 #include <unistd.h>
 
 #include "shmipc.h"
+
+/* x86 only: cpuid and the pause hint. Elsewhere the TLB row says "unavailable". */
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#define HAVE_CPUID 1
+#define CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define CPU_RELAX() __asm__ __volatile__("" ::: "memory")
+#endif
+
+/* io_uring needs the kernel's uapi header and syscall numbers (Linux 5.1+ headers); without
+ * them the io_uring rows say ENOSYS. */
+#if defined(__has_include)
+#if __has_include(<linux/io_uring.h>) && defined(__NR_io_uring_setup)
+#include <linux/io_uring.h>
+#define HAVE_IO_URING 1
+#endif
+#endif
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -236,6 +254,9 @@ int shmipc_measure_tlb_info(double *out)
 {
     if (!out)
         return -EINVAL;
+#ifndef HAVE_CPUID
+    return -ENOTSUP;
+#else
     unsigned a, b, c, d;
     if (!__get_cpuid(0x80000000, &a, &b, &c, &d) || a < 0x80000006)
         return -ENOTSUP;
@@ -249,6 +270,7 @@ int shmipc_measure_tlb_info(double *out)
     out[2] = (double)((b6 >> 16) & 0xfff);
     out[3] = (double)((a6 >> 16) & 0xfff);
     return 0;
+#endif
 }
 
 /* ---- memcpy ---------------------------------------------------------------------------- */
@@ -310,7 +332,7 @@ static int pin(int cpu)
 
 static inline void relax(unsigned *spins)
 {
-    __builtin_ia32_pause();
+    CPU_RELAX();
     if (++*spins % 4096 == 0)
         sched_yield(); /* the other side lost its CPU: give ours up rather than burn it */
 }
@@ -524,6 +546,13 @@ int shmipc_io_read(int fd, int method, size_t file_size, size_t block, int rando
     return 0;
 }
 
+#ifndef HAVE_IO_URING
+static int io_uring_reads(int fd, size_t file_size, size_t block, int random, size_t count,
+                          uint64_t seed, unsigned depth, double *out)
+{
+    return -ENOSYS;
+}
+#else
 static int uring_setup(unsigned entries, struct io_uring_params *p)
 {
     return (int)syscall(__NR_io_uring_setup, entries, p);
@@ -689,6 +718,8 @@ out_ring:
     free(bufs);
     return rc;
 }
+
+#endif /* HAVE_IO_URING */
 
 /* Fraction of the file's pages in the page cache (mincore), in out[0]. */
 int shmipc_io_resident(int fd, size_t file_size, double *out)
