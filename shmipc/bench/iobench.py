@@ -23,7 +23,7 @@ from typing import Any
 
 from . import probes
 from .claims import NOT_COMPARABLE, Report, near, verdict
-from .limits import machine_lines
+from .limits import busy_note, machine_lines
 
 __all__ = ["run"]
 
@@ -116,6 +116,7 @@ def run(
         + (" (--quick: a smoke run)" if quick else ""),
         machine=[*machine_lines(), ("scratch file", _device_line(parent, size))],
     )
+    busy = busy_note()
     total = 2 * (len(_methods(True)) + 5) + 2
     done = 0
 
@@ -179,6 +180,8 @@ def run(
             "A figure the page gives as '~X' held if this machine's value lies within 3x of X; "
             "comparisons held if the order came out as the page says.",
         ]
+    if busy:
+        report.method.append(busy)
     if progress:
         progress(total, total, "done")
     return report

@@ -30,7 +30,7 @@ from . import probes
 from .claims import HELD, NOT_COMPARABLE, NOT_HELD, UNAVAILABLE, Report, near, verdict
 from .machine import describe
 
-__all__ = ["machine_lines", "run"]
+__all__ = ["busy_note", "machine_lines", "run"]
 
 Progress = Callable[[int, int, str], None]
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
@@ -63,6 +63,7 @@ def run(quick: bool = False, progress: Progress | None = None) -> Report:
         "The reference page's limits, measured here" + (" (--quick: a smoke run)" if quick else ""),
         machine=machine_lines(),
     )
+    busy = busy_note()
     steps: list[tuple[str, Callable[[Report, Sizes], None]]] = [
         ("page and hugepage sizes, address space", _sizes),
         ("page faults and prefault", _faults),
@@ -90,7 +91,24 @@ def run(quick: bool = False, progress: Progress | None = None) -> Report:
         "page says.",
         "Machine load (other work on the same CPUs) shows up in every number: see the load line.",
     ]
+    if busy:
+        report.method.append(busy)
     return report
+
+
+def busy_note() -> str | None:
+    """A warning when other work already keeps the CPUs busy (every number is then inflated)."""
+    try:
+        load, cpus = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if load <= cpus / 2:
+        return None
+    return (
+        f"Other work kept this machine busy when the run started (load {load:.1f} on {cpus} "
+        "CPUs): timings are inflated and round trips most of all; rerun on a quiet machine "
+        "for the machine's own figures."
+    )
 
 
 def machine_lines() -> list[tuple[str, str]]:
