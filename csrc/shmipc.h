@@ -396,3 +396,33 @@ int shmipc_topic_wait_space(char *t, uint64_t cap, uint32_t max_subs, uint64_t n
                             int64_t deadline_ns);
 int shmipc_topic_retire(char *t, uint32_t max_subs, uint32_t slot, uint64_t observed,
                         int to_free, int count_eviction, uint64_t *cursor);
+/* ---- measure ---- */
+/* Native timing loops for `python -m shmipc.bench --limits` and `--io` (csrc/measure.c;
+ * shmipc/bench/probes.py is their Python face). Each returns 0 with raw totals in out[], or a
+ * negated errno: -EINVAL for bad arguments (checked before anything is mapped), otherwise the
+ * reason the measurement could not run on this machine. */
+int64_t shmipc_measure_now_ns(void);
+/* fd -1: anonymous; prefault 0 none, 1 MAP_POPULATE, 2 MADV_POPULATE_WRITE.
+ * out[6] = {ns mmap+populate, ns first writes, ns munmap, minor faults in mmap+populate,
+ *           minor faults in the writes, pages} */
+int shmipc_measure_fault(int fd, size_t bytes, int shared, int prefault, double *out);
+/* mode 0: 4 KiB pages, 1: transparent hugepages, 2: MAP_HUGETLB.
+ * out[4] = {ns for the timed accesses, accesses, kB of THP gained, ns building the chain} */
+int shmipc_measure_random_access(size_t bytes, int mode, size_t accesses, uint64_t seed,
+                                 double *out);
+/* out[4] = {L1 dTLB 4K entries, L1 dTLB 2M entries, L2 dTLB 4K entries, L2 dTLB 2M entries} */
+int shmipc_measure_tlb_info(double *out);
+/* out[2] = {ns, bytes copied} */
+int shmipc_measure_memcpy(size_t bytes, size_t total, double *out);
+/* kind 0 futex, 1 pipe, 2 cache line; cpu -1: unpinned.
+ * out[4] = {ns, rounds, 1 if both threads were pinned, futex waits that slept} */
+int shmipc_measure_pingpong(int kind, size_t rounds, int cpu_a, int cpu_b, double *out);
+/* method 0 pread, 1 mmap (fd -1: anonymous MAP_SHARED), 2 io_uring; advice 0 normal,
+ * 1 random, 2 sequential, 3 willneed, 4 hugepage (madvise, mmap only).
+ * out[6] = {ns, bytes, reads, minor faults, major faults, 1 if io_uring used fixed buffers} */
+int shmipc_io_read(int fd, int method, size_t file_size, size_t block, int random, size_t count,
+                   uint64_t seed, int advice, unsigned depth, int warm, double *out);
+/* out[1] = {fraction of the file's pages in the page cache} */
+int shmipc_io_resident(int fd, size_t file_size, double *out);
+/* out[3] = {ns writing every byte through a MAP_SHARED mapping, ns in msync(MS_SYNC), bytes} */
+int shmipc_io_msync(int fd, size_t file_size, double *out);
