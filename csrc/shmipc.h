@@ -314,3 +314,20 @@ int shmipc_pool_takeover(char *base, size_t hdr, uint64_t observed, size_t seq_o
                          size_t waiters_off);
 /* Adds the `PoolBuffer` type to the extension module (shmipc/_native.py calls it). */
 int shmipc_pool_install(void);
+
+/* ---- A1: asyncio helper (csrc/aio.c; shmipc/aio.py, docs/asyncio.md) ----------------------
+ * shmipc_aio_waitv: register the calling (helper) thread in each word's sleeper count or
+ * registry (reg_offs[i] from bases[i]; nslots[i] identity slots, 0 = a plain count;
+ * SHMIPC_AIO_NO_REG = none), re-check, then sleep until any word differs from expected[i],
+ * the private control word *ctl differs from ctl_seen (shmipc_aio_kick), or the absolute
+ * CLOCK_MONOTONIC deadline (-1 none). poll (or a kernel without futex_waitv) sleeps on the
+ * control word alone until the deadline. fired[i] = 1 for each word that differs on return.
+ * Returns how many fired, or -SHMIPC_ERROR (errno). */
+#define SHMIPC_AIO_MAX_WORDS 127
+#define SHMIPC_AIO_NO_REG 0xFFFFFFFFFFFFFFFF
+int shmipc_aio_has_waitv(void);
+int shmipc_aio_waitv(char **bases, const uint64_t *offs, const uint32_t *expected,
+                     const uint64_t *reg_offs, const int32_t *nslots, uint32_t n,
+                     uint32_t *ctl, uint32_t ctl_seen, int64_t deadline_ns, int poll,
+                     uint8_t *fired);
+int shmipc_aio_kick(uint32_t *ctl);
