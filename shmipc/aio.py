@@ -90,7 +90,7 @@ _helpers: dict[Any, _Helper] = {}
 
 
 class _Watch:
-    __slots__ = ("spec", "expected", "futs", "key")
+    __slots__ = ("expected", "futs", "key", "spec")
 
     def __init__(self, spec: WordSpec, expected: int, key: tuple[int, int]) -> None:
         self.spec = spec
@@ -204,7 +204,9 @@ def helper_threads() -> list[threading.Thread]:
 
 
 def _register(
-    loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], words: Sequence[tuple[WordSpec, int]]
+    loop: asyncio.AbstractEventLoop,
+    fut: asyncio.Future[None],
+    words: Sequence[tuple[WordSpec, int]],
 ) -> tuple[_Helper, list[_Watch]]:
     start = False
     with _lock:

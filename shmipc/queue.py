@@ -12,8 +12,8 @@ or stuck at exit. A message larger than half the ring is spilled to a side segme
 from __future__ import annotations
 
 import dataclasses
-import sys
 import queue as _stdlib_queue
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable
