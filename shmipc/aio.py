@@ -25,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 import time
@@ -57,6 +58,8 @@ IDLE_EXIT = 0.5
 #: How often a waiter stuck behind a side lock re-checks that the holder lives (as the
 #: blocking calls do at the end of every wait slice).
 LOCK_SLICE = 0.1
+#: How often a helper with waiters looks whether its loop was closed under them.
+CLOSED_CHECK = 1.0
 
 _MAX_WORDS = lib.SHMIPC_AIO_MAX_WORDS
 _NO_REG = lib.SHMIPC_AIO_NO_REG
@@ -87,6 +90,17 @@ class WordSpec(NamedTuple):
 
 _lock = threading.Lock()  # guards every helper's watch set and the helper table
 _helpers: dict[Any, _Helper] = {}
+
+
+def _after_fork_in_child() -> None:
+    # The child has none of the parent's helper threads (and the lock may have been held by
+    # one at the fork): start afresh. Its loops, if it inherited any, are not usable anyway.
+    global _lock
+    _lock = threading.Lock()
+    _helpers.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Watch:
@@ -159,7 +173,9 @@ class _Helper:
             elif poll:
                 deadline = time.monotonic_ns() + int(POLL_PERIOD * 1e9)
             else:
-                deadline = -1
+                # Not forever: a loop closed with waiters still pending (nobody cancelled
+                # them) is noticed within a second, and its helper ends.
+                deadline = time.monotonic_ns() + int(CLOSED_CHECK * 1e9)
             bases = ffi.new("char *[]", [w.spec.base for w in ws] or 1)
             offs = ffi.new("uint64_t[]", [w.spec.off for w in ws] or 1)
             exp = ffi.new("uint32_t[]", [w.expected for w in ws] or 1)
