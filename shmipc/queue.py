@@ -451,12 +451,22 @@ class Queue:
     async def get_async(self, timeout: float | None = None) -> Any:
         """``await`` the next object without blocking the loop; queue.Empty after ``timeout``.
         Cancelling it never loses a message: nothing is taken until it returns."""
+        try:  # the fast path: a message is there (no coroutine of aio's to build)
+            return self.get(False)
+        except _stdlib_queue.Empty:
+            if timeout == 0:
+                raise
         from .aio import queue_get_async
 
         return await queue_get_async(self, timeout)
 
     async def get_bytes_async(self, timeout: float | None = None) -> bytes:
         """``await`` the next raw payload (as get_bytes)."""
+        try:
+            return self.get_bytes(False)
+        except _stdlib_queue.Empty:
+            if timeout == 0:
+                raise
         from .aio import queue_get_bytes_async
 
         return await queue_get_bytes_async(self, timeout)
@@ -464,12 +474,24 @@ class Queue:
     async def put_async(self, obj: Any, timeout: float | None = None) -> None:
         """``await`` room and put ``obj``; queue.Full after ``timeout``. Cancelling it never
         half-sends: the message is either whole in the queue or not there at all."""
+        try:
+            self.put(obj, False)
+            return
+        except _stdlib_queue.Full:
+            if timeout == 0:
+                raise
         from .aio import queue_put_async
 
         await queue_put_async(self, obj, timeout)
 
     async def put_bytes_async(self, data: Any, timeout: float | None = None) -> None:
         """``await`` room and put raw bytes (as put_bytes)."""
+        try:
+            self.put_bytes(data, False)
+            return
+        except _stdlib_queue.Full:
+            if timeout == 0:
+                raise
         from .aio import queue_put_bytes_async
 
         await queue_put_bytes_async(self, data, timeout)

@@ -145,6 +145,10 @@ def main(
 ) -> int:
     """Run the benchmark; ``argv`` without the program name (default ``sys.argv[1:]``).
     ``progress`` is told of each row as it starts (a caller's progress bar)."""
+    if "--asyncio" in (sys.argv[1:] if argv is None else argv):  # shmipc/bench/aiobench.py
+        from .aiobench import main as aio_main
+
+        return aio_main(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     try:
         args = parser.parse_args(argv)
