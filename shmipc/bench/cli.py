@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         help="kill a row's processes after this long (default: 30 + 10 x duration; "
         "30 with --quick; 300 with --count)",
     )
+    parser.add_argument(
+        "--asyncio",
+        action="store_true",
+        help="run the asyncio consumer benchmark instead (shmipc vs pyzmq.asyncio; "
+        "takes --quick, --uvloop, --json)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument(
         "--json", metavar="FILE", help="also write the rows and the machine as JSON to FILE"
