@@ -153,3 +153,177 @@ int shmipc_aio_kick(uint32_t *ctl) {
     atomic_fetch_add_explicit((_Atomic uint32_t *)ctl, 1, memory_order_seq_cst);
     return (int)syscall(SYS_futex, ctl, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, 1, NULL, NULL, 0);
 }
+
+/* ---- the watch set served in C ------------------------------------------------------------
+ * The helper thread (a Python thread) calls shmipc_aio_serve, which loops without the GIL:
+ * snapshot the set, shmipc_aio_waitv on it, mark the entries whose word changed and signal
+ * the loop's eventfd; the loop (its reader callback, under the GIL) takes the fired ids
+ * with shmipc_aio_take. So a wake-up costs the loop one eventfd hop and no Python code on the
+ * helper's side. The mutex guards the entries; ctl is bumped (shmipc_aio_kick) after every
+ * change the helper must see. */
+#include <pthread.h>
+#include <stdlib.h>
+
+struct aio_entry {
+    char *base;
+    uint64_t off, reg_off, id;
+    uint32_t expected;
+    int32_t nslots;
+    int used, fired;
+};
+
+struct shmipc_aio_set {
+    pthread_mutex_t mu;
+    uint32_t ctl;
+    int efd;
+    int stop;
+    uint64_t next_id;
+    /* Bumped after every wait of the serve loop, once its registrations are taken back: an
+     * entry removed at epoch E is no longer touched by the helper once epoch > E, and only
+     * then may Python let go of what pins its mapping (docs/internals/lifetime.md). */
+    uint64_t epoch;
+    struct aio_entry e[SHMIPC_AIO_MAX_WORDS];
+};
+
+void *shmipc_aio_set_new(int efd) {
+    struct shmipc_aio_set *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    pthread_mutex_init(&s->mu, NULL);
+    s->efd = efd;
+    s->next_id = 1;
+    return s;
+}
+
+void shmipc_aio_set_free(void *p) {
+    struct shmipc_aio_set *s = p;
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+int64_t shmipc_aio_add(void *p, char *base, uint64_t off, uint32_t expected, uint64_t reg_off,
+                       int32_t nslots) {
+    struct shmipc_aio_set *s = p;
+    int64_t id = -1;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < SHMIPC_AIO_MAX_WORDS; i++) {
+        struct aio_entry *e = &s->e[i];
+        if (e->used) continue;
+        e->base = base;
+        e->off = off;
+        e->expected = expected;
+        e->reg_off = reg_off;
+        e->nslots = nslots;
+        e->fired = 0;
+        e->id = s->next_id++;
+        e->used = 1;
+        id = (int64_t)e->id;
+        break;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (id >= 0) shmipc_aio_kick(&s->ctl);
+    return id;
+}
+
+uint64_t shmipc_aio_epoch(void *p) {
+    struct shmipc_aio_set *s = p;
+    return __atomic_load_n(&s->epoch, __ATOMIC_ACQUIRE);
+}
+
+uint64_t shmipc_aio_remove(void *p, uint64_t id) {
+    struct shmipc_aio_set *s = p;
+    int found = 0;
+    pthread_mutex_lock(&s->mu);
+    uint64_t epoch = __atomic_load_n(&s->epoch, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < SHMIPC_AIO_MAX_WORDS; i++)
+        if (s->e[i].used && s->e[i].id == id) {
+            s->e[i].used = 0;
+            found = 1;
+        }
+    pthread_mutex_unlock(&s->mu);
+    if (found) shmipc_aio_kick(&s->ctl); /* let go of the word's registration now */
+    return epoch;
+}
+
+int shmipc_aio_take(void *p, uint64_t *ids, int max) {
+    struct shmipc_aio_set *s = p;
+    uint64_t junk;
+    while (read(s->efd, &junk, sizeof junk) > 0) { /* non-blocking eventfd: drain it */
+    }
+    int n = 0;
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < SHMIPC_AIO_MAX_WORDS && n < max; i++)
+        if (s->e[i].used && s->e[i].fired) {
+            ids[n++] = s->e[i].id;
+            s->e[i].used = 0;
+        }
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+void shmipc_aio_stop(void *p) {
+    struct shmipc_aio_set *s = p;
+    __atomic_store_n(&s->stop, 1, __ATOMIC_SEQ_CST);
+    shmipc_aio_kick(&s->ctl);
+}
+
+int shmipc_aio_serve(void *p, int64_t budget_ns, int64_t idle_ns, int poll_ns) {
+    struct shmipc_aio_set *s = p;
+    char *bases[SHMIPC_AIO_MAX_WORDS];
+    uint64_t offs[SHMIPC_AIO_MAX_WORDS], regs[SHMIPC_AIO_MAX_WORDS], ids[SHMIPC_AIO_MAX_WORDS];
+    uint32_t exp[SHMIPC_AIO_MAX_WORDS];
+    int32_t slots[SHMIPC_AIO_MAX_WORDS];
+    uint8_t fired[SHMIPC_AIO_MAX_WORDS];
+    int64_t start = shmipc_monotonic_ns(), idle_since = -1;
+    for (;;) {
+        if (__atomic_load_n(&s->stop, __ATOMIC_SEQ_CST)) return 2;
+        int64_t now = shmipc_monotonic_ns();
+        uint32_t n = 0;
+        pthread_mutex_lock(&s->mu);
+        uint32_t ctl_seen = __atomic_load_n(&s->ctl, __ATOMIC_SEQ_CST);
+        for (int i = 0; i < SHMIPC_AIO_MAX_WORDS; i++) {
+            struct aio_entry *e = &s->e[i];
+            if (!e->used || e->fired) continue;
+            bases[n] = e->base;
+            offs[n] = e->off;
+            exp[n] = e->expected;
+            regs[n] = e->reg_off;
+            slots[n] = e->nslots;
+            ids[n] = e->id;
+            n++;
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (n == 0) {
+            if (idle_since < 0) idle_since = now;
+            else if (now - idle_since >= idle_ns) return 1;
+        } else {
+            idle_since = -1;
+        }
+        if (now - start >= budget_ns) return 0; /* back to Python: is the loop still open? */
+        int64_t deadline = start + budget_ns;
+        if (n == 0 && (idle_since < 0 ? now : idle_since) + idle_ns < deadline)
+            deadline = (idle_since < 0 ? now : idle_since) + idle_ns;
+        if (poll_ns > 0 && n > 0 && now + poll_ns < deadline) deadline = now + poll_ns;
+        int rc = shmipc_aio_waitv(bases, offs, exp, regs, slots, n, &s->ctl, ctl_seen, deadline,
+                                  poll_ns > 0, fired);
+        /* Release: pairs with Python's acquire load (shmipc_aio_epoch); our last touch of
+         * every snapshotted word came before. */
+        __atomic_add_fetch(&s->epoch, 1, __ATOMIC_RELEASE);
+        if (rc <= 0) continue;
+        int any = 0;
+        pthread_mutex_lock(&s->mu);
+        for (uint32_t j = 0; j < n; j++) {
+            if (!fired[j]) continue;
+            for (int i = 0; i < SHMIPC_AIO_MAX_WORDS; i++)
+                if (s->e[i].used && s->e[i].id == ids[j]) {
+                    s->e[i].fired = 1;
+                    any = 1;
+                }
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (any) {
+            uint64_t one = 1;
+            if (write(s->efd, &one, sizeof one) < 0) { /* EAGAIN: the counter is already set */
+            }
+        }
+    }
+}

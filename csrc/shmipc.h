@@ -331,3 +331,21 @@ int shmipc_aio_waitv(char **bases, const uint64_t *offs, const uint32_t *expecte
                      uint32_t *ctl, uint32_t ctl_seen, int64_t deadline_ns, int poll,
                      uint8_t *fired);
 int shmipc_aio_kick(uint32_t *ctl);
+/* The watch set served in C (see csrc/aio.c): the helper thread runs shmipc_aio_serve (GIL
+ * released) for up to budget_ns, or until idle_ns with nothing to watch (returns 1), or
+ * stop (returns 2); budget over returns 0. It signals the eventfd `efd` when entries fire;
+ * the loop collects their ids with shmipc_aio_take (which drains the eventfd). add returns
+ * an id, or -1 when SHMIPC_AIO_MAX_WORDS entries are in use. poll_ns > 0: look every poll_ns
+ * instead of futex_waitv. */
+void *shmipc_aio_set_new(int efd);
+void shmipc_aio_set_free(void *set);
+int64_t shmipc_aio_add(void *set, char *base, uint64_t off, uint32_t expected, uint64_t reg_off,
+                       int32_t nslots);
+/* remove returns the epoch at removal: the helper no longer touches the entry's word once
+ * shmipc_aio_epoch (bumped after each of its waits) exceeds it; fired entries (take) are
+ * never touched again. */
+uint64_t shmipc_aio_remove(void *set, uint64_t id);
+uint64_t shmipc_aio_epoch(void *set);
+int shmipc_aio_take(void *set, uint64_t *ids, int max);
+void shmipc_aio_stop(void *set);
+int shmipc_aio_serve(void *set, int64_t budget_ns, int64_t idle_ns, int poll_ns);

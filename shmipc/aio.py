@@ -87,8 +87,13 @@ class WordSpec(NamedTuple):
 
 
 # ---- the helper -----------------------------------------------------------------------------
+#
+# The watch set lives in C (csrc/aio.c, shmipc_aio_set): the helper thread serves it without
+# the GIL and signals the loop through an eventfd the loop reads (add_reader); the loop's
+# reader callback collects the fired entries and resolves their futures there and then. The
+# Python side keeps, under _lock, which futures wait on which entry.
 
-_lock = threading.Lock()  # guards every helper's watch set and the helper table
+_lock = threading.Lock()  # guards every helper's Python-side tables and the helper table
 _helpers: dict[Any, _Helper] = {}
 
 
@@ -104,13 +109,13 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Watch:
-    __slots__ = ("expected", "futs", "key", "spec")
+    __slots__ = ("futs", "id", "key", "spec")
 
-    def __init__(self, spec: WordSpec, expected: int, key: tuple[int, int]) -> None:
-        self.spec = spec
-        self.expected = expected
-        self.futs: set[asyncio.Future[None]] = set()
+    def __init__(self, spec: WordSpec, key: tuple[int, int], id_: int) -> None:
+        self.spec = spec  # holds the pin: the mapping stays while the entry may be served
         self.key = key
+        self.id = id_
+        self.futs: set[asyncio.Future[None]] = set()
 
 
 def _addr(spec: WordSpec) -> int:
@@ -118,86 +123,89 @@ def _addr(spec: WordSpec) -> int:
 
 
 class _Helper:
-    """One thread per event loop, asleep in futex_waitv on every watched word."""
+    """One thread per event loop, asleep in futex_waitv on every watched word (in C)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.watches: dict[tuple[int, int], _Watch] = {}
-        self.ctl = ffi.new("uint32_t *")
+        self.by_id: dict[int, _Watch] = {}
         self.stopping = False
+        self.freed = False
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.set = lib.shmipc_aio_set_new(self.efd)
+        if self.set == ffi.NULL:
+            os.close(self.efd)
+            raise MemoryError("shmipc.aio: no memory for a watch set")
+        self.ids = ffi.new("uint64_t[]", _MAX_WORDS)
+        # (epoch at removal, pin) of removed entries the helper may still be asleep on.
+        self.retired: list[tuple[int, Any]] = []
+        loop.add_reader(self.efd, self._on_ready)  # called on the loop's thread
         self.thread = threading.Thread(target=self._run, name="shmipc-aio", daemon=True)
 
-    def kick(self) -> None:
-        lib.shmipc_aio_kick(self.ctl)
+    # -- helper thread --
 
     def _run(self) -> None:
-        try:
-            self._serve()
-        finally:
-            with _lock:
-                self.stopping = True
-                if _helpers.get(self.loop) is self:
-                    del _helpers[self.loop]
-                # Anything added after we stopped looking is handed back to its loop: the
-                # waiter retries (and starts a new helper).
-                orphans = [f for w in self.watches.values() for f in w.futs]
-                self.watches.clear()
-            if orphans:
-                self._deliver(orphans)
-
-    def _serve(self) -> None:
-        idle_since: float | None = None
-        fired_buf = ffi.new("uint8_t[]", _MAX_WORDS)
+        poll_ns = int(POLL_PERIOD * 1e9) if _FORCE_POLL or not lib.shmipc_aio_has_waitv() else 0
         while True:
-            with _lock:
-                ws = list(self.watches.values())
-                ctl_seen = int(self.ctl[0])
-                if not ws:
-                    now = time.monotonic()
-                    if idle_since is None:
-                        idle_since = now
-                    elif now - idle_since >= IDLE_EXIT or self.loop.is_closed():
-                        self.stopping = True
-                        if _helpers.get(self.loop) is self:
-                            del _helpers[self.loop]
-                        return
-                else:
-                    idle_since = None
-            if self.loop.is_closed():
-                return  # _run hands nothing back: a closed loop runs no callback
-            poll = _FORCE_POLL or not lib.shmipc_aio_has_waitv() or len(ws) > _MAX_WORDS
-            ws = ws[:_MAX_WORDS]
-            n = len(ws)
-            if n == 0:
-                deadline = time.monotonic_ns() + int(IDLE_EXIT * 1e9)
-            elif poll:
-                deadline = time.monotonic_ns() + int(POLL_PERIOD * 1e9)
-            else:
-                # Not forever: a loop closed with waiters still pending (nobody cancelled
-                # them) is noticed within a second, and its helper ends.
-                deadline = time.monotonic_ns() + int(CLOSED_CHECK * 1e9)
-            bases = ffi.new("char *[]", [w.spec.base for w in ws] or 1)
-            offs = ffi.new("uint64_t[]", [w.spec.off for w in ws] or 1)
-            exp = ffi.new("uint32_t[]", [w.expected for w in ws] or 1)
-            regs = ffi.new(
-                "uint64_t[]",
-                [_NO_REG if w.spec.reg_off is None else w.spec.reg_off for w in ws] or 1,
+            rc = lib.shmipc_aio_serve(
+                self.set, int(CLOSED_CHECK * 1e9), int(IDLE_EXIT * 1e9), poll_ns
             )
-            slots = ffi.new("int32_t[]", [w.spec.nslots for w in ws] or 1)
-            rc = lib.shmipc_aio_waitv(
-                bases, offs, exp, regs, slots, n, self.ctl, ctl_seen, deadline, int(poll),
-                fired_buf,
-            )
-            if rc <= 0:
-                continue  # control word, timeout, signal or error: rebuild and look again
-            futs: list[asyncio.Future[None]] = []
-            with _lock:
-                for i, w in enumerate(ws):
-                    if fired_buf[i] and self.watches.get(w.key) is w:
+            if rc == 2 or self.loop.is_closed():
+                break
+            if rc == 1:
+                with _lock:
+                    if not self.watches:
+                        break
+        with _lock:
+            self.stopping = True
+            if _helpers.get(self.loop) is self:
+                del _helpers[self.loop]
+            # Anything added after the set was last looked at goes back to its waiter, which
+            # tries again (and starts a new helper).
+            orphans = [f for w in self.watches.values() for f in w.futs]
+            self.watches.clear()
+            self.by_id.clear()
+        try:
+            self.loop.call_soon_threadsafe(self._detach, orphans)
+        except RuntimeError:  # the loop is closed (so is its selector): nobody else is left
+            self._free()
+
+    # -- loop thread --
+
+    def _free(self) -> None:
+        if not self.freed:
+            self.freed = True
+            os.close(self.efd)
+            lib.shmipc_aio_set_free(self.set)
+            self.retired.clear()  # the helper has left its serve loop for good
+
+    def _detach(self, orphans: list[asyncio.Future[None]]) -> None:
+        try:
+            self.loop.remove_reader(self.efd)
+        finally:
+            self._free()
+        _wake(orphans)
+
+    def _trim(self) -> None:
+        """Let go of the pins of removed entries the helper can no longer touch."""
+        if self.retired and not self.freed:
+            now = int(lib.shmipc_aio_epoch(self.set))
+            self.retired = [r for r in self.retired if r[0] >= now]
+
+    def _on_ready(self) -> None:
+        if self.freed:
+            return
+        futs: list[asyncio.Future[None]] = []
+        with _lock:
+            n = lib.shmipc_aio_take(self.set, self.ids, _MAX_WORDS)
+            for i in range(n):
+                w = self.by_id.pop(int(self.ids[i]), None)
+                if w is not None:
+                    if self.watches.get(w.key) is w:
                         del self.watches[w.key]
-                        futs.extend(w.futs)
-            if futs and not self._deliver(futs):
-                return
+                    futs.extend(w.futs)
+            self._trim()
+        _wake(futs)  # on the loop thread already: the tasks run in this very iteration's next
 
     def _deliver(self, futs: list[asyncio.Future[None]]) -> bool:
         try:
@@ -216,47 +224,58 @@ def _wake(futs: list[asyncio.Future[None]]) -> None:
 def helper_threads() -> list[threading.Thread]:
     """The helper threads alive now (one per event loop with waiters; for tests, stats)."""
     with _lock:
-        return [h.thread for h in _helpers.values() if h.thread.is_alive()]
+        live = [h.thread for h in _helpers.values() if h.thread.is_alive()]
+    return live + [
+        t for t in threading.enumerate() if t.name == "shmipc-aio" and t not in live
+    ]
 
 
 def _register(
     loop: asyncio.AbstractEventLoop,
     fut: asyncio.Future[None],
     words: Sequence[tuple[WordSpec, int]],
-) -> tuple[_Helper, list[_Watch]]:
+) -> tuple[_Helper, list[_Watch], bool]:
+    """Add ``fut`` to the watches of ``words``; the bool says that some word found no room
+    in the set (more than SHMIPC_AIO_MAX_WORDS): the caller then looks every POLL_PERIOD."""
     start = False
+    overflow = False
     with _lock:
         h = _helpers.get(loop)
         if h is None or h.stopping:
             h = _helpers[loop] = _Helper(loop)
             start = True
-        added = False
         mine = []
         for spec, expected in words:
             key = (_addr(spec), expected)
             w = h.watches.get(key)
             if w is None:
-                w = h.watches[key] = _Watch(spec, expected, key)
-                added = True
+                reg = _NO_REG if spec.reg_off is None else spec.reg_off
+                id_ = int(lib.shmipc_aio_add(h.set, spec.base, spec.off, expected, reg,
+                                             spec.nslots))  # kicks the helper
+                if id_ < 0:
+                    overflow = True
+                    continue
+                w = h.watches[key] = h.by_id[id_] = _Watch(spec, key, id_)
             w.futs.add(fut)
             mine.append(w)
     if start:
         h.thread.start()
-    elif added:
-        h.kick()  # after the set changed: the helper rebuilds what it sleeps on
-    return h, mine
+    return h, mine, overflow
 
 
 def _unregister(h: _Helper, fut: asyncio.Future[None], mine: list[_Watch]) -> None:
-    dropped = False
     with _lock:
         for w in mine:
             w.futs.discard(fut)
             if not w.futs and h.watches.get(w.key) is w:
                 del h.watches[w.key]
-                dropped = True
-    if dropped and not h.stopping:
-        h.kick()  # let go of the word's registration (and its mapping) now
+                h.by_id.pop(w.id, None)
+                if not h.stopping:
+                    # The helper may still be asleep on the word: its pin stays until the
+                    # helper's epoch moves past the removal (_trim).
+                    epoch = int(lib.shmipc_aio_remove(h.set, w.id))
+                    h.retired.append((epoch, w.spec.pin))
+        h._trim()
 
 
 def _wake_pin(pin: Any) -> None:
@@ -280,7 +299,9 @@ async def wait_for_change(
         return
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
-    h, mine = _register(loop, fut, words)
+    h, mine, overflow = _register(loop, fut, words)
+    if overflow:
+        timeout = POLL_PERIOD if timeout is None else min(timeout, POLL_PERIOD)
     handle = None if timeout is None else loop.call_later(timeout, _wake, [fut])
     try:
         await fut
