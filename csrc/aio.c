@@ -13,6 +13,10 @@
  *    bumps it (after changing the watch set) and wakes it, so the helper rebuilds its set.
  *  - The caller (Python) keeps every mapping pinned (a reference to the object holding the
  *    mapping's export) for as long as the call may touch it: docs/internals/lifetime.md.
+ *    With the watch set served here (below), an entry marked fired is never touched again
+ *    (it was marked after the wait that saw it had ended, registrations taken back); an entry
+ *    removed at epoch E may still be in the snapshot of a wait under way, which ends by
+ *    bumping the epoch: Python lets go of its pin once the epoch exceeds E.
  */
 #include <errno.h>
 #include <linux/futex.h>

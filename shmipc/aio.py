@@ -5,10 +5,11 @@ Design (docs/asyncio.md): every async call first tries the non-blocking operatio
 thread (``get(block=False)``...). If that fails it reads the shared 32-bit words whose change
 could make it succeed (the ones the blocking call sleeps on), and asks the loop's one helper
 thread to wake it when any of them differs. The helper (one per event loop, started on first
-need, gone after an idle half second or when its loop closes) sleeps on all the words its
-loop's coroutines wait for at once with ``futex_waitv`` (csrc/aio.c), registered in each
-word's sleeper count so the wakers' usual futex wake reaches it, and hands the loop only the
-futures whose word changed (``call_soon_threadsafe``). The coroutine then tries again.
+need, gone after an idle half second or within a second of its loop closing) serves a watch
+set kept in C (csrc/aio.c) without the GIL: it sleeps on all the words at once with
+``futex_waitv``, registered in each word's sleeper count so the wakers' usual futex wake
+reaches it, and writes an eventfd the loop reads when some changed; the loop's reader
+callback resolves only the futures waiting on those words. The coroutine then tries again.
 
 Invariants:
   - The operation itself is always the synchronous non-blocking call, run on the loop thread;
@@ -16,8 +17,11 @@ Invariants:
     cannot take a message and drop it, nor half-send one.
   - No lost wake-up: a word's value is read *before* the attempt it guards; if it changes
     after that read, the helper's re-check (after registering) or futex_waitv sees it.
-  - A watch pins the mapping its word lives in (a reference to the object that holds the
-    mapping's export) until the helper has let go of it (docs/internals/lifetime.md).
+  - A watch pins the mapping its word lives in (``WordSpec.pin``: the object that holds the
+    mapping's export) until the helper can no longer touch the word: a fired entry is never
+    touched again; a removed one is kept in ``_Helper.retired`` until the helper's epoch
+    (bumped after each of its waits) is past the removal (docs/internals/lifetime.md;
+    tests/unit/aio/test_epoch_model.py).
   - Without futex_waitv (Linux < 5.16) the helper looks at its words every POLL_PERIOD
     seconds instead (documented; not a busy loop).
 """
