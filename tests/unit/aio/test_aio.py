@@ -502,3 +502,32 @@ def test_subscriber_receive_async_and_async_for(kind, q):
         return got
 
     assert run(kind, main()) == list(range(100))
+
+
+@pytest.mark.timeout(60)
+def test_pooled_queue_arrays_through_put_async_and_get_async():
+    np = pytest.importorskip("numpy")
+    pool = shmipc.BufferPool.create(size=8 << 20)
+    qq = shmipc.Queue.create(capacity=1 << 12, maxsize=2, pool=pool, zero_copy_threshold=1024)
+    try:
+        async def main():
+            async def produce():
+                for i in range(50):  # maxsize 2: most puts wait for room
+                    await qq.put_async(np.full(4096, i, dtype=np.float64), timeout=30)
+
+            async def consume():
+                seen = []
+                for _ in range(50):
+                    a = await qq.get_async(timeout=30)
+                    seen.append(int(a[0]) if (a == a[0]).all() else -1)
+                    del a
+                return seen
+
+            _, seen = await asyncio.gather(produce(), consume())
+            return seen
+
+        assert asyncio.run(main()) == list(range(50))
+        assert pool.statistics() is not None
+    finally:
+        qq.close()
+        pool.close()
