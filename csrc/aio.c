@@ -251,7 +251,8 @@ uint64_t shmipc_aio_remove(void *p, uint64_t id) {
 int shmipc_aio_take(void *p, uint64_t *ids, int max) {
     struct shmipc_aio_set *s = p;
     uint64_t junk;
-    while (read(s->efd, &junk, sizeof junk) > 0) { /* non-blocking eventfd: drain it */
+    /* One read takes the eventfd's whole counter (non-blocking: EAGAIN when already 0). */
+    if (read(s->efd, &junk, sizeof junk) < 0) { /* nothing to drain */
     }
     int n = 0;
     pthread_mutex_lock(&s->mu);
