@@ -30,6 +30,7 @@ setup(
             "pytest-timeout>=2",
             "hypothesis>=6",
             "numpy>=1.22",
+            "uvloop>=0.17; sys_platform == 'linux' and platform_python_implementation == 'CPython'",
         ],
         "bench": ["faster-fifo>=1.4", "pyzmq>=25", "numpy>=1.22", "iceoryx2>=0.10"],
     },

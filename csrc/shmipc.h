@@ -426,3 +426,38 @@ int shmipc_io_read(int fd, int method, size_t file_size, size_t block, int rando
 int shmipc_io_resident(int fd, size_t file_size, double *out);
 /* out[3] = {ns writing every byte through a MAP_SHARED mapping, ns in msync(MS_SYNC), bytes} */
 int shmipc_io_msync(int fd, size_t file_size, double *out);
+
+/* ---- A1: asyncio helper (csrc/aio.c; shmipc/aio.py, docs/asyncio.md) ----------------------
+ * shmipc_aio_waitv: register the calling (helper) thread in each word's sleeper count or
+ * registry (reg_offs[i] from bases[i]; nslots[i] identity slots, 0 = a plain count;
+ * SHMIPC_AIO_NO_REG = none), re-check, then sleep until any word differs from expected[i],
+ * the private control word *ctl differs from ctl_seen (shmipc_aio_kick), or the absolute
+ * CLOCK_MONOTONIC deadline (-1 none). poll (or a kernel without futex_waitv) sleeps on the
+ * control word alone until the deadline. fired[i] = 1 for each word that differs on return.
+ * Returns how many fired, or -SHMIPC_ERROR (errno). */
+#define SHMIPC_AIO_MAX_WORDS 127
+#define SHMIPC_AIO_NO_REG 0xFFFFFFFFFFFFFFFF
+int shmipc_aio_has_waitv(void);
+int shmipc_aio_waitv(char **bases, const uint64_t *offs, const uint32_t *expected,
+                     const uint64_t *reg_offs, const int32_t *nslots, uint32_t n,
+                     uint32_t *ctl, uint32_t ctl_seen, int64_t deadline_ns, int poll,
+                     uint8_t *fired);
+int shmipc_aio_kick(uint32_t *ctl);
+/* The watch set served in C (see csrc/aio.c): the helper thread runs shmipc_aio_serve (GIL
+ * released) for up to budget_ns, or until idle_ns with nothing to watch (returns 1), or
+ * stop (returns 2); budget over returns 0. It signals the eventfd `efd` when entries fire;
+ * the loop collects their ids with shmipc_aio_take (which drains the eventfd). add returns
+ * an id, or -1 when SHMIPC_AIO_MAX_WORDS entries are in use. poll_ns > 0: look every poll_ns
+ * instead of futex_waitv. */
+void *shmipc_aio_set_new(int efd);
+void shmipc_aio_set_free(void *set);
+int64_t shmipc_aio_add(void *set, char *base, uint64_t off, uint32_t expected, uint64_t reg_off,
+                       int32_t nslots);
+/* remove returns the epoch at removal: the helper no longer touches the entry's word once
+ * shmipc_aio_epoch (bumped after each of its waits) exceeds it; fired entries (take) are
+ * never touched again. */
+uint64_t shmipc_aio_remove(void *set, uint64_t id);
+uint64_t shmipc_aio_epoch(void *set);
+int shmipc_aio_take(void *set, uint64_t *ids, int max);
+void shmipc_aio_stop(void *set);
+int shmipc_aio_serve(void *set, int64_t budget_ns, int64_t idle_ns, int poll_ns);

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue as _stdlib_queue
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable
@@ -461,6 +462,56 @@ class Queue:
     def get_nowait(self) -> Any:
         return self.get(False)
 
+    # ---- asyncio (shmipc/aio.py: one helper thread per loop, no polling; docs/asyncio.md) ----
+
+    async def get_async(self, timeout: float | None = None) -> Any:
+        """``await`` the next object without blocking the loop; queue.Empty after ``timeout``.
+        Cancelling it never loses a message: nothing is taken until it returns."""
+        try:  # the fast path: a message is there (no coroutine of aio's to build)
+            return self.get(False)
+        except _stdlib_queue.Empty:
+            if timeout == 0:
+                raise
+        from .aio import queue_get_async
+
+        return await queue_get_async(self, timeout)
+
+    async def get_bytes_async(self, timeout: float | None = None) -> bytes:
+        """``await`` the next raw payload (as get_bytes)."""
+        try:
+            return self.get_bytes(False)
+        except _stdlib_queue.Empty:
+            if timeout == 0:
+                raise
+        from .aio import queue_get_bytes_async
+
+        return await queue_get_bytes_async(self, timeout)
+
+    async def put_async(self, obj: Any, timeout: float | None = None) -> None:
+        """``await`` room and put ``obj``; queue.Full after ``timeout``. Cancelling it never
+        half-sends: the message is either whole in the queue or not there at all."""
+        try:
+            self.put(obj, False)
+            return
+        except _stdlib_queue.Full:
+            if timeout == 0:
+                raise
+        from .aio import queue_put_async
+
+        await queue_put_async(self, obj, timeout)
+
+    async def put_bytes_async(self, data: Any, timeout: float | None = None) -> None:
+        """``await`` room and put raw bytes (as put_bytes)."""
+        try:
+            self.put_bytes(data, False)
+            return
+        except _stdlib_queue.Full:
+            if timeout == 0:
+                raise
+        from .aio import queue_put_bytes_async
+
+        await queue_put_bytes_async(self, data, timeout)
+
     def get_bytes(self, block: bool = True, timeout: float | None = None) -> bytes:
         """The next message's raw payload (a codec frame, or what put_bytes stored)."""
         return self._port.recv_bytes(block, timeout)
@@ -649,6 +700,7 @@ class Queue:
         # reservation or peek can still be given back (docs/internals/lifetime.md).
         self._port.close()
         if ring is not None:
+            _aio_closing(ring)  # coroutines awaiting this handle wake up and see Closed
             if ring.region.owner:
                 self._spills.remove_all()
             self._closed_ring = ring
@@ -734,3 +786,9 @@ def _check_pool(pool: Any, threshold: int) -> None:
         raise TypeError(f"pool must be a BufferPool (or its name, on attach), not {pool!r}")
     if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
         raise ValueError(f"zero_copy_threshold must be an int >= 1, not {threshold!r}")
+
+
+def _aio_closing(ring: Ring) -> None:
+    aio = sys.modules.get("shmipc.aio")
+    if aio is not None:
+        aio._closing(ring)

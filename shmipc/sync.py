@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -187,7 +188,10 @@ class _Primitive:
         # The class first: a call racing this close in another thread then finds either the
         # pointer or Closed, never a bare AttributeError.
         self.__class__ = _closed_class(type(self))
-        self.__dict__.pop("_base", None)
+        base = self.__dict__.pop("_base", None)
+        aio = sys.modules.get("shmipc.aio")
+        if aio is not None:
+            aio._closing(base)  # coroutines awaiting this handle wake up and see Closed
         if self._owns_region:
             self._region.close()
 
@@ -400,6 +404,12 @@ class Event(_Primitive):
                 return self.is_set()
         return True
 
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """``await`` the flag without blocking the loop (shmipc/aio.py); True once set."""
+        from .aio import event_wait_async
+
+        return await event_wait_async(self, timeout)
+
     def _state(self) -> str:
         return "set" if self.is_set() else "unset"
 
@@ -576,6 +586,13 @@ class Lock(_Primitive):
                 return True
             if rc == lib.SHMIPC_TIMEDOUT:
                 return False
+
+    async def acquire_async(self, timeout: float | None = None) -> bool:
+        """``await`` the lock without blocking the loop (shmipc/aio.py); False after
+        ``timeout``. The holder is the loop's thread: release it from that loop."""
+        from .aio import lock_acquire_async
+
+        return await lock_acquire_async(self, timeout)
 
     def release(self) -> None:
         rc = lib.shmipc_lock_release(self._base, self._off)

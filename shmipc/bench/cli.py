@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         help="kill a row's processes after this long (default: 30 + 10 x duration; "
         "30 with --quick; 300 with --count)",
     )
+    parser.add_argument(
+        "--asyncio",
+        action="store_true",
+        help="run the asyncio consumer benchmark instead (shmipc vs pyzmq.asyncio; "
+        "takes --quick, --uvloop, --json)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument(
         "--json", metavar="FILE", help="also write the rows and the machine as JSON to FILE"
@@ -157,6 +163,10 @@ def main(
 ) -> int:
     """Run the benchmark; ``argv`` without the program name (default ``sys.argv[1:]``).
     ``progress`` is told of each row as it starts (a caller's progress bar)."""
+    if "--asyncio" in (sys.argv[1:] if argv is None else argv):  # shmipc/bench/aiobench.py
+        from .aiobench import main as aio_main
+
+        return aio_main(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     try:
         args = parser.parse_args(argv)
