@@ -59,6 +59,13 @@ int shmipc_aio_has_waitv(void) {
 
 static int reg_add(char *b, uint64_t reg_off, int32_t nslots, uint64_t me) {
     if (reg_off == SHMIPC_AIO_NO_REG) return -2;
+    if (nslots < 0) {
+        /* A sleep flag (the Topic's DATA_WAITERS, T8 in csrc/topic.c): set it, seq_cst like
+         * the blocking sleeper's exchange; the waker clears it, so removal leaves it alone (a
+         * decrement could clear a blocking sleeper's flag and lose its wake-up). */
+        atomic_exchange_explicit(A32(b, reg_off), 1, memory_order_seq_cst);
+        return -2;
+    }
     atomic_fetch_add_explicit(A32(b, reg_off), 1, memory_order_seq_cst);
     for (int i = 0; i < nslots; i++) {
         uint64_t expected = 0;

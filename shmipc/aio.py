@@ -74,7 +74,8 @@ class WordSpec(NamedTuple):
     """A shared 32-bit word a coroutine may wait on, and who must be told it sleeps there.
 
     ``base`` is a cffi ``char *`` and ``off`` the word's offset from it; ``reg_off`` the
-    offset of the sleeper count (``nslots`` 0) or sleeper registry (``nslots`` identity slots)
+    offset of the sleeper count (``nslots`` 0), sleeper registry (``nslots`` identity slots)
+    or sleep flag (``nslots`` -1: set on sleeping, cleared by the waker, as a Topic's)
     the word's wakers read before they issue a futex wake (None: nobody needs telling);
     ``pin`` the object that keeps the mapping alive while the helper may touch it.
     """

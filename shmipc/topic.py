@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import queue as _stdlib_queue
 import struct
+import sys
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -1074,6 +1075,43 @@ class Subscriber:
     def slot(self) -> int:
         return self._slot
 
+    # ---- asyncio (shmipc/aio.py: one helper thread per loop, no polling; docs/asyncio.md) ----
+
+    async def receive_async(self, timeout: float | None = None) -> Any:
+        """``receive`` for a coroutine: the loop's one helper thread sleeps on the tail."""
+        from .aio import subscriber_receive_async
+
+        return await subscriber_receive_async(self, timeout)
+
+    async def receive_bytes_async(self, timeout: float | None = None) -> bytes:
+        """``receive_bytes`` for a coroutine."""
+        from .aio import subscriber_receive_async
+
+        return await subscriber_receive_async(self, timeout, raw=True)  # type: ignore[no-any-return]
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for msg in sub``: messages until the subscriber is closed."""
+        from .aio import subscriber_iter
+
+        return subscriber_iter(self)
+
+    def _aio_words(self) -> list[Any]:
+        """What a coroutine sleeps on: the tail's low word, announced by the data sleep flag
+        (T8 in csrc/topic.c: nslots -1, set by the sleeper, cleared by the waking publisher)."""
+        if self._topic is None:
+            raise Closed("this subscriber is closed")
+        from .aio import WordSpec
+
+        return [
+            WordSpec(
+                self._ptr,
+                lib.SHMIPC_TOPIC_OFF_TAIL,
+                lib.SHMIPC_TOPIC_OFF_DATA_WAITERS,
+                -1,
+                self._base,
+            )
+        ]
+
     def close(self) -> None:
         """Give the slot back (publishers stop waiting for this subscriber)."""
         if self._topic is None:
@@ -1082,6 +1120,9 @@ class Subscriber:
         self._topic = None
         owned = self._port.owned()  # a forked child's copy must not free its parent's slot
         self._port.close()
+        aio = sys.modules.get("shmipc.aio")
+        if aio is not None:
+            aio._closing(self._base)  # coroutines awaiting this subscriber wake and see Closed
         if not owned:
             return
         # A pooled topic: give back the unread records' references (under the publisher
