@@ -385,3 +385,9 @@ int shmipc_topic_publish(char *t, uint64_t cap, uint32_t max_subs, const char *d
                          uint32_t kind, int64_t deadline_ns);
 /* Adds `TopicPort` and `TopicMiss` to the extension module (shmipc/_native.py). */
 int shmipc_topic_install(void);
+/* ---- P3: pool arrays (sole-holder check; csrc/pool_sole.c, rule P7 in csrc/pool.c) ---- */
+/* Under the block lock, for generation gen: 1 if key holds exactly one reference and no other
+ * key (process or transit) holds any, else 0; SHMIPC_POOL_STALE or SHMIPC_POOL_BUSY (*busy
+ * its holder) as adjust. Only a holder can add references, so a 1 stays true until this
+ * process sends the block on: it may then map the block writable. */
+int shmipc_pool_sole(char *base, size_t hdr, uint32_t gen, uint64_t key, uint64_t *busy);
