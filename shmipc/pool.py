@@ -680,6 +680,12 @@ class Pool:
                     running = self._slots.buffer.cast("q")[index]
                     self._lost[token] = (w, running, w.process.pid, w.process.exitcode)
                     lost.append((index, token))
+            blocks = self._blocks
+            if lost and blocks is not None:
+                try:  # the blocks the dead held (its arguments, a loan) go back now
+                    blocks.reclaim()
+                except Exception:
+                    pass
             for index, token in lost:
                 with self._lock:
                     replace = (
