@@ -69,6 +69,7 @@ __all__ = ["BrokenWorker", "Executor", "Pool"]
 # wrapper are reused as they are (private names, stable since 3.8; typeshed leaves them out).
 _mpp: Any = _stdpool
 _T = TypeVar("_T")
+_FINISHED_STATES = frozenset(("FINISHED", "CANCELLED", "CANCELLED_AND_NOTIFIED"))
 
 # The standard library's pool states: tests and tools compare ``pool._state`` with them.
 INIT, RUN, CLOSE, TERMINATE = _mpp.INIT, _mpp.RUN, _mpp.CLOSE, _mpp.TERMINATE
@@ -421,11 +422,13 @@ class _FutureJob:
 
     def _set(self, i: int, obj: tuple[bool, Any]) -> None:
         ok, value = obj
-        if not self.future.done():
+        try:  # (one trip through the future's lock: it checks that it is not done)
             if ok:
                 self.future.set_result(value)
             else:
                 self.future.set_exception(value)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled, or failed already
         self._cache.pop(self._job, None)
         if not self._cache:
             self._cache.notifier.put(None)
@@ -481,10 +484,15 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         if pool is None or self.done():
             return timeout
         start = time.monotonic()
-        pool._drive(self.done, timeout)
+        pool._drive(self._ready, timeout)
         if self.done():
             self._driver = None
         return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+
+    def _ready(self) -> bool:
+        # Read without the future's lock (a hint: result() then checks under it); _drive
+        # asks after every batch of results, and the lock costs more than the rest of it.
+        return self._state in _FINISHED_STATES
 
     def result(self, timeout: float | None = None) -> Any:
         return super().result(self._drive(timeout))
