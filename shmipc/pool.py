@@ -537,6 +537,14 @@ class Pool:
             raise TypeError("initializer must be a callable")
         if liveness <= 0:
             raise ValueError("liveness must be positive")
+        if zero_copy_threshold is not None and (
+            isinstance(zero_copy_threshold, bool)
+            or not isinstance(zero_copy_threshold, int)
+            or zero_copy_threshold < 1
+        ):
+            raise ValueError(
+                f"zero_copy_threshold must be an int >= 1 or None, not {zero_copy_threshold!r}"
+            )
         self._ctx = context if context is not None else multiprocessing.get_context()
         if isinstance(self._ctx, str):
             self._ctx = multiprocessing.get_context(self._ctx)
@@ -567,8 +575,12 @@ class Pool:
                 )
             else:
                 self._blocks = BufferPool.create(size=buffer_pool_size, liveness_interval=liveness)
-        self._results = self._queue(_RESULT_CAPACITY, _RESULTS)
-        self._slots = Region.create(8 * processes)
+        try:
+            self._results = self._queue(_RESULT_CAPACITY, _RESULTS)
+            self._slots = Region.create(8 * processes)
+        except BaseException:
+            self._release_segments()
+            raise
         self._stopping = False
         self._draining = False
         self._maintain_lock = threading.Lock()
@@ -607,7 +619,7 @@ class Pool:
     # ---- workers ------------------------------------------------------------------------
 
     def _queue(self, capacity: int, codec: Any) -> Queue:
-        if self._blocks is None:
+        if self._blocks is None or self._threshold is None:
             return Queue(capacity=capacity, codec=codec)
         queue = Queue(
             capacity=capacity, codec=codec, pool=self._blocks, zero_copy_threshold=self._threshold
@@ -622,7 +634,7 @@ class Pool:
 
     def _start_worker(self, index: int) -> _Worker:
         queue = self._queue(_TASK_CAPACITY, _TASKS)
-        names = (queue.name, self._results.name, self._slots.name or "")
+        names: tuple[str, ...] = (queue.name, self._results.name, self._slots.name or "")
         if self._blocks is not None:
             names += (self._blocks.name,)
         process = self._ctx.Process(

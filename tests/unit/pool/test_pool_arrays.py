@@ -132,3 +132,12 @@ def test_worker_killed_holding_a_block_gives_it_back(tmp_path):
         # the pool goes on, arrays and all
         arr = np.arange(1 << 17, dtype=np.float64)
         assert digest(pool.apply(check_and_add, (arr, ""))[2] / 2.0) == digest(arr)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_bad_threshold_is_refused_before_anything_is_made(bad):
+    before = set(os.listdir(SHM_DIR))
+    with pytest.raises(ValueError):
+        Pool(1, context=FORK, zero_copy_threshold=bad)
+    mine = {n for n in set(os.listdir(SHM_DIR)) - before if n.startswith("shmipc_")}
+    assert not mine
