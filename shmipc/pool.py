@@ -259,7 +259,10 @@ def _worker_main(
 ) -> None:
     """Run tasks from ``tasks`` until a ``None`` sentinel, ``maxtasks`` tasks, or the death
     of ``parent`` (pid, start time)."""
-    _watch_parent(parent, liveness, deathsig, names, (tasks._spills, results._spills))
+    spills: tuple[Any, ...] = (tasks._spills, results._spills)
+    if tasks._pool_hook is not None:
+        spills += (_Dedicated(tasks._pool_hook.pool),)
+    _watch_parent(parent, liveness, deathsig, names, spills)
     _tune(tasks)
     _tune(results)
     slot = slots.buffer.cast("q")
@@ -286,6 +289,20 @@ def _worker_main(
             put((seq, False, _mpp.MaybeEncodingError(exc, result[2])))
         task = func = args = kwds = result = None  # type: ignore[assignment]
         done += 1
+
+
+class _Dedicated:
+    """The block pool's dedicated segments, as a spill space that an orphaned worker empties
+    (``_orphaned_exit``): nobody else will remove them once the parent is dead."""
+
+    def __init__(self, blocks: Any) -> None:
+        self._blocks = blocks
+
+    def remove_all(self) -> None:
+        from .buffers import _unlink_segment
+
+        for name in self._blocks._dedicated_names():
+            _unlink_segment(name)
 
 
 def _parent_dead(parent: tuple[int, int], ppid: int) -> bool:
