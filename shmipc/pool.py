@@ -24,6 +24,10 @@ How it works, and the invariants the fault handling rests on:
   it died (a put cut short is discarded by the queue's revocation), so when the result thread
   reaches the marker every result the dead worker produced has been handled: whatever of its
   tasks is still outstanding never finished.
+* Arrays and large buffers (pickle protocol 5 out-of-band buffers of ``zero_copy_threshold``
+  bytes or more) travel in blocks of a ``BufferPool`` the pool owns (``_tune``: writable on
+  receipt, in place for a sole holder, else copied; a dedicated segment rather than a wait
+  when the classes are busy). The parent reclaims a dead worker's blocks as it replaces it.
 * Workers watch the parent: a watchdog thread polls its identity (pid + start time, through
   :mod:`shmipc._proc`) every quarter of the liveness interval; workers started from the
   parent's main thread also get ``PR_SET_PDEATHSIG`` (SIGTERM, handled). A worker that finds
