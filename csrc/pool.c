@@ -25,6 +25,9 @@
  *  P6  Nothing here trusts a number read from shared memory to reach memory: offsets come
  *      from the caller (validated geometry); slot counts only ever compare and add, and an
  *      addition that would overflow 16 bits is refused (SHMIPC_POOL_NOSLOT).
+ *  P7  A sole holder may map writable (csrc/pool_sole.c): only a holder adds references, so
+ *      a process that finds, under the block lock, that it holds the block's only reference
+ *      stays the only one until it sends the block on itself.
  *
  * Memory orders: the lock CAS is acq_rel (acquire pairs with the previous locker's release
  * store of 0 at unlock, so a locker sees every write of the section before). The state word

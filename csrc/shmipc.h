@@ -461,3 +461,9 @@ uint64_t shmipc_aio_epoch(void *set);
 int shmipc_aio_take(void *set, uint64_t *ids, int max);
 void shmipc_aio_stop(void *set);
 int shmipc_aio_serve(void *set, int64_t budget_ns, int64_t idle_ns, int poll_ns);
+/* ---- P3: pool arrays (sole-holder check; csrc/pool_sole.c, rule P7 in csrc/pool.c) ---- */
+/* Under the block lock, for generation gen: 1 if key holds exactly one reference and no other
+ * key (process or transit) holds any, else 0; SHMIPC_POOL_STALE or SHMIPC_POOL_BUSY (*busy
+ * its holder) as adjust. Only a holder can add references, so a 1 stays true until this
+ * process sends the block on: it may then map the block writable. */
+int shmipc_pool_sole(char *base, size_t hdr, uint32_t gen, uint64_t key, uint64_t *busy);

@@ -52,6 +52,9 @@ Invariants this module keeps (the shared-memory ones are P1-P6 in csrc/pool.c):
 * B4 The liveness pass takes back only the references of keys that ``_proc`` says are dead
   ("cannot tell" is alive), and a block lock only from a dead locker. Transit references are
   never taken back by it: they belong to messages still in a channel.
+* B5 A receiver maps a block writable only when asked (``PoolHook.writable``) and only when
+  it is the block's sole holder (P7: checked under the block lock right after the claim);
+  otherwise it gets a private copy (so a writable result never aliases another holder's).
 
 Known limits (found by the model test, tests/unit/buffers/test_pool_model.py): a receiver
 killed inside ``get`` between taking the record off the ring and claiming its block, or a
@@ -362,6 +365,20 @@ class _Map:
             )
             if rc != lib.SHMIPC_POOL_BUSY:
                 return rc
+            holder = busy[0]
+            if holder and _proc.identity_state(holder) is _proc.Liveness.DEAD:
+                lib.shmipc_pool_takeover(self.base, hdr, holder, self.seq_off, self.waiters_off)
+            else:
+                time.sleep(0.0005)
+
+    def sole(self, cls: int, index: int, gen: int, key: int) -> bool:
+        """Whether ``key`` holds the block's only reference (P7, under the block lock)."""
+        busy = ffi.new("uint64_t *")
+        hdr = self.hdr(cls, index)
+        while True:
+            rc = lib.shmipc_pool_sole(self.base, hdr, gen, key, busy)
+            if rc != lib.SHMIPC_POOL_BUSY:
+                return rc == 1
             holder = busy[0]
             if holder and _proc.identity_state(holder) is _proc.Liveness.DEAD:
                 lib.shmipc_pool_takeover(self.base, hdr, holder, self.seq_off, self.waiters_off)
@@ -1007,6 +1024,11 @@ class PoolHook:
         # raised when the block was freed or reused since the handle was made.
         self.claim_from = 1
         self.on_stale: Any = None
+        # B5: hand received blocks out writable (in place when the sole holder, else a copy).
+        self.writable = False
+        # A copied payload that finds its classes busy goes to a dedicated segment instead of
+        # waiting for a block (a pool's queues must not stall on blocks their peer holds).
+        self.overflow = False
 
     # ---- encode ----------------------------------------------------------------------------
 
@@ -1104,7 +1126,13 @@ class PoolHook:
                 sent.append((b, refs, handle))
                 return handle
         # Copy once into a new block, then move our reference to the channel's transit key.
-        block = pool._alloc(nbytes, deadline)
+        if self.overflow:
+            try:
+                block = pool._alloc(nbytes, deadline_ns(0))
+            except PoolExhausted:
+                block = pool._alloc_dedicated(nbytes)
+        else:
+            block = pool._alloc(nbytes, deadline)
         bm = block.dmap or m
         try:
             dst = memoryview(bm.mm)[block.offset : block.offset + nbytes]
@@ -1304,17 +1332,29 @@ class PoolHook:
         dmap = m if isinstance(m, _DMap) else None
         c = m.classes[0 if dmap else cls]
         block = _Block(cls, index, gen, c.data + index * c.size, me, dmap)
-        buf = _Received(m.mm, block.offset + sub, nbytes, True, _Release(m, block))
+        readonly = True
+        if self.writable:
+            if m.sole(cls, index, gen, me):
+                readonly = False
+            else:  # B5: another holder can see these bytes: a private writable copy
+                copy = bytearray(memoryview(m.mm)[block.offset + sub : block.offset + sub + nbytes])
+                m.adjust(cls, index, gen, me, 1, 0, 0)
+                return self._wrap(copy, flavor, raw, meta, nbytes)
+        buf = _Received(m.mm, block.offset + sub, nbytes, readonly, _Release(m, block))
         buf._block = block
         buf._map = m
         buf._pool_name = pool.name
+        return self._wrap(buf, flavor, raw, meta, nbytes)
+
+    @staticmethod
+    def _wrap(buf: Any, flavor: int, raw: bool, meta: Any, nbytes: int) -> Any:
         if raw or flavor == _FLAVOR_PICKLE:
             return buf
         if flavor == _FLAVOR_BYTES:
             return memoryview(buf)
         import numpy as np
 
-        dtype, shape, fortran = meta  # type: ignore[misc]
+        dtype, shape, fortran = meta
         arr = np.frombuffer(buf, np.uint8, nbytes).view(dtype)
         if fortran:
             return arr.reshape(shape[::-1]).T

@@ -24,6 +24,10 @@ How it works, and the invariants the fault handling rests on:
   it died (a put cut short is discarded by the queue's revocation), so when the result thread
   reaches the marker every result the dead worker produced has been handled: whatever of its
   tasks is still outstanding never finished.
+* Arrays and large buffers (pickle protocol 5 out-of-band buffers of ``zero_copy_threshold``
+  bytes or more) travel in blocks of a ``BufferPool`` the pool owns (``_tune``: writable on
+  receipt, in place for a sole holder, else copied; a dedicated segment rather than a wait
+  when the classes are busy). The parent reclaims a dead worker's blocks as it replaces it.
 * Workers watch the parent: a watchdog thread polls its identity (pid + start time, through
   :mod:`shmipc._proc`) every quarter of the liveness interval; workers started from the
   parent's main thread also get ``PR_SET_PDEATHSIG`` (SIGTERM, handled). A worker that finds
@@ -58,12 +62,18 @@ from .errors import Closed, CorruptedError, ShmipcError
 from .queue import Queue
 from .region import SHM_DIR, Region, _unlink_if_ours
 
+try:  # the block pool (numpy arrays and large buffers travel in its blocks)
+    from .buffers import BufferPool
+except ImportError:  # pragma: no cover - a build without it: arrays are pickled
+    BufferPool = None  # type: ignore[assignment,misc]
+
 __all__ = ["BrokenWorker", "Executor", "Pool"]
 
 # The standard library's pool module: its result classes, task helpers and remote-traceback
 # wrapper are reused as they are (private names, stable since 3.8; typeshed leaves them out).
 _mpp: Any = _stdpool
 _T = TypeVar("_T")
+_FINISHED_STATES = frozenset(("FINISHED", "CANCELLED", "CANCELLED_AND_NOTIFIED"))
 
 # The standard library's pool states: tests and tools compare ``pool._state`` with them.
 INIT, RUN, CLOSE, TERMINATE = _mpp.INIT, _mpp.RUN, _mpp.CLOSE, _mpp.TERMINATE
@@ -79,6 +89,31 @@ _NUDGE = -2  # first field of a message that only wakes the result thread
 _RX_GRACE = 0.01  # seconds the result thread leaves the result queue to waiting callers
 _RERAISE = object()  # an imap task that is the iterable's own exception
 _DEATHSIG = signal.SIGHUP  # what PR_SET_PDEATHSIG sends a worker (see _watch_parent)
+ZERO_COPY_THRESHOLD = 64 * 1024  # arrays/buffers of this many bytes or more go by block
+
+
+def _block_classes(processes: int) -> dict[int, int]:
+    """The default size classes of a pool's block pool: blocks of 64 KiB to 64 MiB, enough
+    of each for every worker to hold an argument and a result with one more in flight (a
+    segment's pages cost memory only once touched; larger payloads get a segment each)."""
+    n = processes + 2
+    return {1 << 16: 8 * n, 1 << 18: 4 * n, 1 << 20: 4 * n, 1 << 22: 2 * n, 1 << 24: n, 1 << 26: n}
+
+
+def _blocks_size(classes: dict[int, int]) -> int:
+    """Bytes a block pool with these classes needs (headers, page alignment and all)."""
+    return sum(b * n + 128 * n for b, n in classes.items()) + (1 << 20)
+
+
+def _tune(queue: Queue) -> None:
+    """A pool queue's block settings (set in every process: they do not travel with the
+    handle): pickle out-of-band buffers by block, writable on receipt (docs/pool.md), and a
+    dedicated segment rather than a wait when the classes are busy."""
+    hook = queue._pool_hook
+    if hook is not None:
+        hook.pickle = True
+        hook.writable = True
+        hook.overflow = True
 
 
 class BrokenWorker(ShmipcError, BrokenProcessPool):
@@ -155,6 +190,24 @@ class _TaskCodec(PickleCodec):
             why = f"the task could not be unpickled in worker process {os.getpid()}: {exc!r}"
             return (seq, _undecodable_task, (why,), {})
 
+    @classmethod
+    def decode_with_buffers(cls, data: Any, buffers: list[Any]) -> object:
+        """A task whose large buffers came in pool blocks (shmipc.buffers.PoolHook)."""
+        return cls.decode(data) if not buffers else cls._loads(data, buffers)
+
+    @staticmethod
+    def _loads(data: Any, buffers: list[Any]) -> object:
+        try:
+            return pickle.loads(data, buffers=buffers)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            seq = _leading_seq(data)
+            if seq is None:
+                raise CorruptedError(f"a pool task frame does not unpickle: {exc!r}") from exc
+            why = f"the task could not be unpickled in worker process {os.getpid()}: {exc!r}"
+            return (seq, _undecodable_task, (why,), {})
+
 
 class _ResultCodec(PickleCodec):
     """Pickle, except that a result that does not unpickle in the parent fails its task with
@@ -166,6 +219,19 @@ class _ResultCodec(PickleCodec):
     def decode(data: Any) -> object:
         try:
             return pickle.loads(data)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            seq = _leading_seq(data)
+            if seq is None:
+                raise CorruptedError(f"a pool result frame does not unpickle: {exc!r}") from exc
+            return (seq, False, RuntimeError(f"the result could not be unpickled here: {exc!r}"))
+
+    @classmethod
+    def decode_with_buffers(cls, data: Any, buffers: list[Any]) -> object:
+        """A result whose large buffers came in pool blocks (shmipc.buffers.PoolHook)."""
+        try:
+            return pickle.loads(data, buffers=buffers)
         except MemoryError:
             raise
         except Exception as exc:
@@ -197,7 +263,12 @@ def _worker_main(
 ) -> None:
     """Run tasks from ``tasks`` until a ``None`` sentinel, ``maxtasks`` tasks, or the death
     of ``parent`` (pid, start time)."""
-    _watch_parent(parent, liveness, deathsig, names, (tasks._spills, results._spills))
+    spills: tuple[Any, ...] = (tasks._spills, results._spills)
+    if tasks._pool_hook is not None:
+        spills += (_Dedicated(tasks._pool_hook.pool),)
+    _watch_parent(parent, liveness, deathsig, names, spills)
+    _tune(tasks)
+    _tune(results)
     slot = slots.buffer.cast("q")
     if initializer is not None:
         initializer(*initargs)
@@ -222,6 +293,20 @@ def _worker_main(
             put((seq, False, _mpp.MaybeEncodingError(exc, result[2])))
         task = func = args = kwds = result = None  # type: ignore[assignment]
         done += 1
+
+
+class _Dedicated:
+    """The block pool's dedicated segments, as a spill space that an orphaned worker empties
+    (``_orphaned_exit``): nobody else will remove them once the parent is dead."""
+
+    def __init__(self, blocks: Any) -> None:
+        self._blocks = blocks
+
+    def remove_all(self) -> None:
+        from .buffers import _unlink_segment
+
+        for name in self._blocks._dedicated_names():
+            _unlink_segment(name)
 
 
 def _parent_dead(parent: tuple[int, int], ppid: int) -> bool:
@@ -358,11 +443,13 @@ class _FutureJob:
 
     def _set(self, i: int, obj: tuple[bool, Any]) -> None:
         ok, value = obj
-        if not self.future.done():
+        try:  # (one trip through the future's lock: it checks that it is not done)
             if ok:
                 self.future.set_result(value)
             else:
                 self.future.set_exception(value)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled, or failed already
         self._cache.pop(self._job, None)
         if not self._cache:
             self._cache.notifier.put(None)
@@ -418,10 +505,15 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         if pool is None or self.done():
             return timeout
         start = time.monotonic()
-        pool._drive(self.done, timeout)
+        pool._drive(self._ready, timeout)
         if self.done():
             self._driver = None
         return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+
+    def _ready(self) -> bool:
+        # Read without the future's lock (a hint: result() then checks under it); _drive
+        # asks after every batch of results, and the lock costs more than the rest of it.
+        return self._state in _FINISHED_STATES
 
     def result(self, timeout: float | None = None) -> Any:
         return super().result(self._drive(timeout))
@@ -448,6 +540,8 @@ class Pool:
         context: Any = None,
         *,
         liveness: float = 1.0,
+        zero_copy_threshold: int | None = ZERO_COPY_THRESHOLD,
+        buffer_pool_size: int | None = None,
     ) -> None:
         self._pool: list[Any] = []  # the worker processes, as multiprocessing.Pool's _pool
         self._state = INIT
@@ -464,6 +558,14 @@ class Pool:
             raise TypeError("initializer must be a callable")
         if liveness <= 0:
             raise ValueError("liveness must be positive")
+        if zero_copy_threshold is not None and (
+            isinstance(zero_copy_threshold, bool)
+            or not isinstance(zero_copy_threshold, int)
+            or zero_copy_threshold < 1
+        ):
+            raise ValueError(
+                f"zero_copy_threshold must be an int >= 1 or None, not {zero_copy_threshold!r}"
+            )
         self._ctx = context if context is not None else multiprocessing.get_context()
         if isinstance(self._ctx, str):
             self._ctx = multiprocessing.get_context(self._ctx)
@@ -483,8 +585,23 @@ class Pool:
         self._parent = _proc.self_identity()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self._results = Queue(capacity=_RESULT_CAPACITY, codec=_RESULTS)
-        self._slots = Region.create(8 * processes)
+        self._blocks: Any = None
+        self._threshold = zero_copy_threshold
+        if zero_copy_threshold is not None and BufferPool is not None:
+            if buffer_pool_size is None:
+                self._blocks = BufferPool.create(
+                    size=_blocks_size(_block_classes(processes)),
+                    classes=_block_classes(processes),
+                    liveness_interval=liveness,
+                )
+            else:
+                self._blocks = BufferPool.create(size=buffer_pool_size, liveness_interval=liveness)
+        try:
+            self._results = self._queue(_RESULT_CAPACITY, _RESULTS)
+            self._slots = Region.create(8 * processes)
+        except BaseException:
+            self._release_segments()
+            raise
         self._stopping = False
         self._draining = False
         self._maintain_lock = threading.Lock()
@@ -522,9 +639,25 @@ class Pool:
 
     # ---- workers ------------------------------------------------------------------------
 
+    def _queue(self, capacity: int, codec: Any) -> Queue:
+        if self._blocks is None or self._threshold is None:
+            return Queue(capacity=capacity, codec=codec)
+        queue = Queue(
+            capacity=capacity, codec=codec, pool=self._blocks, zero_copy_threshold=self._threshold
+        )
+        _tune(queue)
+        return queue
+
+    @property
+    def buffer_pool(self) -> Any:
+        """The :class:`~shmipc.BufferPool` arrays travel through (None: they are pickled)."""
+        return self._blocks
+
     def _start_worker(self, index: int) -> _Worker:
-        queue = Queue(capacity=_TASK_CAPACITY, codec=_TASKS)
-        names = (queue.name, self._results.name, self._slots.name or "")
+        queue = self._queue(_TASK_CAPACITY, _TASKS)
+        names: tuple[str, ...] = (queue.name, self._results.name, self._slots.name or "")
+        if self._blocks is not None:
+            names += (self._blocks.name,)
         process = self._ctx.Process(
             target=_worker_main,
             args=(
@@ -588,6 +721,12 @@ class Pool:
                     running = self._slots.buffer.cast("q")[index]
                     self._lost[token] = (w, running, w.process.pid, w.process.exitcode)
                     lost.append((index, token))
+            blocks = self._blocks
+            if lost and blocks is not None:
+                try:  # the blocks the dead held (its arguments, a loan) go back now
+                    blocks.reclaim()
+                except Exception:
+                    pass
             for index, token in lost:
                 with self._lock:
                     replace = (
@@ -1127,6 +1266,13 @@ class Pool:
                 getattr(self, attr).close()
             except Exception:
                 pass
+        blocks = getattr(self, "_blocks", None)
+        if blocks is not None and not blocks.closed:
+            try:
+                blocks.unlink()  # (and its dedicated segments)
+            except Exception:
+                pass
+            blocks.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -1193,12 +1339,22 @@ class Executor(concurrent.futures.Executor):
         initargs: Iterable[Any] = (),
         *,
         liveness: float = 1.0,
+        zero_copy_threshold: int | None = ZERO_COPY_THRESHOLD,
+        buffer_pool_size: int | None = None,
     ) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         self._shutdown_lock = threading.Lock()
         self._shut = False
-        self._pool = Pool(max_workers, initializer, initargs, context=mp_context, liveness=liveness)
+        self._pool = Pool(
+            max_workers,
+            initializer,
+            initargs,
+            context=mp_context,
+            liveness=liveness,
+            zero_copy_threshold=zero_copy_threshold,
+            buffer_pool_size=buffer_pool_size,
+        )
         # As ProcessPoolExecutor: a future is "running" once a worker has it, so keep few
         # queued at each worker and the rest cancellable (shutdown(cancel_futures=True)),
         # unless its tasks take under 0.1 ms (then 64 queued are done within ~6 ms anyway).

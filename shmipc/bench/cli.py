@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="WORKLOAD",
         help="run only these workloads (comma-separated, repeatable): "
         + ", ".join(w.name for w in WORKLOADS)
-        + "; or a group: fanout, arrays",
+        + "; or a group: fanout, arrays; or `pools` alone (Pool/Executor vs multiprocessing)",
     )
     parser.add_argument(
         "--transports",
@@ -167,6 +167,11 @@ def main(
         from .aiobench import main as aio_main
 
         return aio_main(list(sys.argv[1:] if argv is None else argv))
+    pools_argv = _pools_request(sys.argv[1:] if argv is None else list(argv))
+    if pools_argv is not None:  # `--only pools`: the process pools' benchmark (bench/pools.py)
+        from . import pools as _pools
+
+        return _pools.main(pools_argv)
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -257,3 +262,17 @@ def _run(
     if progress is not None:
         progress(len(rows), total, "done")
     return rows
+
+
+def _pools_request(argv: list[str]) -> list[str] | None:
+    """The arguments for ``shmipc.bench.pools`` when ``--only pools`` was asked (None if not):
+    ``--quick`` and ``--markdown`` go through, ``--repeat N`` becomes ``--rounds N``."""
+    only = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--only"]
+    only += [a.split("=", 1)[1] for a in argv if a.startswith("--only=")]
+    if [o.strip().lower() for o in only] != ["pools"]:
+        return None
+    out = [a for a in argv if a in ("--quick", "--markdown")]
+    for i, a in enumerate(argv[:-1]):
+        if a == "--repeat":
+            out += ["--rounds", argv[i + 1]]
+    return out

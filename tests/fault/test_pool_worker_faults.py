@@ -203,19 +203,23 @@ def test_kills_during_large_results_keep_the_queue_working() -> None:
 PARENT = textwrap.dedent(
     """
     import multiprocessing, os, sys, time
+    import numpy
     import shmipc
     from test_pool_worker_faults import hold_file, square
 
     if __name__ == "__main__":
         ctx = multiprocessing.get_context(sys.argv[1])
-        pool = shmipc.Pool(2, context=ctx)
+        pool = shmipc.Pool(2, context=ctx, buffer_pool_size=1 << 20)  # blocks up to 128 KiB
         assert pool.apply(square, (3,)) == 9
         busy = [pool.apply_async(hold_file, (sys.argv[2],)) for _ in range(2)]
         while len(open(sys.argv[2]).read().split()) < 2:  # both workers inside a task
             time.sleep(0.01)
         # Queued behind one of them, too large for its ring: waits in a spill file.
         big = pool.apply_async(len, (b"x" * (3 << 20),))
+        # ... and one whose buffer is above the block pool's classes: a dedicated segment.
+        blocked = pool.apply_async(len, (numpy.ones(1 << 17),))
         names = [pool._results.name, pool._slots.name] + [w.queue.name for w in pool._workers]
+        names.append(pool.buffer_pool.name)
         print(" ".join(str(p.pid) for p in pool._pool), flush=True)
         print(" ".join(names), flush=True)
         time.sleep(600)
@@ -240,16 +244,18 @@ def test_workers_exit_when_the_parent_is_sigkilled(method: str, tmp_path) -> Non
     try:
         pids = [int(x) for x in parent.stdout.readline().split()]
         names = parent.stdout.readline().split()
-        assert len(pids) == 2 and len(names) == 4, (pids, names)
+        assert len(pids) == 2 and len(names) == 5, (pids, names)
         spills = [f"shmipc_spill_{n}" for n in names]
         assert any(e.startswith(tuple(spills)) for e in os.listdir(SHM)), "no spill pending"
+        dedicated = names[-1] + ".d"
+        assert any(e.startswith(dedicated) for e in os.listdir(SHM)), "no dedicated block"
         parent.kill()
         parent.wait(30)
         killed = time.monotonic()
         # liveness interval 1 s + a wide margin for a loaded 2-core machine
         _wait(lambda: all(_gone(p) for p in pids), 1.0 + 5.0, f"workers {pids} to exit")
         took = time.monotonic() - killed
-        spills = [f"shmipc_spill_{n}" for n in names]
+        spills = [f"shmipc_spill_{n}" for n in names] + [dedicated]
 
         def cleaned() -> bool:
             left = [e for e in os.listdir(SHM) if e in names or e.startswith(tuple(spills))]

@@ -30,3 +30,15 @@ def test_tiny_run_reports_every_row(monkeypatch) -> None:
     assert "| map of 20,000 x*x | shmipc.Pool |" in md
     assert report.to_json()["rows"]
     assert seen[-1] == "done"
+
+
+def test_only_pools_delegates_to_the_pool_benchmark(monkeypatch) -> None:
+    from shmipc.bench import cli
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(pools, "main", lambda argv: seen.append(list(argv)) or 7)
+    assert cli.main(["--only", "pools", "--quick", "--markdown", "--repeat", "2"]) == 7
+    assert cli.main(["--only=pools"]) == 7
+    assert seen == [["--quick", "--markdown", "--rounds", "2"], []]
+    assert cli._pools_request(["--only", "pools,ping-pong"]) is None
+    assert cli._pools_request(["--quick"]) is None
