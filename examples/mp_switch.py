@@ -26,6 +26,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 import time
 
 if os.environ.get("MP_SWITCH_IMPL") == "stdlib":
@@ -54,6 +55,16 @@ def worker(jobs, results, processed) -> None:  # type: ignore[no-untyped-def]
             jobs.task_done()
 
 
+def _watch(procs: list) -> None:  # type: ignore[type-arg]
+    """Exit the program (status 1) if a worker dies before the work is done."""
+    while True:
+        for p in procs:
+            if p.exitcode not in (None, 0):
+                print(f"worker {p.pid} died (exit code {p.exitcode})", file=sys.stderr)
+                os._exit(1)
+        time.sleep(0.2)
+
+
 def run(start_method: str, workers: int, lines: int) -> int:
     ctx = multiprocessing.get_context(start_method)
     jobs = ctx.JoinableQueue()
@@ -65,7 +76,10 @@ def run(start_method: str, workers: int, lines: int) -> int:
         p.start()
     for n in range(lines):
         jobs.put((n, make_line(n)))
-    jobs.join()  # every line was counted
+    # jobs.join() waits for every line to be counted; a worker that died would make it wait
+    # forever (with either module), so a watchdog ends the program if one does.
+    threading.Thread(target=_watch, args=(procs,), daemon=True).start()
+    jobs.join()
     counts = dict(results.get(timeout=60) for _ in range(lines))
     for _ in procs:
         jobs.put(None)
