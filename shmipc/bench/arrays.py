@@ -223,7 +223,13 @@ class _ShmipcArrayLink(ArrayLink):
     def __init__(self, spec: ChannelSpec, *, loaned: bool) -> None:
         super().__init__(spec)
         self._loaned = loaned
-        self._pool = load_buffer_pool().create(size=POOL_ARRAYS * spec.message_size + POOL_SLACK)
+        # One class of blocks as large as the arrays (the default plan caps its largest class
+        # at an eighth of the pool, and a larger array takes a dedicated segment per transfer:
+        # a new mapping to fault in every time, which is not what this row measures).
+        block = max(4096, 1 << (spec.message_size - 1).bit_length())
+        self._pool = load_buffer_pool().create(
+            size=POOL_ARRAYS * block + POOL_SLACK, classes={block: POOL_ARRAYS}
+        )
         queue_cls = _transports.load_shmipc_queue()
         make = getattr(queue_cls, "create", queue_cls)
         self._queues: list[Any] = []

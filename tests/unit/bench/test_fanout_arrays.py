@@ -355,7 +355,9 @@ class FakePool:
         self.closed = self.unlinked = False
 
     @classmethod
-    def create(cls, name: str | None = None, *, size: int, mode: int = 0o600) -> FakePool:
+    def create(
+        cls, name: str | None = None, *, size: int, mode: int = 0o600, classes: Any = None
+    ) -> FakePool:
         pool = cls(size)
         cls.made.append(pool)
         return pool
