@@ -327,6 +327,32 @@ def _as_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _pool_note(details: dict[str, Any]) -> str:
+    """A block pool's ls note: free of total, blocks in use per class, reclaimed."""
+    free, size = _as_int(details.get("free_bytes")), _as_int(details.get("size"))
+    parts = [f"free {_mib(free)} of {_mib(size)}"] if free is not None and size else []
+    classes = details.get("classes")
+    used = [
+        f"{_mib(c['block_size'])}x{c['in_use']}"
+        for c in (classes if isinstance(classes, list) else [])
+        if isinstance(c, dict) and _as_int(c.get("in_use")) and _as_int(c.get("block_size"))
+    ]
+    parts.append("in use " + (" ".join(used) if used else "none"))
+    if _as_int(details.get("reclaimed")):
+        parts.append(f"reclaimed {details['reclaimed']}")
+    if _as_int(details.get("dedicated_segments")):
+        parts.append(f"dedicated {details['dedicated_segments']}")
+    return ", ".join(parts)
+
+
+def _mib(n: int | None) -> str:
+    if n is None:
+        return "?"
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.1f}M".replace(".0M", "M")
+    return f"{n // 1024}K" if n >= 1024 else str(n)
+
+
 def summarize(described: dict[str, Any]) -> Summary:
     """The ls/top numbers of a described segment (None where the kind has none)."""
     ring = described.get("ring")
@@ -337,6 +363,8 @@ def summarize(described: dict[str, Any]) -> Summary:
     if isinstance(details, dict):
         if "unavailable" in details:
             return Summary(note="details unavailable")
+        if details.get("kind") == "buffer_pool":
+            return Summary(note=_pool_note(details))
         subs = details.get("subscribers")
         lags = [
             lag

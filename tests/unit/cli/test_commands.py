@@ -594,3 +594,18 @@ def test_public_names_of_shmipc_cli_are_pinned():
     for name in cli.__all__:
         assert hasattr(cli, name)
     assert callable(cli._scan_users) and callable(cli._read_entry)
+
+
+def test_ls_shows_a_block_pools_free_space_and_blocks_in_use():
+    pool = shmipc.BufferPool.create(_name("lspool"), size=8 << 20)
+    loans = [pool.loan(100_000), pool.loan(100_000)]
+    try:
+        row = _row(_ls_json(), pool.name)
+        assert row["kind"] == "buffer_pool"
+        assert "free " in row["note"] and "in use 128Kx2" in row["note"], row["note"]
+        for loan in loans:
+            loan.release()
+        assert "in use none" in _row(_ls_json(), pool.name)["note"]
+    finally:
+        pool.unlink()
+        pool.close()
