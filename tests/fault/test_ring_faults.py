@@ -56,7 +56,9 @@ _TS = struct.Struct("<q")
 
 # ---- producers SIGKILLed ----------------------------------------------------------------------
 
-N_KILLS = 2000
+# 1,000 kills in the suite (about 45 s on an idle 2-core machine, twice that under load);
+# SHMIPC_RUN_SLOW=1 runs 4,000.
+N_KILLS = 4000 if os.environ.get("SHMIPC_RUN_SLOW") else 1000
 PRODUCER_MODES = ("put", "put_many", "reserve", "reserve_pause", "mixed")
 HOLD_EVERY = 50  # every 50th producer is killed while it holds a reservation, for certain
 
@@ -156,8 +158,9 @@ def _draining_consumer_body(ring: Ring, out_path: str) -> None:
             )
 
 
+@pytest.mark.timeout(300 if os.environ.get("SHMIPC_RUN_SLOW") else 200)
 def test_sigkilled_producers_lose_no_commit_and_never_block_the_next(procs, tmp_path):
-    """~2000 producers, one after another, each SIGKILLed at a random moment of a tight
+    """~1000 producers, one after another, each SIGKILLed at a random moment of a tight
     put / put_many / reserve-commit loop (some lingering inside their claim, every 50th
     killed for certain while holding a reservation), while a steady producer competes for
     the lock and a consumer drains."""
