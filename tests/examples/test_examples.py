@@ -54,3 +54,25 @@ def test_pipeline():
     assert "pipeline OK: 5000 items in sequence" in out
     assert sum(int(line.split()[2]) for line in out.splitlines() if line.startswith("worker")) \
         == 5000
+
+
+def test_by_name_server_and_client(shm_name):
+    """Two separate programs, started independently, share only the name."""
+    before = _segments()
+    server = start("by_name_server.py", "--name", shm_name, "--idle", "60")
+    try:
+        # The client may start before the server has made the names: it waits for them.
+        client = start("by_name_client.py", "--name", shm_name, "--count", "300", "--wait", "60")
+        c_out, c_err = client.communicate(timeout=90)
+        s_out, s_err = server.communicate(timeout=90)
+    finally:
+        for p in (server, locals().get("client")):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert client.returncode == 0, c_out + c_err
+    assert server.returncode == 0, s_out + s_err
+    assert "client OK: 300 answers checked" in c_out
+    assert s_out.splitlines() == ["ready", "served 300 requests"]
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(shm_name)]
+    assert_no_leak(before)
