@@ -27,9 +27,10 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=30.0, help="give up after this long idle")
     args = parser.parse_args()
 
-    with shmipc.Queue.create(f"{args.name}-req") as requests, shmipc.Topic.create(
-        f"{args.name}-news", capacity=1 << 16
-    ) as news:
+    with (
+        shmipc.Queue.create(f"{args.name}-req") as requests,
+        shmipc.Topic.create(f"{args.name}-news", capacity=1 << 16) as news,
+    ):
         pub = news.publisher()
         print("ready", flush=True)
         served = 0

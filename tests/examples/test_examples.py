@@ -52,8 +52,9 @@ def assert_no_leak(before: set[str]) -> None:
 def test_pipeline():
     out = run("pipeline.py", "--count", "5000", "--workers", "3")
     assert "pipeline OK: 5000 items in sequence" in out
-    assert sum(int(line.split()[2]) for line in out.splitlines() if line.startswith("worker")) \
-        == 5000
+    assert (
+        sum(int(line.split()[2]) for line in out.splitlines() if line.startswith("worker")) == 5000
+    )
 
 
 def test_by_name_server_and_client(shm_name):
@@ -76,3 +77,10 @@ def test_by_name_server_and_client(shm_name):
     assert s_out.splitlines() == ["ready", "served 300 requests"]
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(shm_name)]
     assert_no_leak(before)
+
+
+def test_image_pool():
+    pytest.importorskip("numpy")
+    out = run("image_pool.py", "--count", "12", "--size", "256", "--workers", "2")
+    assert "frames: 12 of (256, 256, 3)" in out
+    assert "checksums OK: 12 frames" in out
