@@ -84,3 +84,16 @@ def test_image_pool():
     out = run("image_pool.py", "--count", "12", "--size", "256", "--workers", "2")
     assert "frames: 12 of (256, 256, 3)" in out
     assert "checksums OK: 12 frames" in out
+
+
+def test_market_data_both_policies():
+    out = run("market_data.py", "--policy", "both", "--count", "1500", "--fast", "2")
+    assert "policy block: every tick accounted for" in out
+    assert "policy overwrite: every tick accounted for" in out
+    block, overwrite = out.split("policy overwrite: published")
+    rows = [line.split() for line in block.splitlines() if "received" in line]
+    assert [r[0] for r in rows] == ["fast0", "fast1", "slow"]
+    assert all(r[2] == "1500" and r[4] == "0" for r in rows), block  # nothing lost
+    slow = next(line.split() for line in overwrite.splitlines() if line.strip().startswith("slow"))
+    received, missed, lagged = int(slow[2]), int(slow[4]), int(slow[7])
+    assert missed > 0 and lagged >= 1 and received + missed == 1500, overwrite
