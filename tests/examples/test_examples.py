@@ -97,3 +97,30 @@ def test_market_data_both_policies():
     slow = next(line.split() for line in overwrite.splitlines() if line.strip().startswith("slow"))
     received, missed, lagged = int(slow[2]), int(slow[4]), int(slow[7])
     assert missed > 0 and lagged >= 1 and received + missed == 1500, overwrite
+
+
+def test_asyncio_stream():
+    """Two clients connect at once; each reads N consecutive ticks as JSON lines."""
+    import json
+    import socket
+
+    before = _segments()
+    server = start("asyncio_stream.py", "--count", "50", "--clients", "2")
+    try:
+        first = server.stdout.readline()
+        assert first.startswith("listening on 127.0.0.1:"), first + server.stderr.read()
+        port = int(first.rsplit(":", 1)[1])
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(2)]
+        for conn in conns:
+            with conn, conn.makefile() as lines:
+                seqs = [json.loads(lines.readline())["seq"] for _ in range(50)]
+                assert seqs == list(range(seqs[0], seqs[0] + 50))
+                assert lines.readline() == ""  # the server closed the stream after N
+        out, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 0, out + err
+    assert out.count("sent 50 ticks") == 2 and out.endswith("done\n"), out
+    assert_no_leak(before)
