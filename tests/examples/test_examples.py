@@ -124,3 +124,11 @@ def test_asyncio_stream():
     assert server.returncode == 0, out + err
     assert out.count("sent 50 ticks") == 2 and out.endswith("done\n"), out
     assert_no_leak(before)
+
+
+def test_crash_demo():
+    out = run("crash_demo.py", "--count", "300")
+    assert "that task failed: BrokenWorker(" in out and "signal=SIGKILL)" in out, out
+    assert "carried on: 600 of 600 other tasks succeeded" in out, out
+    assert "killed consumer 0" in out, out
+    assert "carried on: 300 of 300 items done exactly once" in out, out
