@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,9 +44,15 @@ def run(name: str, *args: str, timeout: float = 90) -> str:
 
 
 def assert_no_leak(before: set[str]) -> None:
-    """No segment made since ``before`` is left without a live owner (other tests running
-    beside this one under xdist own theirs)."""
-    leaked = sorted(n for n in _segments() - before if _orphaned(n))
+    """No segment made since ``before`` is left without a live owner. Other tests running
+    beside this one (xdist) make segments too, and one being created or a spill in flight
+    looks ownerless for a moment: only a segment that stays ownerless for 5 s counts."""
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = sorted(n for n in _segments() - before if _orphaned(n))
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert not leaked, f"left in /dev/shm: {leaked}"
 
 
