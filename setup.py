@@ -32,6 +32,7 @@ setup(
             "numpy>=1.22",
             "uvloop>=0.17; sys_platform == 'linux' and platform_python_implementation == 'CPython'",
         ],
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
         "bench": ["faster-fifo>=1.4", "pyzmq>=25", "numpy>=1.22", "iceoryx2>=0.10"],
     },
     entry_points={"console_scripts": ["shmipc=shmipc.cli:main"]},
