@@ -208,3 +208,30 @@ def test_generic_queue_keeps_the_native_fast_path():
     finally:
         q.unlink()
         q.close()
+
+
+def test_native_stub_matches_the_extension():
+    """shmipc/_native_ext.pyi names only what the built types have, and all their methods."""
+    import ast
+    import importlib.resources
+
+    from shmipc import _native
+
+    tree = ast.parse(importlib.resources.files("shmipc").joinpath("_native_ext.pyi").read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert {"Port", "View", "PoolBuffer", "TopicPort", "RingMiss", "TopicMiss"} <= set(classes)
+    for name, node in classes.items():
+        real = getattr(_native, name)
+        stubbed = {
+            s.name if isinstance(s, ast.FunctionDef) else s.target.id  # type: ignore[union-attr]
+            for s in node.body
+            if isinstance(s, ast.FunctionDef)
+            or (isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name))
+        }
+        for attr in stubbed - {"__init__", "__buffer__"}:
+            assert hasattr(real, attr), (name, attr)
+        methods = {
+            a for a, v in vars(real).items()
+            if not a.startswith("_") and callable(v) and type(v).__name__ == "method_descriptor"
+        }
+        assert methods <= stubbed, (name, methods - stubbed)
