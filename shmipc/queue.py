@@ -121,7 +121,7 @@ class Queue(Generic[_T]):
         )
 
     @classmethod
-    def create(cls, name: str | None = None, **kwargs: Any) -> Queue:
+    def create(cls, name: str | None = None, **kwargs: Any) -> Queue[Any]:
         """``Queue(name=name, **kwargs)``, spelled like the other structures' constructors."""
         return cls(name=name, **kwargs)
 
@@ -232,7 +232,7 @@ class Queue(Generic[_T]):
         max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
         pool: BufferPool | str | None = None,
         zero_copy_threshold: int = DEFAULT_ZERO_COPY_THRESHOLD,
-    ) -> Queue:
+    ) -> Queue[Any]:
         """Attach the queue another process created under ``name``.
 
         ``codec=None`` takes the codec named in the segment, except "pickle": unpickling runs
@@ -719,7 +719,7 @@ class Queue(Generic[_T]):
     def cancel_join_thread(self) -> None:
         """A no-op: there is no feeder thread whose join could block exit."""
 
-    def __enter__(self) -> Queue:
+    def __enter__(self) -> Queue[_T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -755,7 +755,7 @@ class Queue(Generic[_T]):
         return f"<shmipc.Queue {self.name} qsize={self.qsize()} capacity={self._cap}>"
 
 
-def _handle(ref: weakref.ref[Queue]) -> Queue:
+def _handle(ref: weakref.ref[Queue[Any]]) -> Queue[Any]:
     queue = ref()
     if queue is None:  # pragma: no cover - a port outliving its queue is never called
         raise Closed("this queue handle is closed (garbage-collected)")
@@ -771,7 +771,7 @@ def _attach_queue(
     max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
     pool: str | None = None,
     zero_copy_threshold: int = 64 * 1024,
-) -> Queue:
+) -> Queue[Any]:
     return Queue.attach(
         name,
         codec=codec,
