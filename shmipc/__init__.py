@@ -4,8 +4,6 @@ Regions of shared memory, robust sync primitives, rings, queues and topics that 
 spawned and unrelated processes share without pickling through pipes. Linux only.
 """
 
-from __future__ import annotations
-
 import platform as _platform
 import sys as _sys
 from typing import TYPE_CHECKING as _TYPE_CHECKING
@@ -17,6 +15,12 @@ if not _sys.platform.startswith("linux"):
 if _platform.machine() not in ("x86_64", "aarch64", "AMD64", "arm64"):
     raise ImportError(
         f"shmipc supports x86_64 and aarch64; this machine is {_platform.machine()!r}"
+    )
+if _sys.implementation.name != "cpython":
+    # The fast paths are CPython-API types (csrc/fastpath.c); PyPy's cpyext would be slower
+    # than the pure-Python fallbacks we do not ship.
+    raise ImportError(
+        f"shmipc needs CPython; this is {_sys.implementation.name!r} (see the classifiers)"
     )
 if _sys.version_info < (3, 10):  # noqa: UP036 - setup.py refuses these too
     raise ImportError("shmipc needs CPython 3.10 or newer")
@@ -99,3 +103,8 @@ def __getattr__(name: str) -> object:
 
         return getattr(pool, name)
     raise AttributeError(f"module 'shmipc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The lazy names appear in dir() too, so completion and the surface test see them.
+    return sorted(set(globals()) | {"BrokenWorker", "Executor", "Pool"})

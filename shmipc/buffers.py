@@ -282,6 +282,9 @@ class Loan(PoolBuffer):
     """
 
     __slots__ = ("__weakref__", "_block", "_map", "_pool_name")
+    _block: _Block
+    _map: Any
+    _pool_name: str
 
     def __enter__(self) -> Loan:
         return self
@@ -304,6 +307,9 @@ class _Received(PoolBuffer):
     adds a transit reference to the same block instead of copying it."""
 
     __slots__ = ("__weakref__", "_block", "_map", "_pool_name")
+    _block: _Block
+    _map: Any
+    _pool_name: str
 
 
 def _loan_from_buffer(buf: Any) -> Any:
@@ -557,16 +563,17 @@ class BufferPool:
         for n in shape:
             count *= int(n)
         loan = self.loan(max(count * dt.itemsize, 1), timeout)
-        return np.frombuffer(loan, dt, count).reshape(shape)
+        # numpy's stubs know only builtin buffers; a Loan exports one (PEP 3118).
+        return np.frombuffer(loan, dt, count).reshape(shape)  # type: ignore[call-overload]
 
     def _loan_of(self, block: _Block, nbytes: int, readonly: bool = False) -> Any:
         m = block.dmap or self._map
-        kind = PoolBuffer if readonly else Loan
-        buf = kind(m.mm, block.offset, nbytes, readonly, _Release(m, block))
-        if not readonly:
-            buf._block = block
-            buf._map = m
-            buf._pool_name = self.name
+        if readonly:
+            return PoolBuffer(m.mm, block.offset, nbytes, readonly, _Release(m, block))
+        buf = Loan(m.mm, block.offset, nbytes, readonly, _Release(m, block))
+        buf._block = block
+        buf._map = m
+        buf._pool_name = self.name
         return buf
 
     def _alloc(self, nbytes: int, deadline: int) -> _Block:
@@ -1088,7 +1095,7 @@ class PoolHook:
             return ExtType(_EXT_HANDLE, self._handle_for(obj, memoryview(obj), _FLAVOR_BYTES))
         return _codec._default(0, False, obj)
 
-    def _array_handle(self, np: Any, arr: Any, loan: Loan | None) -> bytes:
+    def _array_handle(self, np: Any, arr: Any, loan: Loan | _Received | None) -> bytes:
         _codec._check_dtype(arr.dtype, TypeError)
         fortran = not arr.flags.c_contiguous and arr.flags.f_contiguous
         if not (arr.flags.c_contiguous or arr.flags.f_contiguous):

@@ -146,7 +146,7 @@ class Context:
 
     # ---- queues (pickle, as multiprocessing) ---------------------------------------------
 
-    def Queue(self, maxsize: int = 0, **kwargs: Any) -> _Queue:
+    def Queue(self, maxsize: int = 0, **kwargs: Any) -> _Queue[Any]:
         """A ``shmipc.Queue`` with the pickle codec; ``kwargs`` as for ``shmipc.Queue``."""
         kwargs.setdefault("codec", "pickle")
         return _Queue(maxsize, **kwargs)
@@ -156,7 +156,7 @@ class Context:
         kwargs.setdefault("codec", "pickle")
         return _JoinableQueue(maxsize, **kwargs)
 
-    def SimpleQueue(self, **kwargs: Any) -> _Queue:
+    def SimpleQueue(self, **kwargs: Any) -> _Queue[Any]:
         """A ``shmipc.Queue`` (pickle codec): it has ``put``/``get``/``empty``/``close``."""
         kwargs.setdefault("codec", "pickle")
         return _Queue(**kwargs)

@@ -492,7 +492,7 @@ class _MapResult(_Driven, _mpp.MapResult):
         self._keep_driver(pool)
 
 
-class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg]
+class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ignore]
     """A Future whose ``result``/``exception`` read the pool's results in the waiting
     thread (see Pool._drive)."""
 
@@ -642,7 +642,7 @@ class Pool:
     def _queue(self, capacity: int, codec: Any) -> Queue:
         if self._blocks is None or self._threshold is None:
             return Queue(capacity=capacity, codec=codec)
-        queue = Queue(
+        queue: Queue[Any] = Queue(
             capacity=capacity, codec=codec, pool=self._blocks, zero_copy_threshold=self._threshold
         )
         _tune(queue)
@@ -1139,7 +1139,7 @@ class Pool:
             self._feeding += 1
         if chunksize == 1:
             self._taskqueue.put((self._guarded(result, func, iterable), result._set_length))
-            return result  # type: ignore[no-any-return]
+            return result  # type: ignore[no-any-return,unused-ignore]
         batches = _mpp.Pool._get_tasks(func, iterable, chunksize)
         self._taskqueue.put((self._guarded(result, _mpp.mapstar, batches), result._set_length))
         return (item for chunk in result for item in chunk)

@@ -17,7 +17,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import _spill
 from ._native import Port, RingMiss, lib
@@ -57,8 +57,11 @@ _REVOKED = lib.SHMIPC_REVOKED
 _ZC_RESERVE, _ZC_COMMIT, _ZC_ABORT, _ZC_PEEK, _ZC_RELEASE = range(5)
 
 
-class Queue:
-    """A FIFO queue between processes, through shared memory.
+_T = TypeVar("_T")
+
+
+class Queue(Generic[_T]):
+    """A FIFO queue between processes, through shared memory; ``Queue[int]`` types its items.
 
     ``maxsize`` bounds the number of messages (0: no bound but the ring's bytes);
     ``capacity`` is the ring's size in bytes (a power of two). ``codec`` frames objects:
@@ -118,7 +121,7 @@ class Queue:
         )
 
     @classmethod
-    def create(cls, name: str | None = None, **kwargs: Any) -> Queue:
+    def create(cls, name: str | None = None, **kwargs: Any) -> Queue[Any]:
         """``Queue(name=name, **kwargs)``, spelled like the other structures' constructors."""
         return cls(name=name, **kwargs)
 
@@ -229,7 +232,7 @@ class Queue:
         max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
         pool: BufferPool | str | None = None,
         zero_copy_threshold: int = DEFAULT_ZERO_COPY_THRESHOLD,
-    ) -> Queue:
+    ) -> Queue[Any]:
         """Attach the queue another process created under ``name``.
 
         ``codec=None`` takes the codec named in the segment, except "pickle": unpickling runs
@@ -320,7 +323,7 @@ class Queue:
     # put/put_bytes/get/get_bytes: each handle binds its port's one-call versions over these
     # (see _bind); these definitions document them and serve subclasses that override one.
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj`` on the queue; queue.Full if no room came within ``timeout``."""
         if self._pool_hook is not None:
             self._put_pooled(obj, block, timeout)
@@ -367,7 +370,7 @@ class Queue:
             raise ValueError("this queue has no block pool: create it with pool=BufferPool...")
         return self._pool_hook.pool
 
-    def put_nowait(self, obj: Any) -> None:
+    def put_nowait(self, obj: _T) -> None:
         self.put(obj, False)
 
     def put_bytes(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
@@ -455,16 +458,16 @@ class Queue:
 
     # ---- get -----------------------------------------------------------------------------
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
         """Remove and return the next object; queue.Empty if none came within ``timeout``."""
         return self._port.recv(block, timeout)
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         return self.get(False)
 
     # ---- asyncio (shmipc/aio.py: one helper thread per loop, no polling; docs/asyncio.md) ----
 
-    async def get_async(self, timeout: float | None = None) -> Any:
+    async def get_async(self, timeout: float | None = None) -> _T:
         """``await`` the next object without blocking the loop; queue.Empty after ``timeout``.
         Cancelling it never loses a message: nothing is taken until it returns."""
         try:  # the fast path: a message is there (no coroutine of aio's to build)
@@ -487,7 +490,7 @@ class Queue:
 
         return await queue_get_bytes_async(self, timeout)
 
-    async def put_async(self, obj: Any, timeout: float | None = None) -> None:
+    async def put_async(self, obj: _T, timeout: float | None = None) -> None:
         """``await`` room and put ``obj``; queue.Full after ``timeout``. Cancelling it never
         half-sends: the message is either whole in the queue or not there at all."""
         try:
@@ -716,7 +719,7 @@ class Queue:
     def cancel_join_thread(self) -> None:
         """A no-op: there is no feeder thread whose join could block exit."""
 
-    def __enter__(self) -> Queue:
+    def __enter__(self) -> Queue[_T]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -752,7 +755,7 @@ class Queue:
         return f"<shmipc.Queue {self.name} qsize={self.qsize()} capacity={self._cap}>"
 
 
-def _handle(ref: weakref.ref[Queue]) -> Queue:
+def _handle(ref: weakref.ref[Queue[Any]]) -> Queue[Any]:
     queue = ref()
     if queue is None:  # pragma: no cover - a port outliving its queue is never called
         raise Closed("this queue handle is closed (garbage-collected)")
@@ -768,7 +771,7 @@ def _attach_queue(
     max_spilled: int = _spill.DEFAULT_MAX_SPILLED,
     pool: str | None = None,
     zero_copy_threshold: int = 64 * 1024,
-) -> Queue:
+) -> Queue[Any]:
     return Queue.attach(
         name,
         codec=codec,

@@ -1087,7 +1087,7 @@ class Subscriber:
         """``receive_bytes`` for a coroutine."""
         from .aio import subscriber_receive_async
 
-        return await subscriber_receive_async(self, timeout, raw=True)  # type: ignore[no-any-return]
+        return await subscriber_receive_async(self, timeout, raw=True)  # type: ignore[no-any-return,unused-ignore]
 
     def __aiter__(self) -> AsyncIterator[Any]:
         """``async for msg in sub``: messages until the subscriber is closed."""
