@@ -609,3 +609,10 @@ def test_ls_shows_a_block_pools_free_space_and_blocks_in_use():
     finally:
         pool.unlink()
         pool.close()
+
+
+def test_python_dash_m_shmipc_runs_the_command():
+    r = subprocess.run(
+        [sys.executable, "-m", "shmipc", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0 and shmipc.__version__ in r.stdout, r.stderr
