@@ -434,7 +434,9 @@ static int place(char *t, uint64_t cap, uint32_t max_subs, uint32_t policy, cons
  * sleeper not yet in the kernel is refused by the futex's own check of T: no wake is lost.
  * A count would make every publish pay a syscall until the woken subscribers get a CPU to
  * unregister (milliseconds when subscribers outnumber cores); the flag costs one wake per
- * sleep episode. A stale flag (a sleeper that timed out) costs one futex call. */
+ * sleep episode. A stale flag (a sleeper that timed out) costs one futex call. The asyncio
+ * helper (csrc/aio.c, nslots -1) sets the flag the same way before its futex_waitv and never
+ * clears it: only a waker does, so no sleeper's flag is ever taken away. */
 static inline void wake_subscribers(char *t) {
     /* seq_cst fence: pairs with the sleeper's seq_cst flag store in wait_data. */
     atomic_thread_fence(SEQ_CST);
