@@ -75,10 +75,14 @@ def test_arrays_in_and_out_arrive_intact_and_writable(ctx):
             assert got_digest == digest(arr)
             assert writable
             assert out.flags.writeable and np.array_equal(out, arr * 2.0)
+            if out.nbytes >= 1 << 16:  # a new result, copied once: only the transit holds it
+                assert isinstance(_find_loan(out), _Received)  # the worker's block, handed over
             out += 1.0  # a drop-in: results are writable, as multiprocessing's
+        # The worker returns its (changed) argument: it holds that block until its put has
+        # returned, so the caller gets the block in place or, if it claimed first, a private
+        # copy (both writable; which one is a race, docs/pool.md).
         out = pool.apply(scribble, (np.zeros(1 << 17),))
         assert out.flags.writeable and float(out.sum()) == float(1 << 17)
-        assert isinstance(_find_loan(out), _Received)  # the worker's block, handed over
         # a worker that returns its argument still holds it: the result is a private copy
         arr = np.arange(1 << 17, dtype=np.int64)
         back = pool.apply(same, (arr,))
