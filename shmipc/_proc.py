@@ -75,6 +75,8 @@ def _exists(pid: int) -> bool | None:
     """Whether any process or thread has id ``pid`` (kill(pid, 0)); None if kill cannot say."""
     if pid <= 0:
         return False  # kill(0)/kill(-n) mean process groups: never a holder's id
+    if pid > 0x7FFFFFFF:
+        return False  # beyond pid_t (Linux caps pids at 2^22): a scribble, never a process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -307,3 +307,11 @@ def test_a_sleeper_reaped_while_alive_does_not_take_its_count_back_twice():
     assert not t.is_alive() and out == [lib.SHMIPC_OK]
     assert lib.shmipc_load32_relaxed(b, reg) == 0  # not 0xFFFFFFFF
     region.close()
+
+
+@pytest.mark.parametrize("pid", [2**31, 2**32 - 1, 2**32 + 5, 2**63 - 1])
+def test_a_pid_beyond_pid_t_is_no_process(pid):
+    # Read from a scribbled slot: kill() cannot take it (OverflowError before); no process
+    # can have it (pid_t is 32-bit, Linux caps pids at 2^22), so it names nobody alive.
+    assert _proc.process_state(pid, 0) is _proc.Liveness.DEAD
+    assert not _proc.is_alive(pid, 12345)
