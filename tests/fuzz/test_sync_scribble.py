@@ -71,7 +71,8 @@ def test_condition_with_scribbled_slots_and_counters_never_hangs_or_crashes(
 ):
     buf = cond._region.buffer
     base = cond._offset
-    for field, value in zip(("cursor", "sleepers", "overflow", "overflow_gen"), counters, strict=True):
+    fields = ("cursor", "sleepers", "overflow", "overflow_gen")
+    for field, value in zip(fields, counters, strict=True):
         _put(buf, base + Condition.LAYOUT[field], value, 4)
     for i, value in enumerate(slots):
         _put(buf, base + Condition._SLOT0 + 8 * i, value, 8)
