@@ -1,4 +1,5 @@
-"""Every ```python block in docs/ runs, unless an HTML comment marks it not runnable with a reason.
+"""Every ```python block in docs/ and the README runs, unless an HTML comment marks it not
+runnable with a reason.
 
 Every other fenced block (shell sessions, output, diagrams) carries such a marker too.
 
@@ -22,6 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
+PAGES = [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]
 PYTHON_FENCE = re.compile(r"^```(python|py|python3)\s*$")
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(?P<reason>\S.*?)\s*-->\s*$")
 TIMEOUT = 45
@@ -35,7 +37,7 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"{self.page.relative_to(DOCS)}:{self.line}"
+        return f"{self.page.relative_to(ROOT)}:{self.line}"
 
     @property
     def python(self) -> bool:
@@ -43,9 +45,10 @@ class Block:
 
 
 def _blocks() -> list[Block]:
-    """Every fenced block of every page under docs/, with the not-run marker above it."""
+    """Every fenced block of every page under docs/ and the README, with the not-run marker
+    above it."""
     out: list[Block] = []
-    for page in sorted(DOCS.rglob("*.md")):
+    for page in PAGES:
         lines = page.read_text().splitlines()
         i = 0
         while i < len(lines):
@@ -87,7 +90,7 @@ def test_not_run_markers_sit_on_blocks() -> None:
     """A not-run marker that no block follows is stale: its block moved or changed."""
     used = {(b.page, b.line) for b in BLOCKS if b.not_run}
     stale = []
-    for page in sorted(DOCS.rglob("*.md")):
+    for page in PAGES:
         lines = page.read_text().splitlines()
         for n, text in enumerate(lines):
             if "not-run" not in text:
@@ -96,7 +99,7 @@ def test_not_run_markers_sit_on_blocks() -> None:
             while k < len(lines) and not lines[k].strip():
                 k += 1
             if not (NOT_RUN.match(text) and (page, k + 1) in used):
-                stale.append(f"{page.relative_to(DOCS)}:{n + 1}")
+                stale.append(f"{page.relative_to(ROOT)}:{n + 1}")
     assert not stale, f"not-run markers without a reason or not above a block: {stale}"
 
 
