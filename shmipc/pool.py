@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 from . import _proc
 from .codec import PickleCodec
 from .errors import Closed, CorruptedError, ShmipcError
-from .queue import Queue
+from .queue import _OK, Queue
 from .region import SHM_DIR, Region, _unlink_if_ours
 
 try:  # the block pool (numpy arrays and large buffers travel in its blocks)
@@ -244,6 +244,32 @@ class _ResultCodec(PickleCodec):
 _TASKS = _TaskCodec()
 _RESULTS = _ResultCodec()
 
+# Values that pickle without out-of-band buffers whatever their size, so that a frame made of
+# them is the frame the queue's block hook would make: it can skip the hook (and its per-call
+# bookkeeping) and go straight to the ring (_put_frame).
+_PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
+_T_OBJ = 1  # the queue's record type of a codec frame (shmipc.queue.T_OBJ)
+_dumps = pickle.dumps
+
+
+def _plain_frame(msg: tuple[Any, ...], values: Iterable[Any]) -> bytes | None:
+    """``msg`` pickled as the queue would frame it, if every one of ``values`` is plain
+    (nothing that could go by block); None: let the queue's put encode it."""
+    for v in values:
+        if type(v) not in _PLAIN:
+            return None
+    try:
+        return _dumps(msg, 5)
+    except Exception:
+        return None  # the queue's put raises the codec's error
+
+
+def _put_frame(queue: Queue, frame: bytes, deadline: int) -> None:
+    """Store a ready frame (one native call; the queue's own slow path for the rest)."""
+    rc = queue._fput(frame, _T_OBJ, deadline)
+    if rc != _OK:
+        queue._put_slow(rc, frame, _T_OBJ, deadline)
+
 
 # ---- the worker process -------------------------------------------------------------------
 
@@ -274,6 +300,7 @@ def _worker_main(
         initializer(*initargs)
     get, put = tasks.get, results.put
     reraise = _mpp._helper_reraises_exception
+    plain = _PLAIN
     done = 0
     while maxtasks is None or done < maxtasks:
         task = get()
@@ -287,10 +314,13 @@ def _worker_main(
             if func is not reraise:
                 exc = _mpp.ExceptionWithTraceback(exc, exc.__traceback__)
             result = (seq, False, exc)
-        try:
-            put(result)
-        except Exception as exc:
-            put((seq, False, _mpp.MaybeEncodingError(exc, result[2])))
+        if type(result[2]) in plain:  # the common small result: straight to the ring
+            _put_frame(results, _dumps(result, 5), -1)
+        else:
+            try:
+                put(result)
+            except Exception as exc:
+                put((seq, False, _mpp.MaybeEncodingError(exc, result[2])))
         task = func = args = kwds = result = None  # type: ignore[assignment]
         done += 1
 
@@ -478,10 +508,57 @@ class _Driven:
             self._driver = None
 
 
+_FLAG_LOCK = threading.Lock()
+
+
+class _Flag:
+    """``threading.Event``'s is_set/set/wait for a pool's AsyncResult, with the Event made
+    only when a thread has to block on it (most never do: the waiting thread reads the
+    results itself, see Pool._drive). ``set`` stores the flag before it looks for an Event,
+    ``wait`` stores its Event before it looks at the flag (the GIL orders them), so either
+    the setter sets the Event or the waiter sees the flag."""
+
+    __slots__ = ("_event", "_flag")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        event = self._event
+        if event is None:
+            with _FLAG_LOCK:
+                event = self._event
+                if event is None:
+                    event = self._event = threading.Event()
+        if self._flag:
+            return True
+        return event.wait(timeout)
+
+
 class _ApplyResult(_Driven, _mpp.ApplyResult):
     def __init__(self, pool: Pool, callback: Any, error_callback: Any) -> None:
-        _mpp.ApplyResult.__init__(self, pool, callback, error_callback)
-        self._keep_driver(pool)
+        # ApplyResult.__init__, with a _Flag for its Event (an Event costs more to make
+        # than the rest of a call's bookkeeping in the parent)
+        self._pool = pool
+        self._event = _Flag()  # type: ignore[assignment]
+        self._job = job = next(_mpp.job_counter)
+        self._cache = cache = pool._cache
+        self._callback = callback
+        self._error_callback = error_callback
+        self._driver = pool
+        cache[job] = self
 
 
 class _MapResult(_Driven, _mpp.MapResult):
@@ -800,8 +877,13 @@ class Pool:
                     continue
                 task[5] = True
             seq = next(self._seq)
+            msg = (seq, task[2], task[3], task[4])
             try:
-                w.queue.put((seq, task[2], task[3], task[4]), timeout=0)
+                frame = _plain_frame(msg, (*task[3], *task[4].values()) if task[4] else task[3])
+                if frame is not None:
+                    _put_frame(w.queue, frame, 0)
+                else:
+                    w.queue.put(msg, timeout=0)
             except _queue.Full:
                 w.budget, budget = 0, w.budget  # full ring: try another worker this round
                 try:
