@@ -82,6 +82,8 @@ _EXECUTOR_PREFETCH = 2
 _PREFETCH = 8  # tasks sent ahead to one worker (its queue holds them while it runs one)
 _PREFETCH_FAST = 64  # ... when its tasks have been taking under _FAST_TASK seconds each
 _FAST_TASK = 100e-6
+_QUEUED_WORK = 0.005  # seconds of fast tasks a worker may have queued (at least _PREFETCH_FAST)
+_PREFETCH_MAX = 1024
 _TASK_CAPACITY = 1 << 20
 _RESULT_CAPACITY = 1 << 22
 _MARKER = -1  # first field of a "worker lost" message in the result queue
@@ -438,7 +440,18 @@ def lost_tasks(held: dict[int, _T], running: int) -> tuple[_T | None, list[_T]]:
 class _Worker:
     """One worker process and what the parent has sent it."""
 
-    __slots__ = ("budget", "dead", "index", "last", "process", "queue", "svc", "tasks")
+    __slots__ = (
+        "budget",
+        "dead",
+        "got",
+        "index",
+        "last",
+        "limit",
+        "process",
+        "queue",
+        "svc",
+        "tasks",
+    )
 
     def __init__(self, index: int, process: Any, queue: Queue, budget: float) -> None:
         self.index = index
@@ -449,17 +462,29 @@ class _Worker:
         self.tasks: dict[int, list[Any]] = {}  # seq -> [job, i, func, args, kwds], in order
         self.svc = 1.0  # seconds a task takes it (moving average; long until measured)
         self.last = 0.0  # when its last result was handled
+        self.limit = 0  # tasks it may have queued while they are fast (see _receive)
+        self.got = 0  # results of it in the batch being handled
 
 
 class _Notifier:
     """The ``_PoolCache`` notifier: the cache emptied, wake ``join``."""
 
-    def __init__(self, cond: threading.Condition) -> None:
+    def __init__(self, cond: threading.Condition, lock: Any) -> None:
         self._cond = cond
+        self._lock = lock  # the condition's
 
     def put(self, _item: object) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        # Waiters check the cache and start waiting under the lock: when it is free, the
+        # waiter list is complete, and it is usually empty (nobody joins).
+        if self._lock.acquire(False):
+            try:
+                if self._cond._waiters:  # type: ignore[attr-defined]
+                    self._cond.notify_all()
+            finally:
+                self._lock.release()
+        else:
+            with self._cond:
+                self._cond.notify_all()
 
 
 class _FutureJob:
@@ -509,6 +534,14 @@ class _Driven:
 
 
 _FLAG_LOCK = threading.Lock()
+
+
+def _new_flag_lock() -> None:
+    global _FLAG_LOCK
+    _FLAG_LOCK = threading.Lock()  # a fork may copy it held by a thread that is not copied
+
+
+os.register_at_fork(after_in_child=_new_flag_lock)
 
 
 class _Flag:
@@ -569,21 +602,73 @@ class _MapResult(_Driven, _mpp.MapResult):
         self._keep_driver(pool)
 
 
+_PENDING, _RUNNING, _FINISHED = "PENDING", "RUNNING", "FINISHED"
+
+
 class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ignore]
     """A Future whose ``result``/``exception`` read the pool's results in the waiting
-    thread (see Pool._drive)."""
+    thread (see Pool._drive), and whose Condition is made on first use.
+
+    Most futures of a pool are started, completed and read by threads that never wait on
+    the Condition, so making one per future costs more than the rest of a call in the
+    parent. Until it exists, the pool's own transitions (start, result, exception) run under
+    the module's ``_FLAG_LOCK``; it is made under that lock too, so a transition either
+    finished before it existed or runs under it, and whatever needs it (a waiter, a done
+    callback, cancel, concurrent.futures.wait) makes it first."""
 
     def __init__(self, pool: Pool) -> None:
-        super().__init__()
+        # Future.__init__, less the Condition (the _condition property)
+        self._cond: threading.Condition | None = None
+        self._state = _PENDING
+        self._result = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
         self._driver: Pool | None = pool
+
+    @property  # type: ignore[override]
+    def _condition(self) -> threading.Condition:
+        cond = self._cond
+        if cond is None:
+            with _FLAG_LOCK:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition()
+        return cond
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with _FLAG_LOCK:
+            if self._cond is None and self._state == _PENDING:
+                self._state = _RUNNING
+                return True
+        return super().set_running_or_notify_cancel()
+
+    def set_result(self, result: Any) -> None:
+        with _FLAG_LOCK:
+            if self._cond is None and self._state in (_PENDING, _RUNNING):
+                self._result = result
+                self._state = _FINISHED  # nobody waits and no callback: both need _cond
+                return
+        super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        with _FLAG_LOCK:
+            if self._cond is None and self._state in (_PENDING, _RUNNING):
+                self._exception = exception
+                self._state = _FINISHED
+                return
+        super().set_exception(exception)
+
+    def done(self) -> bool:
+        return self._state in _FINISHED_STATES  # one read: the lock adds nothing
 
     def _drive(self, timeout: float | None) -> float | None:
         pool = self._driver
-        if pool is None or self.done():
+        if pool is None or self._state in _FINISHED_STATES:
             return timeout
         start = time.monotonic()
         pool._drive(self._ready, timeout)
-        if self.done():
+        if self._state in _FINISHED_STATES:
             self._driver = None
         return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
 
@@ -593,10 +678,16 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
         return self._state in _FINISHED_STATES
 
     def result(self, timeout: float | None = None) -> Any:
-        return super().result(self._drive(timeout))
+        timeout = self._drive(timeout)
+        if self._state == _FINISHED and self._exception is None:
+            return self._result  # (set before the state, under a lock)
+        return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        return super().exception(self._drive(timeout))
+        timeout = self._drive(timeout)
+        if self._state == _FINISHED:
+            return self._exception
+        return super().exception(timeout)
 
 
 class Pool:
@@ -653,7 +744,7 @@ class Pool:
         self._liveness = liveness
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._cache = _mpp._PoolCache(notifier=_Notifier(self._cond))
+        self._cache = _mpp._PoolCache(notifier=_Notifier(self._cond, self._lock))
         self._pending: collections.deque[list[Any]] = collections.deque()
         self._inflight: dict[int, _Worker] = {}
         self._seq = itertools.count(1)
@@ -686,7 +777,8 @@ class Pool:
         self._prefetch_fast = _PREFETCH_FAST
         self._feed_low = 2 * _PREFETCH * processes  # imap: refill the line below this
         self._rx = threading.Lock()
-        self._rx_cond = threading.Condition(threading.Lock())
+        self._rx_mutex = threading.Lock()  # _rx_cond's (taken directly where nobody waits)
+        self._rx_cond = threading.Condition(self._rx_mutex)
         self._rx_owner: int | None = None
         self._rx_wanted = 0
         self._rx_in_get = False
@@ -848,7 +940,7 @@ class Pool:
             if w.dead or w.budget <= 0:
                 continue
             n = len(w.tasks)
-            limit = self._prefetch_fast if w.svc < _FAST_TASK else self._prefetch
+            limit = max(self._prefetch_fast, w.limit) if w.svc < _FAST_TASK else self._prefetch
             if n < limit and (best is None or n < len(best.tasks)):
                 best = w
                 if n == 0:
@@ -962,8 +1054,15 @@ class Pool:
                     continue
                 task = w.tasks.pop(seq)
                 done.append((task[0], task[1], (msg[1], msg[2])))
-                if w.tasks:  # it went straight on to the next: time it
-                    w.svc += (now - w.last - w.svc) * 0.25
+                w.got += 1
+            for w in self._workers:
+                n, w.got = w.got, 0
+                if not n:
+                    continue
+                if w.tasks:  # it went straight on to the next ones: time them
+                    w.svc += ((now - w.last) / n - w.svc) * 0.25
+                    # fast tasks: queue up to _QUEUED_WORK seconds of them
+                    w.limit = min(_PREFETCH_MAX, int(_QUEUED_WORK / max(w.svc, 1e-6)))
                 w.last = now
             self._pump(done)
         batch = msg = task = None  # type: ignore[assignment]
@@ -1009,7 +1108,8 @@ class Pool:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
             return
-        with self._rx_cond:
+        mutex = self._rx_mutex
+        with mutex:
             self._rx_wanted += 1
             nudge = self._rx_in_get
         try:
@@ -1018,24 +1118,33 @@ class Pool:
                     self._results.put((_NUDGE,), timeout=0)
                 except Exception:
                     pass
+            rx, receive, liveness = self._rx, self._receive, self._liveness
             while not ready():
-                left = _remaining(deadline, 0.002)
-                if left <= 0 and deadline is not None:
-                    return
-                if not self._rx.acquire(timeout=min(left, 0.002)):
-                    continue  # another thread receives: it may be handling ours
+                if deadline is None:
+                    if not rx.acquire(timeout=0.002):
+                        continue  # another thread receives: it may be handling ours
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    if not rx.acquire(timeout=min(left, 0.002)):
+                        continue
                 self._rx_owner = me
                 try:
                     while not ready():
-                        if not self._receive(_remaining(deadline, self._liveness)):
-                            return
-                        if deadline is not None and time.monotonic() >= deadline:
-                            return
+                        if deadline is None:
+                            if not receive(liveness):
+                                return
+                        else:
+                            if not receive(min(liveness, deadline - time.monotonic())):
+                                return
+                            if time.monotonic() >= deadline:
+                                return
                 finally:
                     self._rx_owner = None
-                    self._rx.release()
+                    rx.release()
         finally:
-            with self._rx_cond:
+            with mutex:
                 self._rx_wanted -= 1
                 self._rx_left = time.monotonic()
 
