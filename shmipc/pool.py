@@ -593,6 +593,16 @@ class _ApplyResult(_Driven, _mpp.ApplyResult):
         self._driver = pool
         cache[job] = self
 
+    def get(self, timeout: float | None = None) -> Any:
+        if not self._event._flag:  # type: ignore[attr-defined]
+            self.wait(timeout)
+            if not self._event._flag:  # type: ignore[attr-defined]
+                raise multiprocessing.TimeoutError
+        self._driver = None
+        if self._success:
+            return self._value
+        raise self._value
+
 
 class _MapResult(_Driven, _mpp.MapResult):
     def __init__(
@@ -990,6 +1000,8 @@ class Pool:
                 failed.append((task[0], task[1], (False, exc)))
                 continue
             pending.popleft()
+            if not w.tasks:  # busy from now: its service time counts from here
+                w.last = time.monotonic()
             w.tasks[seq] = task
             w.budget -= 1
             self._inflight[seq] = w
