@@ -82,6 +82,7 @@ _EXECUTOR_PREFETCH = 2
 _PREFETCH = 8  # tasks sent ahead to one worker (its queue holds them while it runs one)
 _PREFETCH_FAST = 64  # ... when its tasks have been taking under _FAST_TASK seconds each
 _FAST_TASK = 100e-6
+_STALL = 0.002  # a worker with tasks and no result for this long may be running a long one
 _QUEUED_WORK = 0.005  # seconds of fast tasks a worker may have queued (at least _PREFETCH_FAST)
 _PREFETCH_MAX = 1024
 _TASK_CAPACITY = 1 << 20
@@ -227,7 +228,8 @@ class _ResultCodec(PickleCodec):
             seq = _leading_seq(data)
             if seq is None:
                 raise CorruptedError(f"a pool result frame does not unpickle: {exc!r}") from exc
-            return (seq, False, RuntimeError(f"the result could not be unpickled here: {exc!r}"))
+            why = RuntimeError(f"the result could not be unpickled here: {exc!r}")
+            return (seq, False, why, 0.0)
 
     @classmethod
     def decode_with_buffers(cls, data: Any, buffers: list[Any]) -> object:
@@ -240,7 +242,8 @@ class _ResultCodec(PickleCodec):
             seq = _leading_seq(data)
             if seq is None:
                 raise CorruptedError(f"a pool result frame does not unpickle: {exc!r}") from exc
-            return (seq, False, RuntimeError(f"the result could not be unpickled here: {exc!r}"))
+            why = RuntimeError(f"the result could not be unpickled here: {exc!r}")
+            return (seq, False, why, 0.0)
 
 
 _TASKS = _TaskCodec()
@@ -303,6 +306,7 @@ def _worker_main(
     get, put = tasks.get, results.put
     reraise = _mpp._helper_reraises_exception
     plain = _PLAIN
+    clock = time.perf_counter
     done = 0
     while maxtasks is None or done < maxtasks:
         task = get()
@@ -310,19 +314,23 @@ def _worker_main(
             break
         seq, func, args, kwds = task
         slot[index] = seq  # read by the parent only once this process is dead
+        # A result is (seq, ok, value, seconds the call took): the parent queues fast tasks
+        # ahead by how long they run here, which wall-clock gaps between results (the
+        # workers share cores) cannot tell it.
+        start = clock()
         try:
-            result = (seq, True, func(*args, **kwds))
+            result = (seq, True, func(*args, **kwds), clock() - start)
         except Exception as exc:
             if func is not reraise:
                 exc = _mpp.ExceptionWithTraceback(exc, exc.__traceback__)
-            result = (seq, False, exc)
+            result = (seq, False, exc, clock() - start)
         if type(result[2]) in plain:  # the common small result: straight to the ring
             _put_frame(results, _dumps(result, 5), -1)
         else:
             try:
                 put(result)
             except Exception as exc:
-                put((seq, False, _mpp.MaybeEncodingError(exc, result[2])))
+                put((seq, False, _mpp.MaybeEncodingError(exc, result[2]), result[3]))
         task = func = args = kwds = result = None  # type: ignore[assignment]
         done += 1
 
@@ -440,18 +448,7 @@ def lost_tasks(held: dict[int, _T], running: int) -> tuple[_T | None, list[_T]]:
 class _Worker:
     """One worker process and what the parent has sent it."""
 
-    __slots__ = (
-        "budget",
-        "dead",
-        "got",
-        "index",
-        "last",
-        "limit",
-        "process",
-        "queue",
-        "svc",
-        "tasks",
-    )
+    __slots__ = ("budget", "dead", "index", "last", "process", "queue", "svc", "tasks")
 
     def __init__(self, index: int, process: Any, queue: Queue, budget: float) -> None:
         self.index = index
@@ -460,10 +457,8 @@ class _Worker:
         self.budget = budget  # tasks it may still be sent (maxtasksperchild)
         self.dead = False
         self.tasks: dict[int, list[Any]] = {}  # seq -> [job, i, func, args, kwds], in order
-        self.svc = 1.0  # seconds a task takes it (moving average; long until measured)
-        self.last = 0.0  # when its last result was handled
-        self.limit = 0  # tasks it may have queued while they are fast (see _receive)
-        self.got = 0  # results of it in the batch being handled
+        self.svc = 1.0  # seconds its tasks run (moving average; long until measured)
+        self.last = 0.0  # when its last result was handled, or it got work while idle
 
 
 class _Notifier:
@@ -944,13 +939,17 @@ class Pool:
 
     # ---- dispatch -----------------------------------------------------------------------
 
-    def _pick(self) -> _Worker | None:
+    def _pick(self, now: float) -> _Worker | None:
         best = None
         for w in self._workers:
             if w.dead or w.budget <= 0:
                 continue
             n = len(w.tasks)
-            limit = max(self._prefetch_fast, w.limit) if w.svc < _FAST_TASK else self._prefetch
+            svc = w.svc
+            if svc < _FAST_TASK and (not n or now - w.last < _STALL):
+                limit = max(self._prefetch_fast, min(_PREFETCH_MAX, int(_QUEUED_WORK / svc)))
+            else:  # slow tasks, or no result for a while: it may be running a long one
+                limit = self._prefetch
             if n < limit and (best is None or n < len(best.tasks)):
                 best = w
                 if n == 0:
@@ -961,8 +960,9 @@ class Pool:
         """Send pending tasks while some worker has room (lock held). Tasks that cannot be
         sent (the arguments do not pickle) go to ``failed``, to be completed outside the lock."""
         pending = self._pending
+        now = time.monotonic()
         while pending:
-            w = self._pick()
+            w = self._pick(now)
             if w is None:
                 return
             task = pending[0]
@@ -1000,8 +1000,8 @@ class Pool:
                 failed.append((task[0], task[1], (False, exc)))
                 continue
             pending.popleft()
-            if not w.tasks:  # busy from now: its service time counts from here
-                w.last = time.monotonic()
+            if not w.tasks:  # busy from now: its time without a result counts from here
+                w.last = now
             w.tasks[seq] = task
             w.budget -= 1
             self._inflight[seq] = w
@@ -1066,16 +1066,9 @@ class Pool:
                     continue
                 task = w.tasks.pop(seq)
                 done.append((task[0], task[1], (msg[1], msg[2])))
-                w.got += 1
-            for w in self._workers:
-                n, w.got = w.got, 0
-                if not n:
-                    continue
-                if w.tasks:  # it went straight on to the next ones: time them
-                    w.svc += ((now - w.last) / n - w.svc) * 0.25
-                    # fast tasks: queue up to _QUEUED_WORK seconds of them
-                    w.limit = min(_PREFETCH_MAX, int(_QUEUED_WORK / max(w.svc, 1e-6)))
+                w.svc += (msg[3] - w.svc) * 0.25
                 w.last = now
+            self._pump(done)
             self._pump(done)
         batch = msg = task = None  # type: ignore[assignment]
         self._complete(done)
