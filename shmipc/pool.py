@@ -588,6 +588,20 @@ class _ApplyResult(_Driven, _mpp.ApplyResult):
         self._driver = pool
         cache[job] = self
 
+    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
+        # ApplyResult._set, with the flag and the cache entry handled inline
+        self._success, self._value = obj
+        if self._callback and self._success:
+            self._callback(self._value)
+        if self._error_callback and not self._success:
+            self._error_callback(self._value)
+        self._event.set()
+        cache = self._cache
+        dict.__delitem__(cache, self._job)
+        if not cache:
+            cache.notifier.put(None)
+        self._pool = None
+
     def get(self, timeout: float | None = None) -> Any:
         if not self._event._flag:  # type: ignore[attr-defined]
             self.wait(timeout)
@@ -1019,7 +1033,16 @@ class Pool:
         with self._lock:
             self._pending.extend(tasks)
             self._pump(failed)
-        self._complete(failed)
+        if failed:
+            self._complete(failed)
+
+    def _submit_one(self, task: list[Any]) -> None:
+        failed: list[tuple[Any, int, tuple[bool, Any]]] = []
+        with self._lock:
+            self._pending.append(task)
+            self._pump(failed)
+        if failed:
+            self._complete(failed)
 
     # ---- receiving results ------------------------------------------------------------
     #
@@ -1232,19 +1255,21 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> _mpp.ApplyResult:
         """Run ``func(*args, **kwds)`` in a worker; an AsyncResult."""
-        self._check_running()
+        if self._state != RUN:
+            raise ValueError("Pool not running")
         result = _ApplyResult(self, callback, error_callback)
-        self._submit_tasks([[result._job, 0, func, tuple(args), dict(kwds or {}), False]])
+        self._submit_one([result._job, 0, func, tuple(args), dict(kwds) if kwds else {}, False])
         return result
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` in a worker; a concurrent.futures.Future."""
-        self._check_running()
+        if self._state != RUN:
+            raise ValueError("Pool not running")
         future = _PoolFuture(self)
         job = _FutureJob(self, future)
-        self._submit_tasks([[job._job, 0, fn, args, kwargs, False]])
+        self._submit_one([job._job, 0, fn, args, kwargs, False])
         return future
 
     def map(
