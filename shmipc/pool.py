@@ -974,6 +974,8 @@ class Pool:
         """Send pending tasks while some worker has room (lock held). Tasks that cannot be
         sent (the arguments do not pickle) go to ``failed``, to be completed outside the lock."""
         pending = self._pending
+        if not pending:
+            return
         now = time.monotonic()
         while pending:
             w = self._pick(now)
@@ -1091,8 +1093,8 @@ class Pool:
                 done.append((task[0], task[1], (msg[1], msg[2])))
                 w.svc += (msg[3] - w.svc) * 0.25
                 w.last = now
-            self._pump(done)
-            self._pump(done)
+            if self._pending:
+                self._pump(done)
         batch = msg = task = None  # type: ignore[assignment]
         self._complete(done)
         return go_on and not self._stopping
