@@ -40,6 +40,7 @@ import collections
 import concurrent.futures
 import ctypes
 import functools
+import io
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -51,6 +52,7 @@ import queue as _queue
 import signal
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -255,18 +257,66 @@ _RESULTS = _ResultCodec()
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
 _T_OBJ = 1  # the queue's record type of a codec frame (shmipc.queue.T_OBJ)
 _dumps = pickle.dumps
+_FunctionType = types.FunctionType
 
 
-def _plain_frame(msg: tuple[Any, ...], values: Iterable[Any]) -> bytes | None:
-    """``msg`` pickled as the queue would frame it, if every one of ``values`` is plain
-    (nothing that could go by block); None: let the queue's put encode it."""
-    for v in values:
+_FUNC_OPS: dict[Any, bytes] = {}  # function -> its reference's pickle opcodes (no memo)
+
+
+def _func_ops(func: Any) -> bytes | None:
+    """The opcodes that push ``func`` (a module-level function, pickled by reference) with
+    no memo entries, made once per function: pickling the reference costs more than the
+    rest of a small task. None for anything else (a bound method or a partial may change:
+    pickled each time)."""
+    ops = _FUNC_OPS.get(func)
+    if ops is None:
+        if type(func) is not _FunctionType:
+            return None
+        buf = io.BytesIO()
+        pickler = pickle.Pickler(buf, 5)
+        pickler.fast = True  # no MEMOIZE: the opcodes can go anywhere in a frame
+        try:
+            pickler.dump(func)
+        except Exception:
+            return None
+        data = buf.getvalue()
+        ops = data[11:-1] if data[2] == 0x95 else data[2:-1]  # less PROTO, FRAME and STOP
+        if any(
+            op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
+            for op, _, _ in pickletools.genops(data)
+        ):
+            return None
+        if len(_FUNC_OPS) >= 256:
+            _FUNC_OPS.clear()
+        _FUNC_OPS[func] = ops
+    return ops
+
+
+def _task_frame(seq: int, func: Any, args: tuple[Any, ...], kwds: dict[str, Any]) -> bytes | None:
+    """The frame of task ``(seq, func, args, kwds)`` when its arguments are plain (else None:
+    the queue's put encodes it): ``MARK seq func args kwds TUPLE``, with the function's
+    opcodes cached (_func_ops) and the arguments pickled now. They hold every memo entry
+    of the frame (the rest has none), so their indices stand as pickle wrote them."""
+    for v in args:
         if type(v) not in _PLAIN:
             return None
+    if kwds:
+        for v in kwds.values():
+            if type(v) not in _PLAIN:
+                return None
+    ops = _func_ops(func) if seq < 0x7FFFFFFF else None
     try:
-        return _dumps(msg, 5)
+        if ops is None:
+            return _dumps((seq, func, args, kwds), 5)
+        rest = _dumps((args, kwds), 5)
     except Exception:
         return None  # the queue's put raises the codec's error
+    # One frame (or none) and the pair's TUPLE2 MEMOIZE STOP at the end, as pickle writes a
+    # small pair; a large one (several frames) is pickled whole instead.
+    if len(rest) > 60000 or rest[-3:] != b"\x86\x94.":
+        return _dumps((seq, func, args, kwds), 5)
+    body = rest[11:-3] if rest[2] == 0x95 else rest[2:-3]
+    return b"".join((b"\x80\x05(J", seq.to_bytes(4, "little"), ops, body, b"t."))
 
 
 def _put_frame(queue: Queue, frame: bytes, deadline: int) -> None:
@@ -448,7 +498,7 @@ def lost_tasks(held: dict[int, _T], running: int) -> tuple[_T | None, list[_T]]:
 class _Worker:
     """One worker process and what the parent has sent it."""
 
-    __slots__ = ("budget", "dead", "index", "last", "process", "queue", "svc", "tasks")
+    __slots__ = ("budget", "dead", "index", "last", "limit", "process", "queue", "svc", "tasks")
 
     def __init__(self, index: int, process: Any, queue: Queue, budget: float) -> None:
         self.index = index
@@ -459,6 +509,7 @@ class _Worker:
         self.tasks: dict[int, list[Any]] = {}  # seq -> [job, i, func, args, kwds], in order
         self.svc = 1.0  # seconds its tasks run (moving average; long until measured)
         self.last = 0.0  # when its last result was handled, or it got work while idle
+        self.limit = 0  # tasks it may have queued while they are fast (0: the prefetch)
 
 
 class _Notifier:
@@ -954,20 +1005,20 @@ class Pool:
     # ---- dispatch -----------------------------------------------------------------------
 
     def _pick(self, now: float) -> _Worker | None:
+        """The live worker with the fewest tasks that has room for one more (lock held)."""
         best = None
+        least = 0
         for w in self._workers:
             if w.dead or w.budget <= 0:
                 continue
             n = len(w.tasks)
-            svc = w.svc
-            if svc < _FAST_TASK and (not n or now - w.last < _STALL):
-                limit = max(self._prefetch_fast, min(_PREFETCH_MAX, int(_QUEUED_WORK / svc)))
-            else:  # slow tasks, or no result for a while: it may be running a long one
-                limit = self._prefetch
-            if n < limit and (best is None or n < len(best.tasks)):
-                best = w
-                if n == 0:
-                    break
+            if not n:
+                return w
+            # fast tasks (w.limit, see _receive) unless no result came for a while: it may
+            # be running a long one
+            limit = w.limit if w.limit and now - w.last < _STALL else self._prefetch
+            if n < limit and (best is None or n < least):
+                best, least = w, n
         return best
 
     def _pump(self, failed: list[tuple[Any, int, tuple[bool, Any]]]) -> None:
@@ -997,7 +1048,7 @@ class Pool:
             seq = next(self._seq)
             msg = (seq, task[2], task[3], task[4])
             try:
-                frame = _plain_frame(msg, (*task[3], *task[4].values()) if task[4] else task[3])
+                frame = _task_frame(seq, task[2], task[3], task[4])
                 if frame is not None:
                     _put_frame(w.queue, frame, 0)
                 else:
@@ -1093,6 +1144,13 @@ class Pool:
                 done.append((task[0], task[1], (msg[1], msg[2])))
                 w.svc += (msg[3] - w.svc) * 0.25
                 w.last = now
+            for w in self._workers:  # how many of its tasks may wait at each worker
+                svc = w.svc
+                w.limit = (
+                    max(self._prefetch_fast, min(_PREFETCH_MAX, int(_QUEUED_WORK / (svc + 1e-7))))
+                    if svc < _FAST_TASK
+                    else 0
+                )
             if self._pending:
                 self._pump(done)
         batch = msg = task = None  # type: ignore[assignment]

@@ -204,3 +204,36 @@ def test_a_worker_killed_with_many_queued_tasks(kind: str) -> None:
             pool.join()
         else:
             pool.shutdown()
+
+
+def test_task_frames_with_a_cached_function_reference() -> None:
+    """A task frame with the function's opcodes cached unpickles to exactly the task: memo
+    references among the arguments (a repeated string), keywords, sequence numbers of every
+    size, large arguments (several pickle frames: pickled whole); anything not plain, or a
+    function that is not module-level, is left to the queue's put or pickled whole."""
+    import functools
+    import pickle
+
+    from shmipc.pool import _func_ops, _task_frame
+
+    shared = "shared" * 3
+    cases = [
+        (1, square, (5,), {}),
+        (255, echo, (shared, shared, "x", b"y", None, True, 1.5, 3j, -(1 << 80)), {}),
+        (65_536, echo, (), {"x": shared, "y": shared}),
+        (70_000, echo, ("z" * 100_000,), {}),
+        (0x7FFF_FFFF, square, (1,), {}),  # beyond BININT: pickled whole
+        (9, functools.partial(square), (1,), {}),  # not a function: pickled whole
+    ]
+    for task in cases:
+        frame = _task_frame(*task)
+        assert frame is not None
+        got = pickle.loads(frame)
+        assert got[0] == task[0] and got[2:] == task[2:]
+        if not isinstance(task[1], functools.partial):
+            assert got[1] is task[1]
+    assert _task_frame(1, echo, ([1],), {}) is None  # not plain: the queue encodes it
+    assert _task_frame(1, echo, (), {"x": bytearray(1)}) is None
+    assert _func_ops(lambda: 1) is None and _func_ops(print) is None
+    with Pool(1, context=FORK) as pool:
+        assert pool.apply(echo, (), {"x": shared}) == shared
