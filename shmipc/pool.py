@@ -84,7 +84,7 @@ _EXECUTOR_PREFETCH = 2
 _PREFETCH = 8  # tasks sent ahead to one worker (its queue holds them while it runs one)
 _PREFETCH_FAST = 64  # ... when its tasks have been taking under _FAST_TASK seconds each
 _FAST_TASK = 100e-6
-_STALL = 0.002  # a worker with tasks and no result for this long may be running a long one
+_STALL_NS = 2_000_000  # a worker running one task this long (ns) may be running a long one
 _QUEUED_WORK = 0.005  # seconds of fast tasks a worker may have queued (at least _PREFETCH_FAST)
 _PREFETCH_MAX = 1024
 _TASK_CAPACITY = 1 << 20
@@ -356,14 +356,20 @@ def _worker_main(
     get, put = tasks.get, results.put
     reraise = _mpp._helper_reraises_exception
     plain = _PLAIN
-    clock = time.perf_counter
+    clock, clock_ns = time.perf_counter, time.monotonic_ns
+    i2 = 2 * index
     done = 0
     while maxtasks is None or done < maxtasks:
         task = get()
         if task is None:
             break
         seq, func, args, kwds = task
-        slot[index] = seq  # read by the parent only once this process is dead
+        # The slot: [2i] the task running (what the parent reads once this process is dead),
+        # [2i+1] since when (CLOCK_MONOTONIC ns; stored first: a reader that sees the new
+        # number sees its time). The parent sends no more than the slow prefetch to a worker
+        # that has been running one task for _STALL_NS.
+        slot[i2 + 1] = clock_ns()
+        slot[i2] = seq
         # A result is (seq, ok, value, seconds the call took): the parent queues fast tasks
         # ahead by how long they run here, which wall-clock gaps between results (the
         # workers share cores) cannot tell it.
@@ -498,7 +504,7 @@ def lost_tasks(held: dict[int, _T], running: int) -> tuple[_T | None, list[_T]]:
 class _Worker:
     """One worker process and what the parent has sent it."""
 
-    __slots__ = ("budget", "dead", "index", "last", "limit", "process", "queue", "svc", "tasks")
+    __slots__ = ("budget", "dead", "index", "limit", "process", "queue", "svc", "tasks")
 
     def __init__(self, index: int, process: Any, queue: Queue, budget: float) -> None:
         self.index = index
@@ -508,7 +514,6 @@ class _Worker:
         self.dead = False
         self.tasks: dict[int, list[Any]] = {}  # seq -> [job, i, func, args, kwds], in order
         self.svc = 1.0  # seconds its tasks run (moving average; long until measured)
-        self.last = 0.0  # when its last result was handled, or it got work while idle
         self.limit = 0  # tasks it may have queued while they are fast (0: the prefetch)
 
 
@@ -836,7 +841,8 @@ class Pool:
                 self._blocks = BufferPool.create(size=buffer_pool_size, liveness_interval=liveness)
         try:
             self._results = self._queue(_RESULT_CAPACITY, _RESULTS)
-            self._slots = Region.create(8 * processes)
+            self._slots = Region.create(16 * processes)
+            self._slot_view = self._slots.buffer.cast("q")  # released before the close
         except BaseException:
             self._release_segments()
             raise
@@ -957,7 +963,7 @@ class Pool:
                     w.process.join(0)
                     w.dead = True
                     token = next(self._seq)
-                    running = self._slots.buffer.cast("q")[index]
+                    running = self._slots.buffer.cast("q")[2 * index]
                     self._lost[token] = (w, running, w.process.pid, w.process.exitcode)
                     lost.append((index, token))
             blocks = self._blocks
@@ -1004,7 +1010,7 @@ class Pool:
 
     # ---- dispatch -----------------------------------------------------------------------
 
-    def _pick(self, now: float) -> _Worker | None:
+    def _pick(self, now: int) -> _Worker | None:
         """The live worker with the fewest tasks that has room for one more (lock held)."""
         best = None
         least = 0
@@ -1014,9 +1020,18 @@ class Pool:
             n = len(w.tasks)
             if not n:
                 return w
-            # fast tasks (w.limit, see _receive) unless no result came for a while: it may
-            # be running a long one
-            limit = w.limit if w.limit and now - w.last < _STALL else self._prefetch
+            # Fast tasks (w.limit, see _receive) unless it has been running one of ours for
+            # _STALL_NS: a long one (or it has no CPU). Its slot says which and since when.
+            limit = w.limit
+            if limit:
+                try:
+                    running, since = self._slot_view[2 * w.index], self._slot_view[2 * w.index + 1]
+                except (ValueError, IndexError):  # released: the pool is stopping
+                    running = since = 0
+                if now - since >= _STALL_NS and running in w.tasks:
+                    limit = 0
+            if not limit:
+                limit = self._prefetch
             if n < limit and (best is None or n < least):
                 best, least = w, n
         return best
@@ -1027,7 +1042,7 @@ class Pool:
         pending = self._pending
         if not pending:
             return
-        now = time.monotonic()
+        now = time.monotonic_ns()
         while pending:
             w = self._pick(now)
             if w is None:
@@ -1067,8 +1082,6 @@ class Pool:
                 failed.append((task[0], task[1], (False, exc)))
                 continue
             pending.popleft()
-            if not w.tasks:  # busy from now: its time without a result counts from here
-                w.last = now
             w.tasks[seq] = task
             w.budget -= 1
             self._inflight[seq] = w
@@ -1125,7 +1138,6 @@ class Pool:
             return True
         done: list[tuple[Any, int, tuple[bool, Any]]] = []
         go_on = True
-        now = time.monotonic()
         with self._lock:
             for msg in batch:
                 if msg is None:
@@ -1143,7 +1155,6 @@ class Pool:
                 task = w.tasks.pop(seq)
                 done.append((task[0], task[1], (msg[1], msg[2])))
                 w.svc += (msg[3] - w.svc) * 0.25
-                w.last = now
             for w in self._workers:  # how many of its tasks may wait at each worker
                 svc = w.svc
                 w.limit = (
@@ -1542,6 +1553,9 @@ class Pool:
                 w.queue.close()
             except Exception:
                 pass
+        view = getattr(self, "_slot_view", None)
+        if view is not None:
+            view.release()  # (a _pick after this reads nothing: the pool is stopping)
         for attr in ("_results", "_slots"):  # absent if __init__ failed before making them
             try:
                 getattr(self, attr).close()

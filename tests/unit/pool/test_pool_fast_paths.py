@@ -237,3 +237,39 @@ def test_task_frames_with_a_cached_function_reference() -> None:
     assert _func_ops(lambda: 1) is None and _func_ops(print) is None
     with Pool(1, context=FORK) as pool:
         assert pool.apply(echo, (), {"x": shared}) == shared
+
+
+_RELEASE = FORK.Event()  # inherited by forked workers (the test below makes a fresh one)
+
+
+def hold_until_released() -> str:
+    return "released" if _RELEASE.wait(60) else "timed out"
+
+
+def test_fast_tasks_do_not_pile_up_behind_a_long_one() -> None:
+    """Once a worker has been running one task for the stall time (its slot says which and
+    since when), it gets no more than the slow prefetch, however fast the tasks were."""
+    global _RELEASE
+    from shmipc.pool import _STALL_NS
+
+    _RELEASE = FORK.Event()
+    with Pool(2, context=FORK) as pool:
+        handles = [pool.apply_async(square, (i,)) for i in range(3000)]
+        assert [h.get(60) for h in handles] == [i * i for i in range(3000)]
+        assert all(w.limit > pool._prefetch for w in pool._workers)  # fast: queued ahead
+        long = pool.apply_async(hold_until_released)
+        deadline = time.monotonic() + 60
+        while True:  # until its worker has run it for 3 stall times
+            holder = next((w for w in pool._workers if w.tasks), None)
+            if holder is not None:
+                i = 2 * holder.index
+                running, since = pool._slot_view[i], pool._slot_view[i + 1]
+                if running in holder.tasks and time.monotonic_ns() - since > 3 * _STALL_NS:
+                    break
+            assert time.monotonic() < deadline, "the long task never started"
+            time.sleep(0.001)
+        fast = [pool.apply_async(square, (i,)) for i in range(400)]
+        assert len(holder.tasks) <= pool._prefetch + 1
+        _RELEASE.set()
+        assert long.get(60) == "released"
+        assert [h.get(60) for h in fast] == [i * i for i in range(400)]
