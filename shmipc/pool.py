@@ -10,14 +10,15 @@ How it works, and the invariants the fault handling rests on:
 * Every worker has its own task queue (one producer: the parent, under ``Pool._lock``) and all
   workers share one result queue (codec "pickle": a drop-in must carry anything). The parent
   sends a task to the live worker with the fewest outstanding tasks, at most ``_PREFETCH``
-  each (``_PREFETCH_FAST`` while the worker's tasks are quick), so it always knows which
-  tasks each worker holds (``_Worker.tasks``, in send order).
+  each (while the worker's tasks run under ``_FAST_TASK``, ``_QUEUED_WORK`` seconds of them,
+  ``_PREFETCH_FAST`` to ``_PREFETCH_MAX``, unless it has been running one for ``_STALL_NS``),
+  so it always knows which tasks each worker holds (``_Worker.tasks``, in send order).
 * Before running a task a worker stores its sequence number in its slot of a small shared
-  region. A worker processes its queue in order, so when it dies, of the tasks it held: the
-  one whose number is in its slot was running (its result never came: it fails with
-  :class:`BrokenWorker`), the ones after it never started (they are sent again, to another
-  worker), and the ones before it have results in the result queue already (``put`` stores
-  synchronously before it returns).
+  region (and beside it when it started: only a hint for the prefetch). A worker processes
+  its queue in order, so when it dies, of the tasks it held: the one whose number is in its
+  slot was running (its result never came: it fails with :class:`BrokenWorker`), the ones
+  after it never started (they are sent again, to another worker), and the ones before it
+  have results in the result queue already (``put`` stores synchronously before it returns).
 * The parent learns of a death from the process sentinel (watcher thread). It reads the dead
   worker's slot, starts a replacement in the same slot, then puts a "worker lost" marker into
   the result queue. The result queue is FIFO and the dead worker's last put completed before
@@ -635,7 +636,7 @@ class _ApplyResult(_Driven, _mpp.ApplyResult):
     def __init__(self, pool: Pool, callback: Any, error_callback: Any) -> None:
         # ApplyResult.__init__, with a _Flag for its Event (an Event costs more to make
         # than the rest of a call's bookkeeping in the parent)
-        self._pool = pool
+        self._pool: Pool | None = pool
         self._event = _Flag()  # type: ignore[assignment]
         self._job = job = next(_mpp.job_counter)
         self._cache = cache = pool._cache
@@ -701,8 +702,8 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
         self._done_callbacks: list[Any] = []
         self._driver: Pool | None = pool
 
-    @property  # type: ignore[override]
-    def _condition(self) -> threading.Condition:
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
         cond = self._cond
         if cond is None:
             with _FLAG_LOCK:
