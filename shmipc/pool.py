@@ -679,6 +679,7 @@ class _MapResult(_Driven, _mpp.MapResult):
 
 
 _PENDING, _RUNNING, _FINISHED = "PENDING", "RUNNING", "FINISHED"
+_CANCELLED_STATES = frozenset(("CANCELLED", "CANCELLED_AND_NOTIFIED"))
 
 
 class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ignore]
@@ -737,6 +738,20 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
 
     def done(self) -> bool:
         return self._state in _FINISHED_STATES  # one read: the lock adds nothing
+
+    def running(self) -> bool:
+        return self._state == _RUNNING
+
+    def cancelled(self) -> bool:
+        return self._state in _CANCELLED_STATES
+
+    def cancel(self) -> bool:
+        # A started or finished future cannot be cancelled: say so without making the
+        # Condition (Executor.map cancels every future it has read a result from).
+        with _FLAG_LOCK:
+            if self._cond is None and self._state in (_RUNNING, _FINISHED):
+                return False
+        return super().cancel()
 
     def _drive(self, timeout: float | None) -> float | None:
         pool = self._driver

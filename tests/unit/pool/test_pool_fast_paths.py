@@ -273,3 +273,25 @@ def test_fast_tasks_do_not_pile_up_behind_a_long_one() -> None:
         _RELEASE.set()
         assert long.get(60) == "released"
         assert [h.get(60) for h in fast] == [i * i for i in range(400)]
+
+
+def test_future_states_without_a_condition() -> None:
+    """running/cancelled/done and cancel() of a started or finished future answer from the
+    state alone (Executor.map cancels every future it read): no Condition is made."""
+    with Executor(1, mp_context=FORK) as ex:
+        f = ex.submit(square, 3)
+        assert f.result(60) == 9
+        assert f.done() and not f.running() and not f.cancelled()
+        assert f.cancel() is False and f._cond is None  # type: ignore[attr-defined]
+        assert list(ex.map(square, range(50))) == [i * i for i in range(50)]
+        blocker = ex.submit(slow, 0.3)
+        queued = [ex.submit(square, i) for i in range(20)]
+        deadline = time.monotonic() + 60
+        while not blocker.running():
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert blocker.cancel() is False and blocker.running()
+        last = queued[-1]
+        if last.cancel():  # not sent yet: cancelled as the stdlib's would be
+            assert last.cancelled() and last.done() and not last.running()
+        assert blocker.result(60) == 0.3
