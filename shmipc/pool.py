@@ -10,14 +10,15 @@ How it works, and the invariants the fault handling rests on:
 * Every worker has its own task queue (one producer: the parent, under ``Pool._lock``) and all
   workers share one result queue (codec "pickle": a drop-in must carry anything). The parent
   sends a task to the live worker with the fewest outstanding tasks, at most ``_PREFETCH``
-  each (``_PREFETCH_FAST`` while the worker's tasks are quick), so it always knows which
-  tasks each worker holds (``_Worker.tasks``, in send order).
+  each (while the worker's tasks run under ``_FAST_TASK``, ``_QUEUED_WORK`` seconds of them,
+  ``_PREFETCH_FAST`` to ``_PREFETCH_MAX``, unless it has been running one for ``_STALL_NS``),
+  so it always knows which tasks each worker holds (``_Worker.tasks``, in send order).
 * Before running a task a worker stores its sequence number in its slot of a small shared
-  region. A worker processes its queue in order, so when it dies, of the tasks it held: the
-  one whose number is in its slot was running (its result never came: it fails with
-  :class:`BrokenWorker`), the ones after it never started (they are sent again, to another
-  worker), and the ones before it have results in the result queue already (``put`` stores
-  synchronously before it returns).
+  region (and beside it when it started: only a hint for the prefetch). A worker processes
+  its queue in order, so when it dies, of the tasks it held: the one whose number is in its
+  slot was running (its result never came: it fails with :class:`BrokenWorker`), the ones
+  after it never started (they are sent again, to another worker), and the ones before it
+  have results in the result queue already (``put`` stores synchronously before it returns).
 * The parent learns of a death from the process sentinel (watcher thread). It reads the dead
   worker's slot, starts a replacement in the same slot, then puts a "worker lost" marker into
   the result queue. The result queue is FIFO and the dead worker's last put completed before
@@ -40,6 +41,7 @@ import collections
 import concurrent.futures
 import ctypes
 import functools
+import io
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -51,6 +53,7 @@ import queue as _queue
 import signal
 import threading
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -59,7 +62,7 @@ from typing import Any, TypeVar
 from . import _proc
 from .codec import PickleCodec
 from .errors import Closed, CorruptedError, ShmipcError
-from .queue import Queue
+from .queue import _OK, Queue
 from .region import SHM_DIR, Region, _unlink_if_ours
 
 try:  # the block pool (numpy arrays and large buffers travel in its blocks)
@@ -82,6 +85,9 @@ _EXECUTOR_PREFETCH = 2
 _PREFETCH = 8  # tasks sent ahead to one worker (its queue holds them while it runs one)
 _PREFETCH_FAST = 64  # ... when its tasks have been taking under _FAST_TASK seconds each
 _FAST_TASK = 100e-6
+_STALL_NS = 2_000_000  # a worker running one task this long (ns) may be running a long one
+_QUEUED_WORK = 0.005  # seconds of fast tasks a worker may have queued (at least _PREFETCH_FAST)
+_PREFETCH_MAX = 1024
 _TASK_CAPACITY = 1 << 20
 _RESULT_CAPACITY = 1 << 22
 _MARKER = -1  # first field of a "worker lost" message in the result queue
@@ -225,7 +231,8 @@ class _ResultCodec(PickleCodec):
             seq = _leading_seq(data)
             if seq is None:
                 raise CorruptedError(f"a pool result frame does not unpickle: {exc!r}") from exc
-            return (seq, False, RuntimeError(f"the result could not be unpickled here: {exc!r}"))
+            why = RuntimeError(f"the result could not be unpickled here: {exc!r}")
+            return (seq, False, why, 0.0)
 
     @classmethod
     def decode_with_buffers(cls, data: Any, buffers: list[Any]) -> object:
@@ -238,11 +245,86 @@ class _ResultCodec(PickleCodec):
             seq = _leading_seq(data)
             if seq is None:
                 raise CorruptedError(f"a pool result frame does not unpickle: {exc!r}") from exc
-            return (seq, False, RuntimeError(f"the result could not be unpickled here: {exc!r}"))
+            why = RuntimeError(f"the result could not be unpickled here: {exc!r}")
+            return (seq, False, why, 0.0)
 
 
 _TASKS = _TaskCodec()
 _RESULTS = _ResultCodec()
+
+# Values that pickle without out-of-band buffers whatever their size, so that a frame made of
+# them is the frame the queue's block hook would make: it can skip the hook (and its per-call
+# bookkeeping) and go straight to the ring (_put_frame).
+_PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
+_T_OBJ = 1  # the queue's record type of a codec frame (shmipc.queue.T_OBJ)
+_dumps = pickle.dumps
+_FunctionType = types.FunctionType
+
+
+_FUNC_OPS: dict[Any, bytes] = {}  # function -> its reference's pickle opcodes (no memo)
+
+
+def _func_ops(func: Any) -> bytes | None:
+    """The opcodes that push ``func`` (a module-level function, pickled by reference) with
+    no memo entries, made once per function: pickling the reference costs more than the
+    rest of a small task. None for anything else (a bound method or a partial may change:
+    pickled each time)."""
+    ops = _FUNC_OPS.get(func)
+    if ops is None:
+        if type(func) is not _FunctionType:
+            return None
+        buf = io.BytesIO()
+        pickler = pickle.Pickler(buf, 5)
+        pickler.fast = True  # no MEMOIZE: the opcodes can go anywhere in a frame
+        try:
+            pickler.dump(func)
+        except Exception:
+            return None
+        data = buf.getvalue()
+        ops = data[11:-1] if data[2] == 0x95 else data[2:-1]  # less PROTO, FRAME and STOP
+        if any(
+            op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
+            for op, _, _ in pickletools.genops(data)
+        ):
+            return None
+        if len(_FUNC_OPS) >= 256:
+            _FUNC_OPS.clear()
+        _FUNC_OPS[func] = ops
+    return ops
+
+
+def _task_frame(seq: int, func: Any, args: tuple[Any, ...], kwds: dict[str, Any]) -> bytes | None:
+    """The frame of task ``(seq, func, args, kwds)`` when its arguments are plain (else None:
+    the queue's put encodes it): ``MARK seq func args kwds TUPLE``, with the function's
+    opcodes cached (_func_ops) and the arguments pickled now. They hold every memo entry
+    of the frame (the rest has none), so their indices stand as pickle wrote them."""
+    for v in args:
+        if type(v) not in _PLAIN:
+            return None
+    if kwds:
+        for v in kwds.values():
+            if type(v) not in _PLAIN:
+                return None
+    ops = _func_ops(func) if seq < 0x7FFFFFFF else None
+    try:
+        if ops is None:
+            return _dumps((seq, func, args, kwds), 5)
+        rest = _dumps((args, kwds), 5)
+    except Exception:
+        return None  # the queue's put raises the codec's error
+    # One frame (or none) and the pair's TUPLE2 MEMOIZE STOP at the end, as pickle writes a
+    # small pair; a large one (several frames) is pickled whole instead.
+    if len(rest) > 60000 or rest[-3:] != b"\x86\x94.":
+        return _dumps((seq, func, args, kwds), 5)
+    body = rest[11:-3] if rest[2] == 0x95 else rest[2:-3]
+    return b"".join((b"\x80\x05(J", seq.to_bytes(4, "little"), ops, body, b"t."))
+
+
+def _put_frame(queue: Queue, frame: bytes, deadline: int) -> None:
+    """Store a ready frame (one native call; the queue's own slow path for the rest)."""
+    rc = queue._fput(frame, _T_OBJ, deadline)
+    if rc != _OK:
+        queue._put_slow(rc, frame, _T_OBJ, deadline)
 
 
 # ---- the worker process -------------------------------------------------------------------
@@ -274,23 +356,38 @@ def _worker_main(
         initializer(*initargs)
     get, put = tasks.get, results.put
     reraise = _mpp._helper_reraises_exception
+    plain = _PLAIN
+    clock, clock_ns = time.perf_counter, time.monotonic_ns
+    i2 = 2 * index
     done = 0
     while maxtasks is None or done < maxtasks:
         task = get()
         if task is None:
             break
         seq, func, args, kwds = task
-        slot[index] = seq  # read by the parent only once this process is dead
+        # The slot: [2i] the task running (what the parent reads once this process is dead),
+        # [2i+1] since when (CLOCK_MONOTONIC ns; stored first: a reader that sees the new
+        # number sees its time). The parent sends no more than the slow prefetch to a worker
+        # that has been running one task for _STALL_NS.
+        slot[i2 + 1] = clock_ns()
+        slot[i2] = seq
+        # A result is (seq, ok, value, seconds the call took): the parent queues fast tasks
+        # ahead by how long they run here, which wall-clock gaps between results (the
+        # workers share cores) cannot tell it.
+        start = clock()
         try:
-            result = (seq, True, func(*args, **kwds))
+            result = (seq, True, func(*args, **kwds), clock() - start)
         except Exception as exc:
             if func is not reraise:
                 exc = _mpp.ExceptionWithTraceback(exc, exc.__traceback__)
-            result = (seq, False, exc)
-        try:
-            put(result)
-        except Exception as exc:
-            put((seq, False, _mpp.MaybeEncodingError(exc, result[2])))
+            result = (seq, False, exc, clock() - start)
+        if type(result[2]) in plain:  # the common small result: straight to the ring
+            _put_frame(results, _dumps(result, 5), -1)
+        else:
+            try:
+                put(result)
+            except Exception as exc:
+                put((seq, False, _mpp.MaybeEncodingError(exc, result[2]), result[3]))
         task = func = args = kwds = result = None  # type: ignore[assignment]
         done += 1
 
@@ -408,7 +505,7 @@ def lost_tasks(held: dict[int, _T], running: int) -> tuple[_T | None, list[_T]]:
 class _Worker:
     """One worker process and what the parent has sent it."""
 
-    __slots__ = ("budget", "dead", "index", "last", "process", "queue", "svc", "tasks")
+    __slots__ = ("budget", "dead", "index", "limit", "process", "queue", "svc", "tasks")
 
     def __init__(self, index: int, process: Any, queue: Queue, budget: float) -> None:
         self.index = index
@@ -417,19 +514,29 @@ class _Worker:
         self.budget = budget  # tasks it may still be sent (maxtasksperchild)
         self.dead = False
         self.tasks: dict[int, list[Any]] = {}  # seq -> [job, i, func, args, kwds], in order
-        self.svc = 1.0  # seconds a task takes it (moving average; long until measured)
-        self.last = 0.0  # when its last result was handled
+        self.svc = 1.0  # seconds its tasks run (moving average; long until measured)
+        self.limit = 0  # tasks it may have queued while they are fast (0: the prefetch)
 
 
 class _Notifier:
     """The ``_PoolCache`` notifier: the cache emptied, wake ``join``."""
 
-    def __init__(self, cond: threading.Condition) -> None:
+    def __init__(self, cond: threading.Condition, lock: Any) -> None:
         self._cond = cond
+        self._lock = lock  # the condition's
 
     def put(self, _item: object) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        # Waiters check the cache and start waiting under the lock: when it is free, the
+        # waiter list is complete, and it is usually empty (nobody joins).
+        if self._lock.acquire(False):
+            try:
+                if self._cond._waiters:  # type: ignore[attr-defined]
+                    self._cond.notify_all()
+            finally:
+                self._lock.release()
+        else:
+            with self._cond:
+                self._cond.notify_all()
 
 
 class _FutureJob:
@@ -478,10 +585,89 @@ class _Driven:
             self._driver = None
 
 
+_FLAG_LOCK = threading.Lock()
+
+
+def _new_flag_lock() -> None:
+    global _FLAG_LOCK
+    _FLAG_LOCK = threading.Lock()  # a fork may copy it held by a thread that is not copied
+
+
+os.register_at_fork(after_in_child=_new_flag_lock)
+
+
+class _Flag:
+    """``threading.Event``'s is_set/set/wait for a pool's AsyncResult, with the Event made
+    only when a thread has to block on it (most never do: the waiting thread reads the
+    results itself, see Pool._drive). ``set`` stores the flag before it looks for an Event,
+    ``wait`` stores its Event before it looks at the flag (the GIL orders them), so either
+    the setter sets the Event or the waiter sees the flag."""
+
+    __slots__ = ("_event", "_flag")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: threading.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        event = self._event
+        if event is None:
+            with _FLAG_LOCK:
+                event = self._event
+                if event is None:
+                    event = self._event = threading.Event()
+        if self._flag:
+            return True
+        return event.wait(timeout)
+
+
 class _ApplyResult(_Driven, _mpp.ApplyResult):
     def __init__(self, pool: Pool, callback: Any, error_callback: Any) -> None:
-        _mpp.ApplyResult.__init__(self, pool, callback, error_callback)
-        self._keep_driver(pool)
+        # ApplyResult.__init__, with a _Flag for its Event (an Event costs more to make
+        # than the rest of a call's bookkeeping in the parent)
+        self._pool: Pool | None = pool
+        self._event = _Flag()  # type: ignore[assignment]
+        self._job = job = next(_mpp.job_counter)
+        self._cache = cache = pool._cache
+        self._callback = callback
+        self._error_callback = error_callback
+        self._driver = pool
+        cache[job] = self
+
+    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
+        # ApplyResult._set, with the flag and the cache entry handled inline
+        self._success, self._value = obj
+        if self._callback and self._success:
+            self._callback(self._value)
+        if self._error_callback and not self._success:
+            self._error_callback(self._value)
+        self._event.set()
+        cache = self._cache
+        dict.__delitem__(cache, self._job)
+        if not cache:
+            cache.notifier.put(None)
+        self._pool = None
+
+    def get(self, timeout: float | None = None) -> Any:
+        if not self._event._flag:  # type: ignore[attr-defined]
+            self.wait(timeout)
+            if not self._event._flag:  # type: ignore[attr-defined]
+                raise multiprocessing.TimeoutError
+        self._driver = None
+        if self._success:
+            return self._value
+        raise self._value
 
 
 class _MapResult(_Driven, _mpp.MapResult):
@@ -492,21 +678,88 @@ class _MapResult(_Driven, _mpp.MapResult):
         self._keep_driver(pool)
 
 
+_PENDING, _RUNNING, _FINISHED = "PENDING", "RUNNING", "FINISHED"
+_CANCELLED_STATES = frozenset(("CANCELLED", "CANCELLED_AND_NOTIFIED"))
+
+
 class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ignore]
     """A Future whose ``result``/``exception`` read the pool's results in the waiting
-    thread (see Pool._drive)."""
+    thread (see Pool._drive), and whose Condition is made on first use.
+
+    Most futures of a pool are started, completed and read by threads that never wait on
+    the Condition, so making one per future costs more than the rest of a call in the
+    parent. Until it exists, the pool's own transitions (start, result, exception) run under
+    the module's ``_FLAG_LOCK``; it is made under that lock too, so a transition either
+    finished before it existed or runs under it, and whatever needs it (a waiter, a done
+    callback, cancel, concurrent.futures.wait) makes it first."""
 
     def __init__(self, pool: Pool) -> None:
-        super().__init__()
+        # Future.__init__, less the Condition (the _condition property)
+        self._cond: threading.Condition | None = None
+        self._state = _PENDING
+        self._result = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
         self._driver: Pool | None = pool
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        cond = self._cond
+        if cond is None:
+            with _FLAG_LOCK:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition()
+        return cond
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with _FLAG_LOCK:
+            if self._cond is None and self._state == _PENDING:
+                self._state = _RUNNING
+                return True
+        return super().set_running_or_notify_cancel()
+
+    def set_result(self, result: Any) -> None:
+        with _FLAG_LOCK:
+            if self._cond is None and self._state in (_PENDING, _RUNNING):
+                self._result = result
+                self._state = _FINISHED  # nobody waits and no callback: both need _cond
+                return
+        super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        with _FLAG_LOCK:
+            if self._cond is None and self._state in (_PENDING, _RUNNING):
+                self._exception = exception
+                self._state = _FINISHED
+                return
+        super().set_exception(exception)
+
+    def done(self) -> bool:
+        return self._state in _FINISHED_STATES  # one read: the lock adds nothing
+
+    def running(self) -> bool:
+        return self._state == _RUNNING
+
+    def cancelled(self) -> bool:
+        return self._state in _CANCELLED_STATES
+
+    def cancel(self) -> bool:
+        # A started or finished future cannot be cancelled: say so without making the
+        # Condition (Executor.map cancels every future it has read a result from).
+        with _FLAG_LOCK:
+            if self._cond is None and self._state in (_RUNNING, _FINISHED):
+                return False
+        return super().cancel()
 
     def _drive(self, timeout: float | None) -> float | None:
         pool = self._driver
-        if pool is None or self.done():
+        if pool is None or self._state in _FINISHED_STATES:
             return timeout
         start = time.monotonic()
         pool._drive(self._ready, timeout)
-        if self.done():
+        if self._state in _FINISHED_STATES:
             self._driver = None
         return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
 
@@ -516,10 +769,16 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
         return self._state in _FINISHED_STATES
 
     def result(self, timeout: float | None = None) -> Any:
-        return super().result(self._drive(timeout))
+        timeout = self._drive(timeout)
+        if self._state == _FINISHED and self._exception is None:
+            return self._result  # (set before the state, under a lock)
+        return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        return super().exception(self._drive(timeout))
+        timeout = self._drive(timeout)
+        if self._state == _FINISHED:
+            return self._exception
+        return super().exception(timeout)
 
 
 class Pool:
@@ -576,7 +835,7 @@ class Pool:
         self._liveness = liveness
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._cache = _mpp._PoolCache(notifier=_Notifier(self._cond))
+        self._cache = _mpp._PoolCache(notifier=_Notifier(self._cond, self._lock))
         self._pending: collections.deque[list[Any]] = collections.deque()
         self._inflight: dict[int, _Worker] = {}
         self._seq = itertools.count(1)
@@ -598,7 +857,8 @@ class Pool:
                 self._blocks = BufferPool.create(size=buffer_pool_size, liveness_interval=liveness)
         try:
             self._results = self._queue(_RESULT_CAPACITY, _RESULTS)
-            self._slots = Region.create(8 * processes)
+            self._slots = Region.create(16 * processes)
+            self._slot_view = self._slots.buffer.cast("q")  # released before the close
         except BaseException:
             self._release_segments()
             raise
@@ -609,7 +869,8 @@ class Pool:
         self._prefetch_fast = _PREFETCH_FAST
         self._feed_low = 2 * _PREFETCH * processes  # imap: refill the line below this
         self._rx = threading.Lock()
-        self._rx_cond = threading.Condition(threading.Lock())
+        self._rx_mutex = threading.Lock()  # _rx_cond's (taken directly where nobody waits)
+        self._rx_cond = threading.Condition(self._rx_mutex)
         self._rx_owner: int | None = None
         self._rx_wanted = 0
         self._rx_in_get = False
@@ -718,7 +979,7 @@ class Pool:
                     w.process.join(0)
                     w.dead = True
                     token = next(self._seq)
-                    running = self._slots.buffer.cast("q")[index]
+                    running = self._slots.buffer.cast("q")[2 * index]
                     self._lost[token] = (w, running, w.process.pid, w.process.exitcode)
                     lost.append((index, token))
             blocks = self._blocks
@@ -765,25 +1026,41 @@ class Pool:
 
     # ---- dispatch -----------------------------------------------------------------------
 
-    def _pick(self) -> _Worker | None:
+    def _pick(self, now: int) -> _Worker | None:
+        """The live worker with the fewest tasks that has room for one more (lock held)."""
         best = None
+        least = 0
         for w in self._workers:
             if w.dead or w.budget <= 0:
                 continue
             n = len(w.tasks)
-            limit = self._prefetch_fast if w.svc < _FAST_TASK else self._prefetch
-            if n < limit and (best is None or n < len(best.tasks)):
-                best = w
-                if n == 0:
-                    break
+            if not n:
+                return w
+            # Fast tasks (w.limit, see _receive) unless it has been running one of ours for
+            # _STALL_NS: a long one (or it has no CPU). Its slot says which and since when.
+            limit = w.limit
+            if limit:
+                try:
+                    running, since = self._slot_view[2 * w.index], self._slot_view[2 * w.index + 1]
+                except (ValueError, IndexError):  # released: the pool is stopping
+                    running = since = 0
+                if now - since >= _STALL_NS and running in w.tasks:
+                    limit = 0
+            if not limit:
+                limit = self._prefetch
+            if n < limit and (best is None or n < least):
+                best, least = w, n
         return best
 
     def _pump(self, failed: list[tuple[Any, int, tuple[bool, Any]]]) -> None:
         """Send pending tasks while some worker has room (lock held). Tasks that cannot be
         sent (the arguments do not pickle) go to ``failed``, to be completed outside the lock."""
         pending = self._pending
+        if not pending:
+            return
+        now = time.monotonic_ns()
         while pending:
-            w = self._pick()
+            w = self._pick(now)
             if w is None:
                 return
             task = pending[0]
@@ -800,8 +1077,13 @@ class Pool:
                     continue
                 task[5] = True
             seq = next(self._seq)
+            msg = (seq, task[2], task[3], task[4])
             try:
-                w.queue.put((seq, task[2], task[3], task[4]), timeout=0)
+                frame = _task_frame(seq, task[2], task[3], task[4])
+                if frame is not None:
+                    _put_frame(w.queue, frame, 0)
+                else:
+                    w.queue.put(msg, timeout=0)
             except _queue.Full:
                 w.budget, budget = 0, w.budget  # full ring: try another worker this round
                 try:
@@ -833,7 +1115,16 @@ class Pool:
         with self._lock:
             self._pending.extend(tasks)
             self._pump(failed)
-        self._complete(failed)
+        if failed:
+            self._complete(failed)
+
+    def _submit_one(self, task: list[Any]) -> None:
+        failed: list[tuple[Any, int, tuple[bool, Any]]] = []
+        with self._lock:
+            self._pending.append(task)
+            self._pump(failed)
+        if failed:
+            self._complete(failed)
 
     # ---- receiving results ------------------------------------------------------------
     #
@@ -863,7 +1154,6 @@ class Pool:
             return True
         done: list[tuple[Any, int, tuple[bool, Any]]] = []
         go_on = True
-        now = time.monotonic()
         with self._lock:
             for msg in batch:
                 if msg is None:
@@ -880,10 +1170,16 @@ class Pool:
                     continue
                 task = w.tasks.pop(seq)
                 done.append((task[0], task[1], (msg[1], msg[2])))
-                if w.tasks:  # it went straight on to the next: time it
-                    w.svc += (now - w.last - w.svc) * 0.25
-                w.last = now
-            self._pump(done)
+                w.svc += (msg[3] - w.svc) * 0.25
+            for w in self._workers:  # how many of its tasks may wait at each worker
+                svc = w.svc
+                w.limit = (
+                    max(self._prefetch_fast, min(_PREFETCH_MAX, int(_QUEUED_WORK / (svc + 1e-7))))
+                    if svc < _FAST_TASK
+                    else 0
+                )
+            if self._pending:
+                self._pump(done)
         batch = msg = task = None  # type: ignore[assignment]
         self._complete(done)
         return go_on and not self._stopping
@@ -927,7 +1223,8 @@ class Pool:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
             return
-        with self._rx_cond:
+        mutex = self._rx_mutex
+        with mutex:
             self._rx_wanted += 1
             nudge = self._rx_in_get
         try:
@@ -936,24 +1233,33 @@ class Pool:
                     self._results.put((_NUDGE,), timeout=0)
                 except Exception:
                     pass
+            rx, receive, liveness = self._rx, self._receive, self._liveness
             while not ready():
-                left = _remaining(deadline, 0.002)
-                if left <= 0 and deadline is not None:
-                    return
-                if not self._rx.acquire(timeout=min(left, 0.002)):
-                    continue  # another thread receives: it may be handling ours
+                if deadline is None:
+                    if not rx.acquire(timeout=0.002):
+                        continue  # another thread receives: it may be handling ours
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    if not rx.acquire(timeout=min(left, 0.002)):
+                        continue
                 self._rx_owner = me
                 try:
                     while not ready():
-                        if not self._receive(_remaining(deadline, self._liveness)):
-                            return
-                        if deadline is not None and time.monotonic() >= deadline:
-                            return
+                        if deadline is None:
+                            if not receive(liveness):
+                                return
+                        else:
+                            if not receive(min(liveness, deadline - time.monotonic())):
+                                return
+                            if time.monotonic() >= deadline:
+                                return
                 finally:
                     self._rx_owner = None
-                    self._rx.release()
+                    rx.release()
         finally:
-            with self._rx_cond:
+            with mutex:
                 self._rx_wanted -= 1
                 self._rx_left = time.monotonic()
 
@@ -1036,19 +1342,21 @@ class Pool:
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> _mpp.ApplyResult:
         """Run ``func(*args, **kwds)`` in a worker; an AsyncResult."""
-        self._check_running()
+        if self._state != RUN:
+            raise ValueError("Pool not running")
         result = _ApplyResult(self, callback, error_callback)
-        self._submit_tasks([[result._job, 0, func, tuple(args), dict(kwds or {}), False]])
+        self._submit_one([result._job, 0, func, tuple(args), dict(kwds) if kwds else {}, False])
         return result
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` in a worker; a concurrent.futures.Future."""
-        self._check_running()
+        if self._state != RUN:
+            raise ValueError("Pool not running")
         future = _PoolFuture(self)
         job = _FutureJob(self, future)
-        self._submit_tasks([[job._job, 0, fn, args, kwargs, False]])
+        self._submit_one([job._job, 0, fn, args, kwargs, False])
         return future
 
     def map(
@@ -1261,6 +1569,9 @@ class Pool:
                 w.queue.close()
             except Exception:
                 pass
+        view = getattr(self, "_slot_view", None)
+        if view is not None:
+            view.release()  # (a _pick after this reads nothing: the pool is stopping)
         for attr in ("_results", "_slots"):  # absent if __init__ failed before making them
             try:
                 getattr(self, attr).close()
