@@ -429,6 +429,7 @@ class _Uring:
             orphans = [f for w in self.watches.values() for f in w.futs]
             for w in list(self.watches.values()):
                 self._disarm(w)
+            pinned = list(self.by_id.values())  # let go only once the ring is gone
             self.by_id.clear()
         if self.idle_handle is not None:
             self.idle_handle.cancel()
@@ -439,6 +440,7 @@ class _Uring:
             except (RuntimeError, ValueError, OSError):  # pragma: no cover - closing loop
                 pass
         lib.shmipc_aiou_free(self.ring)
+        del pinned
         agen, self.sentinel = self.sentinel, None
         if agen is not None:
             try:
