@@ -146,7 +146,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Watch:
-    __slots__ = ("armed", "futs", "id", "key", "me", "slot", "spec")
+    __slots__ = ("armed", "futs", "id", "key", "me", "reg", "slot", "spec")
 
     def __init__(self, spec: WordSpec, key: tuple[int, int], id_: int) -> None:
         self.spec = spec  # holds the pin: the mapping stays while the entry may be served
@@ -155,6 +155,7 @@ class _Watch:
         self.futs: set[asyncio.Future[None]] = set()
         # uring only: registered (slot, as identity me) with a request pending
         self.armed = False
+        self.reg = _NO_REG
         self.slot = -2
         self.me = 0
 
@@ -334,9 +335,9 @@ class _Uring:
                 id_ = self.next_id
                 self.next_id += 1
                 me = int(lib.shmipc_lock_identity())  # this (the loop's) thread
+                reg = _NO_REG if spec.reg_off is None else spec.reg_off
                 rc = lib.shmipc_aiou_arm(
-                    self.ring, spec.base, spec.off, expected,
-                    _NO_REG if spec.reg_off is None else spec.reg_off, spec.nslots, id_, me,
+                    self.ring, spec.base, spec.off, expected, reg, spec.nslots, id_, me,
                     self.slot,
                 )
                 if rc == 1:  # the word moved already: look again at once
@@ -346,7 +347,7 @@ class _Uring:
                     soon = True
                     continue
                 w = _Watch(spec, key, id_)
-                w.armed, w.slot, w.me = True, int(self.slot[0]), me
+                w.armed, w.reg, w.slot, w.me = True, reg, int(self.slot[0]), me
                 self.watches[key] = self.by_id[id_] = w
                 soon = soon or rc == 2  # queued for the next flush only
             w.futs.add(fut)
@@ -359,8 +360,7 @@ class _Uring:
         w.armed = False
         if self.watches.get(w.key) is w:
             del self.watches[w.key]
-        reg = _NO_REG if w.spec.reg_off is None else w.spec.reg_off
-        lib.shmipc_aiou_unreg(w.spec.base, reg, w.slot, w.me)
+        lib.shmipc_aiou_unreg(w.spec.base, w.reg, w.slot, w.me)
         if not self.closed:
             lib.shmipc_aiou_cancel(self.ring, w.id)  # by_id keeps w (its pin) till it completes
 
@@ -373,28 +373,29 @@ class _Uring:
 
     def _on_ready(self) -> None:
         futs: list[asyncio.Future[None]] = []
+        by_id, watches, uds, res = self.by_id, self.watches, self.uds, self.res
         with _lock:
             if self.closed:
                 return
             while True:
-                n = int(lib.shmipc_aiou_reap(self.ring, self.uds, self.res, _REAP))
-                for i in range(max(n, 0)):
-                    w = self.by_id.pop(int(self.uds[i]), None)
+                n = lib.shmipc_aiou_reap(self.ring, uds, res, _REAP)
+                for i in range(n):
+                    w = by_id.pop(uds[i], None)
                     if w is None or not w.armed:
                         continue  # a cancel's own completion, or a cancelled request's
                     # U3: whatever the result, the waiters look again; the registration
                     # goes first (U2: the request is over).
                     w.armed = False
-                    if self.watches.get(w.key) is w:
-                        del self.watches[w.key]
-                    reg = _NO_REG if w.spec.reg_off is None else w.spec.reg_off
-                    lib.shmipc_aiou_unreg(w.spec.base, reg, w.slot, w.me)
+                    if watches.get(w.key) is w:
+                        del watches[w.key]
+                    lib.shmipc_aiou_unreg(w.spec.base, w.reg, w.slot, w.me)
                     futs.extend(w.futs)
-                    if int(self.res[i]) not in _URING_WAKE_RESULTS:
+                    if res[i] not in _URING_WAKE_RESULTS:
                         self.broken = True  # e.g. EINVAL: retrying would spin
                 if n < _REAP:
                     break
-            self._busy()
+            if not by_id:
+                self._busy()
         _wake(futs)  # on the loop thread: the tasks run in the loop's next iteration
 
     def _busy(self) -> None:
@@ -602,9 +603,10 @@ async def wait_for_change(
         finally:
             if handle is not None:
                 handle.cancel()
-            with _lock:
-                if not u.closed:
-                    u.unregister(fut, mine)
+            if any(w.armed for w in mine):  # else: all fired, nothing to take back
+                with _lock:
+                    if not u.closed:
+                        u.unregister(fut, mine)
         return
     h, mine_h, overflow = _register(loop, fut, words)
     if overflow:
