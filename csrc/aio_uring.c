@@ -3,7 +3,7 @@
  * watched word on a per-loop ring whose fd the loop polls (add_reader). A wake then costs one
  * sleeping thread (the loop's), where the helper-thread backend (csrc/aio.c) costs two.
  *
- * Invariants (U1-U5; the no-lost-wakeup argument is the one of shmipc_wait_while32 in
+ * Invariants (U1-U6; the no-lost-wakeup argument is the one of shmipc_wait_while32 in
  * csrc/native.c and of the helper in csrc/aio.c, with the kernel's futex wait queued by the
  * SQE instead of by a blocking call):
  *  U1 Before a word's wait is submitted, the loop thread registers in the word's sleeper
@@ -26,11 +26,15 @@
  *  U4 The kernel reads the word only while it handles the SQE (synchronously, inside the
  *     io_uring_enter of arm or of a later flush); a queued futex wait is found by its key
  *     and touches no user memory. Python keeps the word's mapping pinned until the
- *     request's completion is reaped anyway (docs/internals/lifetime.md), and the
- *     registration (U2) is always taken back before that pin goes.
+ *     request's completion is reaped or the ring closed anyway (docs/internals/lifetime.md),
+ *     and the registration (U2) is always taken back before that pin goes.
  *  U5 A ring belongs to the process (and loop) that made it: a forked child sees
  *     shmipc_aiou_* refuse its parent's rings (ECHILD, a fork generation bumped at fork),
  *     and Python frees them in the child without touching the parent's registrations.
+ *  U6 A request completed with 0 after nobody wanted it any more (cancelled too late) took
+ *     a wake-up: a Lock's release wakes one sleeper, so Python passes it on (one
+ *     FUTEX_WAKE of the word, still pinned) rather than let a blocking waiter sleep through
+ *     its slice. A spurious wake only costs its receiver a look.
  * Only the loop's thread calls these functions for a given ring (no lock: asyncio loops are
  * single-threaded; Python's table lock covers the rest).
  */

@@ -467,7 +467,7 @@ int shmipc_aio_serve(void *set, int64_t budget_ns, int64_t idle_ns, int poll_ns)
  * its holder) as adjust. Only a holder can add references, so a 1 stays true until this
  * process sends the block on: it may then map the block writable. */
 int shmipc_pool_sole(char *base, size_t hdr, uint32_t gen, uint64_t key, uint64_t *busy);
-/* ---- A2: asyncio io_uring backend (csrc/aio_uring.c, invariants U1-U5 there) ----
+/* ---- A2: asyncio io_uring backend (csrc/aio_uring.c, invariants U1-U6 there) ----
  * Registration in a word's sleeper count/registry/flag, as the helper takes it (csrc/aio.c):
  * reg_add returns the slot to hand back to reg_remove (-1 count only, -2 nothing to undo). */
 int32_t shmipc_aio_reg_add(char *b, uint64_t reg_off, int32_t nslots, uint64_t me);

@@ -7,7 +7,7 @@ could make it succeed (the ones the blocking call sleeps on) and waits until any
 differs, in one of two ways (``backend()`` says which):
 
 * ``"uring"`` (the default where io_uring allows IORING_OP_FUTEX_WAIT, Linux 6.7+): the loop's
-  own thread waits. Each loop has one io_uring (csrc/aio_uring.c, invariants U1-U5); each
+  own thread waits. Each loop has one io_uring (csrc/aio_uring.c, invariants U1-U6); each
   watched word gets one FUTEX_WAIT request, registered in the word's sleeper count first so
   the wakers' usual futex wake completes it; the ring's fd is one of the loop's readers, and
   its callback resolves the futures of the words whose requests completed.
@@ -302,6 +302,7 @@ class _Uring:
         self.next_id = 1  # 0 tags the cancel requests' own completions
         self.closed = False
         self.broken = False  # a completion no retry can cure: new waits go to a helper
+        self.forwarded = 0  # wakes passed on (U6; for tests)
         self.idle_since: float | None = None
         self.idle_handle: asyncio.TimerHandle | None = None
         self.sentinel: Any = None
@@ -381,8 +382,15 @@ class _Uring:
                 n = lib.shmipc_aiou_reap(self.ring, uds, res, _REAP)
                 for i in range(n):
                     w = by_id.pop(uds[i], None)
-                    if w is None or not w.armed:
-                        continue  # a cancel's own completion, or a cancelled request's
+                    if w is None:
+                        continue  # a cancel's own completion
+                    if not w.armed:  # a request nobody wanted any more, now over
+                        if res[i] == 0:
+                            # U6: it took a wake (a Lock's release wakes one sleeper): pass
+                            # it on, or a blocking waiter could sleep through its slice.
+                            lib.shmipc_futex_wake(w.spec.base, w.spec.off, 1)
+                            self.forwarded += 1
+                        continue
                     # U3: whatever the result, the waiters look again; the registration
                     # goes first (U2: the request is over).
                     w.armed = False

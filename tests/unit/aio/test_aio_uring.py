@@ -321,3 +321,52 @@ def test_a_word_that_moved_before_the_wait_wakes_at_once(uring, q):
 
     assert asyncio.run(main()) == 1
     wait_for(lambda: data_waiters(q) == 0, 5, "no registration left")
+
+
+def _asleep_in_futex(tid: int) -> bool:
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            return f.read().split()[0] == "202"  # futex, x86_64
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="reads the x86_64 syscall number")
+@pytest.mark.timeout(60)
+def test_a_wake_taken_by_a_cancelled_request_is_passed_on(uring):
+    """U6: a wake-one (as a Lock's release) that completes the request of a coroutine being
+    cancelled is passed on to the next sleeper, here a blocking wait behind it."""
+    ev = shmipc.Event()
+    base, flag, count = ev._base, ev._off + ev._FLAG, ev._off + ev._WAITERS
+    spec = aio.WordSpec(base, flag, count, 0, base)
+    tid, rc = [], []
+
+    def blocking_sleeper():
+        tid.append(threading.get_native_id())
+        deadline = lib.shmipc_monotonic_ns() + 30 * 10**9
+        rc.append(lib.shmipc_wait_while32(base, flag, 0, count, deadline, 0))
+
+    async def main():
+        waiter = asyncio.ensure_future(aio.wait_for_change([(spec, 0)]))  # no timeout
+        await asyncio.sleep(0.01)
+        assert lib.shmipc_load32_acquire(base, count) == 1  # armed: first in the queue
+        b = threading.Thread(target=blocking_sleeper)
+        b.start()
+        await asyncio.to_thread(wait_for, lambda: tid and _asleep_in_futex(tid[0]), 20,
+                                "the blocking sleeper to sleep")
+        u = aio._urings[asyncio.get_running_loop()]
+        # On the loop thread, synchronously: one wake (the word unchanged) completes our
+        # request, whose completion waits unreaped while the coroutine is cancelled.
+        assert lib.shmipc_futex_wake(base, flag, 1) == 1
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await asyncio.to_thread(b.join, 30)
+        return u.forwarded
+
+    try:
+        assert asyncio.run(main()) == 1
+        assert rc == [lib.SHMIPC_CHANGED]  # woken by the passed-on wake, not its deadline
+        assert lib.shmipc_load32_acquire(base, count) == 0
+    finally:
+        ev.close()
