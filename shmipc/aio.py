@@ -44,6 +44,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import os
 import queue
@@ -127,6 +128,19 @@ class WordSpec(NamedTuple):
 _lock = threading.Lock()  # guards every helper's Python-side tables and the helper table
 _helpers: dict[Any, _Helper] = {}
 _urings: dict[Any, _Uring] = {}  # the io_uring backend's per-loop state (also under _lock)
+# Cleanups of waits whose coroutine was garbage collected (closed with GeneratorExit): the
+# collector may run it on a thread that holds _lock (any allocation can collect), so it only
+# queues its cleanup here (a deque append takes no lock); _run_orphans runs them under _lock.
+_orphans: collections.deque[Callable[[], None]] = collections.deque()
+
+
+def _run_orphans() -> None:
+    """Under _lock: the queued cleanups of garbage-collected waits."""
+    while _orphans:
+        try:
+            _orphans.popleft()()
+        except Exception:  # pragma: no cover - a cleanup of a loop long gone
+            pass
 
 
 def _after_fork_in_child() -> None:
@@ -135,6 +149,7 @@ def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
     _helpers.clear()
+    _orphans.clear()
     # The parent's rings are the parent's (U5): drop our copies (fd, mappings) and never touch
     # their loops (an inherited epoll instance is shared with the parent) or registrations.
     for u in _urings.values():
@@ -303,7 +318,7 @@ class _Uring:
         self.closed = False
         self.broken = False  # a completion no retry can cure: new waits go to a helper
         self.forwarded = 0  # wakes passed on (U6; for tests)
-        self.idle_since: float | None = None
+        self.activity = 0  # bumped at every arm and every wake (the idle clock's evidence)
         self.idle_handle: asyncio.TimerHandle | None = None
         self.sentinel: Any = None
         self.uds = ffi.new("uint64_t[]", _REAP)
@@ -407,21 +422,18 @@ class _Uring:
         _wake(futs)  # on the loop thread: the tasks run in the loop's next iteration
 
     def _busy(self) -> None:
-        """Start the idle clock when no request is left (the ring goes after IDLE_EXIT)."""
-        if self.by_id:
-            self.idle_since = None
-        elif self.idle_since is None and not self.closed:
-            self.idle_since = time.monotonic()
-            if self.idle_handle is None:
-                self.idle_handle = self.loop.call_later(IDLE_EXIT, self._idle)
+        """Count activity and keep the idle clock running: the ring goes once a whole
+        IDLE_EXIT passed with no request left and nothing armed meanwhile."""
+        self.activity += 1
+        if self.idle_handle is None and not self.closed:
+            self.idle_handle = self.loop.call_later(IDLE_EXIT, self._idle, self.activity)
 
-    def _idle(self) -> None:
+    def _idle(self, seen: int) -> None:
         self.idle_handle = None
-        if self.closed or self.by_id or self.idle_since is None:
+        if self.closed:
             return
-        left = self.idle_since + IDLE_EXIT - time.monotonic()
-        if left > 0:
-            self.idle_handle = self.loop.call_later(left, self._idle)
+        if self.by_id or self.activity != seen:
+            self.idle_handle = self.loop.call_later(IDLE_EXIT, self._idle, self.activity)
         else:
             self.close()
 
@@ -528,6 +540,7 @@ def _register(
     start = False
     overflow = False
     with _lock:
+        _run_orphans()
         h = _helpers.get(loop)
         if h is None or h.stopping:
             h = _helpers[loop] = _Helper(loop)
@@ -553,17 +566,21 @@ def _register(
 
 def _unregister(h: _Helper, fut: asyncio.Future[None], mine: list[_Watch]) -> None:
     with _lock:
-        for w in mine:
-            w.futs.discard(fut)
-            if not w.futs and h.watches.get(w.key) is w:
-                del h.watches[w.key]
-                h.by_id.pop(w.id, None)
-                if not h.stopping:
-                    # The helper may still be asleep on the word: its pin stays until the
-                    # helper's epoch moves past the removal (_trim).
-                    epoch = int(lib.shmipc_aio_remove(h.set, w.id))
-                    h.retired.append((epoch, w.spec.pin))
-        h._trim()
+        _unregister_locked(h, fut, mine)
+
+
+def _unregister_locked(h: _Helper, fut: asyncio.Future[None], mine: list[_Watch]) -> None:
+    for w in mine:
+        w.futs.discard(fut)
+        if not w.futs and h.watches.get(w.key) is w:
+            del h.watches[w.key]
+            h.by_id.pop(w.id, None)
+            if not h.stopping:
+                # The helper may still be asleep on the word: its pin stays until the
+                # helper's epoch moves past the removal (_trim).
+                epoch = int(lib.shmipc_aio_remove(h.set, w.id))
+                h.retired.append((epoch, w.spec.pin))
+    h._trim()
 
 
 def _wake_pin(pin: Any) -> None:
@@ -588,6 +605,40 @@ def _wake_pin(pin: Any) -> None:
                 pass
 
 
+def _uring_begin(
+    u: _Uring,
+    loop: asyncio.AbstractEventLoop,
+    fut: asyncio.Future[None],
+    words: Sequence[tuple[WordSpec, int]],
+    timeout: float | None,
+) -> tuple[list[_Watch], asyncio.TimerHandle | None]:
+    """Arm ``words`` on the loop's ring for ``fut``; with its timeout's handle."""
+    with _lock:
+        _run_orphans()
+        mine, soon = u.register(fut, words)
+    if soon:
+        timeout = POLL_PERIOD if timeout is None else min(timeout, POLL_PERIOD)
+    return mine, None if timeout is None else loop.call_later(timeout, _wake, [fut])
+
+
+def _uring_orphan(u: _Uring, fut: asyncio.Future[None], mine: list[_Watch]) -> None:
+    if not u.closed:
+        u.unregister(fut, mine)
+
+
+def _uring_end(
+    u: _Uring, fut: asyncio.Future[None], mine: list[_Watch], handle: asyncio.TimerHandle | None
+) -> None:
+    if handle is not None:
+        handle.cancel()
+    for w in mine:
+        if w.armed:  # else: every word fired, nothing to take back
+            with _lock:
+                if not u.closed:
+                    u.unregister(fut, mine)
+            return
+
+
 async def wait_for_change(
     words: Sequence[tuple[WordSpec, int]], timeout: float | None = None
 ) -> None:
@@ -601,20 +652,16 @@ async def wait_for_change(
     if u is not None:
         if new:
             await u.start_sentinel()
-        with _lock:
-            mine, soon = u.register(fut, words)
-        if soon:
-            timeout = POLL_PERIOD if timeout is None else min(timeout, POLL_PERIOD)
-        handle = None if timeout is None else loop.call_later(timeout, _wake, [fut])
+        mine, handle = _uring_begin(u, loop, fut, words, timeout)
         try:
             await fut
-        finally:
-            if handle is not None:
-                handle.cancel()
-            if any(w.armed for w in mine):  # else: all fired, nothing to take back
-                with _lock:
-                    if not u.closed:
-                        u.unregister(fut, mine)
+        except GeneratorExit:  # garbage collected: see _orphans
+            _orphans.append(lambda: _uring_orphan(u, fut, mine))
+            raise
+        except BaseException:
+            _uring_end(u, fut, mine, handle)
+            raise
+        _uring_end(u, fut, mine, handle)
         return
     h, mine_h, overflow = _register(loop, fut, words)
     if overflow:
@@ -622,10 +669,17 @@ async def wait_for_change(
     handle = None if timeout is None else loop.call_later(timeout, _wake, [fut])
     try:
         await fut
-    finally:
+    except GeneratorExit:  # garbage collected: see _orphans
+        _orphans.append(lambda: _unregister_locked(h, fut, mine_h))
+        raise
+    except BaseException:
         if handle is not None:
             handle.cancel()
         _unregister(h, fut, mine_h)
+        raise
+    if handle is not None:
+        handle.cancel()
+    _unregister(h, fut, mine_h)
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -669,11 +723,11 @@ async def _ring_op(
     word too, between tries."""
     deadline = _deadline(timeout)
     contended = 0
+    load = lib.shmipc_load32_acquire
     while True:
         ring = q._live_ring()  # Closed once the handle is closed
         p = ring._p
-        data = WordSpec(p, word[0], word[1], _SLOTS, ring)
-        seen = data.load()  # before the attempt: a change after this read wakes us
+        seen = load(p, word[0])  # before the attempt: a change after this read wakes us
         try:
             return attempt()
         except miss:
@@ -681,6 +735,7 @@ async def _ring_op(
         left = _remaining(deadline)
         if left is not None and left <= 0:
             raise miss()
+        data = WordSpec(p, word[0], word[1], _SLOTS, ring)
         lock = WordSpec(p, side_lock[0], side_lock[1], side_lock[2], ring)
         held = lock.load()
         words = [(data, seen)]

@@ -571,3 +571,37 @@ def test_pooled_queue_arrays_through_put_async_and_get_async():
     finally:
         qq.close()
         pool.close()
+
+
+def _collect_under_the_lock(report_fd: int) -> None:
+    import gc
+
+    qq = shmipc.Queue.create(capacity=1 << 12)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(qq.get_async())
+    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.close()  # the get is left pending, its coroutine held by the backend's tables
+    # The tables let go of a closed loop's waits (the helper ends; the next ring sweeps).
+    with pytest.raises(queue.Empty):
+        asyncio.run(qq.get_async(timeout=0.01))
+    wait_for(lambda: not aio.helper_threads(), 10, "the helper to end")
+    del task
+    with aio._lock:  # a collection while this thread holds the lock: no deadlock
+        gc.collect()
+        collected = len(aio._orphans)
+    with pytest.raises(queue.Empty):  # the next wait runs the queued cleanup
+        asyncio.run(qq.get_async(timeout=0.01))
+    drained = not aio._orphans
+    # (a helper thread takes its registration back once it wakes from its last wait)
+    wait_for(lambda: waiters_of(qq) == 0, 10, "no registration left")
+    ok = collected >= 1 and drained
+    qq.close()
+    os.write(report_fd, b"ok" if ok else f"no {collected}".encode())
+
+
+@pytest.mark.timeout(60)
+def test_a_wait_collected_while_the_lock_is_held_does_not_deadlock(aio_backend):
+    from _procs import fork_call
+
+    code, report = fork_call(_collect_under_the_lock, timeout=40)
+    assert (code, report) == (0, b"ok")
