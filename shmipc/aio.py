@@ -39,6 +39,9 @@ Invariants:
     child frees its parent's rings without touching them (U5); a ring goes when its loop
     shuts down (shutdown_asyncgens, as asyncio.run does), after IDLE_EXIT with nothing
     armed, or, for a loop closed without that, when the next ring is made.
+  - A wait whose coroutine is garbage collected (GeneratorExit) never takes _lock: the
+    collector may run on a thread that holds it; its cleanup waits in _orphans for the next
+    wait, which runs it under the lock.
 """
 
 from __future__ import annotations
