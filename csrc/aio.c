@@ -57,7 +57,7 @@ int shmipc_aio_has_waitv(void) {
     return waitv_state > 0;
 }
 
-static int reg_add(char *b, uint64_t reg_off, int32_t nslots, uint64_t me) {
+int32_t shmipc_aio_reg_add(char *b, uint64_t reg_off, int32_t nslots, uint64_t me) {
     if (reg_off == SHMIPC_AIO_NO_REG) return -2;
     if (nslots < 0) {
         /* A sleep flag (the Topic's DATA_WAITERS, T8 in csrc/topic.c): set it, seq_cst like
@@ -77,7 +77,7 @@ static int reg_add(char *b, uint64_t reg_off, int32_t nslots, uint64_t me) {
     return -1;
 }
 
-static void reg_remove(char *b, uint64_t reg_off, int slot, uint64_t me) {
+void shmipc_aio_reg_remove(char *b, uint64_t reg_off, int32_t slot, uint64_t me) {
     if (slot == -2) return;
     if (slot >= 0) {
         uint64_t expected = me;
@@ -100,7 +100,8 @@ int shmipc_aio_waitv(char **bases, const uint64_t *offs, const uint32_t *expecte
     }
     uint64_t me = shmipc_lock_identity();
     int slots[SHMIPC_AIO_MAX_WORDS];
-    for (uint32_t i = 0; i < n; i++) slots[i] = reg_add(bases[i], reg_offs[i], nslots[i], me);
+    for (uint32_t i = 0; i < n; i++)
+        slots[i] = shmipc_aio_reg_add(bases[i], reg_offs[i], nslots[i], me);
     /* The last look, after every registration (seq_cst: pairs with the wakers' fences). */
     int changed = 0;
     for (uint32_t i = 0; i < n; i++)
@@ -145,7 +146,7 @@ int shmipc_aio_waitv(char **bases, const uint64_t *offs, const uint32_t *expecte
         }
     }
     int saved = errno;
-    for (uint32_t i = 0; i < n; i++) reg_remove(bases[i], reg_offs[i], slots[i], me);
+    for (uint32_t i = 0; i < n; i++) shmipc_aio_reg_remove(bases[i], reg_offs[i], slots[i], me);
     int count = 0;
     /* Acquire: pairs with the wakers' release stores, so the loop sees what they published. */
     for (uint32_t i = 0; i < n; i++) {

@@ -467,3 +467,25 @@ int shmipc_aio_serve(void *set, int64_t budget_ns, int64_t idle_ns, int poll_ns)
  * its holder) as adjust. Only a holder can add references, so a 1 stays true until this
  * process sends the block on: it may then map the block writable. */
 int shmipc_pool_sole(char *base, size_t hdr, uint32_t gen, uint64_t key, uint64_t *busy);
+/* ---- A2: asyncio io_uring backend (csrc/aio_uring.c, invariants U1-U6 there) ----
+ * Registration in a word's sleeper count/registry/flag, as the helper takes it (csrc/aio.c):
+ * reg_add returns the slot to hand back to reg_remove (-1 count only, -2 nothing to undo). */
+int32_t shmipc_aio_reg_add(char *b, uint64_t reg_off, int32_t nslots, uint64_t me);
+void shmipc_aio_reg_remove(char *b, uint64_t reg_off, int32_t slot, uint64_t me);
+/* One ring per event loop (NULL + errno when io_uring is unavailable or refused). arm:
+ * register (as `me`, the loop thread), re-check, queue an IORING_OP_FUTEX_WAIT tagged
+ * user_data (> 0); returns 0 submitted, 2 queued for the next flush, 1 the word already
+ * differs (nothing left registered), -1 error (errno; nothing left registered). unreg takes
+ * the registration back; cancel queues an IORING_OP_ASYNC_CANCEL (its own completion has
+ * user_data 0). reap copies out up to max completions. probe: 1, or -errno. */
+extern int shmipc_aiou_refuse;
+void *shmipc_aiou_new(unsigned sq_entries, unsigned cq_entries);
+int shmipc_aiou_fd(void *u);
+void shmipc_aiou_free(void *u);
+int shmipc_aiou_flush(void *u);
+int shmipc_aiou_arm(void *u, char *base, uint64_t off, uint32_t expected, uint64_t reg_off,
+                    int32_t nslots, uint64_t user_data, uint64_t me, int32_t *slot);
+void shmipc_aiou_unreg(char *base, uint64_t reg_off, int32_t slot, uint64_t me);
+int shmipc_aiou_cancel(void *u, uint64_t user_data);
+int shmipc_aiou_reap(void *u, uint64_t *user_data, int32_t *res, int max);
+int shmipc_aiou_probe(void);

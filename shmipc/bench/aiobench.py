@@ -60,6 +60,7 @@ class AioReport:
     samples: int
     loop: str
     rounds: int = 1
+    backend: str = ""  # how shmipc's coroutines were woken (shmipc.aio.backend())
 
     def ratios(self) -> dict[str, float]:
         by = {r.transport: r for r in self.rows}
@@ -76,7 +77,8 @@ class AioReport:
             f"asyncio consumer ({self.loop} loop), producer in another process, "
             f"{SIZE}-byte messages; throughput: median of {self.rounds} rounds over "
             f"{self.count:,} messages in all; wake-up latency over {self.samples:,} messages "
-            f"{GAP * 1000:g} ms apart (rounds alternate the transports)",
+            f"{GAP * 1000:g} ms apart (rounds alternate the transports); shmipc wake-ups: "
+            f"{_BACKENDS.get(self.backend, self.backend)}",
             "",
             "| transport | throughput (msg/s) | wake-up p50 (µs) | wake-up p99 (µs) | note |",
             "| --- | ---: | ---: | ---: | --- |",
@@ -104,12 +106,20 @@ class AioReport:
             "gap_s": GAP,
             "loop": self.loop,
             "rounds": self.rounds,
+            "backend": self.backend,
             "rows": [dataclasses.asdict(r) for r in self.rows],
             "ratios": self.ratios(),
         }
 
     def render(self, console: Any) -> None:
         console.print(self.to_markdown())
+
+
+_BACKENDS = {
+    "uring": "the loop thread waits (io_uring FUTEX_WAIT)",
+    "thread": "a helper thread per loop (futex_waitv)",
+    "poll": "a helper thread per loop, polling",
+}
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -309,7 +319,11 @@ def run(
         rows.append(Row("pyzmq.asyncio", None, None, None, zmq_note))
     if progress:
         progress(total, total, "done")
-    return AioReport(rows, count, samples, "uvloop" if use_uvloop else "asyncio", rounds)
+    from shmipc import aio
+
+    return AioReport(
+        rows, count, samples, "uvloop" if use_uvloop else "asyncio", rounds, aio.backend()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

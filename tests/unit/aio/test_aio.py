@@ -23,6 +23,8 @@ try:  # uvloop is in the test extra; the suite still runs without it
 except ImportError:  # pragma: no cover - depends on the environment
     uvloop = None
 
+pytestmark = pytest.mark.usefixtures("aio_backend")  # both backends (conftest.py)
+
 LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(
     uvloop is None, reason="uvloop is not installed"))]
 
@@ -36,6 +38,22 @@ def run(kind: str, coro):
 
 def no_helpers_left(timeout: float = 10.0) -> None:
     wait_for(lambda: not aio.helper_threads(), timeout, "the helper threads to end")
+
+
+def uring_fds() -> int:
+    """How many io_uring instances this process has open (fds)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += "io_uring" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # listdir's own fd, gone already
+            pass
+    return n
+
+
+def waiters_of(qq) -> int:
+    """The consumers' sleeper count of a Queue's ring (what producers read before a wake)."""
+    return int(lib.shmipc_load32_acquire(qq._live_ring()._p, lib.SHMIPC_RING_OFF_DATA_WAITERS))
 
 
 @pytest.fixture
@@ -69,7 +87,7 @@ def test_put_get_same_loop_in_order(kind, q):
 
 @pytest.mark.parametrize("kind", LOOPS)
 @pytest.mark.timeout(60)
-def test_many_waiters_share_one_helper_thread(kind, q):
+def test_many_waiters_share_one_helper(kind, q, aio_backend):
     n = 300
     no_helpers_left()
     before = threading.active_count()
@@ -78,10 +96,15 @@ def test_many_waiters_share_one_helper_thread(kind, q):
         tasks = [asyncio.ensure_future(q.get_async(timeout=30)) for _ in range(n)]
         for _ in range(20):  # let every task reach its wait
             await asyncio.sleep(0.01)
-        # Every waiter is parked, and the process has exactly one more thread than before.
+        # Every waiter is parked, on one helper thread or one ring for the whole loop.
         assert not any(t.done() for t in tasks)
-        assert threading.active_count() == before + 1
-        assert len(aio.helper_threads()) == 1
+        if aio_backend == "thread":
+            assert threading.active_count() == before + 1
+            assert len(aio.helper_threads()) == 1
+        else:
+            assert threading.active_count() == before
+            assert aio.rings() == 1
+        assert waiters_of(q) == 1  # one registration for the one word they all wait on
         feeder = threading.Thread(target=lambda: [q.put(i) for i in range(n)])
         feeder.start()
         got = await asyncio.gather(*tasks)
@@ -92,6 +115,8 @@ def test_many_waiters_share_one_helper_thread(kind, q):
     assert sorted(got) == list(range(n))
     no_helpers_left()
     assert threading.active_count() == before
+    assert aio.rings() == 0
+    assert waiters_of(q) == 0
 
 
 @pytest.mark.parametrize("kind", LOOPS)
@@ -403,26 +428,41 @@ def test_lock_of_a_dead_holder_is_taken_over(procs):
 
 
 @pytest.mark.timeout(30)
-def test_loop_closed_with_waiters_pending_leaves_no_thread(q):
+def test_loop_closed_with_waiters_pending_leaves_no_thread(q, aio_backend):
     no_helpers_left()  # those of earlier tests' loops end within a second
     before = threading.active_count()
+    fds = uring_fds()
+    helpers = 1 if aio_backend == "thread" else 0
 
     async def abandon():
         pending = [asyncio.ensure_future(q.get_async()) for _ in range(20)]
         await asyncio.sleep(0.05)
         assert not any(t.done() for t in pending)
-        assert len(aio.helper_threads()) == 1
+        assert len(aio.helper_threads()) == helpers
+        assert aio.rings() == 1 - helpers
+        assert waiters_of(q) == 1
 
     asyncio.run(abandon())  # asyncio.run cancels the pending gets
     no_helpers_left()
-    # A loop closed without cancelling them: the helper notices the closed loop.
+    assert uring_fds() == fds and aio.rings() == 0  # shutdown_asyncgens took the ring
+    assert waiters_of(q) == 0
+    # A loop closed without cancelling them: the helper notices the closed loop; a ring goes
+    # when the next one is made.
     loop = asyncio.new_event_loop()
     pending = [loop.create_task(q.get_async()) for _ in range(20)]
     loop.run_until_complete(asyncio.sleep(0.05))
     assert not any(t.done() for t in pending)
-    assert len(aio.helper_threads()) == 1
+    assert len(aio.helper_threads()) == helpers
     loop.close()
     no_helpers_left()
+    if aio_backend == "uring":
+        assert uring_fds() == fds + 1 and waiters_of(q) == 1
+        other = shmipc.Queue.create(capacity=1 << 12)
+        with pytest.raises(queue.Empty):
+            asyncio.run(other.get_async(timeout=0.01))
+        other.close()
+        assert uring_fds() == fds
+    assert waiters_of(q) == 0
     assert threading.active_count() == before
     q.put("still there")  # nothing was taken by the abandoned gets
     assert q.get_nowait() == "still there"
@@ -531,3 +571,37 @@ def test_pooled_queue_arrays_through_put_async_and_get_async():
     finally:
         qq.close()
         pool.close()
+
+
+def _collect_under_the_lock(report_fd: int) -> None:
+    import gc
+
+    qq = shmipc.Queue.create(capacity=1 << 12)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(qq.get_async())
+    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.close()  # the get is left pending, its coroutine held by the backend's tables
+    # The tables let go of a closed loop's waits (the helper ends; the next ring sweeps).
+    with pytest.raises(queue.Empty):
+        asyncio.run(qq.get_async(timeout=0.01))
+    wait_for(lambda: not aio.helper_threads(), 10, "the helper to end")
+    del task
+    with aio._lock:  # a collection while this thread holds the lock: no deadlock
+        gc.collect()
+        collected = len(aio._orphans)
+    with pytest.raises(queue.Empty):  # the next wait runs the queued cleanup
+        asyncio.run(qq.get_async(timeout=0.01))
+    drained = not aio._orphans
+    # (a helper thread takes its registration back once it wakes from its last wait)
+    wait_for(lambda: waiters_of(qq) == 0, 10, "no registration left")
+    ok = collected >= 1 and drained
+    qq.close()
+    os.write(report_fd, b"ok" if ok else f"no {collected}".encode())
+
+
+@pytest.mark.timeout(60)
+def test_a_wait_collected_while_the_lock_is_held_does_not_deadlock(aio_backend):
+    from _procs import fork_call
+
+    code, report = fork_call(_collect_under_the_lock, timeout=40)
+    assert (code, report) == (0, b"ok")

@@ -16,6 +16,8 @@ from _procs import fork_call
 
 import shmipc
 
+pytestmark = pytest.mark.usefixtures("aio_backend")  # both backends (conftest.py)
+
 
 def _churn(report_fd: int) -> None:
     async def main() -> None:
@@ -52,10 +54,10 @@ def test_closing_under_waiters_never_crashes_the_helper():
 
 
 @pytest.mark.timeout(60)
-def test_docs_example_runs():
+def test_docs_example_runs(aio_backend):
     text = (Path(__file__).resolve().parents[3] / "docs" / "asyncio.md").read_text()
     block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), SHMIPC_AIO_BACKEND=aio_backend)
     out = subprocess.run(
         [sys.executable, "-c", block], capture_output=True, text=True, timeout=50, env=env
     )

@@ -16,5 +16,6 @@ def test_quick_run_reports_both_transports():
     md = report.to_markdown()
     assert "| shmipc |" in md and "pyzmq.asyncio" in md
     assert report.to_json()["rows"][0]["transport"] == "shmipc"
+    assert report.backend in ("uring", "thread", "poll") and "wake-ups:" in md
     if rows["pyzmq.asyncio"].throughput is not None:
         assert set(report.ratios()) == {"throughput", "p50"}

@@ -12,7 +12,7 @@ import pytest
 
 import shmipc
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("aio_backend")]
 
 N = 5_000
 
