@@ -37,6 +37,7 @@
 
 #include "shmipc.h"
 #include "ring_internal.h"
+#include "fastcall_args.h"
 
 /* Payloads at least this large are copied with the GIL released. */
 #define BIG_COPY (64 << 10)
@@ -112,13 +113,6 @@ static int arg_count(Py_ssize_t nargs, Py_ssize_t want, const char *usage) {
     if (nargs == want) return 0;
     PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", usage, want, nargs);
     return -1;
-}
-
-static int as_deadline(PyObject *o, int64_t *out) {
-    long long v = PyLong_AsLongLong(o);
-    if (v == -1 && PyErr_Occurred()) return -1;
-    *out = (int64_t)v;
-    return 0;
 }
 
 static int as_type(PyObject *o, uint32_t *out) {
@@ -217,7 +211,7 @@ static PyObject *port_put(Port *self, PyObject *const *args, Py_ssize_t nargs) {
     uint32_t type;
     int64_t deadline;
     if (arg_count(nargs, 3, "put(data, type, deadline_ns)") || as_type(args[1], &type) ||
-        as_deadline(args[2], &deadline))
+        shmipc_as_deadline(args[2], &deadline))
         return NULL;
     return PyLong_FromLong(put_object(self, args[0], type, deadline));
 }
@@ -290,7 +284,7 @@ static PyObject *port_put_many(Port *self, PyObject *const *args, Py_ssize_t nar
     uint32_t type;
     int64_t deadline;
     if (arg_count(nargs, 4, "put_many(frames, start, type, deadline_ns)") ||
-        as_type(args[2], &type) || as_deadline(args[3], &deadline))
+        as_type(args[2], &type) || shmipc_as_deadline(args[3], &deadline))
         return NULL;
     PyObject *frames = args[0];
     if (!PyList_CheckExact(frames)) {
@@ -520,7 +514,8 @@ static PyObject *deliver(Port *self, PyObject *payload, uint32_t type, int decod
 
 static PyObject *take_one(Port *self, PyObject *const *args, Py_ssize_t nargs, int decode) {
     int64_t deadline;
-    if (arg_count(nargs, 1, "get(deadline_ns)") || as_deadline(args[0], &deadline)) return NULL;
+    if (arg_count(nargs, 1, "get(deadline_ns)") || shmipc_as_deadline(args[0], &deadline))
+        return NULL;
     int rc;
     uint32_t type;
     PyObject *payload = take_record(self, deadline, &rc, &type);
@@ -593,7 +588,7 @@ static PyObject *decode_batch(Port *self, PyObject *out, const unsigned char *is
 static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t deadline;
     if (arg_count(nargs, 2, "get_many(max_items, deadline_ns)") ||
-        as_deadline(args[1], &deadline))
+        shmipc_as_deadline(args[1], &deadline))
         return NULL;
     Py_ssize_t max_items = PyLong_AsSsize_t(args[0]);
     if (max_items == -1 && PyErr_Occurred()) return NULL;
@@ -647,64 +642,17 @@ static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nar
  * call from Python; every outcome but the fast one is handed to the channel's Python code
  * (slow_put / slow_get) with the status and the deadline it was given. */
 
-/* Parse ([first,] block=True, timeout=None) into *first and an absolute deadline. */
-static int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t nargs,
-                          PyObject *kwnames, int has_first, const char *fname,
-                          PyObject **first, int64_t *deadline) {
-    /* the first argument's name: reserve's size, or put's object */
-    const char *first_name = fname[0] == 'r' ? "nbytes" : "obj";
-    PyObject *block = NULL, *timeout = NULL;
-    Py_ssize_t npos = nargs;
-    if (npos > has_first + 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d positional arguments", fname,
-                     has_first + 2);
-        return -1;
-    }
-    if (has_first) *first = npos ? args[0] : NULL;
-    if (npos > has_first) block = args[has_first];
-    if (npos > has_first + 1) timeout = args[has_first + 1];
-    if (kwnames) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-            PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[npos + i];
-            PyObject **slot = NULL;
-            if (PyUnicode_CompareWithASCIIString(key, "block") == 0) slot = &block;
-            else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) slot = &timeout;
-            else if (has_first && PyUnicode_CompareWithASCIIString(key, first_name) == 0)
-                slot = first;
-            if (!slot) {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
-                             fname, key);
-                return -1;
-            }
-            if (*slot) {
-                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%U'",
-                             fname, key);
-                return -1;
-            }
-            *slot = value;
-        }
-    }
-    if (has_first && !*first) {
-        PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: '%s'",
-                     fname, first_name);
-        return -1;
-    }
-    int blocking = 1;
-    if (block && (blocking = PyObject_IsTrue(block)) < 0) return -1;
-    if (!blocking) {
-        *deadline = 0;
-        return 0;
-    }
-    if (!timeout || timeout == Py_None) {
-        *deadline = -1;
-        return 0;
-    }
-    PyObject *d = PyObject_CallOneArg(self->deadline, timeout);
-    if (!d) return -1;
-    int rc = as_deadline(d, deadline);
-    Py_DECREF(d);
-    return rc;
+/* Parse ([first,] block=True, timeout=None) into *first and an absolute deadline
+ * (csrc/fastcall_args.h). */
+static inline int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames, const shmipc_wait_sig *sig,
+                                 PyObject **first, int64_t *deadline) {
+    return shmipc_parse_wait(sig, self->deadline, args, nargs, kwnames, first, deadline);
 }
+
+static const shmipc_wait_sig SIG_PUT = {"put", "obj", 1}, SIG_PUT_BYTES = {"put_bytes", "obj", 1},
+                             SIG_GET = {"get", NULL, 1}, SIG_GET_BYTES = {"get_bytes", NULL, 1},
+                             SIG_RESERVE = {"reserve", "nbytes", 1}, SIG_PEEK = {"peek", NULL, 1};
 
 static int channel_ready(Port *self, const char *fname) {
     if (self->slow_put != Py_None && self->slow_get != Py_None && self->deadline != Py_None)
@@ -750,8 +698,8 @@ static PyObject *port_send(Port *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *obj;
     int64_t deadline;
     if (channel_ready(self, "put") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 1, "put", &obj,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PUT,
+                       &obj, &deadline))
         return NULL;
     return send_impl(self, obj, 1, deadline);
 }
@@ -762,8 +710,8 @@ static PyObject *port_send_bytes(Port *self, PyObject *const *args, Py_ssize_t n
     PyObject *obj;
     int64_t deadline;
     if (channel_ready(self, "put_bytes") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 1, "put_bytes", &obj,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PUT_BYTES,
+                       &obj, &deadline))
         return NULL;
     return send_impl(self, obj, 0, deadline);
 }
@@ -788,8 +736,8 @@ static PyObject *port_recv(Port *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames) {
     int64_t deadline;
     if (channel_ready(self, "get") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 0, "get", NULL,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_GET,
+                       NULL, &deadline))
         return NULL;
     return recv_impl(self, 1, deadline);
 }
@@ -799,8 +747,8 @@ static PyObject *port_recv_bytes(Port *self, PyObject *const *args, Py_ssize_t n
                                  PyObject *kwnames) {
     int64_t deadline;
     if (channel_ready(self, "get_bytes") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 0, "get_bytes", NULL,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_GET_BYTES,
+                       NULL, &deadline))
         return NULL;
     return recv_impl(self, 0, deadline);
 }
@@ -1667,8 +1615,8 @@ static PyObject *port_reserve(Port *self, PyObject *const *args, Py_ssize_t narg
     PyObject *n_obj;
     int64_t deadline;
     if (zc_ready(self, "reserve") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 1, "reserve", &n_obj,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_RESERVE,
+                       &n_obj, &deadline))
         return NULL;
     int status;
     Py_ssize_t nbytes;
@@ -1681,7 +1629,7 @@ static PyObject *port_reserve(Port *self, PyObject *const *args, Py_ssize_t narg
 static PyObject *port_try_reserve(Port *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t deadline;
     if (arg_count(nargs, 2, "try_reserve(nbytes, deadline_ns)") ||
-        as_deadline(args[1], &deadline))
+        shmipc_as_deadline(args[1], &deadline))
         return NULL;
     int status;
     Py_ssize_t nbytes;
@@ -1775,8 +1723,8 @@ static PyObject *port_peek(Port *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames) {
     int64_t deadline;
     if (zc_ready(self, "peek") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 0, "peek", NULL,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PEEK,
+                       NULL, &deadline))
         return NULL;
     int status;
     uint32_t type;
@@ -1788,7 +1736,7 @@ static PyObject *port_peek(Port *self, PyObject *const *args, Py_ssize_t nargs,
 /* try_peek(deadline_ns) -> memoryview, or (status, record type) of a miss. */
 static PyObject *port_try_peek(Port *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t deadline;
-    if (arg_count(nargs, 1, "try_peek(deadline_ns)") || as_deadline(args[0], &deadline))
+    if (arg_count(nargs, 1, "try_peek(deadline_ns)") || shmipc_as_deadline(args[0], &deadline))
         return NULL;
     int status;
     uint32_t type;
