@@ -48,6 +48,16 @@
 
 static PyObject *RingMiss;
 
+struct Claim {
+    uint64_t owner;  /* the holding thread (shmipc_lock_identity) */
+    int producer;    /* 1: a reservation, 0: a peeked record */
+    int plain;       /* mv is a plain bytes view of `view` (plain_mbuf): it may be kept */
+    char *ring;      /* the claim's own copy of the ring's address (its view pins it) */
+    PyObject *mv;    /* the memoryview handed out */
+    PyObject *view;  /* its exporter (a View) */
+    uint64_t len;    /* payload bytes */
+};
+
 typedef struct {
     PyObject_HEAD
     char *ring;       /* the ring's control block; NULL once closed */
@@ -66,18 +76,13 @@ typedef struct {
     uint64_t last_len;   /* the last record get() took: its guess for a record still to come */
     /* The zero-copy calls (reserve/commit/abort, peek/release): */
     PyObject *slow_zc;   /* (op, status, arg, deadline) -> result: every other outcome */
-    Py_ssize_t nclaims;  /* claims held now, in claims[0 .. nclaims) */
+    /* The claims of one thread per side ([1] its reservation, [0] its peek; owner 0: none),
+     * then those of other threads (claims[0 .. nclaims)): */
+    struct Claim own[2];
+    Py_ssize_t nclaims;
     Py_ssize_t claims_cap;
     struct Claim *claims;   /* claims_inline, or a larger block once more threads hold one */
-    struct Claim {
-        uint64_t owner;  /* the holding thread (shmipc_lock_identity) */
-        int producer;    /* 1: a reservation, 0: a peeked record */
-        int plain;       /* mv is a plain bytes view of `view` (plain_mbuf): it may be kept */
-        char *ring;      /* the claim's own copy of the ring's address (its view pins it) */
-        PyObject *mv;    /* the memoryview handed out */
-        PyObject *view;  /* its exporter (a View) */
-        uint64_t len;    /* payload bytes */
-    } claims_inline[2];
+    struct Claim claims_inline[1];
     PyObject *spare[2];  /* ended Views nobody else refers to, kept (with their export of the
                             mapping) for the next claims: a View costs ~350 instructions */
     int nspare;
@@ -849,6 +854,10 @@ static int port_traverse(Port *self, visitproc visit, void *arg) {
     Py_VISIT(self->slow_put);
     Py_VISIT(self->slow_get);
     Py_VISIT(self->slow_zc);
+    for (int side = 0; side < 2; side++) {
+        Py_VISIT(self->own[side].mv);
+        Py_VISIT(self->own[side].view);
+    }
     for (Py_ssize_t i = 0; i < self->nclaims; i++) {
         Py_VISIT(self->claims[i].mv);
         Py_VISIT(self->claims[i].view);
@@ -1210,7 +1219,8 @@ enum { ZC_RESERVE, ZC_COMMIT, ZC_ABORT, ZC_PEEK, ZC_RELEASE };
 
 static PyTypeObject *ViewType;
 
-static Claim *claim_find(Port *self, uint64_t me, int producer) {
+static inline Claim *claim_find(Port *self, uint64_t me, int producer) {
+    if (self->own[producer].owner == me) return &self->own[producer];
     for (Py_ssize_t i = 0; i < self->nclaims; i++)
         if (self->claims[i].owner == me && self->claims[i].producer == producer)
             return &self->claims[i];
@@ -1218,9 +1228,14 @@ static Claim *claim_find(Port *self, uint64_t me, int producer) {
 }
 
 /* Take claim c off the port: its references go to *out. */
-static void claim_take(Port *self, Claim *c, Claim *out) {
+static inline void claim_take(Port *self, Claim *c, Claim *out) {
     *out = *c;
-    *c = self->claims[--self->nclaims];
+    if (c == &self->own[0] || c == &self->own[1]) {
+        c->owner = 0;
+        c->mv = c->view = NULL;
+    } else {
+        *c = self->claims[--self->nclaims];
+    }
 }
 
 static void claim_drop(Claim *c) {
@@ -1231,6 +1246,12 @@ static void claim_drop(Claim *c) {
 /* Drop the claims of threads that have ended (their ring side is taken over as any dead
  * holder's is, by a liveness pass): whatever their views pin is let go. */
 static void claims_purge_dead(Port *self) {
+    for (int side = 0; side < 2; side++) {
+        if (!self->own[side].owner || shmipc_identity_alive(self->own[side].owner)) continue;
+        Claim dead;
+        claim_take(self, &self->own[side], &dead);
+        claim_drop(&dead); /* may run code: the claim is off the port already */
+    }
     for (Py_ssize_t i = 0; i < self->nclaims;) {
         if (shmipc_identity_alive(self->claims[i].owner)) {
             i++;
@@ -1244,6 +1265,12 @@ static void claims_purge_dead(Port *self) {
 }
 
 static void claims_drop_all(Port *self) {
+    for (int side = 0; side < 2; side++) {
+        if (!self->own[side].owner) continue;
+        Claim c;
+        claim_take(self, &self->own[side], &c);
+        claim_drop(&c);
+    }
     while (self->nclaims > 0) {
         Claim c;
         claim_take(self, &self->claims[self->nclaims - 1], &c);
@@ -1276,6 +1303,10 @@ static int claim_add_slow(Port *self, const Claim *c) {
 }
 
 static inline int claim_add(Port *self, const Claim *c) {
+    if (!self->own[c->producer].owner) {
+        self->own[c->producer] = *c;
+        return 0;
+    }
     if (self->nclaims >= self->claims_cap) return claim_add_slow(self, c);
     self->claims[self->nclaims++] = *c;
     return 0;
