@@ -1491,7 +1491,7 @@ static inline int claim_end_view(Port *self, Claim *c, int *soft) {
 /* After the ring call of a claim taken off the port: keep its soft-released memoryview for
  * later claims (the oldest kept one is let go if all places are taken), or let go of it and
  * its View. */
-static void claim_finish(Port *self, Claim *c, int soft) {
+static inline void claim_finish(Port *self, Claim *c, int soft) {
     if (soft && self->ring) {
         struct Kept out = {NULL, NULL};
         if (self->nkept == ZC_KEEP) {
@@ -1520,7 +1520,7 @@ static void claim_finish(Port *self, Claim *c, int soft) {
 /* Claim c's View over its c->len payload bytes at data index `idx` of the entered ring, and
  * the memoryview handed out over it (new references in c->view and c->mv, read-only for a
  * peek); -1 with an exception. */
-static int make_view(Port *self, char *ring, uint64_t idx, Claim *c) {
+static inline int make_view(Port *self, char *ring, uint64_t idx, Claim *c) {
     Py_ssize_t offset = (Py_ssize_t)(ring - (char *)self->lease.buf) +
                         SHMIPC_RING_HEADER_SIZE + (Py_ssize_t)idx;
     Py_ssize_t len = (Py_ssize_t)c->len;
