@@ -147,6 +147,41 @@ def test_a_dropped_view_comes_back_pointed_at_the_new_record_only(q):
     assert_released(seen)
 
 
+def _kept_ids(q: Queue) -> set[int]:
+    """The memoryviews the port keeps for reuse (its GC referents), by id only: holding
+    them would keep them from being reused."""
+    return {id(o) for o in gc.get_referents(q._port) if isinstance(o, memoryview)}
+
+
+def test_a_held_view_is_reused_once_its_holder_lets_go(q):
+    """The point of the soft release: a view held in a variable until the next call replaces
+    it is handed out again (no new memoryview per call), and only then."""
+    view = q.reserve(8)
+    view[:] = b"first..."
+    q.commit()
+    first = id(view)
+    assert first in _kept_ids(q)  # kept, released, while we still hold it
+    again = q.reserve(8)  # ours is still held: another view
+    second = id(again)
+    assert again is not view
+    q.abort()
+    del view, again
+    assert id(q.reserve(8)) in (first, second)  # nobody holds either now
+    q.abort()
+    assert q.get_bytes() == b"first..."
+    seen = None
+    ids = set()
+    for i in range(100):  # the usual loop: a handful of views, never a new one each time
+        view = q.reserve(8)
+        view[:] = i.to_bytes(8, "little")
+        q.commit()
+        seen = q.peek()
+        assert bytes(seen) == i.to_bytes(8, "little")
+        q.release()
+        ids |= {id(view), id(seen)}
+    assert len(ids) <= 8, len(ids)
+
+
 def test_a_held_view_released_by_its_holder_is_fine(q):
     view = q.reserve(4)
     view[:] = b"abcd"
