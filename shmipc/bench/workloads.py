@@ -478,6 +478,6 @@ def _pong_in_place(inp: Receiver, back: Sender) -> int:
         reply[:] = message
         if not held:  # else kept until the next ones replace them (released meanwhile)
             del message, reply  # dropped first: the queue may hand the same views out again
+        commit()  # the reply first: the pinging side waits for it, not for the release
         release()
-        commit()
         n += 1
