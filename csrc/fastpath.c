@@ -37,11 +37,26 @@
 
 #include "shmipc.h"
 #include "ring_internal.h"
+#include "fastcall_args.h"
 
 /* Payloads at least this large are copied with the GIL released. */
 #define BIG_COPY (64 << 10)
 
+/* Soft-released memoryviews a port keeps for reuse: two per side cover a loop that holds its
+ * views in variables (the previous claim's view is still held when the next claim is made). */
+#define ZC_KEEP 6
+
 static PyObject *RingMiss;
+
+struct Claim {
+    uint64_t owner;  /* the holding thread (shmipc_lock_identity) */
+    int producer;    /* 1: a reservation, 0: a peeked record */
+    int plain;       /* mv is a plain bytes view of `view` (plain_mbuf): it may be kept */
+    char *ring;      /* the claim's own copy of the ring's address (its view pins it) */
+    PyObject *mv;    /* the memoryview handed out */
+    PyObject *view;  /* its exporter (a View) */
+    uint64_t len;    /* payload bytes */
+};
 
 typedef struct {
     PyObject_HEAD
@@ -61,24 +76,24 @@ typedef struct {
     uint64_t last_len;   /* the last record get() took: its guess for a record still to come */
     /* The zero-copy calls (reserve/commit/abort, peek/release): */
     PyObject *slow_zc;   /* (op, status, arg, deadline) -> result: every other outcome */
-    Py_ssize_t nclaims;  /* claims held now, in claims[0 .. nclaims) */
+    /* The claims of one thread per side ([1] its reservation, [0] its peek; owner 0: none),
+     * then those of other threads (claims[0 .. nclaims)): */
+    struct Claim own[2];
+    Py_ssize_t nclaims;
     Py_ssize_t claims_cap;
     struct Claim *claims;   /* claims_inline, or a larger block once more threads hold one */
-    struct Claim {
-        uint64_t owner;  /* the holding thread (shmipc_lock_identity) */
-        int producer;    /* 1: a reservation, 0: a peeked record */
-        char *ring;      /* the claim's own copy of the ring's address (its view pins it) */
-        PyObject *mv;    /* the memoryview handed out */
-        PyObject *view;  /* its exporter (a View) */
-        uint64_t len;    /* payload bytes */
-    } claims_inline[2];
+    struct Claim claims_inline[1];
     PyObject *spare[2];  /* ended Views nobody else refers to, kept (with their export of the
                             mapping) for the next claims: a View costs ~350 instructions */
     int nspare;
-    /* A handed-out memoryview that nobody but the port could reach when its claim ended,
-     * kept unreleased with its View, to be pointed at the next claim's bytes: */
-    PyObject *spare_mv;
-    PyObject *spare_mv_view;
+    /* Handed-out memoryviews whose claims ended, soft-released (see "memoryviews kept for
+     * reuse" below), each with its View, oldest first: pointed at a later claim's bytes once
+     * the port's reference is the only one left. */
+    int nkept;
+    struct Kept {
+        PyObject *mv;
+        PyObject *view;
+    } kept[ZC_KEEP];
     /* Cold fields last, off the hot fields' cache lines: */
     Py_ssize_t undecodable; /* records taken off the ring that failed to decode */
     Py_buffer lease;  /* an export of the mapping the ring lives in (lease.obj NULL: none) */
@@ -103,13 +118,6 @@ static int arg_count(Py_ssize_t nargs, Py_ssize_t want, const char *usage) {
     if (nargs == want) return 0;
     PyErr_Format(PyExc_TypeError, "%s takes %zd arguments (%zd given)", usage, want, nargs);
     return -1;
-}
-
-static int as_deadline(PyObject *o, int64_t *out) {
-    long long v = PyLong_AsLongLong(o);
-    if (v == -1 && PyErr_Occurred()) return -1;
-    *out = (int64_t)v;
-    return 0;
 }
 
 static int as_type(PyObject *o, uint32_t *out) {
@@ -138,9 +146,10 @@ static inline char *enter(Port *self) {
     return ring;
 }
 
+static void kept_drop_all(Port *self);
+
 static void drop_lease(Port *self) {
-    Py_CLEAR(self->spare_mv); /* releases it, and its View's export */
-    Py_CLEAR(self->spare_mv_view);
+    kept_drop_all(self); /* each released for real, and its View's export let go */
     while (self->nspare > 0) Py_DECREF(self->spare[--self->nspare]); /* their exports first */
     if (self->lease.obj) PyBuffer_Release(&self->lease); /* may unmap: the GIL is held */
 }
@@ -207,7 +216,7 @@ static PyObject *port_put(Port *self, PyObject *const *args, Py_ssize_t nargs) {
     uint32_t type;
     int64_t deadline;
     if (arg_count(nargs, 3, "put(data, type, deadline_ns)") || as_type(args[1], &type) ||
-        as_deadline(args[2], &deadline))
+        shmipc_as_deadline(args[2], &deadline))
         return NULL;
     return PyLong_FromLong(put_object(self, args[0], type, deadline));
 }
@@ -280,7 +289,7 @@ static PyObject *port_put_many(Port *self, PyObject *const *args, Py_ssize_t nar
     uint32_t type;
     int64_t deadline;
     if (arg_count(nargs, 4, "put_many(frames, start, type, deadline_ns)") ||
-        as_type(args[2], &type) || as_deadline(args[3], &deadline))
+        as_type(args[2], &type) || shmipc_as_deadline(args[3], &deadline))
         return NULL;
     PyObject *frames = args[0];
     if (!PyList_CheckExact(frames)) {
@@ -510,7 +519,8 @@ static PyObject *deliver(Port *self, PyObject *payload, uint32_t type, int decod
 
 static PyObject *take_one(Port *self, PyObject *const *args, Py_ssize_t nargs, int decode) {
     int64_t deadline;
-    if (arg_count(nargs, 1, "get(deadline_ns)") || as_deadline(args[0], &deadline)) return NULL;
+    if (arg_count(nargs, 1, "get(deadline_ns)") || shmipc_as_deadline(args[0], &deadline))
+        return NULL;
     int rc;
     uint32_t type;
     PyObject *payload = take_record(self, deadline, &rc, &type);
@@ -583,7 +593,7 @@ static PyObject *decode_batch(Port *self, PyObject *out, const unsigned char *is
 static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t deadline;
     if (arg_count(nargs, 2, "get_many(max_items, deadline_ns)") ||
-        as_deadline(args[1], &deadline))
+        shmipc_as_deadline(args[1], &deadline))
         return NULL;
     Py_ssize_t max_items = PyLong_AsSsize_t(args[0]);
     if (max_items == -1 && PyErr_Occurred()) return NULL;
@@ -637,64 +647,17 @@ static PyObject *port_get_many(Port *self, PyObject *const *args, Py_ssize_t nar
  * call from Python; every outcome but the fast one is handed to the channel's Python code
  * (slow_put / slow_get) with the status and the deadline it was given. */
 
-/* Parse ([first,] block=True, timeout=None) into *first and an absolute deadline. */
-static int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t nargs,
-                          PyObject *kwnames, int has_first, const char *fname,
-                          PyObject **first, int64_t *deadline) {
-    /* the first argument's name: reserve's size, or put's object */
-    const char *first_name = fname[0] == 'r' ? "nbytes" : "obj";
-    PyObject *block = NULL, *timeout = NULL;
-    Py_ssize_t npos = nargs;
-    if (npos > has_first + 2) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d positional arguments", fname,
-                     has_first + 2);
-        return -1;
-    }
-    if (has_first) *first = npos ? args[0] : NULL;
-    if (npos > has_first) block = args[has_first];
-    if (npos > has_first + 1) timeout = args[has_first + 1];
-    if (kwnames) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-            PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[npos + i];
-            PyObject **slot = NULL;
-            if (PyUnicode_CompareWithASCIIString(key, "block") == 0) slot = &block;
-            else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) slot = &timeout;
-            else if (has_first && PyUnicode_CompareWithASCIIString(key, first_name) == 0)
-                slot = first;
-            if (!slot) {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
-                             fname, key);
-                return -1;
-            }
-            if (*slot) {
-                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%U'",
-                             fname, key);
-                return -1;
-            }
-            *slot = value;
-        }
-    }
-    if (has_first && !*first) {
-        PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: '%s'",
-                     fname, first_name);
-        return -1;
-    }
-    int blocking = 1;
-    if (block && (blocking = PyObject_IsTrue(block)) < 0) return -1;
-    if (!blocking) {
-        *deadline = 0;
-        return 0;
-    }
-    if (!timeout || timeout == Py_None) {
-        *deadline = -1;
-        return 0;
-    }
-    PyObject *d = PyObject_CallOneArg(self->deadline, timeout);
-    if (!d) return -1;
-    int rc = as_deadline(d, deadline);
-    Py_DECREF(d);
-    return rc;
+/* Parse ([first,] block=True, timeout=None) into *first and an absolute deadline
+ * (csrc/fastcall_args.h). */
+static inline int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames, const shmipc_wait_sig *sig,
+                                 PyObject **first, int64_t *deadline) {
+    return shmipc_parse_wait(sig, self->deadline, args, nargs, kwnames, first, deadline);
 }
+
+static const shmipc_wait_sig SIG_PUT = {"put", "obj", 1}, SIG_PUT_BYTES = {"put_bytes", "obj", 1},
+                             SIG_GET = {"get", NULL, 1}, SIG_GET_BYTES = {"get_bytes", NULL, 1},
+                             SIG_RESERVE = {"reserve", "nbytes", 1}, SIG_PEEK = {"peek", NULL, 1};
 
 static int channel_ready(Port *self, const char *fname) {
     if (self->slow_put != Py_None && self->slow_get != Py_None && self->deadline != Py_None)
@@ -740,8 +703,8 @@ static PyObject *port_send(Port *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *obj;
     int64_t deadline;
     if (channel_ready(self, "put") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 1, "put", &obj,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PUT,
+                       &obj, &deadline))
         return NULL;
     return send_impl(self, obj, 1, deadline);
 }
@@ -752,8 +715,8 @@ static PyObject *port_send_bytes(Port *self, PyObject *const *args, Py_ssize_t n
     PyObject *obj;
     int64_t deadline;
     if (channel_ready(self, "put_bytes") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 1, "put_bytes", &obj,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PUT_BYTES,
+                       &obj, &deadline))
         return NULL;
     return send_impl(self, obj, 0, deadline);
 }
@@ -778,8 +741,8 @@ static PyObject *port_recv(Port *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames) {
     int64_t deadline;
     if (channel_ready(self, "get") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 0, "get", NULL,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_GET,
+                       NULL, &deadline))
         return NULL;
     return recv_impl(self, 1, deadline);
 }
@@ -789,8 +752,8 @@ static PyObject *port_recv_bytes(Port *self, PyObject *const *args, Py_ssize_t n
                                  PyObject *kwnames) {
     int64_t deadline;
     if (channel_ready(self, "get_bytes") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 0, "get_bytes", NULL,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_GET_BYTES,
+                       NULL, &deadline))
         return NULL;
     return recv_impl(self, 0, deadline);
 }
@@ -891,12 +854,18 @@ static int port_traverse(Port *self, visitproc visit, void *arg) {
     Py_VISIT(self->slow_put);
     Py_VISIT(self->slow_get);
     Py_VISIT(self->slow_zc);
+    for (int side = 0; side < 2; side++) {
+        Py_VISIT(self->own[side].mv);
+        Py_VISIT(self->own[side].view);
+    }
     for (Py_ssize_t i = 0; i < self->nclaims; i++) {
         Py_VISIT(self->claims[i].mv);
         Py_VISIT(self->claims[i].view);
     }
-    Py_VISIT(self->spare_mv);
-    Py_VISIT(self->spare_mv_view);
+    for (int i = 0; i < self->nkept; i++) {
+        Py_VISIT(self->kept[i].mv);
+        Py_VISIT(self->kept[i].view);
+    }
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -909,8 +878,7 @@ static int port_clear(Port *self) {
     Py_CLEAR(self->slow_put);
     Py_CLEAR(self->slow_get);
     Py_CLEAR(self->slow_zc);
-    Py_CLEAR(self->spare_mv);
-    Py_CLEAR(self->spare_mv_view);
+    kept_drop_all(self);
     claims_drop_all(self);
     return 0;
 }
@@ -1113,8 +1081,8 @@ static Py_ssize_t view_others(View *self, PyObject *mv, PyMemoryViewObject **liv
             return -1;
         }
         PyMemoryViewObject *m = (PyMemoryViewObject *)mv;
-        if (m->flags & _Py_MEMORYVIEW_RELEASED) {
-            /* released before: it holds nothing */
+        if ((m->flags & _Py_MEMORYVIEW_RELEASED) || !m->mbuf) {
+            /* released before (or cleared by the GC): it holds nothing */
         } else if (m->mbuf->master.obj != (PyObject *)self) {
             PyErr_SetString(PyExc_ValueError, "retire() was given another object's memoryview");
             return -1;
@@ -1251,7 +1219,8 @@ enum { ZC_RESERVE, ZC_COMMIT, ZC_ABORT, ZC_PEEK, ZC_RELEASE };
 
 static PyTypeObject *ViewType;
 
-static Claim *claim_find(Port *self, uint64_t me, int producer) {
+static inline Claim *claim_find(Port *self, uint64_t me, int producer) {
+    if (self->own[producer].owner == me) return &self->own[producer];
     for (Py_ssize_t i = 0; i < self->nclaims; i++)
         if (self->claims[i].owner == me && self->claims[i].producer == producer)
             return &self->claims[i];
@@ -1259,9 +1228,14 @@ static Claim *claim_find(Port *self, uint64_t me, int producer) {
 }
 
 /* Take claim c off the port: its references go to *out. */
-static void claim_take(Port *self, Claim *c, Claim *out) {
+static inline void claim_take(Port *self, Claim *c, Claim *out) {
     *out = *c;
-    *c = self->claims[--self->nclaims];
+    if (c == &self->own[0] || c == &self->own[1]) {
+        c->owner = 0;
+        c->mv = c->view = NULL;
+    } else {
+        *c = self->claims[--self->nclaims];
+    }
 }
 
 static void claim_drop(Claim *c) {
@@ -1272,6 +1246,12 @@ static void claim_drop(Claim *c) {
 /* Drop the claims of threads that have ended (their ring side is taken over as any dead
  * holder's is, by a liveness pass): whatever their views pin is let go. */
 static void claims_purge_dead(Port *self) {
+    for (int side = 0; side < 2; side++) {
+        if (!self->own[side].owner || shmipc_identity_alive(self->own[side].owner)) continue;
+        Claim dead;
+        claim_take(self, &self->own[side], &dead);
+        claim_drop(&dead); /* may run code: the claim is off the port already */
+    }
     for (Py_ssize_t i = 0; i < self->nclaims;) {
         if (shmipc_identity_alive(self->claims[i].owner)) {
             i++;
@@ -1285,6 +1265,12 @@ static void claims_purge_dead(Port *self) {
 }
 
 static void claims_drop_all(Port *self) {
+    for (int side = 0; side < 2; side++) {
+        if (!self->own[side].owner) continue;
+        Claim c;
+        claim_take(self, &self->own[side], &c);
+        claim_drop(&c);
+    }
     while (self->nclaims > 0) {
         Claim c;
         claim_take(self, &self->claims[self->nclaims - 1], &c);
@@ -1298,7 +1284,7 @@ static void claims_drop_all(Port *self) {
 }
 
 /* Add a claim (its references are the table's from here): -1 with MemoryError. */
-static int claim_add(Port *self, const Claim *c) {
+static int claim_add_slow(Port *self, const Claim *c) {
     if (self->nclaims == self->claims_cap && self->nclaims > 0) claims_purge_dead(self);
     if (self->nclaims == self->claims_cap) {
         Py_ssize_t cap = self->claims_cap ? 2 * self->claims_cap : 2;
@@ -1316,115 +1302,269 @@ static int claim_add(Port *self, const Claim *c) {
     return 0;
 }
 
-/* Whether claim c's memoryview can serve the next claim: nothing but the claim refers to it
- * (no other reference, weak reference, export, or slice sharing its buffer), it is
- * unreleased, one-dimensional bytes, over the claim's View, which nothing else refers to
- * either. Then nobody can reach its bytes after the claim ends, and pointing it at other
- * bytes later is invisible; it saves making and freeing a memoryview and its managed buffer
- * (~700 instructions). The fields read are CPython's memoryview internals, as in retire. */
-static int mv_reusable(Claim *c) {
-    PyMemoryViewObject *m = (PyMemoryViewObject *)c->mv;
-    View *v = (View *)c->view;
-    if (Py_REFCNT(m) != 1 || (m->flags & _Py_MEMORYVIEW_RELEASED) || m->exports != 0 ||
-        m->weakreflist != NULL)
+static inline int claim_add(Port *self, const Claim *c) {
+    if (!self->own[c->producer].owner) {
+        self->own[c->producer] = *c;
         return 0;
+    }
+    if (self->nclaims >= self->claims_cap) return claim_add_slow(self, c);
+    self->claims[self->nclaims++] = *c;
+    return 0;
+}
+
+/* ---- memoryviews kept for reuse: the soft release ----------------------------------------
+ *
+ * Making a memoryview for a claim (its managed buffer, the View's export, GC tracking) and
+ * freeing it after costs ~700 instructions, more than the ring work of the claim. So the port
+ * keeps the memoryviews it handed out and points them at later claims' bytes, and no view ever
+ * shows a record after its claim ended. What this relies on, from CPython's
+ * Objects/memoryobject.c (3.11, unchanged in what is used here from 3.10 to 3.13):
+ *   - A memoryview m shares a managed buffer b (m->mbuf) with every view registered on it
+ *     (b->exports of them: m, its slices, memoryview(m), casts). b->master is the export b
+ *     took from the exporter (our View) when it was made; b->master.obj holds a reference to
+ *     the View. m->view is m's own copy (buf, len, shape[0], readonly; view.obj is borrowed).
+ *   - m.release() (_memory_release) refuses while m->exports > 0 (buffers taken from m); else
+ *     sets _Py_MEMORYVIEW_RELEASED on m, and if --b->exports reaches 0 calls mbuf_release(b):
+ *     _Py_MANAGED_BUFFER_RELEASED on b, b untracked from the GC, b->master released (the
+ *     View's export count and reference dropped).
+ *   - Every use of m checks BASE_INACCESSIBLE(m) (RELEASED on m or on b) first and raises
+ *     ValueError ("operation forbidden on released memoryview object"): len(), indexing,
+ *     slicing, assignment, any buffer request (bytes(m), memoryview(m), struct, numpy),
+ *     m.obj, tobytes/tolist/hex/cast/toreadonly, iteration (each step), and again after any
+ *     callback that could release it (CHECK_RELEASED_AGAIN, gh-92888). Comparing a released
+ *     view is identity; its repr says released; a hash cached before is returned without
+ *     reading memory (reset here when the view is pointed elsewhere).
+ *   - memory_dealloc asserts m->exports == 0, calls _memory_release (a no-op once RELEASED)
+ *     and drops b; mbuf_dealloc asserts b->exports == 0 and calls mbuf_release, which
+ *     releases b->master unless b is RELEASED already. memory_clear (the GC) is the same
+ *     minus the free, and leaves m->mbuf NULL.
+ * Soft release, at commit/abort/release once view_others found no other hold on the bytes
+ * (so m->exports == 0 and b->exports == 1): RELEASED set on m and b->exports = 0, exactly the
+ * first half of m.release(), without mbuf_release: b keeps its export of the View. From then on
+ * m refuses every use, whoever holds it, as a released view does. The port keeps m (kept[]).
+ * Once the port's reference is m's only one (the holder dropped it; no weak reference), nobody
+ * can reach m again: the port undoes the flag (RELEASED off, b->exports = 1, the state
+ * m.release() started from, all of whose asserts hold) and points b->master, m->view and the
+ * View at the next claim's bytes before handing m out again. A soft-released m deallocated
+ * (the port let go of it and nobody else held it) skips _memory_release; mbuf_dealloc finds
+ * b->exports == 0 and releases the master: the View's export and reference are dropped, as
+ * after a normal release. A soft-released m the port stops keeping while another reference
+ * exists (evicted from a full kept[], or the port closing) is released for real first (undo,
+ * then m.release()), so that it pins neither the View nor the mapping.
+ * Every internal field is checked before it is relied on (plain_mbuf, kept_reusable), and
+ * anything unexpected (a weak reference, a view released by its holder, a GC-cleared one)
+ * takes the plain path: a normal release, and a new memoryview next time. All of it runs
+ * under the GIL with no Python code in between; references are dropped last (a weak
+ * reference's callback may run then).
+ */
+
+/* m's managed buffer if m is a plain one-dimensional bytes view over View v made by
+ * PyMemoryView_FromObject (as make_view makes them), its buffer not released; else NULL. */
+static _PyManagedBufferObject *plain_mbuf(PyMemoryViewObject *m, View *v) {
     _PyManagedBufferObject *b = m->mbuf;
-    return Py_REFCNT(b) == 1 && b->exports == 1 && b->master.obj == (PyObject *)v &&
-           v->exports == 1 && Py_REFCNT(v) == 2 && m->view.ndim == 1 &&
-           m->view.itemsize == 1 && m->view.strides[0] == 1 && m->view.shape == m->ob_array;
+    if (!b || b->master.obj != (PyObject *)v || (b->flags & _Py_MANAGED_BUFFER_RELEASED) ||
+        (b->master.shape && b->master.shape != &b->master.len) || m->view.ndim != 1 ||
+        m->view.itemsize != 1 || m->view.shape != m->ob_array || m->view.strides[0] != 1 ||
+        m->view.suboffsets != NULL)
+        return NULL;
+    return b;
 }
 
-/* Point a reusable memoryview (mv_reusable) and its View at other bytes of the mapping. */
-static void mv_retarget(PyObject *mv, View *v, char *buf, Py_ssize_t len, int readonly) {
-    PyMemoryViewObject *m = (PyMemoryViewObject *)mv;
-    v->buf = m->view.buf = m->mbuf->master.buf = buf;
-    v->len = m->view.len = m->mbuf->master.len = len;
+/* Whether kept memoryview k can be handed out for [offset, offset + len) of the mapping: the
+ * port's references to it and its View are their only ones (no weak reference either), and it
+ * is still as the soft release left it. Its shape (plain_mbuf) was checked before it was kept:
+ * CPython never changes an existing view's dimensions, format, shape or strides pointers, nor
+ * its managed buffer's exporter; what can change (references, the GC clearing it: mbuf NULL,
+ * the flags) is checked here. */
+static inline int kept_reusable(Port *self, struct Kept *k, Py_ssize_t offset, Py_ssize_t len) {
+    PyMemoryViewObject *m = (PyMemoryViewObject *)k->mv;
+    View *v = (View *)k->view;
+    _PyManagedBufferObject *b = m->mbuf;
+    return Py_REFCNT(m) == 1 && m->weakreflist == NULL && b && Py_REFCNT(b) == 1 &&
+           (m->flags & _Py_MEMORYVIEW_RELEASED) && m->exports == 0 && b->exports == 0 &&
+           !(b->flags & _Py_MANAGED_BUFFER_RELEASED) && b->master.obj == (PyObject *)v &&
+           Py_REFCNT(v) == 2 && v->exports == 1 && v->src.obj == self->lease.obj &&
+           offset >= 0 && len <= v->src.len - offset;
+}
+
+/* Undo kept memoryview m's soft release and point it (and its View) at len bytes at buf. */
+static void kept_retarget(PyMemoryViewObject *m, View *v, char *buf, Py_ssize_t len,
+                          int readonly) {
+    _PyManagedBufferObject *b = m->mbuf;
+    v->buf = m->view.buf = b->master.buf = buf;
+    v->len = m->view.len = b->master.len = len;
     m->view.shape[0] = len;
-    v->readonly = m->view.readonly = m->mbuf->master.readonly = readonly;
+    v->readonly = m->view.readonly = b->master.readonly = readonly;
     m->hash = -1;
+    b->exports = 1;
+    m->flags &= ~_Py_MEMORYVIEW_RELEASED;
 }
 
-/* End claim c's view for a commit/abort/release, the View keeping its export that pins the
- * mapping for the ring call that follows (claim_finish lets go of it): -1 (BufferError,
- * nothing changed) while anything but the handed-out memoryview holds the bytes. *keep: the
- * memoryview is reusable (mv_reusable), left unreleased, its View refusing exports. */
-static int claim_end_view(Claim *c, int *keep) {
-    *keep = 0;
-    PyMemoryViewObject *live;
-    Py_ssize_t others = view_others((View *)c->view, c->mv, &live);
-    if (others < 0) return -1;
-    if (others > 0) return view_in_use();
-    if (live && mv_reusable(c)) {
-        ((View *)c->view)->buf = NULL; /* nobody can export it: a guard all the same */
-        *keep = 1;
-        return 0;
+/* memoryview.release() on m: 0, or -1 with an exception. Runs no Python code. */
+static int mv_release(PyObject *m) {
+    PyObject *r;
+    if (memoryview_release) {
+        r = memoryview_release(m, NULL);
+    } else {
+        static PyObject *release_name;
+        if (!release_name && !(release_name = PyUnicode_InternFromString("release"))) return -1;
+        r = PyObject_CallMethodNoArgs(m, release_name);
     }
-    return view_end((View *)c->view, live, 1);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
-/* After the ring call of a claim taken off the port: keep its memoryview for the next claim
- * (keep), or drop it and keep its ended View (with its export of the mapping) if nothing
- * else refers to it and the port is open; else let go of the export and the View. */
-static void claim_finish(Port *self, Claim *c, int keep) {
-    if (keep && self->ring && !self->spare_mv) {
-        self->spare_mv = c->mv; /* the references go to the port */
-        self->spare_mv_view = c->view;
-        c->mv = c->view = NULL;
-        return;
-    }
-    Py_CLEAR(c->mv); /* a kept one is released by its deallocation, and its View's export */
-    View *v = (View *)c->view;
-    c->view = NULL;
-    if (Py_REFCNT(v) == 1 && self->ring && v->src.obj == self->lease.obj &&
-        self->nspare < (int)(sizeof self->spare / sizeof *self->spare)) {
+/* Let go of ended View v (a reference the caller gives up): kept for the next claims with its
+ * export of the mapping if nothing else refers to it and the port is open, else its export
+ * is let go (the ring is not touched through it after this) and the reference dropped. */
+static void view_let_go(Port *self, View *v) {
+    if (Py_REFCNT(v) == 1 && self->ring && v->src.obj && v->src.obj == self->lease.obj &&
+        v->exports == 0 && self->nspare < (int)(sizeof self->spare / sizeof *self->spare)) {
         v->buf = NULL;
         self->spare[self->nspare++] = (PyObject *)v;
         return;
     }
-    if (v->src.obj) PyBuffer_Release(&v->src); /* the ring is not touched after this */
+    v->buf = NULL;
+    if (v->src.obj && v->exports == 0) PyBuffer_Release(&v->src);
     Py_DECREF(v);
 }
 
-/* A View over `len` payload bytes at data index `idx` of the entered ring, and the memoryview
- * handed out over it (new references, in *view_out and returned); NULL with an exception. */
-static PyObject *make_view(Port *self, char *ring, uint64_t idx, uint64_t len, int readonly,
-                           PyObject **view_out) {
+/* Let go of a kept memoryview and its View (references the caller took off kept[]): one that
+ * someone else still holds is released for real first (it then pins nothing); the port's
+ * reference is dropped (which may run code: a weak reference's callback). */
+static void kept_let_go(Port *self, struct Kept *k) {
+    PyMemoryViewObject *m = (PyMemoryViewObject *)k->mv;
+    View *v = (View *)k->view;
+    _PyManagedBufferObject *b = m->mbuf;
+    if (Py_REFCNT(m) > 1 && b && (m->flags & _Py_MEMORYVIEW_RELEASED) && b->exports == 0 &&
+        b->master.obj == (PyObject *)v && !(b->flags & _Py_MANAGED_BUFFER_RELEASED)) {
+        b->exports = 1; /* back to the state m.release() starts from */
+        m->flags &= ~_Py_MEMORYVIEW_RELEASED;
+        if (mv_release((PyObject *)m) < 0) { /* cannot fail: m->exports is 0 */
+            m->flags |= _Py_MEMORYVIEW_RELEASED;
+            b->exports = 0;
+            PyErr_WriteUnraisable((PyObject *)m);
+        }
+    }
+    Py_DECREF(m);
+    view_let_go(self, v);
+}
+
+static void kept_drop_all(Port *self) {
+    while (self->nkept > 0) { /* one at a time: a drop may run code that uses the port */
+        struct Kept k = self->kept[--self->nkept];
+        kept_let_go(self, &k);
+    }
+}
+
+/* End claim c's view for a commit/abort/release, the View keeping its export that pins the
+ * mapping for the ring call that follows (claim_finish lets go of it): -1 (BufferError,
+ * nothing changed) while anything but the handed-out memoryview holds the bytes. *soft: the
+ * memoryview was soft-released, to be kept; else it was released for real (or by its holder
+ * before). Either way no later use of it, nor any export of the View, reaches the ring. */
+static inline int claim_end_view(Port *self, Claim *c, int *soft) {
+    View *v = (View *)c->view;
+    PyMemoryViewObject *m = (PyMemoryViewObject *)c->mv;
+    _PyManagedBufferObject *b = m->mbuf;
+    *soft = 0;
+    if (c->plain && b && !(m->flags & _Py_MEMORYVIEW_RELEASED) && b->master.obj == (PyObject *)v &&
+        !(b->flags & _Py_MANAGED_BUFFER_RELEASED)) {
+        /* view_others' count: the View's exports besides b's, other views on b, and m's own */
+        if (v->exports - 1 + (b->exports - 1) + m->exports > 0) return view_in_use();
+        if (m->weakreflist == NULL && self->ring) {
+            /* m->exports == 0, b->exports == 1, v->exports == 1: release m softly */
+            m->flags |= _Py_MEMORYVIEW_RELEASED;
+            b->exports = 0;
+            v->buf = NULL;
+            *soft = 1;
+            return 0;
+        }
+    }
+    PyMemoryViewObject *live;
+    Py_ssize_t others = view_others(v, c->mv, &live);
+    if (others < 0) return -1;
+    if (others > 0) return view_in_use();
+    return view_end(v, live, 1);
+}
+
+/* After the ring call of a claim taken off the port: keep its soft-released memoryview for
+ * later claims (the oldest kept one is let go if all places are taken), or let go of it and
+ * its View. */
+static inline void claim_finish(Port *self, Claim *c, int soft) {
+    if (soft && self->ring) {
+        struct Kept out = {NULL, NULL};
+        if (self->nkept == ZC_KEEP) {
+            out = self->kept[0];
+            memmove(&self->kept[0], &self->kept[1], (ZC_KEEP - 1) * sizeof *self->kept);
+            self->nkept--;
+        }
+        self->kept[self->nkept].mv = c->mv; /* the references go to the port */
+        self->kept[self->nkept++].view = c->view;
+        c->mv = c->view = NULL;
+        if (out.mv) kept_let_go(self, &out); /* last: the port is consistent */
+        return;
+    }
+    if (soft) { /* cannot happen (nothing closes the port in between): released for real */
+        struct Kept k = {c->mv, c->view};
+        c->mv = c->view = NULL;
+        kept_let_go(self, &k);
+        return;
+    }
+    Py_CLEAR(c->mv); /* may run code: the claim is off the port already */
+    View *v = (View *)c->view;
+    c->view = NULL;
+    view_let_go(self, v);
+}
+
+/* Claim c's View over its c->len payload bytes at data index `idx` of the entered ring, and
+ * the memoryview handed out over it (new references in c->view and c->mv, read-only for a
+ * peek); -1 with an exception. */
+static inline int make_view(Port *self, char *ring, uint64_t idx, Claim *c) {
     Py_ssize_t offset = (Py_ssize_t)(ring - (char *)self->lease.buf) +
                         SHMIPC_RING_HEADER_SIZE + (Py_ssize_t)idx;
+    Py_ssize_t len = (Py_ssize_t)c->len;
+    int readonly = !c->producer;
     View *v;
     int ok;
-    if (self->spare_mv) { /* a memoryview nobody else can reach: pointed at these bytes */
-        v = (View *)self->spare_mv_view;
-        if (offset >= 0 && (Py_ssize_t)len <= v->src.len - offset) {
-            PyObject *mv = self->spare_mv;
-            self->spare_mv = self->spare_mv_view = NULL;
-            mv_retarget(mv, v, (char *)v->src.buf + offset, (Py_ssize_t)len, readonly);
-            *view_out = (PyObject *)v;
-            return mv;
-        }
+    /* A kept memoryview nobody else can reach, the latest first: a loop that drops its view
+     * before the next call finds the one it just used; one that holds it in a variable
+     * until the next call replaces it finds the one before. */
+    for (int i = self->nkept - 1; i >= 0; i--) {
+        if (!kept_reusable(self, &self->kept[i], offset, len)) continue;
+        PyMemoryViewObject *m = (PyMemoryViewObject *)self->kept[i].mv;
+        v = (View *)self->kept[i].view;
+        self->kept[i] = self->kept[--self->nkept];
+        kept_retarget(m, v, (char *)v->src.buf + offset, len, readonly);
+        c->mv = (PyObject *)m; /* the kept references become the claim's */
+        c->view = (PyObject *)v;
+        c->plain = 1;
+        return 0;
     }
     if (self->nspare > 0) { /* an ended View, its export of this mapping kept */
         v = (View *)self->spare[--self->nspare];
-        ok = offset >= 0 && (Py_ssize_t)len <= v->src.len - offset;
+        ok = offset >= 0 && len <= v->src.len - offset;
         if (ok) {
             v->buf = (char *)v->src.buf + offset;
-            v->len = (Py_ssize_t)len;
+            v->len = len;
         } else {
             PyErr_SetString(PyExc_ValueError, "View's range does not fit its mapping");
         }
     } else {
-        if (!(v = (View *)ViewType->tp_alloc(ViewType, 0))) return NULL;
+        if (!(v = (View *)ViewType->tp_alloc(ViewType, 0))) return -1;
         /* A writable export (the port's lease is one), so that any View can be recycled. */
-        ok = view_setup(v, self->lease.obj, offset, (Py_ssize_t)len, 0) == 0;
+        ok = view_setup(v, self->lease.obj, offset, len, 0) == 0;
     }
     v->readonly = readonly;
     PyObject *mv = ok ? PyMemoryView_FromObject((PyObject *)v) : NULL;
     if (!mv) {
         Py_DECREF(v);
-        return NULL;
+        return -1;
     }
-    *view_out = (PyObject *)v;
-    return mv;
+    c->mv = mv;
+    c->view = (PyObject *)v;
+    c->plain = plain_mbuf((PyMemoryViewObject *)mv, v) != NULL; /* checked once, here */
+    return 0;
 }
 
 static PyObject *call_slow_zc(Port *self, int op, int status, long long arg,
@@ -1453,7 +1593,9 @@ static int zc_ready(Port *self, const char *fname) {
 static PyObject *reserve_impl(Port *self, PyObject *n_obj, int64_t deadline, int *status,
                               Py_ssize_t *nbytes) {
     *status = SHMIPC_OK;
-    *nbytes = PyNumber_AsSsize_t(n_obj, PyExc_OverflowError); /* TypeError for a float */
+    *nbytes = PyLong_CheckExact(n_obj) ? PyLong_AsSsize_t(n_obj)
+                                       : PyNumber_AsSsize_t(n_obj, PyExc_OverflowError);
+    /* OverflowError for an int too large; TypeError for a float */
     if (*nbytes == -1 && PyErr_Occurred()) return NULL;
     uint64_t me = shmipc_lock_identity();
     if (claim_find(self, me, 1)) {
@@ -1488,8 +1630,7 @@ static PyObject *reserve_impl(Port *self, PyObject *n_obj, int64_t deadline, int
     }
     /* The producer lock is ours (parked: csrc/claim.c) until commit or abort. */
     Claim c = {.owner = me, .producer = 1, .ring = ring, .len = n};
-    c.mv = make_view(self, ring, (uint64_t)r, n, 0, &c.view);
-    if (!c.mv || claim_add(self, &c) < 0) {
+    if (make_view(self, ring, (uint64_t)r, &c) < 0 || claim_add(self, &c) < 0) {
         shmipc_ring_abort(ring); /* still entered: the lease pins the mapping */
         claim_drop(&c);
         leave(self);
@@ -1505,8 +1646,8 @@ static PyObject *port_reserve(Port *self, PyObject *const *args, Py_ssize_t narg
     PyObject *n_obj;
     int64_t deadline;
     if (zc_ready(self, "reserve") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 1, "reserve", &n_obj,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_RESERVE,
+                       &n_obj, &deadline))
         return NULL;
     int status;
     Py_ssize_t nbytes;
@@ -1519,7 +1660,7 @@ static PyObject *port_reserve(Port *self, PyObject *const *args, Py_ssize_t narg
 static PyObject *port_try_reserve(Port *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t deadline;
     if (arg_count(nargs, 2, "try_reserve(nbytes, deadline_ns)") ||
-        as_deadline(args[1], &deadline))
+        shmipc_as_deadline(args[1], &deadline))
         return NULL;
     int status;
     Py_ssize_t nbytes;
@@ -1535,8 +1676,8 @@ static PyObject *finish_reservation(Port *self, int publish) {
         PyErr_SetString(PyExc_RuntimeError, "this thread has no reservation on this queue");
         return NULL;
     }
-    int keep;
-    if (claim_end_view(c, &keep) < 0) return NULL; /* BufferError: nothing changed */
+    int soft;
+    if (claim_end_view(self, c, &soft) < 0) return NULL; /* BufferError: nothing changed */
     Claim mine;
     claim_take(self, c, &mine);
     int rc = SHMIPC_OK;
@@ -1548,7 +1689,7 @@ static PyObject *finish_reservation(Port *self, int publish) {
     } else {
         rc = shmipc_ring_commit(mine.ring, self->cap, (size_t)mine.len);
     }
-    claim_finish(self, &mine, keep);
+    claim_finish(self, &mine, soft);
     if (rc == SHMIPC_OK) Py_RETURN_NONE;
     return call_slow_zc(self, publish ? ZC_COMMIT : ZC_ABORT, rc, (long long)mine.len, 0);
 }
@@ -1598,8 +1739,7 @@ static PyObject *peek_impl(Port *self, int64_t deadline, int *status, uint32_t *
         return NULL;
     }
     Claim c = {.owner = me, .producer = 0, .ring = ring, .len = out[0]};
-    c.mv = make_view(self, ring, (uint64_t)r, out[0], 1, &c.view);
-    if (!c.mv || claim_add(self, &c) < 0) {
+    if (make_view(self, ring, (uint64_t)r, &c) < 0 || claim_add(self, &c) < 0) {
         shmipc_ring_unpeek(ring); /* still entered: the lease pins the mapping */
         claim_drop(&c);
         leave(self);
@@ -1614,8 +1754,8 @@ static PyObject *port_peek(Port *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames) {
     int64_t deadline;
     if (zc_ready(self, "peek") ||
-        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, 0, "peek", NULL,
-                       &deadline))
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PEEK,
+                       NULL, &deadline))
         return NULL;
     int status;
     uint32_t type;
@@ -1627,7 +1767,7 @@ static PyObject *port_peek(Port *self, PyObject *const *args, Py_ssize_t nargs,
 /* try_peek(deadline_ns) -> memoryview, or (status, record type) of a miss. */
 static PyObject *port_try_peek(Port *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t deadline;
-    if (arg_count(nargs, 1, "try_peek(deadline_ns)") || as_deadline(args[0], &deadline))
+    if (arg_count(nargs, 1, "try_peek(deadline_ns)") || shmipc_as_deadline(args[0], &deadline))
         return NULL;
     int status;
     uint32_t type;
@@ -1643,8 +1783,8 @@ static PyObject *finish_peek(Port *self, int consume) {
         PyErr_SetString(PyExc_RuntimeError, "this thread has not peeked a record of this queue");
         return NULL;
     }
-    int keep;
-    if (claim_end_view(c, &keep) < 0) return NULL; /* BufferError: nothing changed */
+    int soft;
+    if (claim_end_view(self, c, &soft) < 0) return NULL; /* BufferError: nothing changed */
     Claim mine;
     claim_take(self, c, &mine);
     int rc = SHMIPC_OK;
@@ -1656,7 +1796,7 @@ static PyObject *finish_peek(Port *self, int consume) {
     } else {
         rc = shmipc_ring_release(mine.ring, self->cap);
     }
-    claim_finish(self, &mine, keep);
+    claim_finish(self, &mine, soft);
     if (rc == SHMIPC_OK) Py_RETURN_NONE;
     return call_slow_zc(self, ZC_RELEASE, rc, (long long)mine.len, 0);
 }

@@ -82,6 +82,7 @@
 
 #include "shmipc.h"
 #include "ring_internal.h"
+#include "fastcall_args.h"
 
 #define A64(t, off) ((_Atomic uint64_t *)((t) + (off)))
 #define A32(t, off) ((_Atomic uint32_t *)((t) + (off)))
@@ -635,63 +636,18 @@ static inline void leave(TopicPort *self) {
     if (--self->inflight == 0 && !self->t) drop_lease(self);
 }
 
-static int as_deadline(PyObject *o, int64_t *out) {
-    long long v = PyLong_AsLongLong(o);
-    if (v == -1 && PyErr_Occurred()) return -1;
-    *out = (int64_t)v;
-    return 0;
+/* (first, timeout=None) or (timeout=None): a deadline from `timeout` (deadline_ns). */
+/* Parse ([obj,] timeout=None) into *first and an absolute deadline (csrc/fastcall_args.h). */
+static inline int parse_args(TopicPort *self, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames, const shmipc_wait_sig *sig, PyObject **first,
+                             int64_t *deadline) {
+    return shmipc_parse_wait(sig, self->deadline, args, nargs, kwnames, first, deadline);
 }
 
-/* (first, timeout=None) or (timeout=None): a deadline from `timeout` (deadline_ns). */
-static int parse_args(TopicPort *self, PyObject *const *args, Py_ssize_t nargs,
-                      PyObject *kwnames, int has_first, const char *fname, PyObject **first,
-                      int64_t *deadline) {
-    PyObject *timeout = NULL;
-    if (nargs > has_first + 1) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d positional arguments", fname,
-                     has_first + 1);
-        return -1;
-    }
-    if (has_first) *first = nargs ? args[0] : NULL;
-    if (nargs > has_first) timeout = args[has_first];
-    if (kwnames) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-            PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[nargs + i];
-            PyObject **slot = NULL;
-            if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) slot = &timeout;
-            else if (has_first && PyUnicode_CompareWithASCIIString(key, "obj") == 0) slot = first;
-            if (!slot) {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
-                             fname, key);
-                return -1;
-            }
-            if (*slot) {
-                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%U'",
-                             fname, key);
-                return -1;
-            }
-            *slot = value;
-        }
-    }
-    if (has_first && !*first) {
-        PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: 'obj'",
-                     fname);
-        return -1;
-    }
-    if (!timeout || timeout == Py_None) {
-        *deadline = -1;
-        return 0;
-    }
-    if (self->deadline == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "this TopicPort has no deadline function");
-        return -1;
-    }
-    PyObject *d = PyObject_CallOneArg(self->deadline, timeout);
-    if (!d) return -1;
-    int rc = as_deadline(d, deadline);
-    Py_DECREF(d);
-    return rc;
-}
+static const shmipc_wait_sig SIG_PUBLISH = {"publish", "obj", 0},
+                             SIG_PUBLISH_BYTES = {"publish_bytes", "obj", 0},
+                             SIG_RECEIVE = {"receive", NULL, 0},
+                             SIG_RECEIVE_BYTES = {"receive_bytes", NULL, 0};
 
 /* ---- publisher methods ---- */
 
@@ -748,7 +704,7 @@ static PyObject *tp_put(TopicPort *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     int64_t deadline;
-    if (as_deadline(args[2], &deadline)) return NULL;
+    if (shmipc_as_deadline(args[2], &deadline)) return NULL;
     if (deadline < -1) deadline = 0;
     return PyLong_FromLong(put_object(self, args[0], (uint32_t)kind, deadline));
 }
@@ -792,7 +748,7 @@ static PyObject *tp_publish(TopicPort *self, PyObject *const *args, Py_ssize_t n
                             PyObject *kwnames) {
     PyObject *obj;
     int64_t deadline;
-    if (parse_args(self, args, PyVectorcall_NARGS(nargs), kwnames, 1, "publish", &obj, &deadline))
+    if (parse_args(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PUBLISH, &obj, &deadline))
         return NULL;
     return publish_impl(self, obj, 1, deadline);
 }
@@ -801,7 +757,7 @@ static PyObject *tp_publish_bytes(TopicPort *self, PyObject *const *args, Py_ssi
                                   PyObject *kwnames) {
     PyObject *obj;
     int64_t deadline;
-    if (parse_args(self, args, PyVectorcall_NARGS(nargs), kwnames, 1, "publish_bytes", &obj,
+    if (parse_args(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PUBLISH_BYTES, &obj,
                    &deadline))
         return NULL;
     return publish_impl(self, obj, 0, deadline);
@@ -971,7 +927,7 @@ static PyObject *tp_get(TopicPort *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     int64_t deadline;
-    if (as_deadline(args[0], &deadline)) return NULL;
+    if (shmipc_as_deadline(args[0], &deadline)) return NULL;
     int decode = PyObject_IsTrue(args[1]);
     if (decode < 0) return NULL;
     PyObject *payload = NULL;
@@ -1000,7 +956,7 @@ static PyObject *tp_get_many(TopicPort *self, PyObject *const *args, Py_ssize_t 
     Py_ssize_t max_items = PyLong_AsSsize_t(args[0]);
     if (max_items == -1 && PyErr_Occurred()) return NULL;
     int64_t deadline;
-    if (as_deadline(args[1], &deadline)) return NULL;
+    if (shmipc_as_deadline(args[1], &deadline)) return NULL;
     int decode = PyObject_IsTrue(args[2]);
     if (decode < 0) return NULL;
     if (max_items < 1) {
@@ -1081,7 +1037,8 @@ static PyObject *receive_impl(TopicPort *self, int decode, int64_t deadline) {
 static PyObject *tp_receive(TopicPort *self, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames) {
     int64_t deadline;
-    if (parse_args(self, args, PyVectorcall_NARGS(nargs), kwnames, 0, "receive", NULL, &deadline))
+    if (parse_args(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_RECEIVE, NULL,
+                   &deadline))
         return NULL;
     return receive_impl(self, 1, deadline);
 }
@@ -1089,7 +1046,7 @@ static PyObject *tp_receive(TopicPort *self, PyObject *const *args, Py_ssize_t n
 static PyObject *tp_receive_bytes(TopicPort *self, PyObject *const *args, Py_ssize_t nargs,
                                   PyObject *kwnames) {
     int64_t deadline;
-    if (parse_args(self, args, PyVectorcall_NARGS(nargs), kwnames, 0, "receive_bytes", NULL,
+    if (parse_args(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_RECEIVE_BYTES, NULL,
                    &deadline))
         return NULL;
     return receive_impl(self, 0, deadline);

@@ -103,6 +103,9 @@ class Sender:
     #: (reserve(n) -> writable view, commit()): small messages and ping-pongs are then
     #: written in place (the zero-copy variants only)
     in_place: tuple[Callable[[int], Any], Callable[[], object]] | None = None
+    #: the in-place loop keeps each view in a variable until the next one replaces it (the
+    #: common way to write it), instead of dropping it before commit
+    held: bool = False
 
     def __post_init__(self) -> None:
         if self.send_parts is None:
@@ -127,6 +130,8 @@ class Receiver:
     #: (peek() -> read-only view, release()): small messages and ping-pongs are then read
     #: in place (the zero-copy variants only)
     in_place: tuple[Callable[[], Any], Callable[[], object]] | None = None
+    #: as Sender.held, for peek/release
+    held: bool = False
 
     def __post_init__(self) -> None:
         if self.recv_with is None:
@@ -270,12 +275,14 @@ class _ShmipcChannel(_SharedQueueChannel):
             return Sender(send=q.put, finish=_noop, send_many=q.put_many)
         if self.spec.objects:
             return Sender(send=q.put, finish=_noop)
-        if self._style == "zero-copy":
+        if self._style in ("zero-copy", "zero-copy-held"):
+            held = self._style == "zero-copy-held"
             return Sender(
                 send=q.put_bytes,
                 finish=_noop,
-                send_parts=self._send_in_place,
+                send_parts=self._send_in_place_held if held else self._send_in_place,
                 in_place=(q.reserve, q.commit),
+                held=held,
             )
         return Sender(send=q.put_bytes, finish=_noop)
 
@@ -290,18 +297,30 @@ class _ShmipcChannel(_SharedQueueChannel):
         del view  # drop our export of the ring before the record is published
         self._q.commit()
 
+    def _send_in_place_held(self, *parts: bytes) -> None:
+        """As _send_in_place, the view still held at commit (it is released then)."""
+        view = self._q.reserve(sum(map(len, parts)))
+        offset = 0
+        for part in parts:
+            end = offset + len(part)
+            view[offset:end] = part
+            offset = end
+        self._q.commit()
+
     def _receiver(self) -> Receiver:
         q = self._q
         if self._style == "batched":
             return Receiver(recv=q.get, ends=1, recv_many=partial(q.get_many, BATCH))
         if self.spec.objects:
             return Receiver(recv=q.get, ends=1)
-        if self._style == "zero-copy":
+        if self._style in ("zero-copy", "zero-copy-held"):
+            held = self._style == "zero-copy-held"
             return Receiver(
                 recv=q.get_bytes,
                 ends=1,
-                recv_with=self._recv_in_place,
+                recv_with=self._recv_in_place_held if held else self._recv_in_place,
                 in_place=(q.peek, q.release),
+                held=held,
             )
         return Receiver(recv=q.get_bytes, ends=1)
 
@@ -312,6 +331,14 @@ class _ShmipcChannel(_SharedQueueChannel):
             return fn(view)
         finally:
             del view
+            self._q.release()
+
+    def _recv_in_place_held(self, fn: Callable[[Any], Any]) -> Any:
+        """As _recv_in_place, the view still held at release (it is released then)."""
+        view = self._q.peek()
+        try:
+            return fn(view)
+        finally:
             self._q.release()
 
     def _post_end(self, timeout: float) -> None:
@@ -590,6 +617,14 @@ TRANSPORTS: tuple[Transport, ...] = (
         label="shmipc (zero-copy)",
         make=partial(_ShmipcChannel, style="zero-copy"),
         serialisation="reserve(n)/fill in place/commit() and peek()/read in place/release()",
+        unavailable=_shmipc_unavailable("put_bytes", *_ZERO_COPY_METHODS),
+        workloads=frozenset({"64B", "1MiB", "pingpong"}),
+    ),
+    Transport(
+        key="shmipc",
+        label="shmipc (zero-copy, held)",
+        make=partial(_ShmipcChannel, style="zero-copy-held"),
+        serialisation="as zero-copy, each view kept in a variable until the next replaces it",
         unavailable=_shmipc_unavailable("put_bytes", *_ZERO_COPY_METHODS),
         workloads=frozenset({"64B", "1MiB", "pingpong"}),
     ),

@@ -217,6 +217,12 @@ def _produce_in_place(sender: Sender, seqs: range) -> None:
     assert sender.in_place is not None
     reserve, commit = sender.in_place
     pack_into, size = _MSG_64.pack_into, _MSG_64.size
+    if sender.held:  # the view kept in a variable until the next one replaces it
+        for seq in seqs:
+            view = reserve(size)
+            pack_into(view, 0, seq)
+            commit()
+        return
     for seq in seqs:
         pack_into(reserve(size), 0, seq)
         commit()
@@ -288,11 +294,13 @@ def _consume_in_place(receiver: Receiver) -> ConsumerResult:
     seqs = array("Q")
     append, unpack, stamp = seqs.append, SEQ.unpack_from, SEQ.size
     ends = receiver.ends
+    held = receiver.held
     while True:
         view = peek()
         seq = unpack(view)[0]
         is_end = seq == END_SEQ and len(view) == stamp
-        del view  # dropped first: the queue may hand the same view out again
+        if not held:  # else kept until the next peek replaces it (released meanwhile)
+            del view  # dropped first: the queue may hand the same view out again
         release()
         if is_end:
             ends -= 1
@@ -410,6 +418,21 @@ def _ping_in_place(out: Sender, back: Receiver, rounds: int, warmup: int) -> Pin
     latencies, seqs = array("q"), array("Q")
     note_latency, note_seq, unpack = latencies.append, seqs.append, SEQ.unpack_from
     corrupt = 0
+    if out.held:  # each view kept in a variable until the next one replaces it
+        for seq in range(warmup + rounds):
+            t0 = clock()
+            view = reserve(size)
+            pack_into(view, 0, seq)
+            commit()
+            reply = peek()
+            got = unpack(reply)[0]
+            n = len(reply)
+            release()
+            note_latency(clock() - t0)
+            if got != seq or n != size:
+                corrupt += 1
+            note_seq(got)
+        return PingResult(latencies[warmup:], seqs, corrupt)
     for seq in range(warmup + rounds):
         t0 = clock()
         pack_into(reserve(size), 0, seq)
@@ -445,6 +468,7 @@ def _pong_in_place(inp: Receiver, back: Sender) -> int:
     assert inp.in_place is not None and back.in_place is not None
     (peek, release), (reserve, commit) = inp.in_place, back.in_place
     end, n, stamp = END, 0, len(END)
+    held = inp.held and back.held
     while True:
         message = peek()
         if len(message) == stamp and message == end:
@@ -452,7 +476,8 @@ def _pong_in_place(inp: Receiver, back: Sender) -> int:
             return n
         reply = reserve(len(message))
         reply[:] = message
-        del message, reply  # dropped first: the queue may hand the same views out again
+        if not held:  # else kept until the next ones replace them (released meanwhile)
+            del message, reply  # dropped first: the queue may hand the same views out again
+        commit()  # the reply first: the pinging side waits for it, not for the release
         release()
-        commit()
         n += 1
