@@ -286,25 +286,25 @@ class _ShmipcChannel(_SharedQueueChannel):
             )
         return Sender(send=q.put_bytes, finish=_noop)
 
-    def _send_in_place(self, *parts: bytes) -> None:
-        """Reserve the record, write the parts straight into the ring, commit."""
-        view = self._q.reserve(sum(map(len, parts)))
+    @staticmethod
+    def _fill(view: memoryview, parts: tuple[bytes, ...]) -> None:
         offset = 0
         for part in parts:
             end = offset + len(part)
             view[offset:end] = part
             offset = end
+
+    def _send_in_place(self, *parts: bytes) -> None:
+        """Reserve the record, write the parts straight into the ring, commit."""
+        view = self._q.reserve(sum(map(len, parts)))
+        self._fill(view, parts)
         del view  # drop our export of the ring before the record is published
         self._q.commit()
 
     def _send_in_place_held(self, *parts: bytes) -> None:
         """As _send_in_place, the view still held at commit (it is released then)."""
         view = self._q.reserve(sum(map(len, parts)))
-        offset = 0
-        for part in parts:
-            end = offset + len(part)
-            view[offset:end] = part
-            offset = end
+        self._fill(view, parts)
         self._q.commit()
 
     def _receiver(self) -> Receiver:
