@@ -13,27 +13,13 @@ import time
 
 import pytest
 from _procs import wait_for
+from aio_loops import LOOPS, run
 
 import shmipc
 from shmipc import aio
 from shmipc._native import lib
 
-try:  # uvloop is in the test extra; the suite still runs without it
-    import uvloop
-except ImportError:  # pragma: no cover - depends on the environment
-    uvloop = None
-
 pytestmark = pytest.mark.usefixtures("aio_backend")  # both backends (conftest.py)
-
-LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(
-    uvloop is None, reason="uvloop is not installed"))]
-
-
-def run(kind: str, coro):
-    """Run ``coro`` to completion on a fresh loop of the given kind."""
-    factory = uvloop.new_event_loop if kind == "uvloop" else None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
 
 
 def no_helpers_left(timeout: float = 10.0) -> None:

@@ -15,24 +15,11 @@ import threading
 
 import pytest
 from _procs import fork_call, wait_for
+from aio_loops import LOOPS, run, uvloop
 
 import shmipc
 from shmipc import aio
 from shmipc._native import ffi, lib
-
-try:
-    import uvloop
-except ImportError:  # pragma: no cover - depends on the environment
-    uvloop = None
-
-LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(
-    uvloop is None, reason="uvloop is not installed"))]
-
-
-def run(kind: str, coro):
-    factory = uvloop.new_event_loop if kind == "uvloop" else None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
 
 
 def uring_fds() -> int:
