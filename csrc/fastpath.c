@@ -657,7 +657,8 @@ static inline int parse_blocking(Port *self, PyObject *const *args, Py_ssize_t n
 
 static const shmipc_wait_sig SIG_PUT = {"put", "obj", 1}, SIG_PUT_BYTES = {"put_bytes", "obj", 1},
                              SIG_GET = {"get", NULL, 1}, SIG_GET_BYTES = {"get_bytes", NULL, 1},
-                             SIG_RESERVE = {"reserve", "nbytes", 1}, SIG_PEEK = {"peek", NULL, 1};
+                             SIG_RESERVE = {"reserve", "nbytes", 1}, SIG_PEEK = {"peek", NULL, 1},
+                             SIG_PEEK_NEXT = {"peek_next", NULL, 1};
 
 static int channel_ready(Port *self, const char *fname) {
     if (self->slow_put != Py_None && self->slow_get != Py_None && self->deadline != Py_None)
@@ -901,6 +902,8 @@ static PyObject *port_commit(Port *self, PyObject *unused);
 static PyObject *port_abort(Port *self, PyObject *unused);
 static PyObject *port_peek(Port *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames);
+static PyObject *port_peek_next(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames);
 static PyObject *port_try_peek(Port *self, PyObject *const *args, Py_ssize_t nargs);
 static PyObject *port_release(Port *self, PyObject *unused);
 static PyObject *port_let_go(Port *self, PyObject *unused);
@@ -917,6 +920,8 @@ static PyMethodDef port_methods[] = {
      "abort($self, /)\n--\n\nQueue.abort in one call."},
     {"peek", (PyCFunction)(void (*)(void))port_peek, METH_FASTCALL | METH_KEYWORDS,
      "peek($self, /, block=True, timeout=None)\n--\n\nQueue.peek in one call."},
+    {"peek_next", (PyCFunction)(void (*)(void))port_peek_next, METH_FASTCALL | METH_KEYWORDS,
+     "peek_next($self, /, block=True, timeout=None)\n--\n\nQueue.peek_next in one call."},
     {"try_peek", (PyCFunction)(void (*)(void))port_try_peek, METH_FASTCALL,
      "try_peek(deadline_ns) -> memoryview, or (status, record type)"},
     {"release", (PyCFunction)port_release, METH_NOARGS,
@@ -1757,6 +1762,31 @@ static PyObject *port_peek(Port *self, PyObject *const *args, Py_ssize_t nargs,
         parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PEEK,
                        NULL, &deadline))
         return NULL;
+    int status;
+    uint32_t type;
+    PyObject *mv = peek_impl(self, deadline, &status, &type);
+    if (mv || (status == SHMIPC_OK && PyErr_Occurred())) return mv;
+    return call_slow_zc(self, ZC_PEEK, status, type, deadline);
+}
+
+static PyObject *finish_peek(Port *self, int consume);
+
+/* peek_next(block=True, timeout=None): release this thread's peeked record, if it holds one,
+ * then peek as peek() does: a consumer loop's step in one call. A failed release (BufferError
+ * while something made from its view is alive, Closed, Revoked) raises with nothing peeked;
+ * the arguments are checked before anything is released. */
+static PyObject *port_peek_next(Port *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames) {
+    int64_t deadline;
+    if (zc_ready(self, "peek_next") ||
+        parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PEEK_NEXT,
+                       NULL, &deadline))
+        return NULL;
+    if (claim_find(self, shmipc_lock_identity(), 0)) {
+        PyObject *r = finish_peek(self, 1);
+        if (!r) return NULL;
+        Py_DECREF(r);
+    }
     int status;
     uint32_t type;
     PyObject *mv = peek_impl(self, deadline, &status, &type);

@@ -206,6 +206,7 @@ class Queue(Generic[_T]):
             ("commit", port.commit),
             ("abort", port.abort),
             ("peek", port.peek),
+            ("peek_next", port.peek_next),
             ("release", port.release),
         ):
             if getattr(cls, name) is getattr(Queue, name):
@@ -573,8 +574,8 @@ class Queue(Generic[_T]):
 
     # ---- zero-copy -----------------------------------------------------------------------
 
-    # reserve/commit/abort/peek/release: each handle binds its port's one-call versions over
-    # these (see _bind); these definitions document them and serve subclasses.
+    # reserve/commit/abort/peek/peek_next/release: each handle binds its port's one-call
+    # versions over these (see _bind); these definitions document them and serve subclasses.
 
     def reserve(self, nbytes: int, block: bool = True, timeout: float | None = None) -> memoryview:
         """A writable view of ``nbytes`` in the ring; ``commit()`` sends it as bytes.
@@ -600,6 +601,15 @@ class Queue(Generic[_T]):
         Until this thread releases it, other consumers wait.
         """
         return self._port.peek(block, timeout)
+
+    def peek_next(self, block: bool = True, timeout: float | None = None) -> memoryview:
+        """``release()`` the message this thread peeked, if any, then ``peek()``: a consumer
+        loop's step in one call. The last view is freed by ``release()`` (or ``close()``).
+
+        If the release fails (BufferError while something made from the view is alive),
+        nothing changes: the message stays peeked.
+        """
+        return self._port.peek_next(block, timeout)
 
     def release(self) -> None:
         """Free the message this thread peeked; its view becomes unusable. BufferError (the

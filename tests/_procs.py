@@ -337,7 +337,8 @@ TIMEOUT = 30.0  # every blocking call in a stress child
 # Producer ops: put (bytes), put_obj (Queue: a tuple through the codec), put_many (a batch of
 # 1-16, for a Queue some of them tuples), reserve (reserve + fill + commit), spill (Queue: a
 # message larger than half the ring; with spill, put_many batches also carry a few).
-# Consumer ops: get, get_many (2-16), peek (peek + parse + release).
+# Consumer ops: get, get_many (2-16), peek (peek + parse + release), peek_next (Queue: release
+# the record peeked before, if any, and peek; the last one is released before any other op).
 
 
 def _size(rng: random.Random, max_n: int) -> int:
@@ -430,10 +431,19 @@ def stress_consumer(kind: str, chan: Any, ops: tuple[str, ...], seed: int, out_p
     error = None
     try:
         rng = random.Random(seed)
+        holding = False  # a record peeked by peek_next, not yet released
         while True:
             op = rng.choice(ops)
             ops_done[op] += 1
-            if op == "get":
+            if holding and op != "peek_next":
+                chan.release()
+                holding = False
+            if op == "peek_next":
+                view = chan.peek_next(timeout=TIMEOUT)
+                holding = True
+                got = [decode_view(kind, chan, view)]
+                del view
+            elif op == "get":
                 got = [_decode(kind, chan, chan.get(timeout=TIMEOUT))]
             elif op == "get_many":
                 batch = chan.get_many(rng.randint(2, 16), timeout=TIMEOUT)
@@ -452,6 +462,9 @@ def stress_consumer(kind: str, chan: Any, ops: tuple[str, ...], seed: int, out_p
                 if stops:
                     raise AssertionError("a message came after a stop message")
                 stream.append(pid << 32 | seq)
+            if stops and holding:
+                chan.release()
+                holding = False
             if stops:
                 # Stops come after all data: any extra one in a batch is another consumer's.
                 send_stops(kind, chan, stops - 1)

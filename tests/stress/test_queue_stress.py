@@ -1,10 +1,11 @@
 """shmipc.Queue under load: N producers x M consumers in separate processes, fork and spawn.
 
 As tests/stress/test_ring_stress.py, through the Queue's surface: bytes and tuples through
-the msgpack codec, put_bytes, put_many/get_many, reserve/commit with peek/release, and messages
-larger than half the ring (spilled to side segments, alone or inside put_many batches), with and
-without ``maxsize``. Checked: exactly once, each producer's order kept within each consumer's
-stream, nothing torn, and no spill segment left behind (the session fixture checks /dev/shm).
+the msgpack codec, put_bytes, put_many/get_many, reserve/commit with peek/release and
+peek_next, and messages larger than half the ring (spilled to side segments, alone or inside
+put_many batches), with and without ``maxsize``. Checked: exactly once, each producer's
+order kept within each consumer's stream, nothing torn, and no spill segment left behind
+(the session fixture checks /dev/shm).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ COPY_SPILL = (("put", "put_obj", "spill"), ("get",))
 BATCH = (("put_many",), ("get_many",))
 BATCH_SPILL = (("put_many", "spill"), ("get_many",))
 ZEROCOPY = (("reserve", "put"), ("peek",))
+ZEROCOPY_NEXT = (("reserve", "put"), ("peek_next", "peek_next", "peek", "get"))
 MIXED = (("put", "put_obj", "put_many", "reserve"), ("get", "get_many", "peek"))
 MIXED_SPILL = (("put", "put_obj", "put_many", "reserve", "spill"), ("get", "get_many"))
 NAMES = {
@@ -46,6 +48,7 @@ NAMES = {
     BATCH: "batch",
     BATCH_SPILL: "batch+spill",
     ZEROCOPY: "zerocopy",
+    ZEROCOPY_NEXT: "peek_next",
     MIXED: "mixed",
     MIXED_SPILL: "mixed+spill",
 }
@@ -56,6 +59,7 @@ CASES = [
     ("fork", 2, 2, DEFAULT, 0, BATCH_SPILL, 100000),
     ("fork", 4, 3, KIB4, 0, MIXED_SPILL, 50000),
     ("fork", 3, 1, KIB4, 0, ZEROCOPY, 50000),
+    ("fork", 2, 2, KIB4, 0, ZEROCOPY_NEXT, 50000),
     ("fork", 4, 3, KIB4, 16, MIXED, 50000),
     ("spawn", 1, 1, DEFAULT, 0, ZEROCOPY, 50000),
     ("spawn", 2, 2, KIB4, 0, MIXED_SPILL, 50000),

@@ -74,10 +74,11 @@ def fill(q: Queue) -> int:
 
 def test_zero_copy_calls_are_the_ports_own_with_queue_signatures(q):
     port = q._port
-    for name in ("reserve", "commit", "abort", "peek", "release"):
+    for name in ("reserve", "commit", "abort", "peek", "peek_next", "release"):
         assert getattr(q, name) == getattr(port, name), name
     assert str(inspect.signature(q.reserve)) == "(nbytes, block=True, timeout=None)"
     assert str(inspect.signature(q.peek)) == "(block=True, timeout=None)"
+    assert str(inspect.signature(q.peek_next)) == "(block=True, timeout=None)"
     assert str(inspect.signature(q.commit)) == "()"
     view = q.reserve(nbytes=3, block=True, timeout=1)
     view[:] = b"abc"
@@ -135,6 +136,121 @@ def test_abort_publishes_nothing_and_frees_the_side(q):
     assert q.qsize() == 0
     assert in_thread(lambda: q.put_bytes(b"x", timeout=5)) is None
     assert q.get_bytes(timeout=5) == b"x"
+
+
+# ---- peek_next: release, then peek, in one call ------------------------------------------------
+
+
+def test_peek_next_reads_every_message_in_order_and_consumes_the_one_before(q):
+    for i in range(5):
+        q.put_bytes(bytes([65 + i]) * (i + 1))
+    seen, views = [], []
+    for _ in range(5):
+        view = q.peek_next(timeout=5)
+        seen.append(bytes(view))
+        views.append(view)
+        assert q._port.holds_claim()
+    assert seen == [b"A", b"BB", b"CCC", b"DDDD", b"EEEEE"]
+    for old in views[:-1]:  # each ended when the next call consumed its record
+        with pytest.raises(ValueError, match="released"):
+            bytes(old)
+    assert q.qsize() == 1  # the last one is still peeked: release() (or close) ends it
+    q.release()
+    assert q.qsize() == 0 and not q._port.holds_claim()
+    with pytest.raises(ValueError, match="released"):
+        views[-1][0]
+
+
+def test_peek_next_without_a_peek_is_peek_and_mixes_with_peek_and_release(q):
+    for i in range(4):
+        q.put_bytes(bytes([i]))
+    assert bytes(q.peek()) == b"\0"
+    assert bytes(q.peek_next()) == b"\1"  # released the one peek() showed
+    q.release()
+    assert bytes(q.peek_next()) == b"\2"
+    q.release()
+    with pytest.raises(RuntimeError, match="not peeked"):
+        q.release()
+    assert q.get_bytes(timeout=5) == b"\3"
+
+
+@pytest.mark.parametrize("export", list(EXPORTS))
+def test_peek_next_with_an_export_alive_raises_and_changes_nothing(q, export):
+    q.put_bytes(b"first")
+    q.put_bytes(b"second")
+    view = q.peek_next()
+    made = EXPORTS[export](view)
+    with pytest.raises(BufferError):
+        q.peek_next()
+    assert bytes(view) == b"first" and q.qsize() == 2 and q._port.holds_claim()
+    del made
+    gc.collect()
+    assert bytes(q.peek_next()) == b"second"
+    q.release()
+    assert q.qsize() == 0
+
+
+def test_peek_next_checks_its_arguments_before_releasing(q):
+    q.put_bytes(b"kept")
+    view = q.peek_next()
+    with pytest.raises(ValueError, match="NaN"):
+        q.peek_next(timeout=float("nan"))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        q.peek_next(wait=1)
+    assert bytes(view) == b"kept" and q.qsize() == 1
+    q.release()
+
+
+def test_peek_next_on_an_empty_queue_consumes_the_last_and_times_out(q):
+    q.put_bytes(b"only")
+    assert bytes(q.peek_next()) == b"only"
+    _times_out(queue.Empty, lambda: q.peek_next(timeout=0.2), 0.2)
+    assert q.qsize() == 0 and not q._port.holds_claim()  # "only" was consumed first
+    _times_out(queue.Empty, lambda: q.peek_next(block=False), 0)
+    q.put_bytes(b"later")
+    assert bytes(q.peek_next(block=False)) == b"later"
+    q.release()
+
+
+def test_peek_next_waits_for_data_and_wakes(q):
+    q.put_bytes(b"1")
+    assert bytes(q.peek_next()) == b"1"
+    t = threading.Thread(target=lambda: (time.sleep(0.05), q.put_bytes(b"2", timeout=5)))
+    t.start()
+    try:
+        assert bytes(q.peek_next(timeout=10)) == b"2"
+        q.release()
+    finally:
+        t.join(10)
+
+
+def test_peek_next_releases_only_its_own_threads_peek(q):
+    q.put_bytes(b"mine")
+    q.put_bytes(b"theirs")
+    view = q.peek_next()
+    # The other thread holds no peek; it waits for the consumer side this thread holds.
+    assert isinstance(in_thread(lambda: q.peek_next(timeout=0.2)), queue.Empty)
+    assert bytes(view) == b"mine" and q.qsize() == 2
+    q.release()
+    assert in_thread(lambda: bytes(q.peek_next(timeout=5))) == b"theirs"
+
+
+def test_peek_next_after_another_thread_closed_keeps_the_message():
+    q = Queue(capacity=CAP)
+    other = Queue.attach(q.name)
+    try:
+        q.put_bytes(b"a")
+        q.put_bytes(b"b")
+        view = q.peek_next()
+        assert bytes(view) == b"a"
+        in_thread(q.close)
+        with pytest.raises(Closed, match="not consumed"):
+            q.peek_next()
+        with pytest.raises(Closed):
+            q.peek_next()
+        assert other.get_many(5, timeout=5) == [b"a", b"b"]  # nothing was consumed
+    finally:
+        other.close()
 
 
 # ---- misuse ---------------------------------------------------------------------------------
@@ -324,14 +440,14 @@ def test_a_blocked_reserve_and_peek_wake_for_room_and_data(q):
 # ---- close ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("side", ["reserve", "peek"])
+@pytest.mark.parametrize("side", ["reserve", "peek", "peek_next"])
 def test_close_from_another_thread_ends_a_blocked_call_with_closed(side):
     q = Queue(capacity=CAP)
     other = Queue.attach(q.name)
     try:
         if side == "reserve":
             fill(q)
-        call = (lambda: q.reserve(64)) if side == "reserve" else (lambda: q.peek())
+        call = {"reserve": lambda: q.reserve(64), "peek": q.peek, "peek_next": q.peek_next}[side]
         out: list[Any] = []
 
         def waiter() -> None:

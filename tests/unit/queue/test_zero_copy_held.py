@@ -273,15 +273,21 @@ def test_a_weak_reference_made_after_the_end_keeps_the_view_out_of_reuse(q):
 # ---- nothing leaks, nothing stays pinned ----------------------------------------------------
 
 
-def test_held_loops_do_not_leak(q):
+@pytest.mark.parametrize("step", ["peek/release", "peek_next"])
+def test_held_loops_do_not_leak(q, step):
+    next_view = step == "peek_next"
+
     def loop(n: int) -> None:
         view = seen = None
         for i in range(n):
             view = q.reserve(16)
             view[:8] = i.to_bytes(8, "little")
             q.commit()
-            seen = q.peek()
+            seen = q.peek_next() if next_view else q.peek()
             assert seen[0] == i % 256
+            if not next_view:
+                q.release()
+        if next_view:
             q.release()
         del view, seen
 
