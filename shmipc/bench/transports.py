@@ -130,7 +130,8 @@ class Receiver:
     #: (peek() -> read-only view, release()): small messages and ping-pongs are then read
     #: in place (the zero-copy variants only)
     in_place: tuple[Callable[[], Any], Callable[[], object]] | None = None
-    #: as Sender.held, for peek/release
+    #: as Sender.held, for peek/release; in_place is then (peek_next, release), and the loop
+    #: releases only its last view
     held: bool = False
 
     def __post_init__(self) -> None:
@@ -319,7 +320,7 @@ class _ShmipcChannel(_SharedQueueChannel):
                 recv=q.get_bytes,
                 ends=1,
                 recv_with=self._recv_in_place_held if held else self._recv_in_place,
-                in_place=(q.peek, q.release),
+                in_place=(q.peek_next if held else q.peek, q.release),
                 held=held,
             )
         return Receiver(recv=q.get_bytes, ends=1)
@@ -624,8 +625,11 @@ TRANSPORTS: tuple[Transport, ...] = (
         key="shmipc",
         label="shmipc (zero-copy, held)",
         make=partial(_ShmipcChannel, style="zero-copy-held"),
-        serialisation="as zero-copy, each view kept in a variable until the next replaces it",
-        unavailable=_shmipc_unavailable("put_bytes", *_ZERO_COPY_METHODS),
+        serialisation=(
+            "as zero-copy, each view kept in a variable until the next replaces it; "
+            "the consumer steps with peek_next()"
+        ),
+        unavailable=_shmipc_unavailable("put_bytes", *_ZERO_COPY_METHODS, "peek_next"),
         workloads=frozenset({"64B", "1MiB", "pingpong"}),
     ),
     Transport(

@@ -288,7 +288,8 @@ def _consume_small(receiver: Receiver) -> ConsumerResult:
 
 
 def _consume_in_place(receiver: Receiver) -> ConsumerResult:
-    """Each message read where it lies: peek, note its sequence number, release."""
+    """Each message read where it lies: peek, note its sequence number, release (held: each
+    view kept until the next one replaces it, peek_next releasing the one before)."""
     assert receiver.in_place is not None
     peek, release = receiver.in_place
     seqs = array("Q")
@@ -299,9 +300,12 @@ def _consume_in_place(receiver: Receiver) -> ConsumerResult:
         view = peek()
         seq = unpack(view)[0]
         is_end = seq == END_SEQ and len(view) == stamp
-        if not held:  # else kept until the next peek replaces it (released meanwhile)
+        if held:
+            if is_end:
+                release()
+        else:
             del view  # dropped first: the queue may hand the same view out again
-        release()
+            release()
         if is_end:
             ends -= 1
             if not ends:
@@ -399,14 +403,17 @@ def ping(out: Sender, back: Receiver, rounds: int, warmup: int) -> PingResult:
     note_latency, note_seq, unpack = latencies.append, seqs.append, SEQ.unpack_from
     corrupt = 0
     for seq in range(warmup + rounds):
-        message = pack(seq)
+        # Timed: making the message, sending it, receiving the reply and reading its number,
+        # as the in-place loop below (whose fill and read cannot leave the window).
         t0 = clock()
+        message = pack(seq)
         send(message)
         reply = recv()
+        got = unpack(reply)[0]
         note_latency(clock() - t0)
         if reply != message:
             corrupt += 1
-        note_seq(unpack(reply)[0])
+        note_seq(got)
     return PingResult(latencies[warmup:], seqs, corrupt)
 
 
@@ -424,14 +431,14 @@ def _ping_in_place(out: Sender, back: Receiver, rounds: int, warmup: int) -> Pin
             view = reserve(size)
             pack_into(view, 0, seq)
             commit()
-            reply = peek()
+            reply = peek()  # peek_next: the reply before is released by this call
             got = unpack(reply)[0]
             n = len(reply)
-            release()
             note_latency(clock() - t0)
             if got != seq or n != size:
                 corrupt += 1
             note_seq(got)
+        release()
         return PingResult(latencies[warmup:], seqs, corrupt)
     for seq in range(warmup + rounds):
         t0 = clock()
@@ -468,7 +475,16 @@ def _pong_in_place(inp: Receiver, back: Sender) -> int:
     assert inp.in_place is not None and back.in_place is not None
     (peek, release), (reserve, commit) = inp.in_place, back.in_place
     end, n, stamp = END, 0, len(END)
-    held = inp.held and back.held
+    if inp.held and back.held:  # views kept until the next ones replace them; peek_next
+        while True:
+            message = peek()  # peek_next: the message before is released by this call
+            if len(message) == stamp and message == end:
+                release()
+                return n
+            reply = reserve(len(message))
+            reply[:] = message
+            commit()
+            n += 1
     while True:
         message = peek()
         if len(message) == stamp and message == end:
@@ -476,8 +492,7 @@ def _pong_in_place(inp: Receiver, back: Sender) -> int:
             return n
         reply = reserve(len(message))
         reply[:] = message
-        if not held:  # else kept until the next ones replace them (released meanwhile)
-            del message, reply  # dropped first: the queue may hand the same views out again
+        del message, reply  # dropped first: the queue may hand the same views out again
         commit()  # the reply first: the pinging side waits for it, not for the release
         release()
         n += 1
