@@ -246,6 +246,7 @@ def _run_zmq(n: int, gap: float, factory: Any) -> tuple[float, list[float]]:
     pid = _fork(producer)
     os.close(r)
     try:
+
         async def main() -> tuple[float, list[float]]:
             ctx = zmq.asyncio.Context()
             s = ctx.socket(zmq.PULL)
@@ -312,9 +313,7 @@ def run(
     rows = []
     for name, _ in runners:
         lat = sorted(lats[name])
-        rows.append(
-            Row(name, statistics.median(thr[name]), _pct(lat, 0.50), _pct(lat, 0.99))
-        )
+        rows.append(Row(name, statistics.median(thr[name]), _pct(lat, 0.50), _pct(lat, 0.99)))
     if zmq_note:
         rows.append(Row("pyzmq.asyncio", None, None, None, zmq_note))
     if progress:
