@@ -5,6 +5,8 @@
 * waits sleep: a second blocked in get()/put() costs little CPU;
 * producers SIGKILLed at random points of put / put_many / put_bytes / reserve on a bounded
   queue: nothing committed is lost or torn, and nobody is blocked by the dead;
+* consumers SIGKILLed while stepping with peek_next: the message a dead one held peeked is
+  the next one's first, and nothing is lost or read twice;
 * a process that dies between publishing (or retiring) a record and updating the message
   counts must not leave a bounded queue unusable (docs/internals/ring.md, recovery rules);
 * another process scribbling over a live queue: typed errors only.
@@ -20,6 +22,7 @@ import signal
 import struct
 import time
 import traceback
+from functools import partial
 
 import pytest
 from _procs import (
@@ -252,6 +255,73 @@ def test_sigkilled_producers_on_a_bounded_queue(procs, tmp_path):
     lost = lost_commits(committed, res["expect"])
     assert lost == [], f"committed but never received (producer, committed, received): {lost}"
     assert worst < 1.1e9
+
+
+N_PEEK_KILLS = 60
+PEEK_MESSAGES = 20_000
+
+
+def _peek_next_consumer(q: Queue, w: int, go: int, seed: int) -> None:
+    """Step through the queue with peek_next, checking each view, until killed (or the end).
+    Tells the parent the number of the first message it peeked, then holds that peek until
+    the parent says go."""
+    rng = random.Random(seed)
+    first = True
+    while True:
+        view = q.peek_next(timeout=10)
+        seq = struct.unpack_from("<Q", view)[0]
+        assert bytes(view[8:]) == bytes([seq % 251]) * 8, seq
+        if first:
+            os.write(w, struct.pack("<Q", seq))
+            assert read_exact(go, 1, 30) == b"!"
+            first = False
+        if seq == PEEK_MESSAGES - 1:
+            time.sleep(60)  # the last one stays peeked until the kill
+        if rng.random() < 0.05:
+            time.sleep(rng.uniform(0, 0.0005))  # killed holding the peek more often
+
+
+def test_consumers_sigkilled_holding_a_peek_next_lose_and_repeat_nothing(procs):
+    """Consumers in turn step through a queue with peek_next and are SIGKILLed at random
+    moments: each message released by a dead consumer is gone, the one it held peeked is the
+    next one's first, so the survivors read the rest exactly once and in order."""
+    rng = random.Random(0xBEE)
+    q = Queue(capacity=1 << 20)
+    try:
+        for seq in range(PEEK_MESSAGES):
+            q.put_bytes(struct.pack("<Q", seq) + bytes([seq % 251]) * 8, timeout=5)
+        for i in range(N_PEEK_KILLS):
+            r, w = os.pipe()
+            go_r, go_w = os.pipe()
+            seed = rng.getrandbits(32)
+            try:
+                pid = procs.fork(partial(_peek_next_consumer, q, w, go_r, seed))
+                first = read_exact(r, 8, 30)
+                assert len(first) == 8, f"consumer {i} died before its first peek"
+                # Its first peek took over the dead one's side (the counts made whole) and
+                # released nothing: what the one before held peeked (or had not reached)
+                # comes first, once.
+                released = q.statistics().messages_out
+                assert struct.unpack("<Q", first)[0] == released, (i, released)
+                os.write(go_w, b"!")
+                time.sleep(rng.uniform(0, 0.0015))
+                assert procs.kill(pid) == -signal.SIGKILL, f"consumer {i} exited by itself"
+            finally:
+                for fd in (r, w, go_r, go_w):
+                    os.close(fd)
+        consumed = q.statistics().messages_out
+        assert 0 < consumed < PEEK_MESSAGES, consumed  # the kills fell inside the stream
+        print(f"{consumed} of {PEEK_MESSAGES} consumed by the killed consumers")
+        rest = q.get_many(PEEK_MESSAGES, timeout=10)  # takes over the dead peeker's side
+        while len(rest) < PEEK_MESSAGES - consumed:
+            rest += q.get_many(PEEK_MESSAGES, timeout=10)
+        seqs = [struct.unpack_from("<Q", m)[0] for m in rest]
+        assert seqs[0] == consumed and seqs == list(range(seqs[0], PEEK_MESSAGES))
+        stats = q.statistics()
+        # Most were killed holding a peek (so holding the consumer side), not mid-call.
+        assert stats.depth == 0 and stats.consumers_recovered >= N_PEEK_KILLS // 2, stats
+    finally:
+        q.close()
 
 
 # ---- death between publishing and bookkeeping -------------------------------------------------
