@@ -111,6 +111,40 @@ def _blocks_size(classes: dict[int, int]) -> int:
     return sum(b * n + 128 * n for b, n in classes.items()) + (1 << 20)
 
 
+#: A default block pool takes at most 1/_BLOCKS_SHARE of /dev/shm's free space, and at most
+#: _BLOCKS_MAX bytes: its space is reserved when the pool is made (a segment is fallocated, so
+#: that a full /dev/shm is an error then, never a SIGBUS later), so it must leave room for the
+#: rest (Docker's default /dev/shm is 64 MiB; 64 workers' full classes would take 6 GiB).
+_BLOCKS_SHARE = 4
+_BLOCKS_MAX = 1 << 30
+
+
+def _shm_free() -> int | None:
+    """Bytes free in /dev/shm for us, or None if that cannot be read."""
+    try:
+        vfs = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return vfs.f_bavail * vfs.f_frsize
+
+
+def _default_classes(processes: int) -> dict[int, int]:
+    """_block_classes(processes) cut to the budget: the largest class's count halved (at
+    zero, the class dropped) until the pool fits. A payload above the largest class left gets
+    a segment of its own. Empty (no block pool) if not even the smallest classes fit."""
+    classes = _block_classes(processes)
+    budget = _BLOCKS_MAX
+    free = _shm_free()
+    if free is not None:  # else cannot tell: the creation itself says if space is missing
+        budget = min(budget, free // _BLOCKS_SHARE)
+    while classes and _blocks_size(classes) > budget:
+        big = max(classes)
+        classes[big] //= 2
+        if not classes[big]:
+            del classes[big]
+    return classes
+
+
 def _tune(queue: Queue) -> None:
     """A pool queue's block settings (set in every process: they do not travel with the
     handle): pickle out-of-band buffers by block, writable on receipt (docs/pool.md), and a
@@ -848,11 +882,11 @@ class Pool:
         self._threshold = zero_copy_threshold
         if zero_copy_threshold is not None and BufferPool is not None:
             if buffer_pool_size is None:
-                self._blocks = BufferPool.create(
-                    size=_blocks_size(_block_classes(processes)),
-                    classes=_block_classes(processes),
-                    liveness_interval=liveness,
-                )
+                classes = _default_classes(processes)
+                if classes:  # else too little /dev/shm: everything is pickled inline
+                    self._blocks = BufferPool.create(
+                        size=_blocks_size(classes), classes=classes, liveness_interval=liveness
+                    )
             else:
                 self._blocks = BufferPool.create(size=buffer_pool_size, liveness_interval=liveness)
         try:
