@@ -292,6 +292,7 @@ _RESULTS = _ResultCodec()
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
 _T_OBJ = 1  # the queue's record type of a codec frame (shmipc.queue.T_OBJ)
 _dumps = pickle.dumps
+_monotonic_ns = time.monotonic_ns
 _FunctionType = types.FunctionType
 
 
@@ -401,8 +402,8 @@ def _worker_main(
         seq, func, args, kwds = task
         # The slot: [2i] the task running (what the parent reads once this process is dead),
         # [2i+1] since when (CLOCK_MONOTONIC ns; stored first: a reader that sees the new
-        # number sees its time). The parent sends no more than the slow prefetch to a worker
-        # that has been running one task for _STALL_NS.
+        # number sees its time; 0 once its result is stored). The parent sends no more than
+        # the slow prefetch to a worker that has been running one task for _STALL_NS.
         slot[i2 + 1] = clock_ns()
         slot[i2] = seq
         # A result is (seq, ok, value, seconds the call took): the parent queues fast tasks
@@ -422,6 +423,10 @@ def _worker_main(
                 put(result)
             except Exception as exc:
                 put((seq, False, _mpp.MaybeEncodingError(exc, result[2]), result[3]))
+        # Its result is stored: not running it any more, whenever the parent reads the
+        # result (a parent busy submitting may read it milliseconds later; until then the
+        # task is still outstanding there, and must not look like a long one, _pick).
+        slot[i2 + 1] = 0
         task = func = args = kwds = result = None  # type: ignore[assignment]
         done += 1
 
@@ -573,29 +578,6 @@ class _Notifier:
                 self._cond.notify_all()
 
 
-class _FutureJob:
-    """A ``submit``: a job of the pool's cache that completes a concurrent.futures.Future."""
-
-    def __init__(self, pool: Pool, future: concurrent.futures.Future[Any]) -> None:
-        self._job = next(_mpp.job_counter)
-        self._cache = pool._cache
-        self.future = future
-        self._cache[self._job] = self
-
-    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
-        ok, value = obj
-        try:  # (one trip through the future's lock: it checks that it is not done)
-            if ok:
-                self.future.set_result(value)
-            else:
-                self.future.set_exception(value)
-        except concurrent.futures.InvalidStateError:
-            pass  # cancelled, or failed already
-        self._cache.pop(self._job, None)
-        if not self._cache:
-            self._cache.notifier.put(None)
-
-
 def _remaining(deadline: float | None, cap: float) -> float:
     if deadline is None:
         return cap
@@ -713,6 +695,8 @@ class _MapResult(_Driven, _mpp.MapResult):
 
 
 _PENDING, _RUNNING, _FINISHED = "PENDING", "RUNNING", "FINISHED"
+_OPEN_STATES = frozenset((_PENDING, _RUNNING))
+_job_counter = _mpp.job_counter
 _CANCELLED_STATES = frozenset(("CANCELLED", "CANCELLED_AND_NOTIFIED"))
 
 
@@ -725,7 +709,10 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
     parent. Until it exists, the pool's own transitions (start, result, exception) run under
     the module's ``_FLAG_LOCK``; it is made under that lock too, so a transition either
     finished before it existed or runs under it, and whatever needs it (a waiter, a done
-    callback, cancel, concurrent.futures.wait) makes it first."""
+    callback, cancel, concurrent.futures.wait) makes it first.
+
+    It is also its own job in the pool's cache (``_job``, ``_set``): a ``submit`` makes one
+    object, not a future and a job beside it."""
 
     def __init__(self, pool: Pool) -> None:
         # Future.__init__, less the Condition (the _condition property)
@@ -736,6 +723,32 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
         self._waiters: list[Any] = []
         self._done_callbacks: list[Any] = []
         self._driver: Pool | None = pool
+        self._job = next(_job_counter)  # its key in the cache (the caller enters it)
+        self._cache = pool._cache
+
+    def _set(self, i: int, obj: tuple[bool, Any]) -> None:
+        """The job's completion (the cache's interface): the result or the exception."""
+        ok, value = obj
+        with _FLAG_LOCK:  # set_result/set_exception inline, while nobody waits (see above)
+            settled = self._cond is None and self._state in _OPEN_STATES
+            if settled:
+                if ok:
+                    self._result = value
+                else:
+                    self._exception = value
+                self._state = _FINISHED
+        if not settled:
+            try:  # (one trip through the future's lock: it checks that it is not done)
+                if ok:
+                    self.set_result(value)
+                else:
+                    self.set_exception(value)
+            except concurrent.futures.InvalidStateError:
+                pass  # cancelled, or failed already
+        cache = self._cache
+        cache.pop(self._job, None)
+        if not cache:
+            cache.notifier.put(None)
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
@@ -1078,7 +1091,7 @@ class Pool:
                     running, since = self._slot_view[2 * w.index], self._slot_view[2 * w.index + 1]
                 except (ValueError, IndexError):  # released: the pool is stopping
                     running = since = 0
-                if now - since >= _STALL_NS and running in w.tasks:
+                if since and now - since >= _STALL_NS and running in w.tasks:
                     limit = 0
             if not limit:
                 limit = self._prefetch
@@ -1102,8 +1115,8 @@ class Pool:
             if job is None:
                 pending.popleft()
                 continue
-            if isinstance(job, _FutureJob) and not task[5]:
-                if not job.future.set_running_or_notify_cancel():
+            if not task[5] and isinstance(job, _PoolFuture):
+                if not job.set_running_or_notify_cancel():
                     pending.popleft()
                     self._cache.pop(task[0], None)
                     if not self._cache:
@@ -1386,11 +1399,44 @@ class Pool:
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` in a worker; a concurrent.futures.Future."""
-        if self._state != RUN:
-            raise ValueError("Pool not running")
+        return self._submit_future(fn, args, kwargs, None)
+
+    def _submit_future(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], owner: Any
+    ) -> _PoolFuture:
+        """A ``submit``: when nothing waits in line and a worker has room, its frame goes
+        straight to that worker's queue (the future starts running: a worker has it), else
+        through the line (_pump). ``owner``: an Executor, whose shutdown is checked under
+        the lock (submit after shutdown raises RuntimeError, as ProcessPoolExecutor's)."""
         future = _PoolFuture(self)
-        job = _FutureJob(self, future)
-        self._submit_one([job._job, 0, fn, args, kwargs, False])
+        job = future._job
+        task = [job, 0, fn, args, kwargs, False]
+        with self._lock:
+            if owner is not None and owner._shut:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._state != RUN:
+                raise ValueError("Pool not running")
+            if not self._pending:
+                w = self._pick(_monotonic_ns())
+                if w is not None:
+                    seq = next(self._seq)
+                    frame = _task_frame(seq, fn, args, kwargs)
+                    # Nobody else has the future yet (it enters the cache below): it starts
+                    # without the lock its transitions take once it is shared.
+                    if frame is not None and w.queue._fput(frame, _T_OBJ, 0) == _OK:
+                        future._state = _RUNNING
+                        task[5] = True
+                        self._cache[job] = future
+                        w.tasks[seq] = task
+                        w.budget -= 1
+                        self._inflight[seq] = w
+                        return future
+            self._cache[job] = future
+            failed: list[tuple[Any, int, tuple[bool, Any]]] = []
+            self._pending.append(task)
+            self._pump(failed)
+        if failed:
+            self._complete(failed)
         return future
 
     def map(
@@ -1561,13 +1607,13 @@ class Pool:
             self._inflight.clear()
         for task in leftover:
             job = self._cache.get(task[0])
-            if isinstance(job, _FutureJob) and not job.future.done():
+            if isinstance(job, _PoolFuture) and not job.done():
                 job._set(
                     0, (False, BrokenWorker("the pool was terminated before this task finished"))
                 )
         for job in list(self._cache.values()):
-            if isinstance(job, _FutureJob):
-                if not job.future.cancel() and not job.future.done():
+            if isinstance(job, _PoolFuture):
+                if not job.cancel() and not job.done():
                     # sent to a worker once (running), then back in line when it died
                     job._set(
                         0,
@@ -1582,7 +1628,7 @@ class Pool:
             keep: collections.deque[list[Any]] = collections.deque()
             for task in self._pending:
                 job = self._cache.get(task[0])
-                if isinstance(job, _FutureJob) and not task[5] and job.future.cancel():
+                if isinstance(job, _PoolFuture) and not task[5] and job.cancel():
                     self._cache.pop(task[0], None)
                     continue
                 keep.append(task)
@@ -1689,8 +1735,7 @@ class Executor(concurrent.futures.Executor):
     ) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
-        self._shutdown_lock = threading.Lock()
-        self._shut = False
+        self._shut = False  # set under the pool's lock, read by submit under it
         self._pool = Pool(
             max_workers,
             initializer,
@@ -1708,10 +1753,7 @@ class Executor(concurrent.futures.Executor):
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
-        with self._shutdown_lock:
-            if self._shut:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            return self._pool.submit(fn, *args, **kwargs)
+        return self._pool._submit_future(fn, args, kwargs, self)
 
     def map(
         self,
@@ -1733,9 +1775,9 @@ class Executor(concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more submissions; ``cancel_futures`` cancels those not started; ``wait`` waits
         for the running ones and the workers' exit."""
-        with self._shutdown_lock:
-            self._shut = True
         pool = self._pool
+        with pool._lock:
+            self._shut = True
         if cancel_futures:
             pool._cancel_pending()
         if pool._state == RUN:
