@@ -293,6 +293,7 @@ _PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
 _T_OBJ = 1  # the queue's record type of a codec frame (shmipc.queue.T_OBJ)
 _dumps = pickle.dumps
 _monotonic_ns = time.monotonic_ns
+_dict_set = dict.__setitem__  # the pool's cache (a dict subclass) without its Python slot
 _FunctionType = types.FunctionType
 
 
@@ -340,19 +341,28 @@ def _task_frame(seq: int, func: Any, args: tuple[Any, ...], kwds: dict[str, Any]
         for v in kwds.values():
             if type(v) not in _PLAIN:
                 return None
-    ops = _func_ops(func) if seq < 0x7FFFFFFF else None
-    try:
-        if ops is None:
+    ops = _FUNC_OPS.get(func)
+    if ops is None:
+        ops = _func_ops(func)
+    if ops is None or seq >= 0x7FFFFFFF:
+        try:
             return _dumps((seq, func, args, kwds), 5)
+        except Exception:
+            return None  # the queue's put raises the codec's error
+    if kwds:
         rest = _dumps((args, kwds), 5)
-    except Exception:
-        return None  # the queue's put raises the codec's error
-    # One frame (or none) and the pair's TUPLE2 MEMOIZE STOP at the end, as pickle writes a
-    # small pair; a large one (several frames) is pickled whole instead.
-    if len(rest) > 60000 or rest[-3:] != b"\x86\x94.":
+        # One frame (or none) and the pair's TUPLE2 MEMOIZE STOP at the end, as pickle
+        # writes a small pair; a large one (several frames) is pickled whole instead.
+        if len(rest) > 60000 or rest[-3:] != b"\x86\x94.":
+            return _dumps((seq, func, args, kwds), 5)
+        body = rest[11:-3] if rest[2] == 0x95 else rest[2:-3]
+        return b"".join((b"\x80\x05(J", seq.to_bytes(4, "little"), ops, body, b"t."))
+    # No keywords (the common call): the arguments' tuple, then an empty dict (no memo).
+    rest = _dumps(args, 5)
+    if len(rest) > 60000:
         return _dumps((seq, func, args, kwds), 5)
-    body = rest[11:-3] if rest[2] == 0x95 else rest[2:-3]
-    return b"".join((b"\x80\x05(J", seq.to_bytes(4, "little"), ops, body, b"t."))
+    body = rest[11:-1] if rest[2] == 0x95 else rest[2:-1]  # less PROTO, FRAME and STOP
+    return b"".join((b"\x80\x05(J", seq.to_bytes(4, "little"), ops, body, b"}t."))
 
 
 def _put_frame(queue: Queue, frame: bytes, deadline: int) -> None:
@@ -544,12 +554,13 @@ def lost_tasks(held: dict[int, _T], running: int) -> tuple[_T | None, list[_T]]:
 class _Worker:
     """One worker process and what the parent has sent it."""
 
-    __slots__ = ("budget", "dead", "index", "limit", "process", "queue", "svc", "tasks")
+    __slots__ = ("budget", "dead", "index", "limit", "process", "put", "queue", "svc", "tasks")
 
     def __init__(self, index: int, process: Any, queue: Queue, budget: float) -> None:
         self.index = index
         self.process = process
         self.queue = queue
+        self.put = queue._fput  # a ready frame into its queue: one native call (_put_frame)
         self.budget = budget  # tasks it may still be sent (maxtasksperchild)
         self.dead = False
         self.tasks: dict[int, list[Any]] = {}  # seq -> [job, i, func, args, kwds], in order
@@ -711,17 +722,21 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
     finished before it existed or runs under it, and whatever needs it (a waiter, a done
     callback, cancel, concurrent.futures.wait) makes it first.
 
-    It is also its own job in the pool's cache (``_job``, ``_set``): a ``submit`` makes one
-    object, not a future and a job beside it."""
+    The waiter and callback lists are made with the Condition too (everything that uses them
+    holds it): a future costs one tracked object, not three, which also spaces out the
+    collector's passes. It is also its own job in the pool's cache (``_job``, ``_set``): a
+    ``submit`` makes one object, not a future and a job beside it."""
+
+    # Until the Condition is made: nothing waits and no callback (read-only stand-ins)
+    _waiters: Any = ()
+    _done_callbacks: Any = ()
 
     def __init__(self, pool: Pool) -> None:
-        # Future.__init__, less the Condition (the _condition property)
+        # Future.__init__, less the Condition and its lists (the _condition property)
         self._cond: threading.Condition | None = None
         self._state = _PENDING
         self._result = None
         self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
         self._driver: Pool | None = pool
         self._job = next(_job_counter)  # its key in the cache (the caller enters it)
         self._cache = pool._cache
@@ -729,14 +744,16 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
     def _set(self, i: int, obj: tuple[bool, Any]) -> None:
         """The job's completion (the cache's interface): the result or the exception."""
         ok, value = obj
-        with _FLAG_LOCK:  # set_result/set_exception inline, while nobody waits (see above)
-            settled = self._cond is None and self._state in _OPEN_STATES
-            if settled:
-                if ok:
-                    self._result = value
-                else:
-                    self._exception = value
-                self._state = _FINISHED
+        lock = _FLAG_LOCK
+        lock.acquire()  # set_result/set_exception inline, while nobody waits (see above)
+        settled = self._cond is None and self._state in _OPEN_STATES
+        if settled:
+            if ok:
+                self._result = value
+            else:
+                self._exception = value
+            self._state = _FINISHED
+        lock.release()
         if not settled:
             try:  # (one trip through the future's lock: it checks that it is not done)
                 if ok:
@@ -757,6 +774,8 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
             with _FLAG_LOCK:
                 cond = self._cond
                 if cond is None:
+                    self._waiters = []
+                    self._done_callbacks = []
                     cond = self._cond = threading.Condition()
         return cond
 
@@ -1202,18 +1221,16 @@ class Pool:
         done: list[tuple[Any, int, tuple[bool, Any]]] = []
         go_on = True
         with self._lock:
+            took = self._inflight.pop
             for msg in batch:
                 if msg is None:
                     go_on = False
                     continue
                 seq = msg[0]
-                if seq == _NUDGE:
-                    continue
-                if seq == _MARKER:
-                    self._worker_lost(msg, done)
-                    continue
-                w = self._inflight.pop(seq, None)
-                if w is None:
+                w = took(seq, None)
+                if w is None:  # a marker, a nudge (negative numbers), or a task settled
+                    if seq == _MARKER:
+                        self._worker_lost(msg, done)
                     continue
                 task = w.tasks.pop(seq)
                 done.append((task[0], task[1], (msg[1], msg[2])))
@@ -1410,8 +1427,9 @@ class Pool:
         the lock (submit after shutdown raises RuntimeError, as ProcessPoolExecutor's)."""
         future = _PoolFuture(self)
         job = future._job
-        task = [job, 0, fn, args, kwargs, False]
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if owner is not None and owner._shut:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._state != RUN:
@@ -1423,18 +1441,19 @@ class Pool:
                     frame = _task_frame(seq, fn, args, kwargs)
                     # Nobody else has the future yet (it enters the cache below): it starts
                     # without the lock its transitions take once it is shared.
-                    if frame is not None and w.queue._fput(frame, _T_OBJ, 0) == _OK:
+                    if frame is not None and w.put(frame, _T_OBJ, 0) == _OK:
                         future._state = _RUNNING
-                        task[5] = True
-                        self._cache[job] = future
-                        w.tasks[seq] = task
+                        _dict_set(self._cache, job, future)
+                        w.tasks[seq] = [job, 0, fn, args, kwargs, True]
                         w.budget -= 1
                         self._inflight[seq] = w
                         return future
-            self._cache[job] = future
+            _dict_set(self._cache, job, future)
             failed: list[tuple[Any, int, tuple[bool, Any]]] = []
-            self._pending.append(task)
+            self._pending.append([job, 0, fn, args, kwargs, False])
             self._pump(failed)
+        finally:
+            lock.release()
         if failed:
             self._complete(failed)
         return future
