@@ -62,7 +62,7 @@ from typing import Any, TypeVar
 from . import _proc
 from .codec import PickleCodec
 from .errors import Closed, CorruptedError, ShmipcError
-from .queue import _OK, Queue
+from .queue import _OK, T_BYTES, Queue
 from .region import SHM_DIR, Region, _unlink_if_ours
 
 try:  # the block pool (numpy arrays and large buffers travel in its blocks)
@@ -287,12 +287,15 @@ _TASKS = _TaskCodec()
 _RESULTS = _ResultCodec()
 
 # Values that pickle without out-of-band buffers whatever their size, so that a frame made of
-# them is the frame the queue's block hook would make: it can skip the hook (and its per-call
-# bookkeeping) and go straight to the ring (_put_frame).
+# them needs neither the queue's codec nor its block hook: it goes straight to the ring as a
+# raw record (_put_frame), and the receiver unpickles it itself (_worker_main, _receive),
+# without the hook's per-record decode.
 _PLAIN = frozenset((int, float, str, bytes, bool, type(None), complex))
-_T_OBJ = 1  # the queue's record type of a codec frame (shmipc.queue.T_OBJ)
+_T_RAW = T_BYTES  # the record type of such a frame: the queue's get returns it as bytes
 _dumps = pickle.dumps
+_loads = pickle.loads
 _monotonic_ns = time.monotonic_ns
+_new_object = object.__new__
 _dict_set = dict.__setitem__  # the pool's cache (a dict subclass) without its Python slot
 _FunctionType = types.FunctionType
 
@@ -366,10 +369,12 @@ def _task_frame(seq: int, func: Any, args: tuple[Any, ...], kwds: dict[str, Any]
 
 
 def _put_frame(queue: Queue, frame: bytes, deadline: int) -> None:
-    """Store a ready frame (one native call; the queue's own slow path for the rest)."""
-    rc = queue._fput(frame, _T_OBJ, deadline)
+    """Store a ready frame of plain values as a raw record (one native call; the queue's own
+    slow path for the rest: a frame too large for the ring is spilled, and comes out as
+    bytes all the same)."""
+    rc = queue._fput(frame, _T_RAW, deadline)
     if rc != _OK:
-        queue._put_slow(rc, frame, _T_OBJ, deadline)
+        queue._put_slow(rc, frame, _T_RAW, deadline)
 
 
 # ---- the worker process -------------------------------------------------------------------
@@ -400,6 +405,8 @@ def _worker_main(
     if initializer is not None:
         initializer(*initargs)
     get, put = tasks.get, results.put
+    fput, put_slow = results._fput, results._put_slow
+    loads, decode_task = pickle.loads, _TASKS.decode
     reraise = _mpp._helper_reraises_exception
     plain = _PLAIN
     clock, clock_ns = time.perf_counter, time.monotonic_ns
@@ -407,7 +414,12 @@ def _worker_main(
     done = 0
     while maxtasks is None or done < maxtasks:
         task = get()
-        if task is None:
+        if type(task) is bytes:  # a frame of plain values (_put_frame)
+            try:
+                task = loads(task)
+            except Exception:
+                task = decode_task(task)  # a task that raises why (or CorruptedError)
+        elif task is None:
             break
         seq, func, args, kwds = task
         # The slot: [2i] the task running (what the parent reads once this process is dead),
@@ -427,7 +439,10 @@ def _worker_main(
                 exc = _mpp.ExceptionWithTraceback(exc, exc.__traceback__)
             result = (seq, False, exc, clock() - start)
         if type(result[2]) in plain:  # the common small result: straight to the ring
-            _put_frame(results, _dumps(result, 5), -1)
+            frame = _dumps(result, 5)
+            rc = fput(frame, _T_RAW, -1)
+            if rc != _OK:
+                put_slow(rc, frame, _T_RAW, -1)
         else:
             try:
                 put(result)
@@ -437,7 +452,7 @@ def _worker_main(
         # result (a parent busy submitting may read it milliseconds later; until then the
         # task is still outstanding there, and must not look like a long one, _pick).
         slot[i2 + 1] = 0
-        task = func = args = kwds = result = None  # type: ignore[assignment]
+        task = func = args = kwds = result = frame = None  # type: ignore[assignment]
         done += 1
 
 
@@ -732,7 +747,8 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
     _done_callbacks: Any = ()
 
     def __init__(self, pool: Pool) -> None:
-        # Future.__init__, less the Condition and its lists (the _condition property)
+        # Future.__init__, less the Condition and its lists (the _condition property).
+        # (Pool._submit_future makes them without this call: keep the two in step.)
         self._cond: threading.Condition | None = None
         self._state = _PENDING
         self._result = None
@@ -754,6 +770,7 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
                 self._exception = value
             self._state = _FINISHED
         lock.release()
+        self._driver = None  # nothing left to read for it (and the pool may go)
         if not settled:
             try:  # (one trip through the future's lock: it checks that it is not done)
                 if ok:
@@ -835,9 +852,11 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
         return self._state in _FINISHED_STATES
 
     def result(self, timeout: float | None = None) -> Any:
-        timeout = self._drive(timeout)
         if self._state == _FINISHED and self._exception is None:
             return self._result  # (set before the state, under a lock)
+        timeout = self._drive(timeout)
+        if self._state == _FINISHED and self._exception is None:
+            return self._result
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -1092,30 +1111,37 @@ class Pool:
 
     # ---- dispatch -----------------------------------------------------------------------
 
-    def _pick(self, now: int) -> _Worker | None:
+    def _pick(self) -> _Worker | None:
         """The live worker with the fewest tasks that has room for one more (lock held)."""
         best = None
         least = 0
+        prefetch = self._prefetch
         for w in self._workers:
+            n = len(w.tasks)
+            if best is not None and n >= least:
+                continue
             if w.dead or w.budget <= 0:
                 continue
-            n = len(w.tasks)
             if not n:
                 return w
-            # Fast tasks (w.limit, see _receive) unless it has been running one of ours for
-            # _STALL_NS: a long one (or it has no CPU). Its slot says which and since when.
-            limit = w.limit
-            if limit:
+            if n >= prefetch:
+                # Fast tasks may wait beyond the prefetch (w.limit, see _receive) unless it
+                # has been running one of ours for _STALL_NS: a long one (or it has no CPU).
+                # Its slot says since when (0: idle, its last result stored) and which.
+                if n >= w.limit:
+                    continue
+                i = 2 * w.index
                 try:
-                    running, since = self._slot_view[2 * w.index], self._slot_view[2 * w.index + 1]
+                    since = self._slot_view[i + 1]
+                    if (
+                        since
+                        and _monotonic_ns() - since >= _STALL_NS
+                        and self._slot_view[i] in w.tasks
+                    ):
+                        continue
                 except (ValueError, IndexError):  # released: the pool is stopping
-                    running = since = 0
-                if since and now - since >= _STALL_NS and running in w.tasks:
-                    limit = 0
-            if not limit:
-                limit = self._prefetch
-            if n < limit and (best is None or n < least):
-                best, least = w, n
+                    pass
+            best, least = w, n
         return best
 
     def _pump(self, failed: list[tuple[Any, int, tuple[bool, Any]]]) -> None:
@@ -1124,9 +1150,8 @@ class Pool:
         pending = self._pending
         if not pending:
             return
-        now = time.monotonic_ns()
         while pending:
-            w = self._pick(now)
+            w = self._pick()
             if w is None:
                 return
             task = pending[0]
@@ -1223,7 +1248,20 @@ class Pool:
         with self._lock:
             took = self._inflight.pop
             for msg in batch:
-                if msg is None:
+                if type(msg) is bytes:  # a result of plain values (_put_frame)
+                    try:
+                        msg = _loads(msg)
+                    except Exception:
+                        try:  # it fails its task with why, if its number can be read
+                            msg = _RESULTS.decode(msg)
+                        except Exception as exc:
+                            warnings.warn(
+                                f"shmipc.Pool dropped a result: {exc!r}",
+                                RuntimeWarning,
+                                stacklevel=1,
+                            )
+                            continue
+                elif msg is None:
                     go_on = False
                     continue
                 seq = msg[0]
@@ -1425,8 +1463,14 @@ class Pool:
         straight to that worker's queue (the future starts running: a worker has it), else
         through the line (_pump). ``owner``: an Executor, whose shutdown is checked under
         the lock (submit after shutdown raises RuntimeError, as ProcessPoolExecutor's)."""
-        future = _PoolFuture(self)
-        job = future._job
+        # _PoolFuture(self), less the call of its __init__ (a tenth of the call's cost here)
+        future = _new_object(_PoolFuture)
+        future._cond = None
+        future._state = _PENDING
+        future._result = future._exception = None
+        future._driver = self
+        future._job = job = next(_job_counter)
+        future._cache = self._cache
         lock = self._lock
         lock.acquire()
         try:
@@ -1435,13 +1479,13 @@ class Pool:
             if self._state != RUN:
                 raise ValueError("Pool not running")
             if not self._pending:
-                w = self._pick(_monotonic_ns())
+                w = self._pick()
                 if w is not None:
                     seq = next(self._seq)
                     frame = _task_frame(seq, fn, args, kwargs)
                     # Nobody else has the future yet (it enters the cache below): it starts
                     # without the lock its transitions take once it is shared.
-                    if frame is not None and w.put(frame, _T_OBJ, 0) == _OK:
+                    if frame is not None and w.put(frame, _T_RAW, 0) == _OK:
                         future._state = _RUNNING
                         _dict_set(self._cache, job, future)
                         w.tasks[seq] = [job, 0, fn, args, kwargs, True]
