@@ -296,7 +296,8 @@ _dumps = pickle.dumps
 _loads = pickle.loads
 _monotonic_ns = time.monotonic_ns
 _new_object = object.__new__
-_dict_set = dict.__setitem__  # the pool's cache (a dict subclass) without its Python slot
+_dict_set = dict.__setitem__
+_dict_pop = dict.pop  # the pool's cache (a dict subclass) without its Python slot
 _FunctionType = types.FunctionType
 
 
@@ -745,14 +746,15 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
     # Until the Condition is made: nothing waits and no callback (read-only stand-ins)
     _waiters: Any = ()
     _done_callbacks: Any = ()
+    # Defaults a new future reads here until they are set (fewer stores per submit)
+    _cond: threading.Condition | None = None
+    _result: Any = None
+    _exception: BaseException | None = None
 
     def __init__(self, pool: Pool) -> None:
         # Future.__init__, less the Condition and its lists (the _condition property).
         # (Pool._submit_future makes them without this call: keep the two in step.)
-        self._cond: threading.Condition | None = None
         self._state = _PENDING
-        self._result = None
-        self._exception: BaseException | None = None
         self._driver: Pool | None = pool
         self._job = next(_job_counter)  # its key in the cache (the caller enters it)
         self._cache = pool._cache
@@ -1196,10 +1198,32 @@ class Pool:
                 self._cond.notify_all()  # the task thread waits for room (_handle_tasks)
 
     def _complete(self, done: list[tuple[Any, int, tuple[bool, Any]]]) -> None:
+        cache = self._cache
+        get = cache.get
+        lock = _FLAG_LOCK
+        settled = False
         for job_id, i, obj in done:
-            job = self._cache.get(job_id)
-            if job is not None:
-                job._set(i, obj)
+            job = get(job_id)
+            if job is None:
+                continue
+            if type(job) is _PoolFuture and job._cond is None:
+                # _PoolFuture._set inline while nobody waits on it (the common future)
+                lock.acquire()
+                if job._cond is None and job._state in _OPEN_STATES:
+                    if obj[0]:
+                        job._result = obj[1]
+                    else:
+                        job._exception = obj[1]
+                    job._state = _FINISHED
+                    lock.release()
+                    job._driver = None
+                    _dict_pop(cache, job_id, None)
+                    settled = True
+                    continue
+                lock.release()
+            job._set(i, obj)
+        if settled and not cache:
+            cache.notifier.put(None)
 
     def _submit_tasks(self, tasks: Iterable[list[Any]]) -> None:
         failed: list[tuple[Any, int, tuple[bool, Any]]] = []
@@ -1464,10 +1488,8 @@ class Pool:
         through the line (_pump). ``owner``: an Executor, whose shutdown is checked under
         the lock (submit after shutdown raises RuntimeError, as ProcessPoolExecutor's)."""
         # _PoolFuture(self), less the call of its __init__ (a tenth of the call's cost here)
-        future = _new_object(_PoolFuture)
-        future._cond = None
+        future = _new_object(_PoolFuture)  # (_cond, _result, _exception: the class's None)
         future._state = _PENDING
-        future._result = future._exception = None
         future._driver = self
         future._job = job = next(_job_counter)
         future._cache = self._cache
