@@ -295,3 +295,110 @@ def test_future_states_without_a_condition() -> None:
         if last.cancel():  # not sent yet: cancelled as the stdlib's would be
             assert last.cancelled() and last.done() and not last.running()
         assert blocker.result(60) == 0.3
+
+
+def test_direct_submits_start_running_and_queued_ones_stay_cancellable() -> None:
+    """A submit whose frame went straight to a worker's queue is running (as
+    ProcessPoolExecutor's once a worker has it: cancel() is False); past the executor's
+    prefetch, behind a long task, submits wait in line and cancel as the stdlib's do."""
+    with Executor(1, mp_context=FORK) as ex:
+        blocker = ex.submit(slow, 0.5)
+        deadline = time.monotonic() + 60
+        while not blocker.running():
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        queued = [ex.submit(square, i) for i in range(30)]
+        sent = [f for f in queued if f.running()]
+        waiting = [f for f in queued if not f.running()]
+        assert len(sent) <= ex._pool._prefetch  # behind a long task: the slow prefetch
+        assert waiting and all(f.cancel() for f in waiting)
+        assert all(f.cancelled() and f.done() for f in waiting)
+        assert not any(f.cancel() for f in sent)
+        assert blocker.result(60) == 0.5
+        assert [f.result(60) for f in sent] == [queued.index(f) ** 2 for f in sent]
+
+
+def test_submit_racing_shutdown_raises_or_completes() -> None:
+    """Submits from several threads while another shuts the executor down (cancelling
+    what waits): each submit raises RuntimeError or returns a future that completes or is
+    cancelled; none hangs, and nothing submitted after the shutdown runs."""
+    ex = Executor(2, mp_context=FORK)
+    got: list[concurrent.futures.Future[int]] = []
+    refused = []
+    lock = threading.Lock()
+    start = threading.Barrier(5)
+
+    def submitter() -> None:
+        start.wait(60)
+        for i in range(2000):
+            try:
+                f = ex.submit(square, i)
+            except RuntimeError:
+                with lock:
+                    refused.append(i)
+                return
+            with lock:
+                got.append(f)
+
+    threads = [threading.Thread(target=submitter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    start.wait(60)
+    time.sleep(0.01)
+    ex.shutdown(wait=True, cancel_futures=True)
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    for f in got:
+        assert f.done()
+        if not f.cancelled():
+            f.result(0)
+    with pytest.raises(RuntimeError):
+        ex.submit(square, 1)
+
+
+def test_an_idle_worker_with_an_unread_result_is_not_stalled() -> None:
+    """A worker that has stored its last result marks its slot idle: while the parent has
+    not read that result (busy submitting), the worker still gets fast tasks beyond the
+    prefetch instead of being taken for one running a long task."""
+    from shmipc.pool import _STALL_NS
+
+    with Executor(1, mp_context=FORK) as ex:
+        pool = ex._pool
+        assert [f.result(60) for f in [ex.submit(square, i) for i in range(500)]] == [
+            i * i for i in range(500)
+        ]
+        w = pool._workers[0]
+        assert w.limit > pool._prefetch  # fast tasks
+        assert pool._rx.acquire(timeout=60)  # nobody reads results for now
+        try:
+            first = [ex.submit(square, i) for i in range(pool._prefetch)]
+            deadline = time.monotonic() + 60
+            while pool._slot_view[1] != 0 or pool._slot_view[0] not in w.tasks:
+                assert time.monotonic() < deadline, "the worker never finished"
+                time.sleep(0.001)
+            time.sleep(3 * _STALL_NS / 1e9)  # its (unread) last task looks long ago
+            more = [ex.submit(square, i) for i in range(20)]
+            assert all(f.running() for f in more)  # sent at once: not held in line
+        finally:
+            pool._rx.release()
+        assert [f.result(60) for f in first + more] == [
+            i * i for i in [*range(pool._prefetch), *range(20)]
+        ]
+
+
+def test_a_corrupt_raw_result_is_dropped_with_a_warning() -> None:
+    """A raw result record that does not unpickle (shared memory is untrusted) is dropped
+    with a RuntimeWarning; the pool goes on."""
+    import warnings
+
+    with Executor(1, mp_context=FORK) as ex:
+        assert ex.submit(square, 3).result(60) == 9
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            ex._pool._results.put_bytes(b"\x80\x05not a pickle")
+            assert ex.submit(square, 4).result(60) == 16
+        assert any("dropped a result" in str(w.message) for w in seen)
+        assert [f.result(60) for f in [ex.submit(square, i) for i in range(100)]] == [
+            i * i for i in range(100)
+        ]
