@@ -570,7 +570,18 @@ def lost_tasks(held: dict[int, _T], running: int) -> tuple[_T | None, list[_T]]:
 class _Worker:
     """One worker process and what the parent has sent it."""
 
-    __slots__ = ("budget", "dead", "index", "limit", "process", "put", "queue", "svc", "tasks")
+    __slots__ = (
+        "budget",
+        "dead",
+        "index",
+        "limit",
+        "ok_until",
+        "process",
+        "put",
+        "queue",
+        "svc",
+        "tasks",
+    )
 
     def __init__(self, index: int, process: Any, queue: Queue, budget: float) -> None:
         self.index = index
@@ -582,6 +593,7 @@ class _Worker:
         self.tasks: dict[int, list[Any]] = {}  # seq -> [job, i, func, args, kwds], in order
         self.svc = 1.0  # seconds its tasks run (moving average; long until measured)
         self.limit = 0  # tasks it may have queued while they are fast (0: the prefetch)
+        self.ok_until = 0  # (monotonic ns) not running one task for _STALL_NS before this
 
 
 class _Notifier:
@@ -1116,7 +1128,7 @@ class Pool:
     def _pick(self) -> _Worker | None:
         """The live worker with the fewest tasks that has room for one more (lock held)."""
         best = None
-        least = 0
+        least = now = 0
         prefetch = self._prefetch
         for w in self._workers:
             n = len(w.tasks)
@@ -1129,20 +1141,25 @@ class Pool:
             if n >= prefetch:
                 # Fast tasks may wait beyond the prefetch (w.limit, see _receive) unless it
                 # has been running one of ours for _STALL_NS: a long one (or it has no CPU).
-                # Its slot says since when (0: idle, its last result stored) and which.
+                # Its slot says since when (0: idle, its last result stored) and which. No
+                # task it starts at or after `since` (or after an idle reading) can have run
+                # that long before since + _STALL_NS: until then it is not read again.
                 if n >= w.limit:
                     continue
-                i = 2 * w.index
-                try:
-                    since = self._slot_view[i + 1]
-                    if (
-                        since
-                        and _monotonic_ns() - since >= _STALL_NS
-                        and self._slot_view[i] in w.tasks
-                    ):
-                        continue
-                except (ValueError, IndexError):  # released: the pool is stopping
-                    pass
+                if now == 0:
+                    now = _monotonic_ns()
+                if now >= w.ok_until:
+                    i = 2 * w.index
+                    try:
+                        since = self._slot_view[i + 1]
+                        if not since:
+                            w.ok_until = now + _STALL_NS
+                        elif now - since < _STALL_NS:
+                            w.ok_until = since + _STALL_NS
+                        elif self._slot_view[i] in w.tasks:
+                            continue
+                    except (ValueError, IndexError):  # released: the pool is stopping
+                        pass
             best, least = w, n
         return best
 
