@@ -88,6 +88,7 @@ _FAST_TASK = 100e-6
 _STALL_NS = 2_000_000  # a worker running one task this long (ns) may be running a long one
 _QUEUED_WORK = 0.005  # seconds of fast tasks a worker may have queued (at least _PREFETCH_FAST)
 _PREFETCH_MAX = 1024
+_MAX_FUNCS = 1024  # module-level functions a pool sends by number (Pool._define)
 _TASK_CAPACITY = 1 << 20
 _RESULT_CAPACITY = 1 << 22
 _MARKER = -1  # first field of a "worker lost" message in the result queue
@@ -206,7 +207,7 @@ def _leading_seq(data: Any) -> int | None:
     return None
 
 
-def _undecodable_task(message: str) -> None:
+def _undecodable_task(message: str, *args: Any, **kwargs: Any) -> None:
     raise RuntimeError(message)
 
 
@@ -412,6 +413,7 @@ def _worker_main(
     plain = _PLAIN
     clock, clock_ns = time.perf_counter, time.monotonic_ns
     i2 = 2 * index
+    funcs: dict[int, Any] = {}  # the functions the parent sends by number
     done = 0
     while maxtasks is None or done < maxtasks:
         task = get()
@@ -423,6 +425,11 @@ def _worker_main(
         elif task is None:
             break
         seq, func, args, kwds = task
+        if type(func) is int:  # a function by its number (Pool._frame)
+            func = funcs[func]
+        elif seq < 0:  # the definition of a function's number (Pool._define)
+            funcs[-1 - seq] = functools.partial(func, *args) if args else func
+            continue
         # The slot: [2i] the task running (what the parent reads once this process is dead),
         # [2i+1] since when (CLOCK_MONOTONIC ns; stored first: a reader that sees the new
         # number sees its time; 0 once its result is stored). The parent sends no more than
@@ -573,6 +580,7 @@ class _Worker:
     __slots__ = (
         "budget",
         "dead",
+        "fids",
         "index",
         "limit",
         "ok_until",
@@ -594,6 +602,7 @@ class _Worker:
         self.svc = 1.0  # seconds its tasks run (moving average; long until measured)
         self.limit = 0  # tasks it may have queued while they are fast (0: the prefetch)
         self.ok_until = 0  # (monotonic ns) not running one task for _STALL_NS before this
+        self.fids: set[int] = set()  # the function numbers it has been sent (Pool._define)
 
 
 class _Notifier:
@@ -939,6 +948,7 @@ class Pool:
         self._inflight: dict[int, _Worker] = {}
         self._seq = itertools.count(1)
         self._feeding = 0  # imap generators the task thread is still reading
+        self._fids: dict[Any, int] = {}  # module-level function -> its number (_define)
         self._taskqueue: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
         self._parent = _proc.self_identity()
         self._wake_r, self._wake_w = os.pipe()
@@ -1189,7 +1199,7 @@ class Pool:
             seq = next(self._seq)
             msg = (seq, task[2], task[3], task[4])
             try:
-                frame = _task_frame(seq, task[2], task[3], task[4])
+                frame = self._frame(w, seq, task[2], task[3], task[4])
                 if frame is not None:
                     _put_frame(w.queue, frame, 0)
                 else:
@@ -1213,6 +1223,53 @@ class Pool:
             self._inflight[seq] = w
             if self._feeding and len(pending) == self._feed_low:
                 self._cond.notify_all()  # the task thread waits for room (_handle_tasks)
+
+    def _frame(
+        self, w: _Worker, seq: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bytes | None:
+        """The raw frame of a task for worker ``w`` when its arguments are plain (else None:
+        the queue's put encodes it): ``(seq, number, args, kwargs)`` with a module-level
+        function by the number ``w`` knows it by (one pickle call here, and no import
+        lookup in the worker), else ``_task_frame`` (the function's reference spliced in)
+        (lock held)."""
+        for v in args:
+            if type(v) not in _PLAIN:
+                return None
+        if kwargs:
+            for v in kwargs.values():
+                if type(v) not in _PLAIN:
+                    return None
+        fid = self._fids.get(fn) if type(fn) is _FunctionType else None
+        if fid is None or fid not in w.fids:
+            fid = self._define(w, fn)
+            if fid is None:
+                return _task_frame(seq, fn, args, kwargs)
+        try:
+            frame = _dumps((seq, fid, args, kwargs), 5)
+        except Exception:
+            return None  # the queue's put raises the codec's error
+        return frame
+
+    def _define(self, w: _Worker, fn: Any) -> int | None:
+        """Send worker ``w`` the definition of ``fn``'s number, ahead of its first task that
+        names it (its queue is FIFO); None if ``fn`` has no number (not a module-level
+        function, or _MAX_FUNCS numbered already) or the definition cannot be sent now.
+        A definition is ``(-1 - number, fn, (), {})``: one whose function does not unpickle
+        in the worker comes out as ``(-1 - number, _undecodable_task, (why,), {})``
+        (_TaskCodec), and the tasks that name it raise why there (lock held)."""
+        if type(fn) is not _FunctionType:
+            return None
+        fid = self._fids.get(fn)
+        if fid is None:
+            if len(self._fids) >= _MAX_FUNCS:
+                return None
+            fid = self._fids[fn] = len(self._fids)
+        try:
+            w.queue.put((-1 - fid, fn, (), {}), timeout=0)
+        except Exception:
+            return None
+        w.fids.add(fid)
+        return fid
 
     def _complete(self, done: list[tuple[Any, int, tuple[bool, Any]]]) -> None:
         cache = self._cache
@@ -1521,7 +1578,7 @@ class Pool:
                 w = self._pick()
                 if w is not None:
                     seq = next(self._seq)
-                    frame = _task_frame(seq, fn, args, kwargs)
+                    frame = self._frame(w, seq, fn, args, kwargs)
                     # Nobody else has the future yet (it enters the cache below): it starts
                     # without the lock its transitions take once it is shared.
                     if frame is not None and w.put(frame, _T_RAW, 0) == _OK:

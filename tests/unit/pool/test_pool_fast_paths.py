@@ -402,3 +402,34 @@ def test_a_corrupt_raw_result_is_dropped_with_a_warning() -> None:
         assert [f.result(60) for f in [ex.submit(square, i) for i in range(100)]] == [
             i * i for i in range(100)
         ]
+
+
+def test_functions_by_number_across_a_worker_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Module-level functions travel by a number each worker is told once; a replacement
+    worker is told again before its first task; past the pool's limit of numbered functions,
+    the function's reference travels in each frame. Every result is right."""
+    import shmipc.pool as pool_mod
+
+    monkeypatch.setattr(pool_mod, "_MAX_FUNCS", 2)
+    with Executor(2, mp_context=FORK) as ex:
+        funcs = [square, echo, pid_after]  # the third has no number (limit 2)
+        futs = [(f, i, ex.submit(f, i)) for i in range(300) for f in funcs]
+        for f, i, fut in futs:
+            got = fut.result(60)
+            if f is pid_after:
+                assert got[0] == i
+            else:
+                assert got == f(i)
+        assert set(ex._pool._fids.values()) == {0, 1} and pid_after not in ex._pool._fids
+        victim = ex.submit(pid_after, 0).result(60)[1]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while victim in [w.process.pid for w in ex._pool._workers]:
+            assert time.monotonic() < deadline, "the worker was not replaced"
+            time.sleep(0.01)
+        pids = set()
+        for i in range(200):
+            assert ex.submit(square, i).result(60) == i * i
+            pids.add(ex.submit(pid_after, i).result(60)[1])
+        assert victim not in pids
+        assert all(w.fids for w in ex._pool._workers)  # the new one was told too
