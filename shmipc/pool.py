@@ -19,6 +19,11 @@ How it works, and the invariants the fault handling rests on:
   slot was running (its result never came: it fails with :class:`BrokenWorker`), the ones
   after it never started (they are sent again, to another worker), and the ones before it
   have results in the result queue already (``put`` stores synchronously before it returns).
+* A task queue also carries function definitions, ``(-1 - number, function, (), {})``: the
+  parent sends one to a worker (``Pool._define``, remembered in ``_Worker.fids``) before the
+  first task frame that names the function by that number, on the same queue, so the worker
+  has read it first. Definitions are not tasks: no slot, no result, no ``maxtasksperchild``
+  count; a replacement worker has a new queue and an empty ``fids``, and is told again.
 * The parent learns of a death from the process sentinel (watcher thread). It reads the dead
   worker's slot, starts a replacement in the same slot, then puts a "worker lost" marker into
   the result queue. The result queue is FIFO and the dead worker's last put completed before
