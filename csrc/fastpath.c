@@ -1754,6 +1754,15 @@ static PyObject *peek_impl(Port *self, int64_t deadline, int *status, uint32_t *
     return Py_NewRef(c.mv);
 }
 
+/* peek_impl, anything but its fast outcome answered by the slow path (peek, peek_next). */
+static PyObject *peek_or_slow(Port *self, int64_t deadline) {
+    int status;
+    uint32_t type;
+    PyObject *mv = peek_impl(self, deadline, &status, &type);
+    if (mv || (status == SHMIPC_OK && PyErr_Occurred())) return mv;
+    return call_slow_zc(self, ZC_PEEK, status, type, deadline);
+}
+
 /* peek(block=True, timeout=None): a read-only view of the next record's payload. */
 static PyObject *port_peek(Port *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames) {
@@ -1762,19 +1771,16 @@ static PyObject *port_peek(Port *self, PyObject *const *args, Py_ssize_t nargs,
         parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PEEK,
                        NULL, &deadline))
         return NULL;
-    int status;
-    uint32_t type;
-    PyObject *mv = peek_impl(self, deadline, &status, &type);
-    if (mv || (status == SHMIPC_OK && PyErr_Occurred())) return mv;
-    return call_slow_zc(self, ZC_PEEK, status, type, deadline);
+    return peek_or_slow(self, deadline);
 }
 
 static PyObject *finish_peek(Port *self, int consume);
 
 /* peek_next(block=True, timeout=None): release this thread's peeked record, if it holds one,
- * then peek as peek() does: a consumer loop's step in one call. A failed release (BufferError
- * while something made from its view is alive, Closed, Revoked) raises with nothing peeked;
- * the arguments are checked before anything is released. */
+ * then peek as peek() does: a consumer loop's step in one call. A failed release raises
+ * before anything new is peeked, exactly as release() would (a BufferError, while something
+ * made from the view is alive, leaves the record peeked); the arguments are checked before
+ * anything is released. */
 static PyObject *port_peek_next(Port *self, PyObject *const *args, Py_ssize_t nargs,
                                 PyObject *kwnames) {
     int64_t deadline;
@@ -1787,11 +1793,7 @@ static PyObject *port_peek_next(Port *self, PyObject *const *args, Py_ssize_t na
         if (!r) return NULL;
         Py_DECREF(r);
     }
-    int status;
-    uint32_t type;
-    PyObject *mv = peek_impl(self, deadline, &status, &type);
-    if (mv || (status == SHMIPC_OK && PyErr_Occurred())) return mv;
-    return call_slow_zc(self, ZC_PEEK, status, type, deadline);
+    return peek_or_slow(self, deadline);
 }
 
 /* try_peek(deadline_ns) -> memoryview, or (status, record type) of a miss. */
