@@ -19,6 +19,7 @@ from __future__ import annotations
 from .app import main
 from .gc import GcReport, RmResult, collect_garbage, remove
 from .segments import (
+    INCOMPLETE,
     UNREADABLE,
     SegmentInfo,
     _read_entry,
@@ -28,6 +29,7 @@ from .segments import (
 )
 
 __all__ = [
+    "INCOMPLETE",
     "UNREADABLE",
     "GcReport",
     "RmResult",

@@ -18,12 +18,14 @@ from .. import _spill
 from ..region import SHM_DIR
 from .segments import (
     _SPILL_PREFIX,
+    INCOMPLETE,
     MAGIC,
     UNREADABLE,
     NotASegment,
     SegmentInfo,
     _Users,
     display_name,
+    is_incomplete,
     list_segments,
     open_regular,
     scan_users,
@@ -41,8 +43,23 @@ class GcReport:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (name, what failed)
 
 
+#: An incomplete segment (no header) younger than this may still be being made.
+INCOMPLETE_GRACE_S = 60.0
+
+
 def _why_keep(info: SegmentInfo, users: _Users) -> str | None:
     """Why ``info`` (not a spill) must stay, or None if every user it can have is dead."""
+    if info.kind == INCOMPLETE:
+        # Its maker holds the name open from creating it until it has mapped it (and the
+        # header written): held by nobody we can see, and older than any creation takes,
+        # its maker is gone. Whoever we cannot inspect may be the maker.
+        if info.name in users.names:
+            return "being made: open by a live process"
+        if users.may_use(info):
+            return "processes this user cannot inspect may be making it"
+        if info.age < INCOMPLETE_GRACE_S:
+            return f"no header yet, made {info.age:.0f} s ago: it may still be being made"
+        return None
     if info.kind == UNREADABLE:
         return "cannot read its header (another user's segment)"
     if info.foreign_pidns:
@@ -145,7 +162,7 @@ def _remove_one(name: str) -> RmResult:
         with open_regular(name) as (fd, st):
             if not name.startswith(_SPILL_PREFIX):
                 head = os.pread(fd, len(MAGIC), 0)
-                if head != MAGIC:
+                if head != MAGIC and not is_incomplete(name, st.st_size, head):
                     return RmResult(name, "refused", "not a shmipc segment (no shmipc header)")
             inode = (st.st_dev, st.st_ino)
     except FileNotFoundError:

@@ -21,10 +21,12 @@ from ..layout import MAGIC, SEGMENT_LAYOUT, InitState, Kind, SegmentHeader, pid_
 from ..region import SHM_DIR
 
 __all__ = [
+    "INCOMPLETE",
     "UNREADABLE",
     "NotASegment",
     "SegmentInfo",
     "display_name",
+    "is_incomplete",
     "let_go",
     "list_others",
     "list_segments",
@@ -34,6 +36,10 @@ __all__ = [
 
 _SPILL_PREFIX = "shmipc_spill_"
 UNREADABLE = "unreadable"  # the kind shown for a shmipc-named file we may not read
+#: The kind shown for a shmipc-named file shorter than a header: a segment whose maker died
+#: (or is still working) between creating the name and writing its header, e.g. killed while
+#: its space was being reserved.
+INCOMPLETE = "incomplete"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -109,6 +115,13 @@ def _read_entry(name: str) -> tuple[os.stat_result, bytes | None] | None:
         os.close(fd)
 
 
+def is_incomplete(name: str, size: int, head: bytes) -> bool:
+    """Whether a shmipc-named file is a segment whose header was never written: empty (its
+    space not reserved yet) or zeros where the header's magic goes (reserved, not headed)."""
+    blank = head[: len(MAGIC)] == bytes(len(MAGIC)) and len(head) >= len(MAGIC)
+    return name.startswith("shmipc") and (size == 0 or blank)
+
+
 def _describe(name: str) -> SegmentInfo | None:
     entry = _read_entry(name)
     if entry is None:
@@ -123,6 +136,8 @@ def _describe(name: str) -> SegmentInfo | None:
         return base
     if raw is None:  # another user's, not readable to us: say so rather than hide it
         return replace(base, kind=UNREADABLE) if name.startswith("shmipc") else None
+    if is_incomplete(name, st.st_size, raw):
+        return replace(base, kind=INCOMPLETE)
     if len(raw) < SEGMENT_LAYOUT.size or raw[: len(MAGIC)] != MAGIC:
         return None
     header = SegmentHeader.unpack(raw)

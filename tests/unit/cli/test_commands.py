@@ -588,7 +588,7 @@ def test_ls_as_another_user_shows_an_unreadable_segment(made):
 def test_public_names_of_shmipc_cli_are_pinned():
     """What the hardening issue's callers import stays importable from shmipc.cli."""
     assert set(cli.__all__) == {
-        "UNREADABLE", "GcReport", "RmResult", "SegmentInfo", "collect_garbage",
+        "INCOMPLETE", "UNREADABLE", "GcReport", "RmResult", "SegmentInfo", "collect_garbage",
         "display_name", "list_segments", "main", "remove",
     }  # fmt: skip
     for name in cli.__all__:
