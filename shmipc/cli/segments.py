@@ -36,9 +36,9 @@ __all__ = [
 
 _SPILL_PREFIX = "shmipc_spill_"
 UNREADABLE = "unreadable"  # the kind shown for a shmipc-named file we may not read
-#: The kind shown for a shmipc-named file shorter than a header: a segment whose maker died
-#: (or is still working) between creating the name and writing its header, e.g. killed while
-#: its space was being reserved.
+#: The kind shown for a shmipc-named file with no header yet (empty, or zeros where the magic
+#: goes): a segment whose maker died (or is still working) between creating the name and
+#: writing its header, e.g. killed while its space was being reserved (see is_incomplete).
 INCOMPLETE = "incomplete"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
