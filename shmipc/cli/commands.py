@@ -26,9 +26,12 @@ from .describe import describe
 from .gc import collect_garbage, remove
 from .segments import (
     _SPILL_PREFIX,
+    INCOMPLETE,
+    MAGIC,
     NotASegment,
     _describe,
     display_name,
+    is_incomplete,
     let_go,
     read_segment,
     scan_users,
@@ -196,6 +199,13 @@ def inspect_segment(name: str) -> dict[str, Any]:
         if name.startswith(_SPILL_PREFIX):
             out["kind"] = "spill"
             out["note"] = "one large message of a queue, stored on its own: no header"
+            return out
+        if is_incomplete(name, st.st_size, bytes(view[: len(MAGIC)])):
+            out["kind"] = INCOMPLETE
+            out["note"] = (
+                "no header: its maker died making it, or is making it now "
+                "(shmipc gc removes it once nobody holds it; shmipc rm removes it now)"
+            )
             return out
         try:
             out.update(describe(view, st.st_size))

@@ -18,7 +18,7 @@ import pytest
 from _procs import Child
 
 from shmipc import _proc, _spill, cli
-from shmipc.cli import survey
+from shmipc.cli import commands, survey
 from shmipc.layout import (
     LAYOUT_VERSION,
     MAGIC,
@@ -192,6 +192,8 @@ def test_an_incomplete_segment_is_listed_and_collected_once_nobody_can_be_making
     for name in (young, old, held):
         assert rows[name]["kind"] == cli.INCOMPLETE and rows[name]["creator"]["pid"] is None
         assert "no header" in rows[name]["note"]
+        shown = commands.inspect_segment(name)  # inspect agrees with ls
+        assert shown["kind"] == cli.INCOMPLETE and "no header" in shown["note"]
     rfd, wfd = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - child: holds `held` open (as its maker would) till EOF
