@@ -339,18 +339,32 @@ def _func_ops(func: Any) -> bytes | None:
     return ops
 
 
+def _all_plain(args: tuple[Any, ...], kwds: dict[str, Any]) -> bool:
+    """Whether every argument is of a type a raw frame carries (_PLAIN)."""
+    for v in args:
+        if type(v) not in _PLAIN:
+            return False
+    if kwds:
+        for v in kwds.values():
+            if type(v) not in _PLAIN:
+                return False
+    return True
+
+
 def _task_frame(seq: int, func: Any, args: tuple[Any, ...], kwds: dict[str, Any]) -> bytes | None:
     """The frame of task ``(seq, func, args, kwds)`` when its arguments are plain (else None:
     the queue's put encodes it): ``MARK seq func args kwds TUPLE``, with the function's
     opcodes cached (_func_ops) and the arguments pickled now. They hold every memo entry
     of the frame (the rest has none), so their indices stand as pickle wrote them."""
-    for v in args:
-        if type(v) not in _PLAIN:
-            return None
-    if kwds:
-        for v in kwds.values():
-            if type(v) not in _PLAIN:
-                return None
+    if not _all_plain(args, kwds):
+        return None
+    return _plain_task_frame(seq, func, args, kwds)
+
+
+def _plain_task_frame(
+    seq: int, func: Any, args: tuple[Any, ...], kwds: dict[str, Any]
+) -> bytes | None:
+    """_task_frame of arguments already known to be plain."""
     ops = _FUNC_OPS.get(func)
     if ops is None:
         ops = _func_ops(func)
@@ -431,7 +445,14 @@ def _worker_main(
             break
         seq, func, args, kwds = task
         if type(func) is int:  # a function by its number (Pool._frame)
-            func = funcs[func]
+            known = funcs.get(func)
+            if known is None:  # a corrupt frame: this task fails, the worker goes on
+                known = functools.partial(
+                    _undecodable_task,
+                    f"task {seq} names function number {func}, which this worker was never "
+                    "sent (a corrupt task frame)",
+                )
+            func = known
         elif seq < 0:  # the definition of a function's number (Pool._define)
             funcs[-1 - seq] = functools.partial(func, *args) if args else func
             continue
@@ -1237,18 +1258,13 @@ class Pool:
         function by the number ``w`` knows it by (one pickle call here, and no import
         lookup in the worker), else ``_task_frame`` (the function's reference spliced in)
         (lock held)."""
-        for v in args:
-            if type(v) not in _PLAIN:
-                return None
-        if kwargs:
-            for v in kwargs.values():
-                if type(v) not in _PLAIN:
-                    return None
+        if not _all_plain(args, kwargs):
+            return None
         fid = self._fids.get(fn) if type(fn) is _FunctionType else None
         if fid is None or fid not in w.fids:
             fid = self._define(w, fn)
             if fid is None:
-                return _task_frame(seq, fn, args, kwargs)
+                return _plain_task_frame(seq, fn, args, kwargs)
         try:
             frame = _dumps((seq, fid, args, kwargs), 5)
         except Exception:

@@ -404,6 +404,30 @@ def test_a_corrupt_raw_result_is_dropped_with_a_warning() -> None:
         ]
 
 
+def test_a_task_naming_an_unknown_function_number_fails_alone() -> None:
+    """A task frame naming a function number its worker was never sent (a corrupt frame:
+    shared memory is untrusted) fails that task with why; the worker is not lost."""
+    import pickle
+
+    from shmipc.pool import _OK, _T_RAW, _ApplyResult
+
+    with Pool(1, context=FORK) as pool:
+        assert pool.apply(pid_after, (0,))[0] == 0
+        before = pool._workers[0].process.pid
+        with pool._lock:  # as a direct submit does, with a number nobody defined
+            w = pool._workers[0]
+            seq = next(pool._seq)
+            res = _ApplyResult(pool, None, None)
+            w.tasks[seq] = [res._job, 0, square, (5,), {}, True]
+            w.budget -= 1
+            pool._inflight[seq] = w
+            assert w.put(pickle.dumps((seq, 123_456, (5,), {}), 5), _T_RAW, 0) == _OK
+        with pytest.raises(RuntimeError, match="never sent"):
+            res.get(timeout=60)
+        assert pool.apply(square, (6,)) == 36
+        assert pool.apply(pid_after, (1,))[1] == before  # the same worker, still there
+
+
 def test_functions_by_number_across_a_worker_replacement(monkeypatch: pytest.MonkeyPatch) -> None:
     """Module-level functions travel by a number each worker is told once; a replacement
     worker is told again before its first task; past the pool's limit of numbered functions,
