@@ -6,6 +6,7 @@ afterwards) and runs gc on those names only, since other test runs share /dev/sh
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import secrets
@@ -13,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 from _procs import Child
@@ -158,6 +160,35 @@ def test_gc_keeps_a_segment_made_in_another_pid_namespace(made):
     assert "pid namespace" in dict(report.kept)[name]
 
 
+@contextlib.contextmanager
+def _used_by_child(name: str, *, mapped: bool) -> Iterator[None]:
+    """A child process that maps /dev/shm/NAME (its fd closed) or holds it open, until the
+    block ends; entered once gc's scan sees it."""
+    fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+    rfd, wfd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - child: waits for EOF, then exits
+        m = mmap.mmap(fd, 0) if mapped else None
+        if mapped:
+            os.close(fd)
+        os.close(wfd)
+        os.read(rfd, 1)
+        if m is not None:
+            m.close()
+        os._exit(0)
+    os.close(fd)
+    os.close(rfd)
+    try:
+        deadline = time.monotonic() + 20
+        while name not in cli._scan_users().names:
+            assert time.monotonic() < deadline, "the child never mapped or opened the segment"
+            time.sleep(0.01)
+        yield
+    finally:
+        os.close(wfd)
+        os.waitpid(child, 0)
+
+
 def _incomplete(made, tag: str, *, size: int, age: float) -> str:
     """A shmipc-named file as a maker killed before its header leaves it: ``size`` zero
     bytes (0: not even its space reserved), last changed ``age`` seconds ago, owned by
@@ -194,23 +225,8 @@ def test_an_incomplete_segment_is_listed_and_collected_once_nobody_can_be_making
         assert "no header" in rows[name]["note"]
         shown = commands.inspect_segment(name)  # inspect agrees with ls
         assert shown["kind"] == cli.INCOMPLETE and "no header" in shown["note"]
-    rfd, wfd = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - child: holds `held` open (as its maker would) till EOF
-        os.open(os.path.join(SHM_DIR, held), os.O_RDONLY)  # kept open until exit
-        os.close(wfd)
-        os.read(rfd, 1)
-        os._exit(0)
-    os.close(rfd)
-    try:
-        deadline = time.monotonic() + 20
-        while held not in cli._scan_users().names:
-            assert time.monotonic() < deadline, "the child never opened the segment"
-            time.sleep(0.01)
+    with _used_by_child(held, mapped=False):  # as its maker holds it
         report = cli.collect_garbage(dry_run=False, names=[young, old, held])
-    finally:
-        os.close(wfd)
-        os.waitpid(child, 0)
     kept = dict(report.kept)
     assert report.removed == [old] and not _exists(old)
     assert "may still be being made" in kept[young] and _exists(young)
@@ -233,29 +249,10 @@ def test_rm_removes_an_incomplete_segment_but_not_a_stranger(made):
 def test_gc_keeps_a_dead_creators_segment_still_mapped(made):
     pid, started = _dead_pid()
     name = _segment(made, "gcmapped", pid=pid, started=started, uid=NOBODY)
-    fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
-    rfd, wfd = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - child: maps it, closes the fd, waits for EOF
-        m = mmap.mmap(fd, 0)
-        os.close(fd)
-        os.close(wfd)
-        os.read(rfd, 1)
-        m.close()
-        os._exit(0)
-    os.close(fd)
-    os.close(rfd)
-    try:
-        deadline = time.monotonic() + 20
-        while name not in cli._scan_users().names:
-            assert time.monotonic() < deadline, "the child never mapped the segment"
-            time.sleep(0.01)
+    with _used_by_child(name, mapped=True):
         report = cli.collect_garbage(dry_run=False, names=[name])
         assert report.removed == [] and _exists(name)
         assert "mapped" in dict(report.kept)[name]
-    finally:
-        os.close(wfd)
-        os.waitpid(child, 0)
 
 
 def test_gc_keeps_an_old_spill_whose_queue_is_unknown(made):
