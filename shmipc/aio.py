@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import functools
 import os
 import queue
 import threading
@@ -651,38 +652,36 @@ async def wait_for_change(
         return
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[None] = loop.create_future()
+    end: Callable[[], None]  # after the wait, on the loop's thread
+    orphan: Callable[[], None]  # instead, if the waiting coroutine is garbage collected
     u, new = _uring_for(loop)
     if u is not None:
         if new:
             await u.start_sentinel()
         mine, handle = _uring_begin(u, loop, fut, words, timeout)
-        try:
-            await fut
-        except GeneratorExit:  # garbage collected: see _orphans
-            _orphans.append(lambda: _uring_orphan(u, fut, mine))
-            raise
-        except BaseException:
-            _uring_end(u, fut, mine, handle)
-            raise
-        _uring_end(u, fut, mine, handle)
-        return
-    h, mine_h, overflow = _register(loop, fut, words)
-    if overflow:
-        timeout = POLL_PERIOD if timeout is None else min(timeout, POLL_PERIOD)
-    handle = None if timeout is None else loop.call_later(timeout, _wake, [fut])
+        end = functools.partial(_uring_end, u, fut, mine, handle)
+        orphan = functools.partial(_uring_orphan, u, fut, mine)
+    else:
+        h, mine_h, overflow = _register(loop, fut, words)
+        if overflow:
+            timeout = POLL_PERIOD if timeout is None else min(timeout, POLL_PERIOD)
+        timer = None if timeout is None else loop.call_later(timeout, _wake, [fut])
+
+        def end() -> None:
+            if timer is not None:
+                timer.cancel()
+            _unregister(h, fut, mine_h)
+
+        orphan = functools.partial(_unregister_locked, h, fut, mine_h)
     try:
         await fut
     except GeneratorExit:  # garbage collected: see _orphans
-        _orphans.append(lambda: _unregister_locked(h, fut, mine_h))
+        _orphans.append(orphan)
         raise
     except BaseException:
-        if handle is not None:
-            handle.cancel()
-        _unregister(h, fut, mine_h)
+        end()
         raise
-    if handle is not None:
-        handle.cancel()
-    _unregister(h, fut, mine_h)
+    end()
 
 
 def _remaining(deadline: float | None) -> float | None:
