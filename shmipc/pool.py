@@ -624,7 +624,9 @@ class _Worker:
         self.put = queue._fput  # a ready frame into its queue: one native call (_put_frame)
         self.budget = budget  # tasks it may still be sent (maxtasksperchild)
         self.dead = False
-        self.tasks: dict[int, list[Any]] = {}  # seq -> [job, i, func, args, kwds], in order
+        # seq -> task, in send order: [job, i, func, args, kwds, started], or a _PoolFuture
+        # sent straight from submit (its frame in _frame: Pool._task_of)
+        self.tasks: dict[int, Any] = {}
         self.svc = 1.0  # seconds its tasks run (moving average; long until measured)
         self.limit = 0  # tasks it may have queued while they are fast (0: the prefetch)
         self.ok_until = 0  # (monotonic ns) not running one task for _STALL_NS before this
@@ -723,6 +725,8 @@ class _Flag:
 
 
 class _ApplyResult(_Driven, _mpp.ApplyResult):
+    _frame: bytes | None = None  # its call's frame while a worker holds it (_send_direct)
+
     def __init__(self, pool: Pool, callback: Any, error_callback: Any) -> None:
         # ApplyResult.__init__, with a _Flag for its Event (an Event costs more to make
         # than the rest of a call's bookkeeping in the parent)
@@ -795,6 +799,7 @@ class _PoolFuture(concurrent.futures.Future):  # type: ignore[type-arg,unused-ig
     _done_callbacks: Any = ()
     # Defaults a new future reads here until they are set (fewer stores per submit)
     _cond: threading.Condition | None = None
+    _frame: bytes | None = None  # its task's frame while a worker holds it (submit)
     _result: Any = None
     _exception: BaseException | None = None
 
@@ -975,6 +980,7 @@ class Pool:
         self._seq = itertools.count(1)
         self._feeding = 0  # imap generators the task thread is still reading
         self._fids: dict[Any, int] = {}  # module-level function -> its number (_define)
+        self._fid_fns: list[Any] = []  # number -> function (_define, _task_of)
         self._taskqueue: _queue.SimpleQueue[Any] = _queue.SimpleQueue()
         self._parent = _proc.self_identity()
         self._wake_r, self._wake_w = os.pipe()
@@ -1285,6 +1291,7 @@ class Pool:
             if len(self._fids) >= _MAX_FUNCS:
                 return None
             fid = self._fids[fn] = len(self._fids)
+            self._fid_fns.append(fn)
         try:
             w.queue.put((-1 - fid, fn, (), {}), timeout=0)
         except Exception:
@@ -1316,9 +1323,52 @@ class Pool:
                     settled = True
                     continue
                 lock.release()
+            elif type(job) is _ApplyResult and not job._callback and not job._error_callback:
+                # _ApplyResult._set inline (nothing to call back)
+                job._success, job._value = obj
+                flag = job._event
+                flag._flag = True  # (_Flag.set)
+                if flag._event is not None:
+                    flag._event.set()
+                _dict_pop(cache, job_id, None)
+                job._pool = None
+                settled = True
+                continue
             job._set(i, obj)
         if settled and not cache:
             cache.notifier.put(None)
+
+    def _send_direct(
+        self, job: Any, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bool | None:
+        """Send a new call past the line, straight to a worker with room (lock held, the line
+        empty): True when sent (``job`` entered in the cache and the worker's tasks); False
+        when no worker has room; None when it has to go through the line (arguments that are
+        not plain, or a full ring: _pump deals with those)."""
+        w = self._pick()
+        if w is None:
+            return False
+        seq = next(self._seq)
+        frame = self._frame(w, seq, fn, args, kwargs)
+        if frame is None or w.put(frame, _T_RAW, 0) != _OK:
+            return None
+        if type(job) is _PoolFuture:
+            # Nobody else has the future until it enters the cache: it starts without the
+            # lock its transitions take once it is shared.
+            job._state = _RUNNING
+        jid = job._job
+        _dict_set(self._cache, jid, job)
+        if type(fn) is _FunctionType:
+            # The job is the task, with its frame (no list, no arguments kept): one object
+            # per call outlives the call, which spaces out the collector's passes. The frame
+            # names the function by reference, so _task_of reads the same one back.
+            job._frame = frame
+            w.tasks[seq] = job
+        else:
+            w.tasks[seq] = [jid, 0, fn, args, kwargs, True]
+        w.budget -= 1
+        self._inflight[seq] = w
+        return True
 
     def _submit_tasks(self, tasks: Iterable[list[Any]]) -> None:
         failed: list[tuple[Any, int, tuple[bool, Any]]] = []
@@ -1328,13 +1378,28 @@ class Pool:
         if failed:
             self._complete(failed)
 
-    def _submit_one(self, task: list[Any]) -> None:
-        failed: list[tuple[Any, int, tuple[bool, Any]]] = []
-        with self._lock:
-            self._pending.append(task)
+    def _submit_call(
+        self,
+        job: Any,
+        fn: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        failed: list[tuple[Any, int, tuple[bool, Any]]],
+    ) -> None:
+        """Send one call of ``job`` (lock held): straight to a worker when nothing waits in
+        line (_send_direct), else into the line. A call that joins a line already waiting
+        needs no pump, nor one that just found no worker with room: the line waits because
+        no worker has room, and room only comes with a result or a replaced worker's marker,
+        after which _receive pumps."""
+        pending = self._pending
+        sent = False if pending else self._send_direct(job, fn, args, kwargs)
+        if sent:
+            return
+        jid = job._job
+        _dict_set(self._cache, jid, job)
+        pending.append([jid, 0, fn, args, kwargs, False])
+        if sent is None:
             self._pump(failed)
-        if failed:
-            self._complete(failed)
 
     # ---- receiving results ------------------------------------------------------------
     #
@@ -1390,7 +1455,11 @@ class Pool:
                         self._worker_lost(msg, done)
                     continue
                 task = w.tasks.pop(seq)
-                done.append((task[0], task[1], (msg[1], msg[2])))
+                if type(task) is list:
+                    done.append((task[0], task[1], (msg[1], msg[2])))
+                else:  # a future sent by submit (_submit_future): its frame is done with
+                    task._frame = None
+                    done.append((task._job, 0, (msg[1], msg[2])))
                 w.svc += (msg[3] - w.svc) * 0.25
             for w in self._workers:  # how many of its tasks may wait at each worker
                 svc = w.svc
@@ -1492,6 +1561,9 @@ class Pool:
             self._inflight.pop(seq, None)
         failed, again = lost_tasks(w.tasks, running)
         if failed is not None:
+            failed = self._task_of(failed)
+        again = [self._task_of(task) for task in again]
+        if failed is not None:
             err = BrokenWorker(
                 f"{_death(pid, exitcode)} while running this task; the pool replaced it",
                 pid,
@@ -1504,6 +1576,18 @@ class Pool:
             w.queue.close()
         except Exception:
             pass
+
+    def _task_of(self, task: Any) -> list[Any]:
+        """A held task as a list ``[job, i, func, args, kwds, started]``: a future sent by
+        submit keeps only its frame, which is read back here (a dead worker's tasks go
+        again; rare enough that the frame, not every call, pays for it)."""
+        if type(task) is list:
+            return task
+        _, fn, args, kwargs = _loads(task._frame)
+        task._frame = None
+        if type(fn) is int:
+            fn = self._fid_fns[fn]
+        return [task._job, 0, fn, args, kwargs, True]
 
     def _handle_tasks(self) -> None:
         """Read imap generators (they may be slow or raise) and queue their tasks."""
@@ -1566,7 +1650,11 @@ class Pool:
         if self._state != RUN:
             raise ValueError("Pool not running")
         result = _ApplyResult(self, callback, error_callback)
-        self._submit_one([result._job, 0, func, tuple(args), dict(kwds) if kwds else {}, False])
+        failed: list[tuple[Any, int, tuple[bool, Any]]] = []
+        with self._lock:
+            self._submit_call(result, func, tuple(args), dict(kwds) if kwds else {}, failed)
+        if failed:
+            self._complete(failed)
         return result
 
     def submit(
@@ -1586,8 +1674,9 @@ class Pool:
         future = _new_object(_PoolFuture)  # (_cond, _result, _exception: the class's None)
         future._state = _PENDING
         future._driver = self
-        future._job = job = next(_job_counter)
+        future._job = next(_job_counter)
         future._cache = self._cache
+        failed: list[tuple[Any, int, tuple[bool, Any]]] = []
         lock = self._lock
         lock.acquire()
         try:
@@ -1595,24 +1684,7 @@ class Pool:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._state != RUN:
                 raise ValueError("Pool not running")
-            if not self._pending:
-                w = self._pick()
-                if w is not None:
-                    seq = next(self._seq)
-                    frame = self._frame(w, seq, fn, args, kwargs)
-                    # Nobody else has the future yet (it enters the cache below): it starts
-                    # without the lock its transitions take once it is shared.
-                    if frame is not None and w.put(frame, _T_RAW, 0) == _OK:
-                        future._state = _RUNNING
-                        _dict_set(self._cache, job, future)
-                        w.tasks[seq] = [job, 0, fn, args, kwargs, True]
-                        w.budget -= 1
-                        self._inflight[seq] = w
-                        return future
-            _dict_set(self._cache, job, future)
-            failed: list[tuple[Any, int, tuple[bool, Any]]] = []
-            self._pending.append([job, 0, fn, args, kwargs, False])
-            self._pump(failed)
+            self._submit_call(future, fn, args, kwargs, failed)
         finally:
             lock.release()
         if failed:
@@ -1782,7 +1854,7 @@ class Pool:
         with self._lock:
             for w in self._workers:
                 for task in w.tasks.values():
-                    leftover.append(task)
+                    leftover.append(task if type(task) is list else [task._job])
                 w.tasks.clear()
             self._inflight.clear()
         for task in leftover:
