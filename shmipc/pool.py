@@ -92,13 +92,15 @@ _PREFETCH_FAST = 64  # ... when its tasks have been taking under _FAST_TASK seco
 _FAST_TASK = 100e-6
 _STALL_NS = 2_000_000  # a worker running one task this long (ns) may be running a long one
 _QUEUED_WORK = 0.005  # seconds of fast tasks a worker may have queued (at least _PREFETCH_FAST)
-_PREFETCH_MAX = 1024
+_TASK_COST = 1e-6  # seconds a worker spends on a task besides running it (taking, replying)
+_PREFETCH_MAX = 8192  # (5,000 calls at once of a trivial function go straight to the workers)
 _MAX_FUNCS = 1024  # module-level functions a pool sends by number (Pool._define)
 _TASK_CAPACITY = 1 << 20
 _RESULT_CAPACITY = 1 << 22
 _MARKER = -1  # first field of a "worker lost" message in the result queue
 _NUDGE = -2  # first field of a message that only wakes the result thread
 _RX_GRACE = 0.01  # seconds the result thread leaves the result queue to waiting callers
+_RX_ASIDE = 2  # ... and at most this many times that while calls are being submitted
 _RERAISE = object()  # an imap task that is the iterable's own exception
 _DEATHSIG = signal.SIGHUP  # what PR_SET_PDEATHSIG sends a worker (see _watch_parent)
 ZERO_COPY_THRESHOLD = 64 * 1024  # arrays/buffers of this many bytes or more go by block
@@ -1016,6 +1018,7 @@ class Pool:
         self._rx_wanted = 0
         self._rx_in_get = False
         self._rx_left = 0.0
+        self._calls = 0  # calls submitted (_submit_call): the result thread's "submitting now"
         self._lost: dict[int, tuple[_Worker, int, int | None, int | None]] = {}
         self._threads: list[threading.Thread] = []
         try:
@@ -1391,6 +1394,7 @@ class Pool:
         needs no pump, nor one that just found no worker with room: the line waits because
         no worker has room, and room only comes with a result or a replaced worker's marker,
         after which _receive pumps."""
+        self._calls += 1
         pending = self._pending
         sent = False if pending else self._send_direct(job, fn, args, kwargs)
         if sent:
@@ -1464,7 +1468,10 @@ class Pool:
             for w in self._workers:  # how many of its tasks may wait at each worker
                 svc = w.svc
                 w.limit = (
-                    max(self._prefetch_fast, min(_PREFETCH_MAX, int(_QUEUED_WORK / (svc + 1e-7))))
+                    max(
+                        self._prefetch_fast,
+                        min(_PREFETCH_MAX, int(_QUEUED_WORK / (svc + _TASK_COST))),
+                    )
                     if svc < _FAST_TASK
                     else 0
                 )
@@ -1476,12 +1483,29 @@ class Pool:
 
     def _handle_results(self) -> None:
         cond = self._rx_cond
+        seen = -1
         while True:
             with cond:
-                while not self._stopping and (
-                    self._rx_wanted or time.monotonic() - self._rx_left < _RX_GRACE
-                ):
-                    cond.wait(_RX_GRACE)
+                aside = 0
+                while not self._stopping:
+                    if self._rx_wanted or time.monotonic() - self._rx_left < _RX_GRACE:
+                        cond.wait(_RX_GRACE)
+                        continue
+                    # A thread is submitting calls straight to the workers (the line is
+                    # empty: nothing waits for a result to make room): their results wait
+                    # here a little and come in larger batches. Reading them one by one
+                    # meanwhile, this thread would trade the GIL and the pool's lock with
+                    # the submitter for every few results, which costs more than both
+                    # threads' work. At most _RX_ASIDE rounds, so callbacks still run while
+                    # a stream of calls goes on.
+                    calls = self._calls
+                    if calls != seen and aside < _RX_ASIDE and not self._pending:
+                        seen = calls
+                        aside += 1
+                        cond.wait(_RX_GRACE)
+                        continue
+                    seen = calls
+                    break
                 if self._stopping:
                     return
                 self._rx_in_get = True
