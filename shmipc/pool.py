@@ -101,6 +101,7 @@ _MARKER = -1  # first field of a "worker lost" message in the result queue
 _NUDGE = -2  # first field of a message that only wakes the result thread
 _RX_GRACE = 0.01  # seconds the result thread leaves the result queue to waiting callers
 _RX_ASIDE = 2  # ... and at most this many times that while calls are being submitted
+_RX_BATCH = 512  # results read at most at a time
 _RERAISE = object()  # an imap task that is the iterable's own exception
 _DEATHSIG = signal.SIGHUP  # what PR_SET_PDEATHSIG sends a worker (see _watch_parent)
 ZERO_COPY_THRESHOLD = 64 * 1024  # arrays/buffers of this many bytes or more go by block
@@ -1019,6 +1020,7 @@ class Pool:
         self._rx_in_get = False
         self._rx_left = 0.0
         self._calls = 0  # calls submitted (_submit_call): the result thread's "submitting now"
+        self._rx_batch = 0  # results in the last batch read (_receive)
         self._lost: dict[int, tuple[_Worker, int, int | None, int | None]] = {}
         self._threads: list[threading.Thread] = []
         try:
@@ -1329,7 +1331,7 @@ class Pool:
             elif type(job) is _ApplyResult and not job._callback and not job._error_callback:
                 # _ApplyResult._set inline (nothing to call back)
                 job._success, job._value = obj
-                flag = job._event
+                flag: _Flag = job._event  # type: ignore[assignment]
                 flag._flag = True  # (_Flag.set)
                 if flag._event is not None:
                     flag._event.set()
@@ -1423,14 +1425,16 @@ class Pool:
         """Take one batch off the result queue and handle it (``_rx`` held). False when the
         queue is closed or a stop message came."""
         try:
-            batch = self._results.get_many(512, timeout=timeout)
+            batch = self._results.get_many(_RX_BATCH, timeout=timeout)
         except _queue.Empty:
+            self._rx_batch = 0
             return True
         except Closed:
             return False
         except Exception as exc:  # a result that does not unpickle here: it is lost
             warnings.warn(f"shmipc.Pool dropped a result: {exc!r}", RuntimeWarning, stacklevel=1)
             return True
+        self._rx_batch = len(batch)
         done: list[tuple[Any, int, tuple[bool, Any]]] = []
         go_on = True
         with self._lock:
@@ -1484,6 +1488,7 @@ class Pool:
     def _handle_results(self) -> None:
         cond = self._rx_cond
         seen = -1
+        backlog = False  # the last batch was a full one: more wait, read on
         while True:
             with cond:
                 aside = 0
@@ -1499,7 +1504,7 @@ class Pool:
                     # threads' work. At most _RX_ASIDE rounds, so callbacks still run while
                     # a stream of calls goes on.
                     calls = self._calls
-                    if calls != seen and aside < _RX_ASIDE and not self._pending:
+                    if calls != seen and aside < _RX_ASIDE and not (self._pending or backlog):
                         seen = calls
                         aside += 1
                         cond.wait(_RX_GRACE)
@@ -1517,8 +1522,10 @@ class Pool:
                     self._rx_owner = threading.get_ident()
                     with cond:
                         wanted = self._rx_wanted
-                    if not wanted and not self._receive(self._liveness):
-                        return
+                    if not wanted:
+                        if not self._receive(self._liveness):
+                            return
+                        backlog = self._rx_batch >= _RX_BATCH
             finally:
                 with cond:
                     self._rx_in_get = False

@@ -457,3 +457,66 @@ def test_functions_by_number_across_a_worker_replacement(monkeypatch: pytest.Mon
             pids.add(ex.submit(pid_after, i).result(60)[1])
         assert victim not in pids
         assert all(w.fids for w in ex._pool._workers)  # the new one was told too
+
+
+@pytest.mark.parametrize("kind", ["apply_async", "submit"])
+def test_calls_held_as_their_job_go_again_after_a_kill(kind: str) -> None:
+    """A call sent straight to a worker is held as its job and frame (a module-level
+    function), or as a task list (any other callable). When the worker dies before running
+    them, each is read back from what was held and runs elsewhere with its own arguments;
+    a finished call keeps no frame."""
+    import functools
+
+    from shmipc.pool import _ApplyResult, _PoolFuture
+
+    with Pool(1, context=FORK) as pool:
+
+        def call(fn: object, x: object) -> object:
+            if kind == "apply_async":
+                return pool.apply_async(fn, (x,))  # type: ignore[arg-type]
+            return pool.submit(fn, x)  # type: ignore[arg-type]
+
+        def get(h: object) -> object:
+            return h.get(60) if kind == "apply_async" else h.result(60)  # type: ignore[attr-defined]
+
+        for i in range(100):  # its tasks are fast: it may hold many
+            old = get(call(pid_after, i))
+        os.kill(old[1], signal.SIGSTOP)  # idle, as far as the parent can tell
+        by_ref = [call(pid_after, i) for i in range(50)]
+        by_value = [call(functools.partial(pid_after), 100 + i) for i in range(50)]
+        w = pool._workers[0]
+        with pool._lock:
+            held = list(w.tasks.values())
+        assert not pool._pending
+        assert [type(t) for t in held] == [
+            _ApplyResult if kind == "apply_async" else _PoolFuture
+        ] * 50 + [list] * 50
+        assert all(t._frame is not None for t in held[:50])
+        os.kill(old[1], signal.SIGKILL)
+        got = [get(h) for h in by_ref + by_value]
+        assert [g[0] for g in got] == list(range(50)) + [100 + i for i in range(50)]
+        assert {g[1] for g in got} == {pool._workers[0].process.pid} != {old[1]}
+        assert all(h._frame is None for h in by_ref)
+
+
+def test_callbacks_run_while_calls_keep_coming() -> None:
+    """The result thread lets results wait while a caller submits straight to the workers
+    (they come in larger batches), but only briefly: a callback runs while a stream of calls
+    goes on, long before the workers' queues would fill and force a line."""
+    ran = threading.Event()
+    with Pool(2, context=FORK) as pool:
+        burst = [pool.apply_async(square, (i,)) for i in range(4000)]  # both learn: fast
+        assert [h.get(60) for h in burst] == [i * i for i in range(4000)]
+        room = sum(w.limit for w in pool._workers)  # calls they may hold without a line
+        deadline = time.monotonic() + 60
+        n = 0
+        while not ran.is_set():
+            assert time.monotonic() < deadline, f"no callback ran during {n} calls"
+            pool.apply_async(square, (n,), callback=lambda _r: ran.set())
+            n += 1
+            if n % 16 == 0:
+                time.sleep(0.001)  # a stream of ~15k calls/s at most
+        # At most ~2 x 10 ms of results wait (~300 calls, fewer under load); without that
+        # bound the first callback would wait for the line, `room` calls in.
+        if room >= 2000:
+            assert n < room // 2, (n, room)
