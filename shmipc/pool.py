@@ -691,56 +691,57 @@ def _new_flag_lock() -> None:
 os.register_at_fork(after_in_child=_new_flag_lock)
 
 
-class _Flag:
-    """``threading.Event``'s is_set/set/wait for a pool's AsyncResult, with the Event made
-    only when a thread has to block on it (most never do: the waiting thread reads the
-    results itself, see Pool._drive). ``set`` stores the flag before it looks for an Event,
-    ``wait`` stores its Event before it looks at the flag (the GIL orders them), so either
-    the setter sets the Event or the waiter sees the flag."""
-
-    __slots__ = ("_event", "_flag")
-
-    def __init__(self) -> None:
-        self._flag = False
-        self._event: threading.Event | None = None
-
-    def is_set(self) -> bool:
-        return self._flag
-
-    def set(self) -> None:
-        self._flag = True
-        event = self._event
-        if event is not None:
-            event.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._flag:
-            return True
-        event = self._event
-        if event is None:
-            with _FLAG_LOCK:
-                event = self._event
-                if event is None:
-                    event = self._event = threading.Event()
-        if self._flag:
-            return True
-        return event.wait(timeout)
-
-
 class _ApplyResult(_Driven, _mpp.ApplyResult):
+    """An AsyncResult whose Event is made only when a thread has to block on it (most never
+    do: the waiting thread reads the results itself, see Pool._drive); until then its flag is
+    ``_done`` (an Event costs more to make than the rest of a call's bookkeeping in the
+    parent, and one more tracked object per call). Setting stores ``_done`` before it looks
+    for the Event; a blocking waiter stores its Event before it looks at ``_done`` (the GIL
+    orders them), so either the setter sets the Event or the waiter sees the flag.
+    ``Pool.apply_async`` makes one without calling ``__init__`` (keep the two in step)."""
+
     _frame: bytes | None = None  # its call's frame while a worker holds it (_send_direct)
+    _done = False
+    _waiter: threading.Event | None = None
 
     def __init__(self, pool: Pool, callback: Any, error_callback: Any) -> None:
-        # ApplyResult.__init__, with a _Flag for its Event (an Event costs more to make
-        # than the rest of a call's bookkeeping in the parent)
         self._pool: Pool | None = pool
-        self._event = _Flag()  # type: ignore[assignment]
-        self._job = job = next(_mpp.job_counter)
+        self._driver = pool
+        self._job = job = next(_job_counter)
         self._cache = cache = pool._cache
         self._callback = callback
         self._error_callback = error_callback
-        self._driver = pool
         cache[job] = self
+
+    def ready(self) -> bool:
+        return self._done
+
+    def _set_done(self) -> None:
+        self._done = True
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.set()
+
+    def _block(self, timeout: float | None) -> None:
+        if self._done:
+            return
+        waiter = self._waiter
+        if waiter is None:
+            with _FLAG_LOCK:
+                waiter = self._waiter
+                if waiter is None:
+                    waiter = self._waiter = threading.Event()
+        if not self._done:
+            waiter.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> None:
+        # _Driven.wait over the inline flag
+        pool = self._driver
+        if pool is not None and not self._done:
+            pool._drive(self.ready, timeout)
+        self._block(0 if pool is not None and timeout is not None else timeout)
+        if self._done:
+            self._driver = None
 
     def _set(self, i: int, obj: tuple[bool, Any]) -> None:
         # ApplyResult._set, with the flag and the cache entry handled inline
@@ -749,7 +750,7 @@ class _ApplyResult(_Driven, _mpp.ApplyResult):
             self._callback(self._value)
         if self._error_callback and not self._success:
             self._error_callback(self._value)
-        self._event.set()
+        self._set_done()
         cache = self._cache
         dict.__delitem__(cache, self._job)
         if not cache:
@@ -757,9 +758,9 @@ class _ApplyResult(_Driven, _mpp.ApplyResult):
         self._pool = None
 
     def get(self, timeout: float | None = None) -> Any:
-        if not self._event._flag:  # type: ignore[attr-defined]
+        if not self._done:
             self.wait(timeout)
-            if not self._event._flag:  # type: ignore[attr-defined]
+            if not self._done:
                 raise multiprocessing.TimeoutError
         self._driver = None
         if self._success:
@@ -1331,10 +1332,9 @@ class Pool:
             elif type(job) is _ApplyResult and not job._callback and not job._error_callback:
                 # _ApplyResult._set inline (nothing to call back)
                 job._success, job._value = obj
-                flag: _Flag = job._event  # type: ignore[assignment]
-                flag._flag = True  # (_Flag.set)
-                if flag._event is not None:
-                    flag._event.set()
+                job._done = True  # (_ApplyResult._set_done)
+                if job._waiter is not None:
+                    job._waiter.set()
                 _dict_pop(cache, job_id, None)
                 job._pool = None
                 settled = True
@@ -1680,7 +1680,14 @@ class Pool:
         """Run ``func(*args, **kwds)`` in a worker; an AsyncResult."""
         if self._state != RUN:
             raise ValueError("Pool not running")
-        result = _ApplyResult(self, callback, error_callback)
+        # _ApplyResult(self, callback, error_callback), less the call of its __init__ and its
+        # cache entry (_submit_call makes it)
+        result = _new_object(_ApplyResult)
+        result._pool = result._driver = self
+        result._job = next(_job_counter)
+        result._cache = self._cache
+        result._callback = callback
+        result._error_callback = error_callback
         failed: list[tuple[Any, int, tuple[bool, Any]]] = []
         with self._lock:
             self._submit_call(result, func, tuple(args), dict(kwds) if kwds else {}, failed)
