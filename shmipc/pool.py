@@ -627,8 +627,9 @@ class _Worker:
         self.put = queue._fput  # a ready frame into its queue: one native call (_put_frame)
         self.budget = budget  # tasks it may still be sent (maxtasksperchild)
         self.dead = False
-        # seq -> task, in send order: [job, i, func, args, kwds, started], or a _PoolFuture
-        # sent straight from submit (its frame in _frame: Pool._task_of)
+        # seq -> task, in send order: [job, i, func, args, kwds, started], or the job itself
+        # (a _PoolFuture or _ApplyResult) of a call sent straight, its frame in its _frame
+        # (Pool._send_direct, Pool._task_of)
         self.tasks: dict[int, Any] = {}
         self.svc = 1.0  # seconds its tasks run (moving average; long until measured)
         self.limit = 0  # tasks it may have queued while they are fast (0: the prefetch)
@@ -1465,7 +1466,7 @@ class Pool:
                 task = w.tasks.pop(seq)
                 if type(task) is list:
                     done.append((task[0], task[1], (msg[1], msg[2])))
-                else:  # a future sent by submit (_submit_future): its frame is done with
+                else:  # the job of a call sent straight (_send_direct): its frame is done with
                     task._frame = None
                     done.append((task._job, 0, (msg[1], msg[2])))
                 w.svc += (msg[3] - w.svc) * 0.25
@@ -1609,9 +1610,9 @@ class Pool:
             pass
 
     def _task_of(self, task: Any) -> list[Any]:
-        """A held task as a list ``[job, i, func, args, kwds, started]``: a future sent by
-        submit keeps only its frame, which is read back here (a dead worker's tasks go
-        again; rare enough that the frame, not every call, pays for it)."""
+        """A held task as a list ``[job, i, func, args, kwds, started]``: a call sent
+        straight is held as its job and frame, which is read back here (a dead worker's
+        tasks go again; rare enough that this, not every call, pays for it)."""
         if type(task) is list:
             return task
         _, fn, args, kwargs = _loads(task._frame)
