@@ -672,12 +672,19 @@ class _Driven:
     def _keep_driver(self, pool: Pool) -> None:
         self._driver: Pool | None = pool
 
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def _block(self, timeout: float | None) -> None:
+        """Wait for the result without reading the result queue."""
+        self._event.wait(timeout)
+
     def wait(self, timeout: float | None = None) -> None:
         pool = self._driver
-        if pool is not None and not self._event.is_set():
-            pool._drive(self._event.is_set, timeout)
-        self._event.wait(0 if pool is not None and timeout is not None else timeout)
-        if self._event.is_set():
+        if pool is not None and not self.ready():
+            pool._drive(self.ready, timeout)
+        self._block(0 if pool is not None and timeout is not None else timeout)
+        if self.ready():
             self._driver = None
 
 
@@ -734,15 +741,6 @@ class _ApplyResult(_Driven, _mpp.ApplyResult):
                     waiter = self._waiter = threading.Event()
         if not self._done:
             waiter.wait(timeout)
-
-    def wait(self, timeout: float | None = None) -> None:
-        # _Driven.wait over the inline flag
-        pool = self._driver
-        if pool is not None and not self._done:
-            pool._drive(self.ready, timeout)
-        self._block(0 if pool is not None and timeout is not None else timeout)
-        if self._done:
-            self._driver = None
 
     def _set(self, i: int, obj: tuple[bool, Any]) -> None:
         # ApplyResult._set, with the flag and the cache entry handled inline
