@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "shmipc.h"
+#include "identity.h"
 
 #define A32(base, off) ((_Atomic uint32_t *)((base) + (off)))
 #define A64(base, off) ((_Atomic uint64_t *)((base) + (off)))
@@ -98,7 +99,7 @@ int shmipc_aio_waitv(char **bases, const uint64_t *offs, const uint32_t *expecte
         errno = E2BIG;
         return -SHMIPC_ERROR;
     }
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     int slots[SHMIPC_AIO_MAX_WORDS];
     for (uint32_t i = 0; i < n; i++)
         slots[i] = shmipc_aio_reg_add(bases[i], reg_offs[i], nslots[i], me);

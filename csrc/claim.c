@@ -48,6 +48,7 @@
 #include <string.h>
 
 #include "shmipc.h"
+#include "identity.h"
 #include "ring_internal.h"
 
 #define W64(ring, off) ((_Atomic uint64_t *)((ring) + (off)))
@@ -97,7 +98,7 @@ int shmipc_claim_end_quarantine(char *ring, uint64_t owner) {
 
 int shmipc_claim_park(char *ring, uint64_t start, uint64_t end) {
     if (spsc(ring)) return 0; /* never revoked: the side is the holder's role */
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     /* register: Q from 0 to me. Relaxed: made visible by the park's release below (I1).
      * Fails while another holder's quarantine stands: then no park, not revocable. */
     uint64_t expected = 0;
@@ -116,7 +117,7 @@ int shmipc_claim_park(char *ring, uint64_t start, uint64_t end) {
 }
 
 int shmipc_claim_unpark(char *ring) {
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     _Atomic uint64_t *lock = W64(ring, SHMIPC_RING_OFF_P_LOCK);
     /* Not parked (SPSC, or not registered): the lock was ours all along. Relaxed: our own
      * last store to the word, or a revoker's (which never writes `me`). */
@@ -186,7 +187,7 @@ int shmipc_ring_revoke(char *ring, uint64_t cap, uint64_t observed) {
      * this and the holder's unpark wins (I2); from here there is no going back. */
     uint64_t expected = observed;
     if (!atomic_compare_exchange_strong_explicit(W64(ring, SHMIPC_RING_OFF_P_LOCK), &expected,
-                                                 shmipc_lock_identity(), memory_order_acquire,
+                                                 shmipc_identity(), memory_order_acquire,
                                                  RELAXED))
         return 0;
     maybe_pause(SHMIPC_CLAIM_PAUSE_TAKE);

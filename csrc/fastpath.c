@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "shmipc.h"
+#include "identity.h"
 #include "ring_internal.h"
 #include "fastcall_args.h"
 
@@ -1602,7 +1603,7 @@ static PyObject *reserve_impl(Port *self, PyObject *n_obj, int64_t deadline, int
                                        : PyNumber_AsSsize_t(n_obj, PyExc_OverflowError);
     /* OverflowError for an int too large; TypeError for a float */
     if (*nbytes == -1 && PyErr_Occurred()) return NULL;
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     if (claim_find(self, me, 1)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "this thread already has a reservation on this queue: commit it");
@@ -1676,7 +1677,7 @@ static PyObject *port_try_reserve(Port *self, PyObject *const *args, Py_ssize_t 
 
 /* commit (publish) or abort this thread's reservation. */
 static PyObject *finish_reservation(Port *self, int publish) {
-    Claim *c = claim_find(self, shmipc_lock_identity(), 1);
+    Claim *c = claim_find(self, shmipc_identity(), 1);
     if (!c) {
         PyErr_SetString(PyExc_RuntimeError, "this thread has no reservation on this queue");
         return NULL;
@@ -1713,7 +1714,7 @@ static PyObject *port_abort(Port *self, PyObject *unused) {
 static PyObject *peek_impl(Port *self, int64_t deadline, int *status, uint32_t *type) {
     *status = SHMIPC_OK;
     *type = 0;
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     if (claim_find(self, me, 0)) {
         PyErr_SetString(PyExc_RuntimeError,
                         "this thread already peeked a record of this queue: release it");
@@ -1788,7 +1789,7 @@ static PyObject *port_peek_next(Port *self, PyObject *const *args, Py_ssize_t na
         parse_blocking(self, args, PyVectorcall_NARGS(nargs), kwnames, &SIG_PEEK_NEXT,
                        NULL, &deadline))
         return NULL;
-    if (claim_find(self, shmipc_lock_identity(), 0)) {
+    if (claim_find(self, shmipc_identity(), 0)) {
         PyObject *r = finish_peek(self, 1);
         if (!r) return NULL;
         Py_DECREF(r);
@@ -1810,7 +1811,7 @@ static PyObject *port_try_peek(Port *self, PyObject *const *args, Py_ssize_t nar
 
 /* release (consume) or unpeek this thread's peeked record. */
 static PyObject *finish_peek(Port *self, int consume) {
-    Claim *c = claim_find(self, shmipc_lock_identity(), 0);
+    Claim *c = claim_find(self, shmipc_identity(), 0);
     if (!c) {
         PyErr_SetString(PyExc_RuntimeError, "this thread has not peeked a record of this queue");
         return NULL;
@@ -1840,7 +1841,7 @@ static PyObject *port_release(Port *self, PyObject *unused) {
 /* let_go(): abort this thread's reservation and unpeek its peek, both views checked before
  * either is touched (BufferError, nothing changed). For close() on the holding thread. */
 static PyObject *port_let_go(Port *self, PyObject *unused) {
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     Claim *held[2] = {claim_find(self, me, 1), claim_find(self, me, 0)};
     for (int i = 0; i < 2; i++) {
         if (!held[i]) continue;
@@ -1863,7 +1864,7 @@ static PyObject *port_let_go(Port *self, PyObject *unused) {
 }
 
 static PyObject *port_holds_claim(Port *self, PyObject *unused) {
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     return PyBool_FromLong(claim_find(self, me, 1) || claim_find(self, me, 0));
 }
 

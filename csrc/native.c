@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "shmipc.h"
+#include "identity.h"
 
 #define A32(base, off) ((_Atomic uint32_t *)((base) + (off)))
 #define A64(base, off) ((_Atomic uint64_t *)((base) + (off)))
@@ -208,7 +209,7 @@ int shmipc_wait_while32_reg(char *b, size_t o, uint32_t expected, size_t reg_off
     if (atomic_load_explicit(word, memory_order_acquire) != expected) return SHMIPC_OK;
     if (spin_ns > 0 && spin_while(word, expected, deadline_ns, spin_ns)) return SHMIPC_OK;
     /* As in shmipc_wait_while32: the seq_cst count increment pairs with the waker's fence. */
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     int slot = register_sleeper(b, reg_off, nslots, me);
     int rc;
     if (atomic_load_explicit(word, memory_order_seq_cst) != expected)
@@ -268,11 +269,11 @@ int shmipc_wake32_reg(char *b, size_t o, size_t reg_off, int nslots, int n) {
 
 /* This thread's identity, computed once per thread and again in a forked child (whose only
  * thread has a new id). 0 means "not computed yet". */
-/* initial-exec: read without a __tls_get_addr call (two per message otherwise); 8 bytes of
- * the static TLS surplus glibc keeps for modules loaded later. */
-static _Thread_local uint64_t my_identity __attribute__((tls_model("initial-exec")));
+/* initial-exec: read without a __tls_get_addr call; 8 bytes of the static TLS surplus glibc
+ * keeps for modules loaded later. Read inline by shmipc_identity (csrc/identity.h). */
+_Thread_local uint64_t shmipc_tls_identity;
 
-static void forget_identity(void) { my_identity = 0; }
+static void forget_identity(void) { shmipc_tls_identity = 0; }
 
 __attribute__((constructor)) static void register_fork_handler(void) {
     pthread_atfork(NULL, NULL, forget_identity);
@@ -332,15 +333,15 @@ int shmipc_identity_alive(uint64_t identity) {
 }
 
 uint64_t shmipc_lock_identity(void) {
-    if (!my_identity) {
+    if (!shmipc_tls_identity) {
         uint64_t tid = (uint64_t)syscall(SYS_gettid);
-        my_identity = (thread_start_time() << 32) | (tid & 0xffffffffu);
+        shmipc_tls_identity = (thread_start_time() << 32) | (tid & 0xffffffffu);
     }
-    return my_identity;
+    return shmipc_tls_identity;
 }
 
 int shmipc_lock_try(char *b, size_t o) {
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     uint64_t expected = 0;
     /* Acquire on success: pairs with the release in shmipc_lock_release, so the previous
      * holder's writes to the state the lock guards are visible to us. */
@@ -396,7 +397,7 @@ static int lock_acquire_impl(char *b, size_t o, size_t reg_off, int nslots, int6
 }
 
 static int lock_release_impl(char *b, size_t o, size_t reg_off, int nslots) {
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     uint64_t expected = me;
     /* Release: pairs with the acquire of the next holder's CAS (shmipc_lock_try). */
     if (!atomic_compare_exchange_strong_explicit(A64(b, o), &expected, 0, memory_order_release,
@@ -427,7 +428,7 @@ int shmipc_lock_release_reg(char *b, size_t o, size_t reg_off, int nslots) {
 }
 
 int shmipc_lock_steal(char *b, size_t o, uint64_t observed) {
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     if (observed == 0 || observed == me) return SHMIPC_CHANGED;
     uint64_t expected = observed;
     if (atomic_compare_exchange_strong_explicit(A64(b, o), &expected, me, memory_order_acquire,

@@ -44,6 +44,7 @@
 #include <stdint.h>
 
 #include "shmipc.h"
+#include "identity.h"
 
 #define A64(base, off) ((_Atomic uint64_t *)((base) + (off)))
 #define SPIN_TRIES 4096
@@ -120,7 +121,7 @@ static void announce_free(char *base, size_t seq_off, size_t waiters_off) {
 
 int64_t shmipc_pool_alloc(char *base, size_t hdr0, uint32_t count, uint32_t start,
                           uint32_t cls, uint64_t key, uint64_t nbytes, uint32_t *gen_out) {
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     if (!count) return SHMIPC_POOL_NONE;
     key &= SHMIPC_POOL_KEY_MASK;
     for (uint32_t k = 0; k < count; k++) {
@@ -155,7 +156,7 @@ int64_t shmipc_pool_alloc(char *base, size_t hdr0, uint32_t count, uint32_t star
 int shmipc_pool_adjust(char *base, size_t hdr, uint32_t gen, uint64_t from_key,
                        uint32_t from_n, uint64_t to_key, uint32_t to_n, size_t seq_off,
                        size_t waiters_off, uint64_t *busy) {
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     from_key &= SHMIPC_POOL_KEY_MASK;
     to_key &= SHMIPC_POOL_KEY_MASK;
     if ((from_n && !from_key) || (to_n && !to_key) || from_n > COUNT_MAX || to_n > COUNT_MAX)
@@ -225,7 +226,7 @@ out:;
 
 int shmipc_pool_takeover(char *base, size_t hdr, uint64_t observed, size_t seq_off,
                          size_t waiters_off) {
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     if (!observed) return 0;
     /* acquire: pairs with the dead locker's last release (if any); its section may be half
      * done, which settle repairs (P2) */

@@ -15,11 +15,12 @@
 #include <stdint.h>
 
 #include "shmipc.h"
+#include "identity.h"
 
 #define A64(base, off) ((_Atomic uint64_t *)((base) + (off)))
 
 int shmipc_pool_sole(char *base, size_t hdr, uint32_t gen, uint64_t key, uint64_t *busy) {
-    uint64_t me = shmipc_lock_identity();
+    uint64_t me = shmipc_identity();
     _Atomic uint64_t *lock = A64(base, hdr + SHMIPC_POOL_OFF_LOCK);
     key &= SHMIPC_POOL_KEY_MASK;
     uint64_t seen = 0;

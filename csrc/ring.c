@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "shmipc.h"
+#include "identity.h"
 #include "ring_internal.h"
 
 
@@ -136,7 +137,7 @@ static inline int side_held_long(char *ring, int producer) {
  * SHMIPC_TRY_ONLY waits for nothing. */
 static inline int side_lock(char *ring, int producer, int64_t deadline_ns) {
     if (is_spsc(ring)) {
-        if (LOAD(U64(ring, SIDE_LOCK(producer))) == shmipc_lock_identity())
+        if (LOAD(U64(ring, SIDE_LOCK(producer))) == shmipc_identity())
             return side_pending(ring, producer) ? SHMIPC_DEADLOCK : SHMIPC_OK;
         int rc = shmipc_lock_try(ring, SIDE_LOCK(producer));
         return rc == SHMIPC_TIMEDOUT ? SHMIPC_BUSY : rc;
@@ -170,7 +171,7 @@ int shmipc_ring_leave(char *ring) {
     if (!is_spsc(ring)) return 0;
     int left = 0;
     for (int producer = 0; producer < 2; producer++) {
-        if (LOAD(U64(ring, SIDE_LOCK(producer))) == shmipc_lock_identity() &&
+        if (LOAD(U64(ring, SIDE_LOCK(producer))) == shmipc_identity() &&
             !side_pending(ring, producer) && lock_release(ring, producer) == SHMIPC_OK)
             left++;
     }
