@@ -55,3 +55,14 @@ def test_bad_arguments_exit_with_usage(capsys) -> None:
     with pytest.raises(SystemExit):
         zcsplit.main(["--rounds", "3"])
     assert "--rounds must be >= 10" in capsys.readouterr().err
+
+
+def test_a_failing_echo_fails_the_run_instead_of_hanging(monkeypatch) -> None:
+    def broken(style: str, inp, out) -> None:
+        inp.get_bytes()
+        raise OSError("the echo broke")
+
+    monkeypatch.setattr(zcsplit, "_echo", broken)
+    for ping in zcsplit.PINGS:
+        with pytest.raises(RuntimeError, match="the echo process failed"):
+            zcsplit.pingpong(ping, "copy", rounds=100)
