@@ -27,6 +27,7 @@ from .gc import collect_garbage, remove
 from .segments import (
     _SPILL_PREFIX,
     INCOMPLETE,
+    INCOMPLETE_NOTE,
     MAGIC,
     NotASegment,
     _describe,
@@ -203,8 +204,8 @@ def inspect_segment(name: str) -> dict[str, Any]:
         if is_incomplete(name, st.st_size, bytes(view[: len(MAGIC)])):
             out["kind"] = INCOMPLETE
             out["note"] = (
-                "no header: its maker died making it, or is making it now "
-                "(shmipc gc removes it once nobody holds it; shmipc rm removes it now)"
+                f"{INCOMPLETE_NOTE} (shmipc gc removes it once nobody holds it; "
+                "shmipc rm removes it now)"
             )
             return out
         try:

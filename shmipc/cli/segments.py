@@ -22,6 +22,7 @@ from ..region import SHM_DIR
 
 __all__ = [
     "INCOMPLETE",
+    "INCOMPLETE_NOTE",
     "UNREADABLE",
     "NotASegment",
     "SegmentInfo",
@@ -40,6 +41,8 @@ UNREADABLE = "unreadable"  # the kind shown for a shmipc-named file we may not r
 #: goes): a segment whose maker died (or is still working) between creating the name and
 #: writing its header, e.g. killed while its space was being reserved (see is_incomplete).
 INCOMPLETE = "incomplete"
+#: What ls, top and inspect say of an incomplete segment.
+INCOMPLETE_NOTE = "no header: its maker died making it, or is making it now"
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 

@@ -16,6 +16,7 @@ from . import rates as _rates
 from .describe import PREFIX_BYTES, Summary, describe, needs_whole, summarize
 from .segments import (
     INCOMPLETE,
+    INCOMPLETE_NOTE,
     UNREADABLE,
     NotASegment,
     SegmentInfo,
@@ -51,7 +52,7 @@ def sample_key(info: SegmentInfo) -> str:
 def segment_summary(info: SegmentInfo) -> tuple[Summary, str]:
     """The ls/top numbers of one shmipc segment and a note ("" or what went wrong)."""
     if info.kind == INCOMPLETE:
-        return Summary(), "no header: its maker died making it, or is making it now"
+        return Summary(), INCOMPLETE_NOTE
     if info.kind in (UNREADABLE, "spill") or info.creator_pid is None:
         return Summary(), ""
     try:
