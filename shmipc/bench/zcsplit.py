@@ -28,12 +28,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..queue import Queue
+from .verify import END as _END
+from .verify import SEQ as _SEQ
+from .workloads import _MSG_64 as _MSG  # 64 bytes, the sequence number first
 
 __all__ = ["ECHOES", "LOOPS", "PINGS", "main", "one_process", "pingpong"]
 
-_MSG = struct.Struct("<Q56x")  # 64 bytes, the sequence number first
-_SEQ = struct.Struct("<Q")
-_END = b"END"
 _CAPACITY = 1 << 20
 
 
