@@ -38,7 +38,8 @@
  *  does not park: it is not revocable (other producers wait for it, as for any lock holder).
  *
  * Every step below is ONE atomic operation on a shared word (plus plain stores to words only
- * the producer lock's holder reads, or to the claim's own unpublished bytes).
+ * the producer lock's holder reads, or to the claim's own unpublished bytes); register is two,
+ * register_read and register, modelled apart.
  */
 #define _GNU_SOURCE
 #include <signal.h>
@@ -99,12 +100,16 @@ int shmipc_claim_end_quarantine(char *ring, uint64_t owner) {
 int shmipc_claim_park(char *ring, uint64_t start, uint64_t end) {
     if (spsc(ring)) return 0; /* never revoked: the side is the holder's role */
     uint64_t me = shmipc_identity();
-    /* register: Q from 0 to me. Relaxed: made visible by the park's release below (I1).
-     * Fails while another holder's quarantine stands: then no park, not revocable. */
-    uint64_t expected = 0;
-    if (!atomic_compare_exchange_strong_explicit(W64(ring, SHMIPC_RING_OFF_Q_OWNER), &expected,
-                                                 me, RELAXED, RELAXED))
-        return 0;
+    /* register_read, register: Q from 0 to me, as a load and a store. No compare-exchange is
+     * needed: only a lock holder ever sets Q, and everyone else only clears a Q that names
+     * somebody (end_quarantine), so a 0 read here with the lock held stays 0 until our store.
+     * (Layout 4's compare-exchange, together with Q on the tail's adjacent line, cost every
+     * reservation's round trip 60-80 ns across cores: csrc/shmipc.h, layout 5.) Relaxed: made
+     * visible by the park's release below (I1). While another holder's quarantine stands,
+     * nothing is stored: no park, not revocable. */
+    _Atomic uint64_t *q = W64(ring, SHMIPC_RING_OFF_Q_OWNER);
+    if (atomic_load_explicit(q, RELAXED) != 0) return 0;
+    atomic_store_explicit(q, me, RELAXED);
     /* note: the claim's bounds, after register (so a standing quarantine's bounds are never
      * overwritten) and before park. Plain: read only by the revoker and the taker-over, after
      * their acquire CAS of the lock word. */

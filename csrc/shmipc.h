@@ -117,7 +117,7 @@ int shmipc_lock_release_reg(char *base, size_t off, size_t reg_off, int nslots);
  * is a position masked into the data area; offsets below are from the control block's start.
  */
 #define SHMIPC_RING_MAGIC 0x474e4952       /* "RING" */
-#define SHMIPC_RING_VERSION 4
+#define SHMIPC_RING_VERSION 5
 #define SHMIPC_RING_HEADER_SIZE 512
 /* config line (written once at init, read-only after) */
 #define SHMIPC_RING_OFF_MAGIC 0            /* u32 */
@@ -127,12 +127,22 @@ int shmipc_lock_release_reg(char *base, size_t off, size_t reg_off, int nslots);
 #define SHMIPC_RING_OFF_SPIN_NS 24         /* u64, how long waiters spin before sleeping */
 #define SHMIPC_RING_OFF_FLAGS 32           /* u32: SHMIPC_RING_SPSC */
 #define SHMIPC_RING_OFF_LIVENESS_NS 40     /* u64: a stopped reserver is revoked after this */
-/* producer side: written only by the holder of the producer lock */
+/* producer side: written only by the holder of the producer lock. Layout 5 keeps every word a
+ * reservation writes (the lock word, the claim's registration) on the lock's own line, away
+ * from the tail's: CPUs fetch 64-byte lines in 128-byte pairs, so a consumer spinning on the
+ * tail may also hold the line at 192, and a write there is one more cross-core transfer.
+ * Layout 4 registered claims at 216..239, by compare-exchange; with both, a reservation's
+ * round trip cost 60-80 ns more than a put's across cores (docs/performance.md, session 9). */
 #define SHMIPC_RING_OFF_P_LOCK 64          /* robust lock (SHMIPC_LOCK_SIZE bytes) */
 #define SHMIPC_RING_OFF_P_PEND_MSGS 80     /* u64: messages in once the claim commits */
 #define SHMIPC_RING_OFF_P_PEND_BYTES 88    /* u64: bytes in once the claim commits */
-#define SHMIPC_RING_OFF_P_LOCK_SLEEPERS 96 /* sleeper registry of the producer lock, 3 slots */
-#define SHMIPC_RING_P_LOCK_SLOTS 3
+/* claim registration and quarantine (csrc/claim.c, docs/internals/ring.md "Claims,
+ * revocation and quarantine"): the reservation out, registered at reserve; once revoked,
+ * its space is kept from reuse until its holder has seen the revocation or died */
+#define SHMIPC_RING_OFF_Q_START 96         /* u64: position where the registered claim starts */
+#define SHMIPC_RING_OFF_Q_END 104          /* u64: position where it ends */
+#define SHMIPC_RING_OFF_Q_OWNER 112        /* u64: identity of its holder; 0: none */
+/* offset 120: unused */
 #define SHMIPC_RING_OFF_P_TAIL 128         /* u64: end of committed records (consumers read) */
 #define SHMIPC_RING_OFF_P_HEAD_CACHE 136   /* u64: producers' last view of the head */
 #define SHMIPC_RING_OFF_P_OUT_CACHE 144    /* u64: producers' last view of messages out */
@@ -141,18 +151,16 @@ int shmipc_lock_release_reg(char *base, size_t off, size_t reg_off, int nslots);
 #define SHMIPC_RING_OFF_P_BYTES 168        /* u64: payload bytes committed */
 #define SHMIPC_RING_OFF_P_ABANDONED 176    /* u64: claims of producers that died */
 #define SHMIPC_RING_OFF_P_WAITS 184        /* u64: times a producer waited for room */
+/* the tail's adjacent line: words written only now and then (a wake, a revocation, a
+ * producer asleep on the lock), read on every unlock at most */
 #define SHMIPC_RING_OFF_P_WAKES 192        /* u64: wake syscalls issued to consumers (atomic) */
-/* offset 200: unused (layout 3's claim end; the claim's bounds are Q_START/Q_END now) */
+/* offset 200: unused */
 #define SHMIPC_RING_OFF_P_REVOKED 208      /* u64: reservations revoked from stopped producers */
-/* claim registration and quarantine (csrc/claim.c, docs/internals/ring.md "Claims,
- * revocation and quarantine"): the reservation out, registered at reserve; once revoked,
- * its space is kept from reuse until its holder has seen the revocation or died */
-#define SHMIPC_RING_OFF_Q_START 216        /* u64: position where the registered claim starts */
-#define SHMIPC_RING_OFF_Q_END 224          /* u64: position where it ends */
-#define SHMIPC_RING_OFF_Q_OWNER 232        /* u64: identity of its holder; 0: none */
+#define SHMIPC_RING_OFF_P_LOCK_SLEEPERS 216 /* sleeper registry of the producer lock, 3 slots */
+#define SHMIPC_RING_P_LOCK_SLOTS 3
 /* waits that slept out a whole slice although what they waited for had already happened (a
  * lost wake-up; atomic, written only then) */
-#define SHMIPC_RING_OFF_MISSED_WAKES 240   /* u64 */
+#define SHMIPC_RING_OFF_MISSED_WAKES 248   /* u64 */
 /* consumer side: written only by the holder of the consumer lock */
 #define SHMIPC_RING_OFF_C_LOCK 256         /* robust lock */
 #define SHMIPC_RING_OFF_C_PEND_END 272     /* u64: head once the records being retired go */

@@ -4,8 +4,8 @@ A pure-Python model of the protocol's atomic steps, named as in csrc/claim.c (on
 step per atomic operation on a shared word; plain stores to words only the producer lock's
 holder reads ride with the step they belong to). Actors:
 
-* ``H``, a holder: reserve (lock, find_room, place, register, note, park), then
-  commit or abort (unpark, then unregister + publish/unlock, or end_quarantine if revoked);
+* ``H``, a holder: reserve (lock, find_room, place, register_read, register, note, park),
+  then commit or abort (unpark, then unregister + publish/unlock, or end_quarantine if revoked);
 * ``R1``, ``R2``, two revokers: observe (a parked word whose holder is stopped: what the
   Python liveness pass decides), revoke_take, revoke_mark, revoke_publish, revoke_release;
 * ``P``, a producer putting records (lock, find_room, place, publish, unlock) until it has
@@ -46,11 +46,12 @@ from typing import Any, NamedTuple
 import pytest
 
 KILLABLE = ("H", "R1", "R2", "P")
-MAY_WRITE = ("register", "note", "park", "unpark")  # H's pcs between place and unpark
+MAY_WRITE = ("register_read", "register", "note", "park", "unpark")  # H: place..unpark
 # H and P pcs at which they hold the producer lock (their own view: H parked or not)
 HOLDS = {
     "find_room",
     "place",
+    "register_read",
     "register",
     "note",
     "park",
@@ -162,13 +163,12 @@ class Model:
             yield "retry", replace(s, h_pc="lock")
         elif pc == "place":
             recs = self.write_header(s, s.h_pos, "H")
-            yield "place", replace(s, recs=recs, h_pc="park" if self.old else "register")
-        elif pc == "register":  # CAS Q 0 -> H
+            yield "place", replace(s, recs=recs, h_pc="park" if self.old else "register_read")
+        elif pc == "register_read":  # relaxed load of Q: a quarantine stands, or none
+            yield "register_read", replace(s, h_pc="register" if s.q is None else "unpark")
+        elif pc == "register":  # relaxed store Q = H (it read 0, under the lock)
             nxt = "park" if self.mutant == "park_before_note" else "note"
-            yield (
-                "register",
-                replace(s, q="H" if s.q is None else s.q, h_pc=nxt if s.q is None else "unpark"),
-            )
+            yield "register", replace(s, q="H", h_pc=nxt)
         elif pc == "note":
             nxt = "unpark" if self.mutant == "park_before_note" else "park"
             yield "note", replace(s, qs=s.h_pos, qe=s.h_pos + 1, h_pc=nxt)
