@@ -775,3 +775,188 @@ int shmipc_io_msync(int fd, size_t file_size, double *out)
     out[2] = (double)file_size;
     return rc;
 }
+
+/* ---- ring round trips without Python (python -m shmipc.bench.zcsplit) ------------------
+ *
+ * The zero-copy calls cost more from Python than put_bytes/get_bytes; this loop says how
+ * much of that is the ring protocol itself. This thread pings and an echo thread answers,
+ * 64-byte messages through two rings made as a Queue makes them (same spin, same flags),
+ * each side either copying (0: put, get into a buffer) or in place (1: reserve, write,
+ * commit; peek, read, release). The combinations are interleaved in blocks, so that every
+ * one of them sees the same placement of the two CPUs (on a VM it changes within seconds and
+ * moves a round trip by 2x). Each message's first 8 bytes are its round number, checked. */
+
+#define RPP_MSG 64
+#define RPP_SLICES_MAX 100 /* 100 ms slices without progress: the other side is gone */
+
+struct ring_pp {
+    char *q1, *q2; /* ping -> echo, echo -> ping */
+    uint64_t cap;
+    const int *styles; /* [2k]: ping's, [2k+1]: echo's style of combination k */
+    int ncombos;
+    size_t block, total;
+    int cpu;
+    _Atomic int ready;
+    _Atomic int stop;
+    int rc; /* the echo's: 0 or a negated errno */
+};
+
+/* A blocking ring call's status loop: retry after a slice (or a spurious empty/full), give up
+ * once `stop` is set or after RPP_SLICES_MAX slices. */
+static int rpp_retry(int status, int *slices, _Atomic int *stop)
+{
+    if (status != SHMIPC_SLICE && status != SHMIPC_EMPTY && status != SHMIPC_FULL &&
+        status != SHMIPC_INTERRUPTED)
+        return 0;
+    if (status == SHMIPC_SLICE && ++*slices > RPP_SLICES_MAX)
+        return 0;
+    return !atomic_load_explicit(stop, memory_order_relaxed);
+}
+
+static int rpp_send(char *ring, uint64_t cap, int in_place, uint64_t seq, const char *msg,
+                    _Atomic int *stop)
+{
+    int slices = 0;
+    if (!in_place) {
+        int rc;
+        while ((rc = shmipc_ring_put(ring, cap, msg, RPP_MSG, 1, -1)) != SHMIPC_OK)
+            if (!rpp_retry(rc, &slices, stop))
+                return -EIO;
+        return 0;
+    }
+    int64_t at;
+    while ((at = shmipc_ring_reserve(ring, cap, RPP_MSG, 1, -1)) < 0)
+        if (!rpp_retry((int)-at, &slices, stop))
+            return -EIO;
+    char *dst = ring + SHMIPC_RING_HEADER_SIZE + at;
+    memcpy(dst, msg, RPP_MSG);
+    memcpy(dst, &seq, sizeof seq);
+    return shmipc_ring_commit(ring, cap, RPP_MSG) == SHMIPC_OK ? 0 : -EIO;
+}
+
+/* Receive one message: copied into buf (style 0), or peeked and handed to `echo` (style 1:
+ * sent on from where it lies, then released). Its round number in *seq. */
+static int rpp_recv(char *ring, uint64_t cap, int in_place, char *buf, uint64_t *seq,
+                    char *echo_to, int echo_in_place, _Atomic int *stop)
+{
+    int slices = 0;
+    if (!in_place) {
+        int64_t n;
+        while ((n = shmipc_ring_get(ring, cap, buf, RPP_MSG, -1)) < 0)
+            if (!rpp_retry((int)-n, &slices, stop))
+                return -EIO;
+        if ((n & 0xffffffffff) != RPP_MSG)
+            return -EPROTO;
+        memcpy(seq, buf, sizeof *seq);
+        return echo_to ? rpp_send(echo_to, cap, echo_in_place, *seq, buf, stop) : 0;
+    }
+    uint64_t meta[2];
+    int64_t at;
+    while ((at = shmipc_ring_peek(ring, cap, meta, -1)) < 0)
+        if (!rpp_retry((int)-at, &slices, stop))
+            return -EIO;
+    const char *src = ring + SHMIPC_RING_HEADER_SIZE + at;
+    int rc = meta[0] == RPP_MSG ? 0 : -EPROTO;
+    memcpy(seq, src, sizeof *seq);
+    if (rc == 0 && echo_to)
+        rc = rpp_send(echo_to, cap, echo_in_place, *seq, src, stop);
+    if (shmipc_ring_release(ring, cap) != SHMIPC_OK && rc == 0)
+        rc = -EIO;
+    return rc;
+}
+
+static void *rpp_echo(void *arg)
+{
+    struct ring_pp *pp = arg;
+    int pinned = pin(pp->cpu);
+    atomic_store_explicit(&pp->ready, 1 + pinned, memory_order_release);
+    char buf[RPP_MSG];
+    for (size_t i = 0; i < pp->total && pp->rc == 0; i++) {
+        const int *st = pp->styles + 2 * ((i / pp->block) % (size_t)pp->ncombos);
+        uint64_t seq;
+        pp->rc = rpp_recv(pp->q1, pp->cap, st[1], buf, &seq, pp->q2, st[1], &pp->stop);
+        if (pp->rc == 0 && seq != i)
+            pp->rc = -EPROTO;
+    }
+    if (pp->rc)
+        atomic_store_explicit(&pp->stop, 1, memory_order_relaxed);
+    return NULL;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int shmipc_measure_ring_pingpong(const int *styles, int ncombos, size_t block, size_t cycles,
+                                 uint32_t flags, int cpu_a, int cpu_b, double *out)
+{
+    if (!styles || !out || ncombos < 1 || ncombos > 16 || block < 10 || block > 1000000 ||
+        cycles < 1 || cycles > 10000 || block * cycles * (size_t)ncombos > ((size_t)1 << 30) ||
+        (flags & ~(uint32_t)SHMIPC_RING_SPSC) || cpu_a < -1 || cpu_b < -1 ||
+        cpu_a >= CPU_SETSIZE || cpu_b >= CPU_SETSIZE)
+        return -EINVAL;
+    for (int k = 0; k < 2 * ncombos; k++)
+        if (styles[k] != 0 && styles[k] != 1)
+            return -EINVAL;
+    const uint64_t cap = 1 << 16;
+    size_t span = SHMIPC_RING_HEADER_SIZE + cap;
+    char *area = mmap(NULL, 2 * span, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (area == MAP_FAILED)
+        return -errno;
+    int64_t *lat = malloc(block * sizeof *lat);
+    if (!lat) {
+        munmap(area, 2 * span);
+        return -ENOMEM;
+    }
+    struct ring_pp pp = {.q1 = area, .q2 = area + span, .cap = cap, .styles = styles,
+                         .ncombos = ncombos, .block = block,
+                         .total = block * cycles * (size_t)ncombos, .cpu = cpu_b};
+    /* spin 50 µs and liveness 1 s: shmipc/ring.py's DEFAULT_SPIN_NS and DEFAULT_LIVENESS */
+    shmipc_ring_init(pp.q1, cap, 0, 50000, flags, 1000000000);
+    shmipc_ring_init(pp.q2, cap, 0, 50000, flags, 1000000000);
+    int rc = 0;
+    cpu_set_t saved;
+    int have_saved = pthread_getaffinity_np(pthread_self(), sizeof saved, &saved) == 0;
+    int pinned_a = pin(cpu_a);
+    pthread_t b;
+    int e = pthread_create(&b, NULL, rpp_echo, &pp);
+    if (e != 0) {
+        rc = -e;
+        goto restore;
+    }
+    while (atomic_load_explicit(&pp.ready, memory_order_acquire) == 0)
+        sched_yield();
+    int pinned_b = atomic_load_explicit(&pp.ready, memory_order_acquire) == 2;
+    char msg[RPP_MSG] = {0}, buf[RPP_MSG];
+    for (size_t i = 0; i < pp.total && rc == 0; i++) {
+        size_t k = (i / block) % (size_t)ncombos;
+        const int *st = styles + 2 * k;
+        uint64_t seq = i;
+        int64_t t0 = shmipc_measure_now_ns();
+        memcpy(msg, &seq, sizeof seq);
+        rc = rpp_send(pp.q1, cap, st[0], seq, msg, &pp.stop);
+        if (rc == 0)
+            rc = rpp_recv(pp.q2, cap, st[0], buf, &seq, NULL, 0, &pp.stop);
+        lat[i % block] = shmipc_measure_now_ns() - t0;
+        if (rc == 0 && seq != i)
+            rc = -EPROTO;
+        if (rc == 0 && i % block == block - 1) {
+            qsort(lat, block, sizeof *lat, cmp_i64);
+            out[k * cycles + i / (block * (size_t)ncombos)] = (double)lat[block / 2];
+        }
+    }
+    if (rc)
+        atomic_store_explicit(&pp.stop, 1, memory_order_relaxed);
+    pthread_join(b, NULL);
+    if (rc == 0)
+        rc = pp.rc;
+    out[(size_t)ncombos * cycles] = (double)(pinned_a && pinned_b && cpu_a >= 0 && cpu_b >= 0);
+restore:
+    if (have_saved)
+        pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+    free(lat);
+    munmap(area, 2 * span);
+    return rc;
+}

@@ -425,6 +425,14 @@ int shmipc_measure_memcpy(size_t bytes, size_t total, double *out);
 /* kind 0 futex, 1 pipe, 2 cache line; cpu -1: unpinned.
  * out[4] = {ns, rounds, 1 if both threads were pinned, futex waits that slept} */
 int shmipc_measure_pingpong(int kind, size_t rounds, int cpu_a, int cpu_b, double *out);
+/* 64-byte round trips through two rings, this thread pinging and another echoing; each side
+ * copies (style 0: put, get) or works in place (1: reserve + commit, peek + release).
+ * styles[2k], styles[2k+1]: ping's and echo's style of combination k (ncombos of them), run
+ * interleaved in blocks of `block` rounds, `cycles` times over. flags: 0 or SHMIPC_RING_SPSC.
+ * out[ncombos * cycles + 1] = {each block's median round trip in ns, combination-major;
+ *                              then 1 if both threads were pinned} */
+int shmipc_measure_ring_pingpong(const int *styles, int ncombos, size_t block, size_t cycles,
+                                 uint32_t flags, int cpu_a, int cpu_b, double *out);
 /* method 0 pread, 1 mmap (fd -1: anonymous MAP_SHARED), 2 io_uring; advice 0 normal,
  * 1 random, 2 sequential, 3 willneed, 4 hugepage (madvise, mmap only).
  * out[6] = {ns, bytes, reads, minor faults, major faults, 1 if io_uring used fixed buffers} */

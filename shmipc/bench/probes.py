@@ -23,6 +23,7 @@ __all__ = [
     "memcpy",
     "pingpong",
     "random_access",
+    "ring_pingpong",
     "tlb_info",
 ]
 
@@ -32,6 +33,9 @@ PREFAULT = {"none": 0, "populate": 1, "populate_write": 2}
 PAGES = {"4k": 0, "thp": 1, "hugetlb": 2}
 #: pingpong kind= values.
 PINGPONG = {"futex": 0, "pipe": 1, "cacheline": 2}
+#: ring_pingpong styles: how a side sends and receives (put/get, or reserve+commit and
+#: peek+release).
+RING_STYLES = {"copy": 0, "in place": 1}
 #: io_read method= and advice= values.
 METHODS = {"pread": 0, "mmap": 1, "io_uring": 2}
 ADVICE = {"normal": 0, "random": 1, "sequential": 2, "willneed": 3, "hugepage": 4}
@@ -140,6 +144,39 @@ def pingpong(kind: str, rounds: int, *, cpus: tuple[int, int] | None = (0, 1)) -
         "pinned": bool(out[2]),
         "sleeps_per_round_trip": out[3] / out[1],
     }
+
+
+def ring_pingpong(
+    pairs: list[tuple[str, str]],
+    *,
+    block: int = 2_000,
+    cycles: int = 20,
+    spsc: bool = False,
+    cpus: tuple[int, int] | None = (0, 1),
+) -> dict[str, Any]:
+    """64-byte round trips through two rings with no Python in the loop, for each (ping, echo)
+    pair of RING_STYLES, the pairs interleaved in blocks of ``block`` rounds, ``cycles``
+    times over: ``{"blocks": {pair: [each block's median ns]}, "pinned": bool}``."""
+    if not pairs or len(pairs) > 16:
+        raise ValueError(f"between 1 and 16 pairs, not {len(pairs)}")
+    codes = [_choice("style", side, RING_STYLES) for pair in pairs for side in pair]
+    _positive("block", block, limit=1_000_000)
+    _positive("cycles", cycles, limit=10_000)
+    if block < 10:
+        raise ValueError(f"block must be at least 10, not {block}")
+    if block * cycles * len(pairs) > 1 << 30:
+        raise ValueError("at most 2**30 round trips in all")
+    a, b = cpus if cpus is not None else (-1, -1)
+    for cpu in (a, b):
+        if not isinstance(cpu, int) or cpu < -1 or cpu >= 1024:
+            raise ValueError(f"cpu numbers must be in -1..1023, not {cpu!r}")
+    styles = ffi.new("int[]", codes)
+    out = ffi.new("double[]", len(pairs) * cycles + 1)
+    flags = lib.SHMIPC_RING_SPSC if spsc else 0
+    rc = lib.shmipc_measure_ring_pingpong(styles, len(pairs), block, cycles, flags, a, b, out)
+    _check(rc, "ring_pingpong")
+    blocks = {pair: [out[k * cycles + i] for i in range(cycles)] for k, pair in enumerate(pairs)}
+    return {"blocks": blocks, "pinned": bool(out[len(pairs) * cycles])}
 
 
 def io_read(

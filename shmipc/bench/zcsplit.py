@@ -9,18 +9,22 @@ the main benchmark's rows cannot separate:
   The differences are each side's own cost, free of any cross-core effect.
 * **ping-pong, styles mixed** (two processes, each pinned when the machine has two CPUs):
   the pinging and echoing sides each either copy or work in place, so that a slower round
-  trip is put on the side (and direction) that causes it.
+  trip is put on the side (and direction) that causes it. The pairs take turns in blocks
+  within one pair of processes, so that all of them see the same placement of the CPUs.
+* **the same ring calls in C** (probes.ring_pingpong, two threads): what the ring protocol
+  itself costs each style, with no Python in the loop.
 
-Each figure is the median over ``repeat`` interleaved runs (in one process: of the best of
-three loops of ``rounds`` messages; ping-pong: of each run's median round trip). This is a
-diagnostic for docs/performance.md, not a comparison with peers: ``python -m shmipc.bench``
-is that.
+In one process each figure is the median over ``repeat`` interleaved runs of the best of
+three loops of ``rounds`` messages; a ping-pong figure is the median of its blocks' medians.
+This is a diagnostic for docs/performance.md, not a comparison with peers:
+``python -m shmipc.bench`` is that.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import struct
 import time
@@ -28,11 +32,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..queue import Queue
-from .verify import END as _END
+from . import probes
 from .verify import SEQ as _SEQ
 from .workloads import _MSG_64 as _MSG  # 64 bytes, the sequence number first
 
-__all__ = ["ECHOES", "LOOPS", "PINGS", "main", "one_process", "pingpong"]
+__all__ = [
+    "ECHOES",
+    "LOOPS",
+    "NATIVE_PAIRS",
+    "PAIRS",
+    "PINGS",
+    "main",
+    "native",
+    "one_process",
+    "pingpong",
+]
 
 _CAPACITY = 1 << 20
 
@@ -129,23 +143,18 @@ def _timed(loop: Callable[[Queue[Any], int], None], q: Queue[Any], n: int) -> in
 # ---- ping-pong, styles mixed ---------------------------------------------------------------
 
 
-def _echo(style: str, inp: Queue[Any], out: Queue[Any]) -> None:
-    """Send every message back until the end mark; `style` says how it is read and written."""
+def _echo(style: str, inp: Queue[Any], out: Queue[Any], n: int) -> None:
+    """Send `n` messages back; `style` says how each is read and how its reply is written."""
     if style in ("copy", "peek+put"):
         recv: Callable[[], Any] = inp.get_bytes if style == "copy" else inp.peek_next
         put = out.put_bytes
-        while True:
-            message = recv()
-            if len(message) == len(_END) and message == _END:
-                break
-            put(message)
+        for _ in range(n):
+            put(recv())
     else:  # "in place" (peek_next, reserve/commit) or "get+reserve"
         recv = inp.peek_next if style == "in place" else inp.get_bytes
         reserve, commit = out.reserve, out.commit
-        while True:
+        for _ in range(n):
             message = recv()
-            if len(message) == len(_END) and message == _END:
-                break
             reply = reserve(len(message))
             reply[:] = message
             commit()
@@ -188,15 +197,28 @@ def _ping(style: str, out: Queue[Any], back: Queue[Any], rounds: int) -> list[in
 #: ping styles and echo styles that pingpong() mixes
 PINGS = ("copy", "in place")
 ECHOES = ("copy", "peek+put", "get+reserve", "in place")
+#: the pairs main() runs
+PAIRS = [("copy", e) for e in ECHOES] + [("in place", "copy"), ("in place", "peek+put")]
+PAIRS += [("in place", "in place")]
 
 
-def pingpong(ping: str, echo: str, rounds: int = 60_000) -> tuple[float, float]:
-    """(median, p90) round trip in ns, the echo in a forked child; the first tenth is warm-up.
+def pingpong(
+    pairs: Sequence[tuple[str, str]], *, block: int = 2_000, cycles: int = 10
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """(median, p90) round trip in ns of each (ping, echo) pair, the echo in a forked child.
 
-    With two CPUs or more, this process runs on the first and the echo on the second (with
-    one, both share it, and every round trip is two context switches)."""
-    if ping not in PINGS or echo not in ECHOES:
-        raise ValueError(f"ping must be one of {PINGS} and echo one of {ECHOES}")
+    The pairs take turns in blocks of `block` rounds, `cycles` times over, in one pair of
+    processes: on a VM the two CPUs' placement changes within seconds and moves a round
+    trip by up to 2x, so pairs measured one after the other would differ by that alone. Each
+    figure is the median over the pair's blocks of the block's median (p90). With two CPUs or
+    more, this process runs on the first and the echo on the second (with one, both share
+    it, and every round trip is two context switches)."""
+    pairs = list(pairs)
+    for ping, echo in pairs:
+        if ping not in PINGS or echo not in ECHOES:
+            raise ValueError(f"ping must be one of {PINGS} and echo one of {ECHOES}")
+    if not pairs or block < 10 or cycles < 1:
+        raise ValueError("pingpong needs a pair, block >= 10 and cycles >= 1")
     cpus = _cpus()
     out: Queue[Any] = Queue(capacity=_CAPACITY)
     back: Queue[Any] = Queue(capacity=_CAPACITY)
@@ -205,28 +227,56 @@ def pingpong(ping: str, echo: str, rounds: int = 60_000) -> tuple[float, float]:
         code = 1
         try:
             _pin(cpus, 1)
-            _echo(echo, out, back)
+            for _ in range(cycles):
+                for _, echo in pairs:
+                    _echo(echo, out, back, block)
             code = 0
         except BaseException:
             # An empty reply: the pinging side fails on it at once instead of waiting forever.
             back.put_bytes(b"", timeout=5)
         finally:
             os._exit(code)
+    blocks: dict[tuple[str, str], list[tuple[float, float]]] = {p: [] for p in pairs}
+    done = False
     try:
         _pin(cpus, 0)
-        lat = _ping(ping, out, back, rounds)
+        for _ in range(cycles):
+            for pair in pairs:
+                lat = sorted(_ping(pair[0], out, back, block))
+                blocks[pair].append((lat[len(lat) // 2], lat[len(lat) * 9 // 10]))
+        done = True
     except struct.error as e:  # the echo's empty reply (see above)
         raise RuntimeError(f"the echo process failed ({e})") from None
     finally:
         _unpin(cpus)
-        out.put_bytes(_END)
+        if not done:  # the echo may still wait for messages that will not come
+            os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         out.close()
         back.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"the echo process failed (status {status})")
-    lat = sorted(lat[rounds // 10 :])
-    return float(lat[len(lat) // 2]), float(lat[len(lat) * 9 // 10])
+    return {
+        p: (statistics.median(m for m, _ in b), statistics.median(q for _, q in b))
+        for p, b in blocks.items()
+    }
+
+
+#: the native pairs (probes.ring_pingpong): the same ring calls with no Python in the loop
+NATIVE_PAIRS = [("copy", "copy"), ("copy", "in place"), ("in place", "copy")]
+NATIVE_PAIRS += [("in place", "in place")]
+
+
+def native(block: int = 2_000, cycles: int = 20) -> dict[str, dict[tuple[str, str], float]]:
+    """Median ns of each NATIVE_PAIRS round trip, for a Queue's ring ("shared": a lock a
+    side) and an SPSC one, pinned as pingpong() pins (probes.ring_pingpong)."""
+    cpus = _cpus()
+    pair = (cpus[0], cpus[1]) if len(cpus) >= 2 else None
+    got = {}
+    for name, spsc in (("shared", False), ("spsc", True)):
+        r = probes.ring_pingpong(NATIVE_PAIRS, block=block, cycles=cycles, spsc=spsc, cpus=pair)
+        got[name] = {p: statistics.median(v) for p, v in r["blocks"].items()}
+    return got
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,23 +296,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("| ping-pong: ping / echo | median ns | p90 ns |")
     print("| --- | ---: | ---: |")
-    pairs = [("copy", "copy"), ("copy", "peek+put"), ("copy", "get+reserve"), ("copy", "in place")]
-    pairs += [("in place", "copy"), ("in place", "in place")]
-    runs: dict[tuple[str, str], list[tuple[float, float]]] = {p: [] for p in pairs}
-    for _ in range(args.repeat):
-        for p in pairs:
-            runs[p].append(pingpong(*p, rounds=max(args.rounds * 6 // 10, 10)))
-    for (ping, echo), r in runs.items():
-        median = statistics.median(m for m, _ in r)
-        p90 = statistics.median(p for _, p in r)
+    block = max(args.rounds // 50, 10)
+    for (ping, echo), (median, p90) in pingpong(PAIRS, block=block, cycles=args.repeat).items():
         print(f"| {ping} / {echo} | {median:.0f} | {p90:.0f} |")
+    print()
+    print("| the same ring calls in C, no Python: ping / echo | Queue ring, ns | SPSC ring, ns |")
+    print("| --- | ---: | ---: |")
+    nat = native(block=block, cycles=max(args.repeat, 5))
+    for p in NATIVE_PAIRS:
+        print(f"| {p[0]} / {p[1]} | {nat['shared'][p]:.0f} | {nat['spsc'][p]:.0f} |")
     print()
     print(
         "- copy: put_bytes/get_bytes; in place: reserve + fill + commit, and peek_next; "
         "peek+put: the echo reads in place and replies with put_bytes(view); get+reserve: "
         "it reads with get_bytes and replies in place"
     )
-    print(f"- medians of {args.repeat} interleaved runs; pid {os.getpid()}, {os.cpu_count()} CPUs")
+    print(
+        f"- ping-pong: the pairs take turns in blocks of {block} rounds, {args.repeat} times "
+        "over, in one pair of processes (C: two threads); each figure is the median of the "
+        "blocks' medians"
+    )
+    print(f"- in one process: medians of {args.repeat} interleaved runs; {os.cpu_count()} CPUs")
     return 0
 
 

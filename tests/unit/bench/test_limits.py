@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,13 @@ def test_near():
         (probes.pingpong, {"kind": "futex", "rounds": 0}),
         (probes.pingpong, {"kind": "futex", "rounds": 10, "cpus": (-5, 0)}),
         (probes.pingpong, {"kind": "futex", "rounds": 10, "cpus": (0, 5000)}),
+        (probes.ring_pingpong, {"pairs": []}),
+        (probes.ring_pingpong, {"pairs": [("copy", "copy")] * 17}),
+        (probes.ring_pingpong, {"pairs": [("copy", "telegram")]}),
+        (probes.ring_pingpong, {"pairs": [("copy", "copy")], "block": 9}),
+        (probes.ring_pingpong, {"pairs": [("copy", "copy")], "cycles": 0}),
+        (probes.ring_pingpong, {"pairs": [("copy", "copy")], "block": 10**6, "cycles": 2000}),
+        (probes.ring_pingpong, {"pairs": [("copy", "copy")], "cpus": (0, -7)}),
     ],
 )
 def test_python_checks_refuse_bad_arguments(call, kwargs):
@@ -206,6 +214,15 @@ checks = [
     lib.shmipc_measure_pingpong(3, 10, 0, 1, out),
     lib.shmipc_measure_pingpong(0, 0, 0, 1, out),
     lib.shmipc_measure_pingpong(0, 10, -2, 1, out),
+    lib.shmipc_measure_ring_pingpong(ffi.new("int[2]", [0, 2]), 1, 100, 1, 0, -1, -1, out),
+    lib.shmipc_measure_ring_pingpong(ffi.new("int[2]", [0, 0]), 0, 100, 1, 0, -1, -1, out),
+    lib.shmipc_measure_ring_pingpong(ffi.new("int[2]", [0, 0]), 17, 100, 1, 0, -1, -1, out),
+    lib.shmipc_measure_ring_pingpong(ffi.new("int[2]", [0, 0]), 1, 9, 1, 0, -1, -1, out),
+    lib.shmipc_measure_ring_pingpong(ffi.new("int[2]", [0, 0]), 1, 100, 0, 0, -1, -1, out),
+    lib.shmipc_measure_ring_pingpong(ffi.new("int[2]", [0, 0]), 1, 100, 1, 2, -1, -1, out),
+    lib.shmipc_measure_ring_pingpong(ffi.new("int[2]", [0, 0]), 1, 100, 1, 0, -3, -1, out),
+    lib.shmipc_measure_ring_pingpong(ffi.NULL, 1, 100, 1, 0, -1, -1, out),
+    lib.shmipc_measure_ring_pingpong(ffi.new("int[2]", [0, 0]), 1, 100, 1, 0, -1, -1, ffi.NULL),
     lib.shmipc_io_read(-1, 0, 1 << 20, 4096, 1, 10, 1, 0, 1, 0, out),
     lib.shmipc_io_read(-1, 1, 1 << 20, 4, 1, 10, 1, 0, 1, 0, out),
     lib.shmipc_io_read(-1, 1, 1 << 20, 4096, 1, 0, 1, 0, 1, 0, out),
@@ -242,6 +259,26 @@ def test_small_measurements_run():
     for kind in ("futex", "pipe", "cacheline"):
         r = probes.pingpong(kind, 50, cpus=None)
         assert r["ns_per_round_trip"] > 0 and not r["pinned"]
+
+
+@pytest.mark.timeout(60)
+def test_ring_pingpong_runs_every_pair_and_checks_every_reply():
+    """The C loop checks each reply's round number itself (a wrong one is -EPROTO, an
+    OSError here); a run that returns gave one median per block, for every pair."""
+    pairs = [(p, e) for p in probes.RING_STYLES for e in probes.RING_STYLES]
+    for spsc in (False, True):
+        r = probes.ring_pingpong(pairs, block=50, cycles=3, spsc=spsc, cpus=None)
+        assert set(r["blocks"]) == set(pairs) and not r["pinned"]
+        assert all(len(v) == 3 and all(x > 0 for x in v) for v in r["blocks"].values())
+
+
+@pytest.mark.timeout(60)
+def test_ring_pingpong_pins_where_it_may_and_restores_the_affinity():
+    before = os.sched_getaffinity(0)
+    cpus = sorted(before)
+    pair = (cpus[0], cpus[-1])
+    r = probes.ring_pingpong([("copy", "in place")], block=20, cycles=1, cpus=pair)
+    assert r["pinned"] and os.sched_getaffinity(0) == before
 
 
 def test_out_pointer_is_checked_not_written_past():

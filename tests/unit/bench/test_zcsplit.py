@@ -19,22 +19,33 @@ def _affinity() -> set[int] | None:
 
 def test_every_loop_and_pair_runs_and_prints_its_row(capsys) -> None:
     before = _affinity()
-    assert zcsplit.main(["--rounds", "200", "--repeat", "1"]) == 0
+    assert zcsplit.main(["--rounds", "1000", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     for what, _ in zcsplit.LOOPS.values():
         assert f"| `{what}` |" in out
-    for ping in zcsplit.PINGS:
-        assert f"| {ping} / in place |" in out
-    for echo in zcsplit.ECHOES:
-        assert f"| copy / {echo} |" in out
+    for ping, echo in zcsplit.PAIRS:
+        assert f"| {ping} / {echo} |" in out
+    assert {p for p, _ in zcsplit.PAIRS} == set(zcsplit.PINGS)
+    assert {e for _, e in zcsplit.PAIRS} == set(zcsplit.ECHOES)
+    for ping, echo in zcsplit.NATIVE_PAIRS:
+        assert f"| {ping} / {echo} | " in out.split("the same ring calls in C")[1]
     assert _affinity() == before
 
 
-@pytest.mark.parametrize("echo", zcsplit.ECHOES)
-@pytest.mark.parametrize("ping", zcsplit.PINGS)
-def test_each_pair_gives_a_median_and_p90(ping: str, echo: str) -> None:
-    median, p90 = zcsplit.pingpong(ping, echo, rounds=100)
-    assert 0 < median <= p90
+def test_pairs_take_turns_and_each_gives_a_median_and_p90() -> None:
+    pairs = [(p, e) for p in zcsplit.PINGS for e in zcsplit.ECHOES]
+    got = zcsplit.pingpong(pairs, block=30, cycles=2)
+    assert list(got) == pairs
+    assert all(0 < median <= p90 for median, p90 in got.values())
+
+
+def test_native_gives_both_rings_and_every_pair() -> None:
+    before = _affinity()
+    got = zcsplit.native(block=20, cycles=1)
+    assert set(got) == {"shared", "spsc"}
+    for ring in got.values():
+        assert set(ring) == set(zcsplit.NATIVE_PAIRS) and all(v > 0 for v in ring.values())
+    assert _affinity() == before
 
 
 def test_one_process_gives_every_loop() -> None:
@@ -44,11 +55,15 @@ def test_one_process_gives_every_loop() -> None:
     assert _affinity() == before
 
 
-def test_unknown_styles_are_refused() -> None:
+def test_unknown_styles_and_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="ping must be one of"):
-        zcsplit.pingpong("carrier pigeon", "copy")
+        zcsplit.pingpong([("carrier pigeon", "copy")])
     with pytest.raises(ValueError, match="echo one of"):
-        zcsplit.pingpong("copy", "shout back")
+        zcsplit.pingpong([("copy", "shout back")])
+    with pytest.raises(ValueError, match="block >= 10"):
+        zcsplit.pingpong([("copy", "copy")], block=5)
+    with pytest.raises(ValueError, match="needs a pair"):
+        zcsplit.pingpong([])
 
 
 def test_bad_arguments_exit_with_usage(capsys) -> None:
@@ -58,11 +73,41 @@ def test_bad_arguments_exit_with_usage(capsys) -> None:
 
 
 def test_a_failing_echo_fails_the_run_instead_of_hanging(monkeypatch) -> None:
-    def broken(style: str, inp, out) -> None:
+    def broken(style: str, inp, out, n: int) -> None:
         inp.get_bytes()
         raise OSError("the echo broke")
 
     monkeypatch.setattr(zcsplit, "_echo", broken)
     for ping in zcsplit.PINGS:
         with pytest.raises(RuntimeError, match="the echo process failed"):
-            zcsplit.pingpong(ping, "copy", rounds=100)
+            zcsplit.pingpong([(ping, "copy")], block=100, cycles=1)
+
+
+def test_a_failing_ping_side_stops_the_echo_instead_of_leaving_it(monkeypatch) -> None:
+    """The echo follows the same schedule and would wait for blocks that never come: the
+    pinging side kills it, reaps it and raises its own error."""
+    real = zcsplit._ping
+    calls = []
+
+    def fails_second(style: str, out, back, rounds: int) -> list[int]:
+        calls.append(style)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(style, out, back, rounds)
+
+    forked = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(zcsplit, "_ping", fails_second)
+    monkeypatch.setattr(os, "fork", fork)
+    with pytest.raises(KeyboardInterrupt):
+        zcsplit.pingpong([("copy", "copy"), ("in place", "in place")], block=50, cycles=3)
+    assert len(forked) == 1
+    with pytest.raises(ChildProcessError):
+        os.waitpid(forked[0], os.WNOHANG)  # reaped already: no zombie left behind
