@@ -372,6 +372,38 @@ static void *side_b(void *arg)
     return NULL;
 }
 
+/* The two-thread loops' setup: this thread's affinity saved and pinned to cpu_a, then the
+ * partner thread started; it pins itself and stores 1 + (pinned) into *ready. */
+struct pair_run {
+    cpu_set_t saved;
+    int have_saved;
+    int pinned; /* both threads pinned, as asked */
+    pthread_t partner;
+};
+
+/* 0 once the partner runs, or a negated errno (no partner to join; the affinity is restored
+ * all the same by pair_restore). */
+static int pair_start(struct pair_run *r, int cpu_a, int cpu_b, void *(*fn)(void *), void *arg,
+                      _Atomic int *ready)
+{
+    r->have_saved = pthread_getaffinity_np(pthread_self(), sizeof r->saved, &r->saved) == 0;
+    int pinned_a = pin(cpu_a);
+    int e = pthread_create(&r->partner, NULL, fn, arg);
+    if (e != 0)
+        return -e;
+    while (atomic_load_explicit(ready, memory_order_acquire) == 0)
+        sched_yield();
+    int pinned_b = atomic_load_explicit(ready, memory_order_acquire) == 2;
+    r->pinned = pinned_a && pinned_b && cpu_a >= 0 && cpu_b >= 0;
+    return 0;
+}
+
+static void pair_restore(struct pair_run *r)
+{
+    if (r->have_saved)
+        pthread_setaffinity_np(pthread_self(), sizeof r->saved, &r->saved);
+}
+
 int shmipc_measure_pingpong(int kind, size_t rounds, int cpu_a, int cpu_b, double *out)
 {
     if (!out || kind < 0 || kind > 2 || rounds == 0 || rounds > ((size_t)1 << 30) ||
@@ -388,18 +420,9 @@ int shmipc_measure_pingpong(int kind, size_t rounds, int cpu_a, int cpu_b, doubl
         rc = -errno;
         goto done;
     }
-    cpu_set_t saved;
-    int have_saved = pthread_getaffinity_np(pthread_self(), sizeof saved, &saved) == 0;
-    int pinned_a = pin(cpu_a);
-    pthread_t b;
-    int e = pthread_create(&b, NULL, side_b, &pp);
-    if (e != 0) {
-        rc = -e;
+    struct pair_run run;
+    if ((rc = pair_start(&run, cpu_a, cpu_b, side_b, &pp, &pp.ready)) != 0)
         goto restore;
-    }
-    while (atomic_load_explicit(&pp.ready, memory_order_acquire) == 0)
-        sched_yield();
-    int pinned_b = atomic_load_explicit(&pp.ready, memory_order_acquire) == 2;
     long slept = 0;
     char c = 1;
     int64_t t0 = shmipc_measure_now_ns();
@@ -434,14 +457,13 @@ int shmipc_measure_pingpong(int kind, size_t rounds, int cpu_a, int cpu_b, doubl
         close(pp.to_b[1]);
         pp.to_b[1] = -1;
     }
-    pthread_join(b, NULL);
+    pthread_join(run.partner, NULL);
     out[0] = (double)(t1 - t0);
     out[1] = (double)rounds;
-    out[2] = (double)(pinned_a && pinned_b && cpu_a >= 0 && cpu_b >= 0);
+    out[2] = (double)run.pinned;
     out[3] = (double)slept + pp.sleeps; /* futex waits that really slept, both sides */
 restore:
-    if (have_saved)
-        pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+    pair_restore(&run);
 done:
     for (int k = 0; k < 2; k++) {
         if (pp.to_b[k] >= 0)
@@ -916,19 +938,10 @@ int shmipc_measure_ring_pingpong(const int *styles, int ncombos, size_t block, s
     /* spin 50 µs and liveness 1 s: shmipc/ring.py's DEFAULT_SPIN_NS and DEFAULT_LIVENESS */
     shmipc_ring_init(pp.q1, cap, 0, 50000, flags, 1000000000);
     shmipc_ring_init(pp.q2, cap, 0, 50000, flags, 1000000000);
-    int rc = 0;
-    cpu_set_t saved;
-    int have_saved = pthread_getaffinity_np(pthread_self(), sizeof saved, &saved) == 0;
-    int pinned_a = pin(cpu_a);
-    pthread_t b;
-    int e = pthread_create(&b, NULL, rpp_echo, &pp);
-    if (e != 0) {
-        rc = -e;
+    struct pair_run run;
+    int rc = pair_start(&run, cpu_a, cpu_b, rpp_echo, &pp, &pp.ready);
+    if (rc != 0)
         goto restore;
-    }
-    while (atomic_load_explicit(&pp.ready, memory_order_acquire) == 0)
-        sched_yield();
-    int pinned_b = atomic_load_explicit(&pp.ready, memory_order_acquire) == 2;
     char msg[RPP_MSG] = {0}, buf[RPP_MSG];
     for (size_t i = 0; i < pp.total && rc == 0; i++) {
         size_t k = (i / block) % (size_t)ncombos;
@@ -949,13 +962,12 @@ int shmipc_measure_ring_pingpong(const int *styles, int ncombos, size_t block, s
     }
     if (rc)
         atomic_store_explicit(&pp.stop, 1, memory_order_relaxed);
-    pthread_join(b, NULL);
+    pthread_join(run.partner, NULL);
     if (rc == 0)
         rc = pp.rc;
-    out[(size_t)ncombos * cycles] = (double)(pinned_a && pinned_b && cpu_a >= 0 && cpu_b >= 0);
+    out[(size_t)ncombos * cycles] = (double)run.pinned;
 restore:
-    if (have_saved)
-        pthread_setaffinity_np(pthread_self(), sizeof saved, &saved);
+    pair_restore(&run);
     free(lat);
     munmap(area, 2 * span);
     return rc;
