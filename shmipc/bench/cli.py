@@ -17,7 +17,7 @@ from typing import TextIO
 from . import arrays as _arrays
 from . import fanout as _fanout
 from . import transports as _transports
-from .harness import measure
+from .harness import Outcome, median_run, run_row, size_row
 from .machine import describe
 from .report import BASELINE, Row, render, to_json
 from .transports import Transport
@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="run each row N times and show the median run, with the spread (default 1)",
+        help="run each row N times, in rounds of every row of its workload, and show the "
+        "median run with the spread (default 1)",
     )
     parser.add_argument(
         "--only",
@@ -233,34 +234,67 @@ def _run(
     args: argparse.Namespace,
     progress: Progress | None = None,
 ) -> list[Row]:
-    """Every row, in order, with progress on stderr (and to ``progress``)."""
-    total = sum(t.runs(w.name) for w in workloads for t in runnable)
+    """Every row, in order, with progress on stderr (and to ``progress``, once per run).
+
+    A workload's rows are sized first (probe runs, which also warm up); then its repeats run
+    in rounds, each round one run of every row. Rows compared with each other thus share the
+    machine's moments: on a VM the CPUs' placement changes within seconds and moves a
+    round trip by up to 2x (docs/performance.md, session 9), so a row's runs taken back to
+    back could all land in a better or worse moment than the next row's. Each row shows its
+    median run."""
+    repeat = max(args.repeat, 1)
+    total = sum(t.runs(w) for w in workloads for t in runnable) * repeat
     timeout = args.timeout or (
         30.0 if args.quick else 300.0 if args.count else 30.0 + 10.0 * args.duration
     )
     rows: list[Row] = []
+    done = 0
     for workload in workloads:
-        for transport in runnable:
-            if not transport.runs(workload):
-                continue
-            if progress is not None:
-                progress(len(rows), total, f"{workload.name} / {transport.label}")
-            print(f"{workload.name:>8}  {transport.label:<24}", end="", file=sys.stderr, flush=True)
-            started = time.monotonic()
-            outcome = measure(
+        active = [t for t in runnable if t.runs(workload)]
+        sized: list[int | Outcome] = []
+        for transport in active:
+            if not (args.quick or args.count):
+                print(f"{workload.name:>8}  {transport.label:<24}sizing", file=sys.stderr)
+            count = size_row(
                 transport,
                 workload,
                 duration=args.duration,
                 timeout=timeout,
                 count=args.count,
                 quick=args.quick,
-                repeat=args.repeat,
             )
-            note = "" if outcome.ok else f"  {outcome.status}: {outcome.detail}"
-            print(f"{time.monotonic() - started:6.1f} s{note}", file=sys.stderr)
-            rows.append(Row(workload, transport, outcome))
+            if isinstance(count, Outcome):
+                print(
+                    f"{workload.name:>8}  {transport.label:<24}{count.status}: {count.detail}",
+                    file=sys.stderr,
+                )
+            sized.append(count)
+        runs: list[list[Outcome]] = [[] for _ in active]
+        failed: list[Outcome | None] = [o if isinstance(o, Outcome) else None for o in sized]
+        for round_ in range(repeat):
+            for i, transport in enumerate(active):
+                what = f"{workload.name} / {transport.label}"
+                if repeat > 1:
+                    what += f" (round {round_ + 1} of {repeat})"
+                if progress is not None:
+                    progress(done, total, what)
+                done += 1
+                count = sized[i]
+                if failed[i] is not None or isinstance(count, Outcome):
+                    continue
+                print(f"{workload.name:>8}  {transport.label:<24}", end="", file=sys.stderr)
+                started = time.monotonic()
+                outcome = run_row(transport, workload, count, timeout)
+                note = "" if outcome.ok else f"  {outcome.status}: {outcome.detail}"
+                print(f"{time.monotonic() - started:6.1f} s{note}", file=sys.stderr, flush=True)
+                if outcome.ok:
+                    runs[i].append(outcome)
+                else:
+                    failed[i] = outcome  # the first run that fails is the row's result
+        for i, transport in enumerate(active):
+            rows.append(Row(workload, transport, failed[i] or median_run(runs[i])))
     if progress is not None:
-        progress(len(rows), total, "done")
+        progress(done, total, "done")
     return rows
 
 

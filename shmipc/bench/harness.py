@@ -405,6 +405,30 @@ def _one_line(exc: BaseException) -> str:
 # --- sizing ------------------------------------------------------------------------------------
 
 
+def size_row(
+    transport: Transport,
+    workload: Workload,
+    *,
+    duration: float,
+    timeout: float,
+    count: int | None = None,
+    quick: bool = False,
+) -> int | Outcome:
+    """How many messages (round trips) a run of this row takes: ``count``, the quick count,
+    or a count that probe runs scaled to ``duration``; or the outcome of a probe that failed."""
+    if count is not None:
+        return count
+    return workload.quick if quick else _calibrate(transport, workload, duration, timeout)
+
+
+def median_run(runs: list[Outcome]) -> Outcome:
+    """The run with the median figure, carrying every run's figure in ``samples``."""
+    runs = sorted(runs, key=lambda run: run.figure)
+    chosen = runs[(len(runs) - 1) // 2]
+    chosen.samples = [run.figure for run in runs]
+    return chosen
+
+
 def measure(
     transport: Transport,
     workload: Workload,
@@ -415,25 +439,21 @@ def measure(
     quick: bool = False,
     repeat: int = 1,
 ) -> Outcome:
-    """One row's result: ``repeat`` runs of a fixed ``count``, of the quick count, or of a
-    count that probe runs scaled to ``duration``; the run with the median figure, carrying
-    every run's figure in ``samples``. The first run that fails is the row's result.
-    """
-    if count is None:
-        sized = workload.quick if quick else _calibrate(transport, workload, duration, timeout)
-        if isinstance(sized, Outcome):
-            return sized
-        count = sized
+    """One row's result on its own: ``repeat`` runs of the count size_row gives, the run with
+    the median figure (median_run). The first run that fails is the row's result. (The
+    benchmark's command interleaves the repeats of a workload's rows instead: cli._run.)"""
+    sized = size_row(
+        transport, workload, duration=duration, timeout=timeout, count=count, quick=quick
+    )
+    if isinstance(sized, Outcome):
+        return sized
     runs: list[Outcome] = []
     for _ in range(max(repeat, 1)):
-        outcome = run_row(transport, workload, count, timeout)
+        outcome = run_row(transport, workload, sized, timeout)
         if not outcome.ok:
             return outcome
         runs.append(outcome)
-    runs.sort(key=lambda run: run.figure)
-    chosen = runs[(len(runs) - 1) // 2]
-    chosen.samples = [run.figure for run in runs]
-    return chosen
+    return median_run(runs)
 
 
 def _calibrate(

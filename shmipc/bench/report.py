@@ -145,8 +145,9 @@ def _notes(
         f"msgs: messages (ping-pong: timed round trips) in the reported run; {duration}.",
         *(
             [
-                f"repeats: each row ran {repeat} times; the run with the median figure is shown, "
-                "± is half the range of the runs' figures relative to it."
+                f"repeats: each row ran {repeat} times, in rounds of one run of every row of its "
+                "workload (so that rows compared share the machine's moments); the run with the "
+                "median figure is shown, ± is half the range of the runs' figures relative to it."
             ]
             if repeat > 1
             else []

@@ -152,6 +152,34 @@ def test_bench_progress_callback_counts_rows():
     assert calls[-1] == (2, 2, "done")
 
 
+def test_bench_repeats_run_in_rounds_of_every_row(monkeypatch):
+    """--repeat N runs a workload's rows in N rounds (one run of every row a round), not
+    each row N times back to back; each row then shows its median run and all N figures."""
+    from shmipc.bench import cli as cli_module
+
+    order: list[str] = []
+    real = cli_module.run_row
+
+    def recording(transport, workload, count, timeout):
+        order.append(transport.key)
+        return real(transport, workload, count, timeout)
+
+    monkeypatch.setattr(cli_module, "run_row", recording)
+    calls: list[tuple[int, int, str]] = []
+    out = io.StringIO()
+    status = bench_cli.main(
+        ["--quick", "--only", "64B", "--transports", "mp-queue,pipe", "--repeat", "3"],
+        out=out,
+        progress=lambda done, total, what: calls.append((done, total, what)),
+    )
+    assert status == 0, out.getvalue()
+    assert order == ["mp-queue", "mp-pipe"] * 3
+    assert calls[0] == (0, 6, "64B / multiprocessing.Queue (round 1 of 3)")
+    assert calls[1] == (1, 6, "64B / multiprocessing.Pipe (round 1 of 3)")
+    assert calls[-1] == (6, 6, "done")
+    assert "in rounds of one run of every row" in out.getvalue()
+
+
 class _FakeReport:
     def __init__(self, kind: str) -> None:
         self.kind = kind
