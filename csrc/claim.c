@@ -104,7 +104,7 @@ int shmipc_claim_park(char *ring, uint64_t start, uint64_t end) {
      * needed: only a lock holder ever sets Q, and everyone else only clears a Q that names
      * somebody (end_quarantine), so a 0 read here with the lock held stays 0 until our store.
      * (Layout 4's compare-exchange, together with Q on the tail's adjacent line, cost every
-     * reservation's round trip 60-80 ns across cores: csrc/shmipc.h, layout 5.) Relaxed: made
+     * reservation's round trip 40-80 ns across cores: csrc/shmipc.h, layout 5.) Relaxed: made
      * visible by the park's release below (I1). While another holder's quarantine stands,
      * nothing is stored: no park, not revocable. */
     _Atomic uint64_t *q = W64(ring, SHMIPC_RING_OFF_Q_OWNER);

@@ -132,7 +132,7 @@ int shmipc_lock_release_reg(char *base, size_t off, size_t reg_off, int nslots);
  * from the tail's: CPUs fetch 64-byte lines in 128-byte pairs, so a consumer spinning on the
  * tail may also hold the line at 192, and a write there is one more cross-core transfer.
  * Layout 4 registered claims at 216..239, by compare-exchange; with both, a reservation's
- * round trip cost 60-80 ns more than a put's across cores (docs/performance.md, session 9). */
+ * round trip cost 40-80 ns more than a put's across cores (docs/performance.md, session 9). */
 #define SHMIPC_RING_OFF_P_LOCK 64          /* robust lock (SHMIPC_LOCK_SIZE bytes) */
 #define SHMIPC_RING_OFF_P_PEND_MSGS 80     /* u64: messages in once the claim commits */
 #define SHMIPC_RING_OFF_P_PEND_BYTES 88    /* u64: bytes in once the claim commits */
