@@ -963,7 +963,8 @@ int shmipc_measure_ring_pingpong(const int *styles, int ncombos, size_t block, s
     if (rc)
         atomic_store_explicit(&pp.stop, 1, memory_order_relaxed);
     pthread_join(run.partner, NULL);
-    if (rc == 0)
+    /* The echo's own error says more than the -EIO its stop caused here. */
+    if (rc == 0 || (rc == -EIO && pp.rc != 0 && pp.rc != -EIO))
         rc = pp.rc;
     out[(size_t)ncombos * cycles] = (double)run.pinned;
 restore:
