@@ -10,9 +10,10 @@ sequence numbers, which the parent checks with :func:`~.verify.check` after the 
 
 A row has a deadline. When it passes, or a child fails or dies, the parent kills every child
 of the row (SIGKILL) and reports TIMEOUT or ERROR, so one broken transport cannot stop the run.
-:func:`measure` sizes a row: unless a count is given, it runs probes and scales the final run
-to the requested duration. Fan-out rows are judged per subscriber (fanout.py); arrays rows
-bring their own roles and judgement (arrays.py).
+:func:`size_row` sizes a row: unless a count is given, it runs probes and scales the final
+run to the requested duration; :func:`median_run` picks a row's median run of its repeats.
+Fan-out rows are judged per subscriber (fanout.py); arrays rows bring their own roles and
+judgement (arrays.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .transports import Channel, ChannelSpec, Receiver, Sender, Transport
 from .verify import Verdict, check
 from .workloads import Workload, consume, ping, pong, produce, warmup_rounds
 
-__all__ = ["OK", "Outcome", "latency_stats", "measure", "run_row"]
+__all__ = ["OK", "Outcome", "latency_stats", "median_run", "run_row", "size_row"]
 
 _CTX = multiprocessing.get_context("fork")
 
@@ -427,33 +428,6 @@ def median_run(runs: list[Outcome]) -> Outcome:
     chosen = runs[(len(runs) - 1) // 2]
     chosen.samples = [run.figure for run in runs]
     return chosen
-
-
-def measure(
-    transport: Transport,
-    workload: Workload,
-    *,
-    duration: float,
-    timeout: float,
-    count: int | None = None,
-    quick: bool = False,
-    repeat: int = 1,
-) -> Outcome:
-    """One row's result on its own: ``repeat`` runs of the count size_row gives, the run with
-    the median figure (median_run). The first run that fails is the row's result. (The
-    benchmark's command interleaves the repeats of a workload's rows instead: cli._run.)"""
-    sized = size_row(
-        transport, workload, duration=duration, timeout=timeout, count=count, quick=quick
-    )
-    if isinstance(sized, Outcome):
-        return sized
-    runs: list[Outcome] = []
-    for _ in range(max(repeat, 1)):
-        outcome = run_row(transport, workload, sized, timeout)
-        if not outcome.ok:
-            return outcome
-        runs.append(outcome)
-    return median_run(runs)
 
 
 def _calibrate(
