@@ -23,6 +23,7 @@ This is a diagnostic for docs/performance.md, not a comparison with peers:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -237,25 +238,51 @@ def pingpong(
         finally:
             os._exit(code)
     blocks: dict[tuple[str, str], list[tuple[float, float]]] = {p: [] for p in pairs}
+    reaped: list[int] = []  # the echo's wait status, once reaped
     done = False
-    try:
-        _pin(cpus, 0)
-        for _ in range(cycles):
-            for pair in pairs:
-                lat = sorted(_ping(pair[0], out, back, block))
-                blocks[pair].append((lat[len(lat) // 2], lat[len(lat) * 9 // 10]))
-        done = True
-    except struct.error as e:  # the echo's empty reply (see above)
-        raise RuntimeError(f"the echo process failed ({e})") from None
-    finally:
-        _unpin(cpus)
+
+    def echo_ended(signum: int, frame: Any) -> None:
+        # An echo killed outright (SIGKILL, the OOM killer) sends no empty reply, and the
+        # pinging side would wait forever. Its SIGCHLD ends the wait instead: a blocked get
+        # comes back to Python for signals at least every 100 ms.
+        if reaped:
+            return
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            reaped.append(status)
+            if not done and os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"the echo process failed (status {status})")
+
+    def reap() -> None:
+        if reaped:
+            return
         if not done:  # the echo may still wait for messages that will not come
             os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        out.close()
-        back.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"the echo process failed (status {status})")
+        reaped.append(os.waitpid(pid, 0)[1])
+
+    # Unwound in reverse order, each step even if one before it raised (the handler may
+    # raise up to the moment it is taken back).
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(back.close)
+        cleanup.callback(out.close)
+        cleanup.callback(reap)
+        cleanup.callback(_unpin, cpus)
+        try:
+            old_handler = signal.signal(signal.SIGCHLD, echo_ended)
+            cleanup.callback(signal.signal, signal.SIGCHLD, old_handler)
+        except ValueError:  # not the main thread: no handler
+            pass
+        try:
+            _pin(cpus, 0)
+            for _ in range(cycles):
+                for pair in pairs:
+                    lat = sorted(_ping(pair[0], out, back, block))
+                    blocks[pair].append((lat[len(lat) // 2], lat[len(lat) * 9 // 10]))
+            done = True
+        except struct.error as e:  # the echo's empty reply (see above)
+            raise RuntimeError(f"the echo process failed ({e})") from None
+    if os.waitstatus_to_exitcode(reaped[0]) != 0:
+        raise RuntimeError(f"the echo process failed (status {reaped[0]})")
     return {
         p: (statistics.median(m for m, _ in b), statistics.median(q for _, q in b))
         for p, b in blocks.items()

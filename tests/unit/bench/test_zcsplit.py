@@ -5,6 +5,8 @@ numbers are not judged here (docs/performance.md has them)."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import pytest
 
@@ -111,3 +113,33 @@ def test_a_failing_ping_side_stops_the_echo_instead_of_leaving_it(monkeypatch) -
     assert len(forked) == 1
     with pytest.raises(ChildProcessError):
         os.waitpid(forked[0], os.WNOHANG)  # reaped already: no zombie left behind
+
+
+def test_an_echo_killed_outright_fails_the_run_instead_of_hanging(monkeypatch) -> None:
+    """SIGKILL leaves no chance for the empty reply: the echo's SIGCHLD ends the wait."""
+    forked: list[int] = []
+    real_fork, real_ping = os.fork, zcsplit._ping
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    calls = []
+
+    def kills_the_echo_second(style: str, out, back, rounds: int) -> list[int]:
+        calls.append(style)
+        if len(calls) == 2:
+            os.kill(forked[0], signal.SIGKILL)
+        return real_ping(style, out, back, rounds)
+
+    monkeypatch.setattr(os, "fork", fork)
+    monkeypatch.setattr(zcsplit, "_ping", kills_the_echo_second)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="the echo process failed"):
+        zcsplit.pingpong([("copy", "copy"), ("in place", "in place")], block=50, cycles=3)
+    assert time.monotonic() - started < 10  # a 100 ms slice or two, with a wide margin
+    with pytest.raises(ChildProcessError):
+        os.waitpid(forked[0], os.WNOHANG)  # reaped
+    assert signal.getsignal(signal.SIGCHLD) in (signal.SIG_DFL, None)  # handler given back
