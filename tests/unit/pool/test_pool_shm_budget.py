@@ -71,9 +71,26 @@ def test_unreadable_space_keeps_the_full_classes(monkeypatch):
     assert _default_classes(2) == _block_classes(2)
 
 
-def test_the_free_space_is_read_from_dev_shm():
-    vfs = os.statvfs("/dev/shm")
-    assert pool_mod._shm_free() == vfs.f_bavail * vfs.f_frsize
+def test_the_free_space_is_read_from_dev_shm(monkeypatch):
+    """The blocks available to us (not to root) times the fragment size, of /dev/shm. Read
+    through a stand-in: other test processes make and remove segments meanwhile, so two live
+    reads need not agree."""
+    real = os.statvfs
+    asked = []
+
+    class Fake:
+        f_bavail, f_bfree, f_frsize = 1000, 2000, 4096
+
+    def fake(path):
+        asked.append(os.fspath(path))
+        return Fake()
+
+    monkeypatch.setattr(pool_mod.os, "statvfs", fake)
+    assert pool_mod._shm_free() == 1000 * 4096
+    assert asked == ["/dev/shm"]
+    monkeypatch.setattr(pool_mod.os, "statvfs", real)
+    vfs = real("/dev/shm")
+    assert 0 < pool_mod._shm_free() <= vfs.f_blocks * vfs.f_frsize
 
 
 _SMALL_SHM_CHILD = r"""
