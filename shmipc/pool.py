@@ -705,21 +705,21 @@ class _ApplyResult(_Driven, _mpp.ApplyResult):
     ``_done`` (an Event costs more to make than the rest of a call's bookkeeping in the
     parent, and one more tracked object per call). Setting stores ``_done`` before it looks
     for the Event; a blocking waiter stores its Event before it looks at ``_done`` (the GIL
-    orders them), so either the setter sets the Event or the waiter sees the flag.
-    ``Pool.apply_async`` makes one without calling ``__init__`` (keep the two in step)."""
+    orders them), so either the setter sets the Event or the waiter sees the flag. It enters
+    the pool's cache when its call is submitted (``Pool._submit_call``), not when made."""
 
     _frame: bytes | None = None  # its call's frame while a worker holds it (_send_direct)
     _done = False
     _waiter: threading.Event | None = None
 
     def __init__(self, pool: Pool, callback: Any, error_callback: Any) -> None:
+        # not ApplyResult.__init__: no Event, no cache entry yet
         self._pool: Pool | None = pool
         self._driver = pool
-        self._job = job = next(_job_counter)
-        self._cache = cache = pool._cache
+        self._job = next(_job_counter)
+        self._cache = pool._cache
         self._callback = callback
         self._error_callback = error_callback
-        cache[job] = self
 
     def ready(self) -> bool:
         return self._done
@@ -1679,14 +1679,7 @@ class Pool:
         """Run ``func(*args, **kwds)`` in a worker; an AsyncResult."""
         if self._state != RUN:
             raise ValueError("Pool not running")
-        # _ApplyResult(self, callback, error_callback), less the call of its __init__ and its
-        # cache entry (_submit_call makes it)
-        result = _new_object(_ApplyResult)
-        result._pool = result._driver = self
-        result._job = next(_job_counter)
-        result._cache = self._cache
-        result._callback = callback
-        result._error_callback = error_callback
+        result = _ApplyResult(self, callback, error_callback)
         failed: list[tuple[Any, int, tuple[bool, Any]]] = []
         with self._lock:
             self._submit_call(result, func, tuple(args), dict(kwds) if kwds else {}, failed)

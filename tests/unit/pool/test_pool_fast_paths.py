@@ -422,6 +422,7 @@ def test_a_task_naming_an_unknown_function_number_fails_alone() -> None:
             w = pool._workers[0]
             seq = next(pool._seq)
             res = _ApplyResult(pool, None, None)
+            pool._cache[res._job] = res
             w.tasks[seq] = [res._job, 0, square, (5,), {}, True]
             w.budget -= 1
             pool._inflight[seq] = w
