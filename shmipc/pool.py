@@ -1331,9 +1331,7 @@ class Pool:
             elif type(job) is _ApplyResult and not job._callback and not job._error_callback:
                 # _ApplyResult._set inline (nothing to call back)
                 job._success, job._value = obj
-                job._done = True  # (_ApplyResult._set_done)
-                if job._waiter is not None:
-                    job._waiter.set()
+                job._set_done()
                 _dict_pop(cache, job_id, None)
                 job._pool = None
                 settled = True
