@@ -102,7 +102,8 @@ int shmipc_claim_park(char *ring, uint64_t start, uint64_t end) {
     uint64_t me = shmipc_identity();
     /* register_read, register: Q from 0 to me, as a load and a store. No compare-exchange is
      * needed: only a lock holder ever sets Q, and everyone else only clears a Q that names
-     * somebody (end_quarantine), so a 0 read here with the lock held stays 0 until our store.
+     * somebody (end_quarantine), so a 0 read here with the lock held stays 0 until our store
+     * (the claim model's second holder races every step that clears Q against it).
      * (Layout 4's compare-exchange, together with Q on the tail's adjacent line, cost every
      * reservation's round trip 40-80 ns across cores: csrc/shmipc.h, layout 5.) Relaxed: made
      * visible by the park's release below (I1). While another holder's quarantine stands,

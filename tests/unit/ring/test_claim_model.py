@@ -6,6 +6,10 @@ holder reads ride with the step they belong to). Actors:
 
 * ``H``, a holder: reserve (lock, find_room, place, register_read, register, note, park),
   then commit or abort (unpark, then unregister + publish/unlock, or end_quarantine if revoked);
+* ``G``, a second holder doing the same (in the bounds that have it): it may reserve while
+  H's quarantine stands (then it does not register: an ordinary lock holder), or register
+  once the quarantine is gone, so the search covers ``register_read`` + ``register`` racing
+  every step that clears Q;
 * ``R1``, ``R2``, two revokers: observe (a parked word whose holder is stopped: what the
   Python liveness pass decides), revoke_take, revoke_mark, revoke_publish, revoke_release;
 * ``P``, a producer putting records (lock, find_room, place, publish, unlock) until it has
@@ -16,24 +20,27 @@ holder reads ride with the step they belong to). Actors:
   (recover_producer's bookkeeping), release; and unquarantine (a dead owner);
 * ``K``, a consumer that frees published records and reads their headers.
 
-Between any two steps, any of H, R1, R2, P may be SIGKILLed, and H may be SIGSTOPped and
-continued (a stop of any other actor is just not scheduling it, which the interleavings
-already cover; LV and K stand for "some live waiter" and "some live consumer").
+Between any two steps, any of H, G, R1, R2, P may be SIGKILLed, and H and G may be
+SIGSTOPped and continued (a stop of any other actor is just not scheduling it, which the
+interleavings already cover; LV and K stand for "some live waiter" and "some live
+consumer").
 
 Checked in EVERY reachable state (breadth-first, memoised):
 
-* no space handed out twice: while H may still write its claim (alive, between place and
-  its unpark), no record of P that is claimed or unconsumed occupies the same bytes;
+* no space handed out twice: while a holder may still write its claim (alive, between place
+  and its unpark), no record of P that is claimed or unconsumed occupies the same bytes,
+  nor the other holder's claim while that one may still write it;
 * nothing torn: the consumer never reads H's header unless H itself published it, nor a
   header left from another position;
 * no step reports the ring corrupt (the model never scribbles);
-* I1 of csrc/claim.c: while H lives and the lock word is parked, Q names H and its claim.
+* I1 of csrc/claim.c: while a holder lives and the lock word is parked for it, Q names it
+  and its claim.
 
 And from every reachable state with every stopped actor continued, over all runs of the
 living actors with no further kill or stop: every run ends (no trap cycle), and every end
 has the quarantine drained, the lock free, P done (producers made progress past laps) and
-H done. The same checker run on the OLD protocol (layout 3) finds the race of issue 7 item 3
-(a counterexample trace) and the space a killed revoker handed out again.
+the holders done. The same checker run on the OLD protocol (layout 3) finds the race of
+issue 7 item 3 (a counterexample trace) and the space a killed revoker handed out again.
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
-KILLABLE = ("H", "R1", "R2", "P")
+HOLDERS = ("H", "G")
+KILLABLE = (*HOLDERS, "R1", "R2", "P")
 MAY_WRITE = ("register_read", "register", "note", "park", "unpark")  # H: place..unpark
 # H and P pcs at which they hold the producer lock (their own view: H parked or not)
 HOLDS = {
@@ -75,10 +83,12 @@ class S(NamedTuple):
     claim: int | None = None  # P_CLAIM
     recs: tuple = ()  # ((unit index, position, kind), ...) headers in the data area
     p_live: tuple = ()  # positions of P's records claimed and not yet consumed
-    h_pc: str = "lock"
-    h_pos: int = -1  # where H's claim starts
-    h_published: bool = False
-    h_outcome: str = ""
+    # per holder (H, G): program counter, where its claim starts, whether it published it
+    h_pc: tuple = ("lock", "done")
+    h_pos: tuple = (-1, -1)
+    h_published: tuple = (False, False)
+    h_outcome: tuple = ("", "")
+    torn: bool = False  # the consumer read a header nobody published whole
     r_pc: tuple = ("observe", "observe")
     r_obs: tuple = (None, None)
     p_pc: str = "lock"
@@ -93,6 +103,11 @@ def replace(s: S, **changes: Any) -> S:
     return s._replace(**changes)
 
 
+def _put(t: tuple, i: int, v: Any) -> tuple:
+    """Tuple t with item i replaced by v."""
+    return (*t[:i], v, *t[i + 1 :])
+
+
 class Model:
     """The protocol's steps. ``old=True`` models layout 3 (before issue 7)."""
 
@@ -104,6 +119,7 @@ class Model:
         ends: str = "commit",
         old: bool = False,
         revokers: int = 2,
+        holders: int = 1,
         mutant: str = "",
     ) -> None:
         self.mutant = mutant  # a deliberate bug: test_the_checker_catches_each_mutant
@@ -112,6 +128,7 @@ class Model:
         self.ends = ends
         self.old = old
         self.revokers = revokers
+        self.holders = holders
 
     # ---- helpers -----------------------------------------------------------------------------
 
@@ -143,64 +160,67 @@ class Model:
     def dead(self, s: S, who: str) -> bool:
         return who in KILLABLE and who not in s.alive
 
-    # ---- H: reserve, then commit or abort ----------------------------------------------------
+    # ---- H and G: reserve, then commit or abort ----------------------------------------------
 
-    def holder(self, s: S) -> Iterator[tuple[str, S]]:
-        pc = s.h_pc
+    def holder(self, s: S, i: int) -> Iterator[tuple[str, S]]:
+        me, pc, pos = HOLDERS[i], s.h_pc[i], s.h_pos[i]
+
+        def go(st: S, nxt: str, **mine: Any) -> S:
+            """st with this holder's pc (and any of pos, published, outcome) changed."""
+            out = {"h_pc": nxt, **{f"h_{k}": v for k, v in mine.items()}}
+            return replace(st, **{k: _put(getattr(st, k), i, v) for k, v in out.items()})
+
         if pc == "lock" and s.lock is None:
-            yield "lock", replace(s, lock=("H", False), h_pc="find_room")
+            yield "lock", go(replace(s, lock=(me, False)), "find_room")
         elif pc == "find_room":
             r = self.room(s)
             if r == "corrupt":
-                yield "find_room", replace(s, h_pc="CORRUPT")
+                yield "find_room", go(s, "CORRUPT")
             elif r == "full":
-                yield "find_room", replace(s, h_pc="wait_unlock")
+                yield "find_room", go(s, "wait_unlock")
             else:
-                yield "find_room", replace(s, claim=s.tail, h_pos=s.tail, h_pc="place")
+                yield "find_room", go(replace(s, claim=s.tail), "place", pos=s.tail)
         elif pc == "wait_unlock":
-            yield "unlock", replace(s, lock=None, h_pc="wait")
+            yield "unlock", go(replace(s, lock=None), "wait")
         elif pc == "wait" and self.room(s) != "full":
-            yield "retry", replace(s, h_pc="lock")
+            yield "retry", go(s, "lock")
         elif pc == "place":
-            recs = self.write_header(s, s.h_pos, "H")
-            yield "place", replace(s, recs=recs, h_pc="park" if self.old else "register_read")
+            recs = self.write_header(s, pos, me)
+            yield "place", go(replace(s, recs=recs), "park" if self.old else "register_read")
         elif pc == "register_read":  # relaxed load of Q: a quarantine stands, or none
-            yield "register_read", replace(s, h_pc="register" if s.q is None else "unpark")
-        elif pc == "register":  # relaxed store Q = H (it read 0, under the lock)
+            blind = self.mutant == "register_blind"  # a store without the load
+            yield "register_read", go(s, "register" if s.q is None or blind else "unpark")
+        elif pc == "register":  # relaxed store Q = me (it read 0, under the lock)
             nxt = "park" if self.mutant == "park_before_note" else "note"
-            yield "register", replace(s, q="H", h_pc=nxt)
+            yield "register", go(replace(s, q=me), nxt)
         elif pc == "note":
             nxt = "unpark" if self.mutant == "park_before_note" else "park"
-            yield "note", replace(s, qs=s.h_pos, qe=s.h_pos + 1, h_pc=nxt)
-        elif pc == "park":  # release store of H|PARKED
+            yield "note", go(replace(s, qs=pos, qe=pos + 1), nxt)
+        elif pc == "park":  # release store of me|PARKED
             nxt = "note" if self.mutant == "park_before_note" else "unpark"
-            yield "park", replace(s, lock=("H", True), h_pc=nxt)
-        elif pc == "unpark":  # CAS H|PARKED -> H
-            if s.lock == ("H", False):  # never parked (not registered): ours all along
-                yield "unpark", replace(s, h_pc="publish")
-            elif s.lock == ("H", True):
+            yield "park", go(replace(s, lock=(me, True)), nxt)
+        elif pc == "unpark":  # CAS me|PARKED -> me
+            if s.lock == (me, False):  # never parked (not registered): ours all along
+                yield "unpark", go(s, "publish")
+            elif s.lock == (me, True):
                 nxt = "publish" if self.old else "unregister"
-                yield "unpark", replace(s, lock=("H", False), h_pc=nxt)
+                yield "unpark", go(replace(s, lock=(me, False)), nxt)
             else:
-                yield "unpark", replace(s, h_pc="end_quarantine")
+                yield "unpark", go(s, "end_quarantine")
         elif pc == "unregister":  # Q = 0 under the lock
-            yield "unregister", replace(s, q=None, h_pc="publish")
+            yield "unregister", go(replace(s, q=None), "publish")
         elif pc == "publish":
-            if self.ends == "commit":  # release store of the tail past H's record
-                yield "publish", replace(s, tail=s.h_pos + 1, h_published=True, h_pc="unlock")
+            if self.ends == "commit":  # release store of the tail past the record
+                yield "publish", go(replace(s, tail=pos + 1), "unlock", published=True)
             else:
-                yield "abort", replace(s, h_pc="unlock")
+                yield "abort", go(s, "unlock")
         elif pc == "unlock":
-            yield "unlock", replace(s, claim=None, lock=None, h_pc="done", h_outcome=self.ends)
-        elif pc == "end_quarantine":  # CAS Q H -> 0
+            yield "unlock", go(replace(s, claim=None, lock=None), "done", outcome=self.ends)
+        elif pc == "end_quarantine":  # CAS Q me -> 0
+            ended = s.q == me and self.mutant != "no_end_quarantine"
             yield (
                 "end_quarantine",
-                replace(
-                    s,
-                    q=None if s.q == "H" and self.mutant != "no_end_quarantine" else s.q,
-                    h_pc="done",
-                    h_outcome="revoked",
-                ),
+                go(replace(s, q=None if ended else s.q), "done", outcome="revoked"),
             )
 
     # ---- revokers --------------------------------------------------------------------------
@@ -333,8 +353,11 @@ class Model:
         if s.head < s.tail:
             h = s.head
             hdr = self.header_at(s, h % self.cap)
-            if hdr is None or hdr[0] != h or (hdr[1] == "H" and not s.h_published):
-                yield "consume", replace(s, head=h + 1, h_pc="TORN")  # flagged below
+            unpublished = hdr is not None and any(
+                hdr[1] == who and not s.h_published[i] for i, who in enumerate(HOLDERS)
+            )
+            if hdr is None or hdr[0] != h or unpublished:
+                yield "consume", replace(s, head=h + 1, torn=True)  # flagged below
                 return
             live = tuple(p for p in s.p_live if p != h)
             yield "consume", replace(s, head=h + 1, p_live=live)
@@ -342,9 +365,10 @@ class Model:
     # ---- the transition relation ------------------------------------------------------------
 
     def steps(self, s: S, calm: bool = False) -> Iterator[tuple[str, S]]:
-        if "H" in s.alive and "H" not in s.stopped:
-            for name, t in self.holder(s):
-                yield f"H.{name}", t
+        for i, who in enumerate(HOLDERS):
+            if who in s.alive and who not in s.stopped:
+                for name, t in self.holder(s, i):
+                    yield f"{who}.{name}", t
         for i in range(self.revokers):
             if f"R{i + 1}" in s.alive:
                 for name, t in self.revoker(s, i):
@@ -361,39 +385,50 @@ class Model:
         for who in KILLABLE:
             if who in s.alive and not self.finished(s, who):
                 yield f"kill {who}", replace(s, alive=s.alive - {who})
-        if "H" in s.alive:
-            if "H" in s.stopped:
-                yield "SIGCONT H", replace(s, stopped=frozenset())
-            elif s.h_pc != "done":
-                yield "SIGSTOP H", replace(s, stopped=frozenset({"H"}))
+        for i, who in enumerate(HOLDERS):
+            if who not in s.alive:
+                continue
+            if who in s.stopped:
+                yield f"SIGCONT {who}", replace(s, stopped=s.stopped - {who})
+            elif s.h_pc[i] != "done":
+                yield f"SIGSTOP {who}", replace(s, stopped=s.stopped | {who})
 
     def finished(self, s: S, who: str) -> bool:
-        if who == "H":
-            return s.h_pc == "done"
+        if who in HOLDERS:
+            return s.h_pc[HOLDERS.index(who)] == "done"
         if who == "P":
             return s.p_done == self.puts
         return s.r_pc[int(who[1]) - 1] == "done"
 
     def initial(self) -> S:
         r_pc = tuple("observe" if i < self.revokers else "done" for i in range(2))
-        return S(r_pc=r_pc)
+        h_pc = tuple("lock" if i < self.holders else "done" for i in range(2))
+        return S(r_pc=r_pc, h_pc=h_pc)
 
     # ---- the properties ----------------------------------------------------------------------
 
     def violation(self, s: S) -> str | None:
         """The safety property a state breaks, if any."""
-        if s.h_pc == "TORN":
+        if s.torn:
             return "torn: the consumer read a header nobody published whole"
-        if "CORRUPT" in (s.h_pc, s.p_pc, s.lv_pc, *s.r_pc):
+        if "CORRUPT" in (*s.h_pc, s.p_pc, s.lv_pc, *s.r_pc):
             return "a step found the (unscribbled) ring corrupt"
         # I1, checked on the intact protocol (a mutant must fail by what it does, not by it)
         i1 = not self.old and not self.mutant
-        if i1 and s.lock == ("H", True) and "H" in s.alive and not (s.q == "H" and s.qs == s.h_pos):
-            return "I1 broken: H is parked but not registered with its claim"
-        if "H" in s.alive and s.h_pc in MAY_WRITE:
-            unit = s.h_pos % self.cap
+        writing = [
+            (who, s.h_pos[i] % self.cap)
+            for i, who in enumerate(HOLDERS)
+            if who in s.alive and s.h_pc[i] in MAY_WRITE
+        ]
+        for i, who in enumerate(HOLDERS):
+            parked = s.lock == (who, True) and who in s.alive
+            if i1 and parked and not (s.q == who and s.qs == s.h_pos[i]):
+                return f"I1 broken: {who} is parked but not registered with its claim"
+        for who, unit in writing:
             if any(p % self.cap == unit for p in s.p_live):
-                return "space handed out twice: P's record lies where H may still write"
+                return f"space handed out twice: P's record lies where {who} may still write"
+        if len(writing) == 2 and writing[0][1] == writing[1][1]:
+            return "space handed out twice: H and G may both still write the same bytes"
         return None
 
     def settled_ok(self, s: S) -> str | None:
@@ -404,8 +439,9 @@ class Model:
             return f"wedge: the producer lock stays with {s.lock}"
         if "P" in s.alive and s.p_done < self.puts:
             return f"wedge: P is blocked after {s.p_done} of {self.puts} puts"
-        if "H" in s.alive and s.h_pc != "done":
-            return f"wedge: H is stuck at {s.h_pc}"
+        for i, who in enumerate(HOLDERS):
+            if who in s.alive and s.h_pc[i] != "done":
+                return f"wedge: {who} is stuck at {s.h_pc[i]}"
         return None
 
 
@@ -461,7 +497,8 @@ def check(model: Model) -> Result:
                 tail.append(step)
                 cur = prev
             assert cur is not None
-            full = trace(starts[cur]) + (["SIGCONT H"] if starts[cur] != cur else [])
+            stopped = sorted(starts[cur].stopped)
+            full = trace(starts[cur]) + [f"SIGCONT {who}" for who in stopped]
             return Result(len(parent), len(succ), bad, full + tail[::-1])
         for _, t in nxt:
             if t not in calm_parent:
@@ -486,21 +523,26 @@ def check(model: Model) -> Result:
 
 
 # Bounds: a ring of 2 or 3 record slots, P putting until it has lapped it; with two revokers
-# the smaller bound (the state count grows ~6x with the second revoker). ~20-40 s each.
+# the smaller bound (the state count grows ~6x with the second revoker). ~20-40 s each; the
+# second holder's, 1.2 million states, ~60 s.
 BOUNDS = [
-    pytest.param(2, 2, 2, id="cap2-puts2-two-revokers"),
-    pytest.param(3, 4, 1, id="cap3-puts4-one-revoker"),
+    pytest.param(2, 2, 2, 1, id="cap2-puts2-two-revokers"),
+    pytest.param(3, 4, 1, 1, id="cap3-puts4-one-revoker"),
+    pytest.param(2, 1, 1, 2, id="cap2-puts1-two-holders"),
 ]
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("ends", ["commit", "abort"])
-@pytest.mark.parametrize(("cap", "puts", "revokers"), BOUNDS)
-def test_claim_protocol_keeps_its_invariants_in_every_interleaving(cap, puts, revokers, ends):
+@pytest.mark.parametrize(("cap", "puts", "revokers", "holders"), BOUNDS)
+def test_claim_protocol_keeps_its_invariants_in_every_interleaving(
+    cap, puts, revokers, holders, ends
+):
     """csrc/claim.c's protocol: every interleaving, any actor killed or stopped between any
     two steps: nothing handed out twice, nothing torn, the quarantine always drains and P
     laps the ring."""
-    result = check(Model(cap=cap, puts=puts, ends=ends, revokers=revokers))
+    model = Model(cap=cap, puts=puts, ends=ends, revokers=revokers, holders=holders)
+    result = check(model)
     print(f"{result.states} states, {result.calm_states} calm states")
     assert result.failure is None, f"{result.failure}\n  " + "\n  ".join(result.trace)
     assert result.states > 10_000  # the search did explore
@@ -516,16 +558,29 @@ MUTANTS = {
     "no_recover_finish": "a step found the (unscribbled) ring corrupt",
     # producers ignore the quarantine (I3)
     "no_room_check": "space handed out twice",
+    # register stores Q without reading it first: a second holder overwrites a standing
+    # quarantine, which then ends early (I1, I3); only the two-holder bound can see it
+    "register_blind": "space handed out twice",
 }
+TWO_HOLDERS = {"register_blind"}
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_the_checker_catches_each_mutant(mutant):
     """Each invariant is load-bearing: break the step that keeps it and the search finds a
     counterexample (so a passing search means something)."""
-    result = check(Model(cap=2, puts=2, revokers=1, mutant=mutant))
+    bounds = dict(cap=2, puts=1, holders=2) if mutant in TWO_HOLDERS else dict(cap=2, puts=2)
+    result = check(Model(revokers=1, mutant=mutant, **bounds))
     print(result.failure, "\n  " + "\n  ".join(result.trace))
     assert result.failure is not None and result.failure.startswith(MUTANTS[mutant])
+
+
+@pytest.mark.timeout(300)
+def test_register_needs_its_read_only_with_a_second_holder():
+    """The blind register is invisible to one holder (Q is always 0 when it registers), so
+    the two-holder bound is what checks that register_read + register are enough."""
+    assert check(Model(cap=2, puts=2, revokers=1, mutant="register_blind")).failure is None
 
 
 def test_old_protocol_hangs_when_the_holder_commits_mid_revocation():
