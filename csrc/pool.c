@@ -124,8 +124,12 @@ int64_t shmipc_pool_alloc(char *base, size_t hdr0, uint32_t count, uint32_t star
     uint64_t me = shmipc_identity();
     if (!count) return SHMIPC_POOL_NONE;
     key &= SHMIPC_POOL_KEY_MASK;
+    /* The first `warm` blocks first, lowest index first, then the rest from `start` round:
+     * see SHMIPC_POOL_WARM. Every block is looked at once. */
+    uint32_t warm = count < SHMIPC_POOL_WARM ? count : SHMIPC_POOL_WARM;
+    uint32_t rest = count - warm, from = start >= warm ? start - warm : 0;
     for (uint32_t k = 0; k < count; k++) {
-        uint32_t i = (start + k) % count;
+        uint32_t i = k < warm ? k : warm + (from + (k - warm)) % rest;
         size_t hdr = hdr0 + (size_t)i * SHMIPC_POOL_BLOCK_HEADER;
         _Atomic uint64_t *state = A64(base, hdr + SHMIPC_POOL_OFF_STATE);
         /* acquire: a hint, pairs with settle's release store; rechecked under the lock */

@@ -305,9 +305,16 @@ int shmipc_fastpath_install(void);
 #define SHMIPC_POOL_NOSLOT -4  /* no free holder slot for to_key, or its count would overflow */
 #define SHMIPC_POOL_BUSY -5    /* the block lock stayed held: *busy is its holder */
 #define SHMIPC_POOL_NONE -6    /* alloc: no free block in this class */
-/* Take a free block among the `count` headers at hdr0 (stride SHMIPC_POOL_BLOCK_HEADER),
- * scanning from `start`: returns its index with *gen_out its new generation, key holding one
- * reference, or SHMIPC_POOL_NONE. A block whose lock is held is skipped. */
+/* Take a free block among the `count` headers at hdr0 (stride SHMIPC_POOL_BLOCK_HEADER):
+ * the lowest free one of the first SHMIPC_POOL_WARM, else the first free one of the rest from
+ * `start` round (a caller's cursor). Returns its index with *gen_out its new generation, key
+ * holding one reference, or SHMIPC_POOL_NONE. A block whose lock is held is skipped.
+ * Why the first few first: a request/reply pair (each side frees what it received, then
+ * loans its reply) then keeps to one or two blocks whose pages stay mapped in both processes
+ * and in their caches; a cursor alone walks the whole class, and each block's first touch
+ * in each process costs page faults (256 MiB: 20-700 ms on the development VM). Bounded, so
+ * that a deep pipeline (those blocks busy) pays at most that many header reads more. */
+#define SHMIPC_POOL_WARM 8
 int64_t shmipc_pool_alloc(char *base, size_t hdr0, uint32_t count, uint32_t start,
                           uint32_t cls, uint64_t key, uint64_t nbytes, uint32_t *gen_out);
 /* Under the block lock, for generation gen: take from_n references from from_key (0: none)

@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 import pytest
-from _procs import fork_call
+from _procs import Child, fork_call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -107,6 +107,85 @@ def test_loans_travel_without_a_copy(q, pool):
     loan.release()
     got = q.get()
     assert isinstance(got, memoryview) and bytes(got[:4]) == b"abcd" and len(got) == 3000
+
+
+def _block_offset(pool: BufferPool, arr: np.ndarray) -> int:
+    """Where ``arr``'s block lies in the pool's mapping (the same in every process)."""
+    return arr.ctypes.data - pool._map.addr
+
+
+def test_a_freed_block_is_the_next_loan(pool):
+    """A class's first blocks are taken lowest first, so the block freed last is the next
+    loan (mapped and cached already), not the next block of the class."""
+    first = pool.loan_array((1 << 15,), np.float64)
+    where = _block_offset(pool, first)
+    del first
+    second = pool.loan_array((1 << 15,), np.float64)
+    assert _block_offset(pool, second) == where
+
+
+def test_a_class_is_taken_warm_blocks_first_then_round():
+    """The first SHMIPC_POOL_WARM blocks lowest first; the rest round from the cursor."""
+    from shmipc._native import lib
+
+    p = BufferPool.create(size=4 << 20, classes={4096: 16})
+    try:
+        warm = lib.SHMIPC_POOL_WARM
+        held = [p.loan_array((512,), np.float64) for _ in range(16)]
+        offsets = [_block_offset(p, a) for a in held]
+        assert offsets == sorted(offsets) and len(set(offsets)) == 16
+        # a warm block and a later one come free: the warm one goes first, whatever the
+        # cursor says, then the later one
+        late = warm + 3
+        held[late] = held[2] = None
+        again = p.loan_array((512,), np.float64)
+        assert _block_offset(p, again) == offsets[2]
+        later = p.loan_array((512,), np.float64)
+        assert _block_offset(p, later) == offsets[late]
+    finally:
+        p.close()  # with views alive: the mapping stays until they go
+
+
+def test_a_request_reply_pair_keeps_to_two_blocks(pool):
+    """Each side frees what the other sent before it loans its reply, and at a loan the other
+    side holds at most one block (the one it sent or is sending), so both keep to the class's
+    two lowest blocks, in both processes, however many round trips they make."""
+    ping, pong = Queue(pool=pool), Queue(pool=pool)
+    items, rounds = 1 << 15, 200  # 256 KiB arrays
+
+    def child(fd: int) -> None:
+        seen = set()
+        for i in range(rounds):
+            got = ping.get(timeout=30)
+            ok = int(got[0]) == i
+            del got
+            out = pong.loan_array((items,), np.float64)
+            seen.add(_block_offset(pool, out))
+            out[0] = i if ok else -1
+            pong.put(out)
+            del out
+        os.write(fd, ",".join(map(str, sorted(seen))).encode())
+
+    try:
+        side = Child(child)
+        seen = set()
+        for i in range(rounds):
+            out = ping.loan_array((items,), np.float64)
+            seen.add(_block_offset(pool, out))
+            out[0] = i
+            ping.put(out)
+            del out
+            back = pong.get(timeout=30)
+            assert int(back[0]) == i
+            del back
+        code, report = side.finish(60)
+        assert code == 0
+        theirs = {int(x) for x in report.decode().split(",")}
+        assert len(theirs | seen) <= 2, (theirs, seen)
+        assert in_use(pool) == 0
+    finally:
+        ping.close()
+        pong.close()
 
 
 def test_a_sub_array_of_a_loan_is_sent_by_offset(q):
