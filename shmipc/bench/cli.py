@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
         help="run the asyncio consumer benchmark instead (shmipc vs pyzmq.asyncio; "
         "takes --quick, --uvloop, --json)",
     )
+    parser.add_argument(
+        "--spin-ns",
+        type=int,
+        metavar="NS",
+        help="how long shmipc queues' waiters spin before they sleep (default: the Queue's "
+        "own, 50,000); a diagnostic for what wake-ups cost, not for published tables",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument(
         "--json", metavar="FILE", help="also write the rows and the machine as JSON to FILE"
@@ -110,6 +117,8 @@ def _selection(
     args: argparse.Namespace, parser: argparse.ArgumentParser
 ) -> tuple[list[Workload], set[str] | None]:
     """The workloads and transport keys asked for (None: all); parser.error on bad values."""
+    if args.spin_ns is not None and args.spin_ns < 0:
+        parser.error("--spin-ns must be >= 0")
     for flag, value in (("--count", args.count), ("--repeat", args.repeat)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1")
@@ -199,7 +208,12 @@ def main(
     if keys is not None and BASELINE not in keys:
         skipped.append("ratios: multiprocessing.Queue (the baseline) was not run")
 
-    rows = _run(workloads, runnable, args, progress)
+    if args.spin_ns is not None:  # the children are forked: they see it too
+        _transports.SHMIPC_QUEUE_OPTIONS["spin_ns"] = args.spin_ns
+    try:
+        rows = _run(workloads, runnable, args, progress)
+    finally:
+        _transports.SHMIPC_QUEUE_OPTIONS.pop("spin_ns", None)
     if args.quick:
         sizing = "fixed tiny counts (--quick): a smoke run, not a measurement"
         if args.left_out:
@@ -208,6 +222,8 @@ def main(
         sizing = f"fixed at {args.count:,} per row (--count)"
     else:
         sizing = f"sized by probe runs to take about {args.duration:g} s each"
+    if args.spin_ns is not None:
+        sizing += f"; shmipc queues spun {args.spin_ns:,} ns before sleeping (--spin-ns)"
     out.write(
         render(
             rows,

@@ -243,14 +243,29 @@ class _FasterFifoChannel(_SharedQueueChannel):
         self._q.put(end_mark(self.spec), timeout=timeout)
 
 
+#: Keyword arguments every shmipc.Queue the benchmark makes gets (``--spin-ns`` sets
+#: ``spin_ns``); empty: the Queue's own defaults, which is what the published tables use.
+SHMIPC_QUEUE_OPTIONS: dict[str, Any] = {}
+
+
 def load_shmipc_queue() -> type:
-    """shmipc's Queue class: ``shmipc.Queue``, or ``shmipc.queue.Queue`` until it is exported."""
+    """shmipc's Queue class: ``shmipc.Queue``, or ``shmipc.queue.Queue`` until it is exported;
+    with :data:`SHMIPC_QUEUE_OPTIONS` set, a subclass that passes them to every queue."""
     import shmipc
 
     cls = getattr(shmipc, "Queue", None)
     if cls is None:
         cls = importlib.import_module("shmipc.queue").Queue
-    return cls
+    if not SHMIPC_QUEUE_OPTIONS:
+        return cls
+    options = dict(SHMIPC_QUEUE_OPTIONS)
+
+    class Configured(cls):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**options, **kwargs})
+
+    Configured.__name__ = Configured.__qualname__ = cls.__name__
+    return Configured
 
 
 _ZERO_COPY_METHODS = ("reserve", "commit", "peek", "release")

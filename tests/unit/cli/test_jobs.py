@@ -180,6 +180,53 @@ def test_bench_repeats_run_in_rounds_of_every_row(monkeypatch):
     assert "in rounds of one run of every row" in out.getvalue()
 
 
+def _spin_of(q) -> int:
+    """The spin a queue's ring was made with, read back from its segment."""
+    from shmipc.cli.describe import describe
+
+    with open(f"/dev/shm/{q.name}", "rb") as f:
+        data = f.read()
+    return describe(memoryview(data), len(data))["ring"]["spin_ns"]
+
+
+def test_bench_spin_ns_reaches_every_shmipc_queue_and_the_report(monkeypatch):
+    """--spin-ns: every shmipc queue the rows make gets it (the stream rows' and the arrays
+    rows'), the report says so, and it is undone after the run."""
+    from shmipc.bench import transports
+
+    spins: list[int] = []
+    real = transports.load_shmipc_queue
+
+    def recording():
+        cls = real()
+
+        class Recorded(cls):  # type: ignore[misc, valid-type]
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                spins.append(_spin_of(self))
+
+        return Recorded
+
+    monkeypatch.setattr(transports, "load_shmipc_queue", recording)
+    out = io.StringIO()
+    argv = ["--quick", "--only", "pingpong,arrays-1MiB", "--transports", "shmipc"]
+    status = bench_cli.main([*argv, "--spin-ns", "1234"], out=out)
+    assert status == 0, out.getvalue()
+    assert len(spins) >= 3 and set(spins) == {1234}, spins  # ping-pong's queues, arrays'
+    assert "shmipc queues spun 1,234 ns before sleeping (--spin-ns)" in out.getvalue()
+    assert transports.SHMIPC_QUEUE_OPTIONS == {}
+    q = real()(capacity=1 << 16)  # after the run: the Queue's own default again
+    try:
+        assert _spin_of(q) == 50_000
+    finally:
+        q.close()
+
+
+def test_bench_spin_ns_refuses_a_negative_value(capsys):
+    assert bench_cli.main(["--quick", "--spin-ns", "-1"]) == 2
+    assert "--spin-ns must be >= 0" in capsys.readouterr().err
+
+
 class _FakeReport:
     def __init__(self, kind: str) -> None:
         self.kind = kind
