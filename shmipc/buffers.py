@@ -594,7 +594,8 @@ class BufferPool:
                     m.base, c.hdr, c.count, self._hint[ci], ci, key, nbytes, gen
                 )
                 if idx >= 0:
-                    self._hint[ci] = (idx + 1) % c.count
+                    if idx >= lib.SHMIPC_POOL_WARM:  # the cursor is the rest's (pool.c)
+                        self._hint[ci] = (idx + 1) % c.count
                     self._maybe_pass()
                     return _Block(ci, idx, gen[0], c.data + idx * c.size, key)
             now = time.monotonic_ns()

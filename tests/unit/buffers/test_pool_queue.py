@@ -142,6 +142,15 @@ def test_a_class_is_taken_warm_blocks_first_then_round():
         assert _block_offset(p, again) == offsets[2]
         later = p.loan_array((512,), np.float64)
         assert _block_offset(p, later) == offsets[late]
+        held[2], held[late] = again, later
+        # taking a warm block leaves the cursor where the rest's last loan put it: with
+        # `late` taken last, blocks late - 1 and late + 2 free, and a warm one: the warm one,
+        # then late + 2 (after the cursor), not late - 1 (a scan of the rest from its start)
+        held[late - 1] = held[late + 2] = held[5] = None
+        warm_again = p.loan_array((512,), np.float64)
+        assert _block_offset(p, warm_again) == offsets[5]
+        onward = p.loan_array((512,), np.float64)
+        assert _block_offset(p, onward) == offsets[late + 2]
     finally:
         p.close()  # with views alive: the mapping stays until they go
 
