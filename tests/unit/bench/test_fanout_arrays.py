@@ -337,7 +337,11 @@ def test_array_rows_of_the_real_sizes_exist() -> None:
     names = [w.name for w in workloads.WORKLOADS if w.kind == "arrays"]
     assert names == ["arrays-1MiB", "arrays-32MiB", "arrays-256MiB"]
     big = workloads.workload_named("arrays-256MiB")
-    assert big.size == 256 << 20 and big.max_count <= 8 and big.quick == 1
+    assert big.size == 256 << 20 and big.quick == 1
+    # The caps leave a loan's row (about 1 ms a 32 MiB round trip, 10 ms at 256 MiB) room for
+    # a timed span of about 2 s; probe runs keep the slow rows to the duration asked for.
+    mid = workloads.workload_named("arrays-32MiB")
+    assert mid.max_count * 0.001 >= 2 and big.max_count * 0.01 >= 2
     fan = [w for w in workloads.WORKLOADS if w.kind == "fanout"]
     assert sorted((w.objects, w.consumers) for w in fan) == [
         (o, n) for o in (False, True) for n in (1, 2, 4)
