@@ -273,7 +273,24 @@ int shmipc_wake32_reg(char *b, size_t o, size_t reg_off, int nslots, int n) {
  * keeps for modules loaded later. Read inline by shmipc_identity (csrc/identity.h). */
 _Thread_local uint64_t shmipc_tls_identity;
 
-static void forget_identity(void) { shmipc_tls_identity = 0; }
+/* This process's pid, cached like the identity: the pool's Python paths ask for it several
+ * times a transfer (holder keys, the fork check of every reference they give back), and a
+ * getpid() is a system call each time. Reset in a forked child by the same handler. */
+static _Atomic int32_t self_pid;
+
+int32_t shmipc_self_pid(void) {
+    int32_t pid = atomic_load_explicit(&self_pid, memory_order_relaxed);
+    if (__builtin_expect(pid == 0, 0)) {
+        pid = (int32_t)getpid();
+        atomic_store_explicit(&self_pid, pid, memory_order_relaxed);
+    }
+    return pid;
+}
+
+static void forget_identity(void) {
+    shmipc_tls_identity = 0;
+    atomic_store_explicit(&self_pid, 0, memory_order_relaxed);
+}
 
 __attribute__((constructor)) static void register_fork_handler(void) {
     pthread_atfork(NULL, NULL, forget_identity);

@@ -96,6 +96,9 @@ int shmipc_identity_alive(uint64_t identity);
 #define SHMIPC_LOCK_SIZE 16
 #define SHMIPC_LOCK_OFF_WAITERS 8
 uint64_t shmipc_lock_identity(void);
+/* This process's pid without a system call: cached, and forgotten in a forked child
+ * (pthread_atfork, as the identity). */
+int32_t shmipc_self_pid(void);
 int shmipc_lock_acquire(char *base, size_t off, int64_t deadline_ns, int64_t spin_ns);
 int shmipc_lock_try(char *base, size_t off);
 int shmipc_lock_release(char *base, size_t off);

@@ -126,6 +126,8 @@ _PID_BITS = 22
 _START_BITS = 25
 _COUNT_SHIFT = 48
 _EXT_HANDLE = 18  # the codec ext code reserved for "arrays by reference to pool blocks"
+_POOL_WARM = lib.SHMIPC_POOL_WARM
+_checked_dtypes: set[Any] = set()  # numpy dtypes codec._check_dtype accepted (a few at most)
 
 # Dedicated segments (a request above the largest class): one block each, named
 # "<pool name>.d<pool tag, 8 hex>_<16 random hex>", segment kind BUFFER_POOL with flags bit
@@ -228,9 +230,27 @@ def _check_classes(classes: Mapping[int, int] | Iterable[tuple[int, int]]) -> li
     return items
 
 
+_self_pid = lib.shmipc_self_pid  # getpid() without a system call (csrc/native.c)
+_key_cache = (0, 0)  # (pid, key) of the process that computed it
+
+
+def _numpy() -> Any:
+    """numpy (imported on first use: the pool itself does not need it)."""
+    np = sys.modules.get("numpy")
+    if np is None:
+        import numpy as np
+    return np
+
+
 def _self_key() -> int:
-    pid, started = _proc.self_identity()
-    return (pid & ((1 << _PID_BITS) - 1)) | ((started & ((1 << _START_BITS) - 1)) << _PID_BITS)
+    """This process's holder key: (pid, start time) packed; computed once per process."""
+    global _key_cache
+    pid = _self_pid()
+    if _key_cache[0] != pid:
+        pid, started = _proc.self_identity()
+        key = (pid & ((1 << _PID_BITS) - 1)) | ((started & ((1 << _START_BITS) - 1)) << _PID_BITS)
+        _key_cache = (pid, key)
+    return _key_cache[1]
 
 
 def _key_state(key: int) -> _proc.Liveness:
@@ -330,7 +350,7 @@ class _Block:
         self.gen = gen
         self.offset = offset  # absolute offset of the block's data in the mapping
         self.key = key  # the holder key the reference was taken for
-        self.pid = os.getpid()  # the process that holds it (a forked child does not)
+        self.pid = _self_pid()  # the process that holds it (a forked child does not)
 
 
 class _Map:
@@ -354,21 +374,16 @@ class _Map:
         self, cls: int, index: int, gen: int, from_key: int, from_n: int, to_key: int, to_n: int
     ) -> int:
         """One csrc/pool.c adjust, retried while a dead locker holds the block lock."""
-        busy = ffi.new("uint64_t *")
         hdr = self.hdr(cls, index)
+        args = (self.base, hdr, gen, from_key, from_n, to_key, to_n, self.seq_off, self.waiters_off)
+        # The first try asks nobody for the lock's holder (pool.c takes NULL): a busy block
+        # is rare, and the out-parameter costs an allocation a call.
+        rc = lib.shmipc_pool_adjust(*args, ffi.NULL)
+        if rc != lib.SHMIPC_POOL_BUSY:
+            return rc
+        busy = ffi.new("uint64_t *")
         while True:
-            rc = lib.shmipc_pool_adjust(
-                self.base,
-                hdr,
-                gen,
-                from_key,
-                from_n,
-                to_key,
-                to_n,
-                self.seq_off,
-                self.waiters_off,
-                busy,
-            )
+            rc = lib.shmipc_pool_adjust(*args, busy)
             if rc != lib.SHMIPC_POOL_BUSY:
                 return rc
             holder = busy[0]
@@ -393,7 +408,7 @@ class _Map:
 
     def drop(self, block: _Block) -> None:
         """Give back one reference of this process (a PoolBuffer's on_release)."""
-        if os.getpid() != block.pid:
+        if _self_pid() != block.pid:
             return  # a forked child never held its parent's references (B3)
         self.adjust(block.cls, block.index, block.gen, block.key, 1, 0, 0)
 
@@ -447,6 +462,7 @@ class BufferPool:
         self._hint = [0] * len(classes)
         self._last_pass = time.monotonic_ns()
         self._name = region.name
+        self._name_bytes = (region.name or "").encode("ascii")  # as handles carry it
         self._size = region.size
         self._trusted = region._trusted_uids
         self._reclaim_lock = threading.Lock()
@@ -554,17 +570,19 @@ class BufferPool:
 
     def loan_array(self, shape: Any, dtype: Any, timeout: float | None = None) -> Any:
         """A writable C-ordered ``numpy.ndarray`` in a block; its base keeps the loan."""
-        import numpy as np
-
+        np = _numpy()
         dt = np.dtype(dtype)
-        _codec._check_dtype(dt, TypeError)
+        if dt not in _checked_dtypes:
+            _codec._check_dtype(dt, TypeError)
+            if len(_checked_dtypes) < 64:
+                _checked_dtypes.add(dt)
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         count = 1
         for n in shape:
             count *= int(n)
         loan = self.loan(max(count * dt.itemsize, 1), timeout)
         # numpy's stubs know only builtin buffers; a Loan exports one (PEP 3118).
-        return np.frombuffer(loan, dt, count).reshape(shape)  # type: ignore[call-overload]
+        return np.frombuffer(loan, dt, count).reshape(shape)
 
     def _loan_of(self, block: _Block, nbytes: int, readonly: bool = False) -> Any:
         m = block.dmap or self._map
@@ -577,26 +595,34 @@ class BufferPool:
         return buf
 
     def _alloc(self, nbytes: int, deadline: int) -> _Block:
-        if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 0:
+        if type(nbytes) is not int and (not isinstance(nbytes, int) or isinstance(nbytes, bool)):
+            raise TypeError(f"nbytes must be an int >= 0, not {nbytes!r}")
+        if nbytes < 0:
             raise TypeError(f"nbytes must be an int >= 0, not {nbytes!r}")
         m = self._live()
-        first = next((i for i, c in enumerate(self._classes) if c.size >= nbytes), None)
-        if first is None:
+        classes = self._classes
+        first = 0
+        for c in classes:
+            if c.size >= nbytes:
+                break
+            first += 1
+        else:
             return self._alloc_dedicated(nbytes)
         key = _self_key()
         gen = ffi.new("uint32_t *")
+        hint = self._hint
+        alloc = lib.shmipc_pool_alloc
         passes = 0
         while True:
             seq = lib.shmipc_load32_acquire(m.base, m.seq_off)
-            for ci in range(first, len(self._classes)):
-                c = self._classes[ci]
-                idx = lib.shmipc_pool_alloc(
-                    m.base, c.hdr, c.count, self._hint[ci], ci, key, nbytes, gen
-                )
+            for ci in range(first, len(classes)):
+                c = classes[ci]
+                idx = alloc(m.base, c.hdr, c.count, hint[ci], ci, key, nbytes, gen)
                 if idx >= 0:
-                    if idx >= lib.SHMIPC_POOL_WARM:  # the cursor is the rest's (pool.c)
-                        self._hint[ci] = (idx + 1) % c.count
-                    self._maybe_pass()
+                    if idx >= _POOL_WARM:  # the cursor is the rest's (pool.c)
+                        hint[ci] = (idx + 1) % c.count
+                    if time.monotonic_ns() - self._last_pass >= self._liveness_ns:
+                        self.reclaim()
                     return _Block(ci, idx, gen[0], c.data + idx * c.size, key)
             now = time.monotonic_ns()
             if passes == 0 or now - self._last_pass >= self._liveness_ns:
@@ -667,10 +693,6 @@ class BufferPool:
             region.close()
             raise CorruptedError(f"segment {name!r} is not a dedicated block")
         return _DMap(region)
-
-    def _maybe_pass(self) -> None:
-        if time.monotonic_ns() - self._last_pass >= self._liveness_ns:
-            self.reclaim()
 
     # ---- liveness ------------------------------------------------------------------------
 
@@ -1024,6 +1046,7 @@ class PoolHook:
         self.threshold = max(int(threshold), 1)
         self.trusted_uids = tuple(trusted_uids)
         self.pickle = getattr(codec, "name", None) == "pickle"
+        self.msgpack = getattr(codec, "name", None) == "msgpack"
         self._tls = threading.local()
         self.name = getattr(codec, "name", "custom")
         # How a receiver claims: move one transit reference (1, a Queue's or a "block"
@@ -1043,6 +1066,11 @@ class PoolHook:
     def encode(self, obj: object, *, refs: int = 1, timeout: float | None = None) -> bytes:
         """The frame for ``obj``; each block it names holds ``refs`` transit references.
         PoolExhausted if a block for a copied payload did not come within ``timeout``."""
+        np = sys.modules.get("numpy")
+        if np is not None and type(obj) is np.ndarray and self.msgpack:
+            frame = self._encode_loaned_array(obj, refs)
+            if frame is not None:
+                return frame
         sent: list[tuple[_Block, int, bytes]] = []
         self._tls.ctx = (sent, refs, deadline_ns(timeout))
         try:
@@ -1053,6 +1081,47 @@ class PoolHook:
             raise
         self._tls.ctx = None
         return frame
+
+    def _encode_loaned_array(self, arr: Any, refs: int) -> bytes | None:
+        """The frame of a C-ordered array that lies in a loan (or a received block) of this
+        pool, sent alone: what ``_encode`` makes of it (one ext record: a handle, one transit
+        reference more), in a few steps. None for anything else (then ``_encode`` takes it)."""
+        loan = _find_loan(arr)
+        if (
+            loan is None
+            or loan._pool_name != self.pool.name
+            or loan.released
+            or not arr.flags.c_contiguous
+            or arr.dtype not in _checked_dtypes
+            or arr.dtype.fields is not None
+        ):
+            return None
+        b: _Block = loan._block
+        bm = loan._map
+        if b.dmap is not None:
+            return None
+        self.pool._live()
+        nbytes = arr.nbytes
+        sub = int(ffi.cast("uintptr_t", ffi.from_buffer(arr))) - (bm.addr + b.offset)
+        if sub < 0 or sub + nbytes > bm.classes[b.cls].size:
+            return None
+        shape = arr.shape
+        meta = _meta_bytes.get((arr.dtype.str, shape))
+        if meta is None:
+            meta = packb([arr.dtype.str, list(shape), 0])
+            if len(_meta_bytes) >= _METAS_KEPT:
+                _meta_bytes.clear()
+            _meta_bytes[arr.dtype.str, shape] = meta
+        name = self.pool.name.encode("ascii")
+        head = _HANDLE.pack(
+            1, _FLAVOR_ARRAY, b.cls, len(name), b.index, b.gen, 0, b.offset, sub, nbytes
+        )
+        handle = head + name + meta
+        if len(handle) > 255:
+            return None
+        rc = bm.adjust(b.cls, b.index, b.gen, 0, 0, self.key, refs)
+        _check_rc(rc, "add transit references to a loan")
+        return _EXT8_HEAD(0xC7, len(handle), _EXT_HANDLE) + handle
 
     def _encode(self, obj: object) -> bytes:
         if type(obj) in (bytes, bytearray, memoryview) or isinstance(obj, Loan):
@@ -1098,6 +1167,8 @@ class PoolHook:
 
     def _array_handle(self, np: Any, arr: Any, loan: Loan | _Received | None) -> bytes:
         _codec._check_dtype(arr.dtype, TypeError)
+        if len(_checked_dtypes) < 64:
+            _checked_dtypes.add(arr.dtype)
         fortran = not arr.flags.c_contiguous and arr.flags.f_contiguous
         if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
             arr, loan = np.ascontiguousarray(arr), None
@@ -1221,6 +1292,17 @@ class PoolHook:
     def decode(self, frame: Any) -> object:
         """The object in ``frame``; each block it names is claimed from this channel's transit
         references (CorruptedError if it cannot be: a stale, forged or foreign handle)."""
+        n = len(frame)
+        if (
+            self.msgpack
+            and n > 3
+            and frame[0] == 0xC7
+            and frame[2] == _EXT_HANDLE
+            and frame[1] == n - 3
+        ):
+            # A frame that is one handle (an array sent alone, the common case): msgpack's
+            # ext 8 record, claimed as unpackb's ext hook would, without the unpacker.
+            return self._claim(bytes(frame[3:]))
         if frame[:3] == _TOP_HANDLE:
             return self._claim(bytes(frame[3:]))
         if frame[:3] == _PICKLE_OOB:
@@ -1300,13 +1382,21 @@ class PoolHook:
         end = _HANDLE.size + name_len
         if len(data) < end:
             raise CorruptedError("pool handle's name overruns it")
+        pool = self.pool
+        raw_name = data[_HANDLE.size : end]
+        m: _Map
+        if cls != DEDICATED and raw_name == pool._name_bytes:  # the common case, in short
+            m = pool._live()
+            size = pool._block_at(cls, index, offset, min(nbytes, 1 << 62)).size
+            if sub > size or nbytes > size - sub:
+                raise CorruptedError(f"handle's range {sub}+{nbytes} overruns a {size}-byte block")
+            return m, cls, index, gen, flavor, sub, nbytes, data[end:]
         try:
-            name = data[_HANDLE.size : end].decode("ascii")
+            name = raw_name.decode("ascii")
         except UnicodeDecodeError:
             raise CorruptedError("pool handle names no valid pool") from None
-        pool = self.pool
         if cls == DEDICATED:
-            m: _Map = pool._attach_dedicated(name, self.trusted_uids)
+            m = pool._attach_dedicated(name, self.trusted_uids)
             size = m.classes[0].size
             if index != 0 or offset != _D_DATA:
                 raise CorruptedError(f"handle names block {index} at {offset} of {name!r}")
@@ -1360,8 +1450,7 @@ class PoolHook:
             return buf
         if flavor == _FLAVOR_BYTES:
             return memoryview(buf)
-        import numpy as np
-
+        np = _numpy()
         dtype, shape, fortran = meta
         arr = np.frombuffer(buf, np.uint8, nbytes).view(dtype)
         if fortran:
@@ -1378,7 +1467,27 @@ def _unpickle(data: bytes, buffers: list[Any]) -> object:
         raise CorruptedError(f"corrupt pooled pickle frame: {exc}") from exc
 
 
+_metas: dict[bytes, tuple[Any, tuple[int, ...], int, int]] = {}  # see _array_meta
+_meta_bytes: dict[tuple[str, tuple[int, ...]], bytes] = {}  # (dtype.str, shape): packed meta
+_EXT8_HEAD = struct.Struct("<BBB").pack  # msgpack ext 8: 0xc7, payload length, ext code
+_METAS_KEPT = 256
+
+
 def _array_meta(rest: bytes, nbytes: int) -> tuple[Any, tuple[int, ...], int]:
+    """(dtype, shape, fortran) of an array handle's metadata, checked against ``nbytes``.
+    A stream of arrays repeats a few metadata strings: each is parsed and checked once and
+    kept (by its exact bytes, with the byte count it implies), up to _METAS_KEPT of them."""
+    known = _metas.get(rest)
+    if known is not None and known[3] == nbytes:
+        return known[0], known[1], known[2]
+    dtype, shape, fortran = meta = _parse_array_meta(rest, nbytes)
+    if len(_metas) >= _METAS_KEPT:
+        _metas.clear()
+    _metas[rest] = (dtype, shape, fortran, nbytes)
+    return meta
+
+
+def _parse_array_meta(rest: bytes, nbytes: int) -> tuple[Any, tuple[int, ...], int]:
     try:
         import numpy as np
     except ImportError as exc:

@@ -14,9 +14,11 @@ import pytest
 from _procs import Child, fork_call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgpack import ExtType, packb
 
 from shmipc import BufferPool, CorruptedError, Queue
-from shmipc.buffers import _HANDLE, _TOP_HANDLE, BLOCK_HEADER, SLOTS
+from shmipc import buffers as _buffers
+from shmipc.buffers import _HANDLE, _TOP_HANDLE, BLOCK_HEADER, SLOTS, PoolHook
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -409,6 +411,9 @@ def test_hostile_handles_are_corrupted_errors(q, pool):
         _handle(pool, name="../../etc/passwd", cls=255, offset=4096),
         _TOP_HANDLE + b"\x01",
     ]
+    # Each also as the msgpack ext record an array sent alone travels in (PoolHook.decode
+    # reads that one without the unpacker).
+    cases += [packb(ExtType(18, frame[len(_TOP_HANDLE) :])) for frame in cases[:-1]]
     for frame in cases:
         put_frame(q, frame)
         with pytest.raises(CorruptedError):
@@ -419,11 +424,14 @@ def test_hostile_handles_are_corrupted_errors(q, pool):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(data=st.binary(min_size=0, max_size=120), prefix=st.sampled_from([b"", _TOP_HANDLE]))
+@given(
+    data=st.binary(min_size=0, max_size=120),
+    prefix=st.sampled_from([b"", _TOP_HANDLE, b"ext"]),
+)
 def test_random_handles_raise_typed_errors_only(data, prefix):
     p = _shared_pool()
     q = _shared_queue()
-    put_frame(q, prefix + data)
+    put_frame(q, packb(ExtType(18, data)) if prefix == b"ext" else prefix + data)
     try:
         q.get(timeout=1)
     except (CorruptedError, TypeError, ValueError):
@@ -529,9 +537,10 @@ def test_forwarding_a_received_view_sends_the_same_block(q, pool):
             st.integers(-1, 2),
         ),
     ),
+    as_ext=st.booleans(),
 )
 def test_structured_hostile_handles_raise_typed_errors_only(
-    flavor, cls, index, gen, offset_delta, sub, nbytes, meta
+    flavor, cls, index, gen, offset_delta, sub, nbytes, meta, as_ext
 ):
     """Well-formed handles with hostile fields, aimed at real blocks that loans hold (none with
     a transit reference of this channel): always a typed error, never a view of a block, a
@@ -548,7 +557,8 @@ def test_structured_hostile_handles_raise_typed_errors_only(
         1, flavor, cls, len(raw), index, gen, 0, max(offset, 0), sub % (1 << 64), nbytes
     )
     before = p.statistics()
-    put_frame(q, _TOP_HANDLE + head + raw + meta)
+    handle = head + raw + meta
+    put_frame(q, packb(ExtType(18, handle)) if as_ext else _TOP_HANDLE + handle)
     try:
         got = q.get(timeout=1)
     except (CorruptedError, TypeError, ValueError):
@@ -598,3 +608,104 @@ def test_a_spawned_child_gets_the_queue_and_its_pool_by_name(pool):
     finally:
         jobs.close()
         results.close()
+
+
+class _SlowHook(PoolHook):
+    """The hook without its short way for a loaned array sent alone."""
+
+    def _encode_loaned_array(self, arr, refs):  # type: ignore[no-untyped-def]
+        return None
+
+
+def test_the_short_way_for_loaned_arrays_makes_the_same_frames(pool):
+    """PoolHook.encode's short way (an array in a loan or a received block of this pool, sent
+    alone) makes byte for byte the frame of the general one, or leaves the array to it."""
+    other = BufferPool.create(size=4 << 20)
+    q = Queue(pool=pool, zero_copy_threshold=1024)
+    fast = q._pool_hook
+    slow = _SlowHook(pool, fast.codec, fast.tag, fast.threshold)
+    try:
+        whole = pool.loan_array((64, 128), "<f4")
+        whole[:] = np.arange(64 * 128, dtype="<f4").reshape(64, 128)
+        q.put(np.arange(5000, dtype="<i8"))
+        received = q.get()
+        foreign = other.loan_array(4096, "u1")
+        released = pool.loan_array(1024, "<f8")
+        gone = _buffers._find_loan(released)
+        del released
+        gone.release()
+        arrays = {
+            "whole": whole,
+            "rows": whole[3:10],  # at an offset inside the block
+            "flat": whole.reshape(-1),
+            "columns": whole[:, ::2],  # not contiguous: copied
+            "fortran": np.asfortranarray(whole),  # a private copy: copied
+            "big-endian": pool.loan_array(2048, ">u2"),
+            "structured": pool.loan_array(100, [("a", "<i4"), ("b", "<f8")]),
+            "received": received[10:],
+            "foreign": foreign,
+            "private": np.ones(4096),
+            "empty": pool.loan_array((0, 3), "<f8"),
+        }
+        copied = {"columns", "fortran", "foreign", "private"}
+        for label, arr in arrays.items():
+            if label in copied or label == "structured":
+                # Left to the general way: copied into a new block, or (a structured dtype)
+                # described by numpy's descr list.
+                assert fast._encode_loaned_array(arr, 1) is None, label
+                continue
+            got = fast.encode(arr)
+            want = slow.encode(arr)
+            assert got == want and got[:3] == b"\xc7" + bytes((len(got) - 3,)) + b"\x12", label
+            fast.discard(got)
+            fast.discard(want)
+        # Both frames decode to the array, in place where it was a loan's.
+        q.put(whole[3:10])
+        back = q.get()
+        assert back.shape == (7, 128) and not back.flags.writeable
+        assert np.array_equal(back, whole[3:10])
+        assert _buffers._buffer_addr(memoryview(back)) == whole[3:10].ctypes.data
+        del back, received, whole, arrays, foreign, arr
+        gc.collect()
+        assert in_use(pool) == 0 and in_use(other) == 0
+    finally:
+        q.close()
+        other.close()
+
+
+def test_a_known_array_metadata_with_another_length_is_corrupt(q, pool):
+    """Array metadata is parsed once and kept by its bytes, with the length it implies: the
+    same metadata in a handle of another length is still refused."""
+    arr = pool.loan_array(512, "<f8")
+    q.put(arr)
+    got = q.get()  # "<f8", [512] is now known, as 4096 bytes
+    assert got.shape == (512,) and _buffers._find_loan(got)._block.cls == 0
+    del got
+    meta = packb(["<f8", [512], 0])
+    head = _HANDLE.pack(1, 1, 0, len(pool.name), 0, 1, 0, pool._classes[0].data, 0, 2048)
+    put_frame(q, packb(ExtType(18, head + pool.name.encode() + meta)))
+    with pytest.raises(CorruptedError, match="corrupt array handle"):
+        q.get(timeout=1)
+    del arr
+    assert in_use(pool) == 0
+
+
+def test_a_forked_child_has_a_holder_key_of_its_own(pool):
+    """The holder key and pid are cached per process: a forked child computes its own (its
+    loans must not be taken for its parent's, alive or dead)."""
+    parent_key = _buffers._self_key()
+    loan = pool.loan(100)
+
+    def child(fd: int) -> None:
+        mine = pool.loan(100)
+        facts = (_buffers._self_key(), _buffers._self_pid(), mine._block.key, os.getpid())
+        os.write(fd, struct.pack("<4Q", *facts))
+        mine.release()
+
+    code, out = fork_call(child)
+    assert code == 0
+    key, pid, block_key, real_pid = struct.unpack("<4Q", out)
+    assert key != parent_key and block_key == key and pid == real_pid != os.getpid()
+    assert _buffers._self_key() == parent_key and _buffers._self_pid() == os.getpid()
+    loan.release()
+    assert in_use(pool) == 0
