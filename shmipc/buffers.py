@@ -581,8 +581,8 @@ class BufferPool:
         for n in shape:
             count *= int(n)
         loan = self.loan(max(count * dt.itemsize, 1), timeout)
-        # numpy's stubs know only builtin buffers; a Loan exports one (PEP 3118).
-        return np.frombuffer(loan, dt, count).reshape(shape)
+        arr = np.frombuffer(loan, dt, count)
+        return arr if len(shape) == 1 else arr.reshape(shape)
 
     def _loan_of(self, block: _Block, nbytes: int, readonly: bool = False) -> Any:
         m = block.dmap or self._map
