@@ -19,6 +19,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -241,13 +242,32 @@ static inline int no_wait(int64_t deadline_ns) {
     return deadline_ns == 0 || deadline_ns == SHMIPC_TRY_ONLY;
 }
 
+/* The CPU this thread runs on, plus 1; 0 when it cannot be told. glibc reads it from the
+ * thread's rseq area (or the vDSO): no system call. */
+static inline uint32_t cpu_tag(void) {
+    int cpu = sched_getcpu();
+    return cpu < 0 ? 0 : (uint32_t)cpu + 1;
+}
+
 /* Wait (no lock held) while the low word at `off` still reads `seen`. Returns SHMIPC_OK to
- * retry, or the status to hand back to Python. */
+ * retry, or the status to hand back to Python.
+ *
+ * A consumer whose publisher last ran on this very CPU does not spin: whatever it waits for
+ * needs this CPU, and spinning (even with the yields of spin_while) only delays it. That is
+ * the usual state of a request/reply pair, which the scheduler tends to keep on one CPU: on
+ * the 2-core development VM the spin cost such a pair tens of microseconds a round trip
+ * (docs/performance.md, session 11). The CPU word is a hint (stale after a migration, 0 from
+ * a process that never wrote it): it only ever chooses between spinning and sleeping. */
 static int wait_position(char *ring, size_t off, size_t waiters_off, uint64_t seen,
                          int64_t deadline_ns, int full) {
     if (no_wait(deadline_ns)) return full ? SHMIPC_FULL : SHMIPC_EMPTY;
+    int64_t spin = spin_ns(ring);
+    if (!full && spin > 0) {
+        uint32_t theirs = LOAD(U32(ring, SHMIPC_RING_OFF_P_CPU));
+        if (theirs != 0 && theirs == cpu_tag()) spin = 0;
+    }
     int rc = shmipc_wait_while32_reg(ring, off, (uint32_t)seen, waiters_off,
-                                     SHMIPC_RING_SLEEPER_SLOTS, deadline_ns, spin_ns(ring));
+                                     SHMIPC_RING_SLEEPER_SLOTS, deadline_ns, spin);
     switch (rc) {
     case SHMIPC_OK:
     case SHMIPC_CHANGED: return SHMIPC_OK;
@@ -417,6 +437,7 @@ void shmipc_ri_publish(char *ring, uint64_t end, uint64_t msgs, uint64_t bytes) 
     STORE(U64(ring, SHMIPC_RING_OFF_P_MSGS), in);
     STORE(U64(ring, SHMIPC_RING_OFF_P_BYTES), in_bytes);
     STORE(U64(ring, SHMIPC_RING_OFF_P_CLAIM), NO_CLAIM);
+    STORE(U32(ring, SHMIPC_RING_OFF_P_CPU), cpu_tag()); /* the waiters' hint (wait_position) */
     side_unlock(ring, 1);
     wake_consumers(ring);
 }

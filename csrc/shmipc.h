@@ -145,7 +145,12 @@ int shmipc_lock_release_reg(char *base, size_t off, size_t reg_off, int nslots);
 #define SHMIPC_RING_OFF_Q_START 96         /* u64: position where the registered claim starts */
 #define SHMIPC_RING_OFF_Q_END 104          /* u64: position where it ends */
 #define SHMIPC_RING_OFF_Q_OWNER 112        /* u64: identity of its holder; 0: none */
-/* offset 120: unused */
+/* u32: the CPU the last publisher ran on, plus 1 (0: not known). A hint, never trusted for
+ * anything but a waiter's choice to spin: a consumer about to wait for data whose publisher
+ * last ran on its own CPU sleeps at once (csrc/ring.c, wait_position). On the lock's line,
+ * which every publish writes anyway. */
+#define SHMIPC_RING_OFF_P_CPU 120
+/* offset 124: unused */
 #define SHMIPC_RING_OFF_P_TAIL 128         /* u64: end of committed records (consumers read) */
 #define SHMIPC_RING_OFF_P_HEAD_CACHE 136   /* u64: producers' last view of the head */
 #define SHMIPC_RING_OFF_P_OUT_CACHE 144    /* u64: producers' last view of messages out */
