@@ -311,7 +311,7 @@ int shmipc_fastpath_install(void);
 #define SHMIPC_POOL_STALE -2   /* the block is free or has another generation */
 #define SHMIPC_POOL_NOTHELD -3 /* from_key holds fewer than from_n references */
 #define SHMIPC_POOL_NOSLOT -4  /* no free holder slot for to_key, or its count would overflow */
-#define SHMIPC_POOL_BUSY -5    /* the block lock stayed held: *busy is its holder */
+#define SHMIPC_POOL_BUSY -5    /* the block lock stayed held: *busy (if not NULL) is its holder */
 #define SHMIPC_POOL_NONE -6    /* alloc: no free block in this class */
 /* Take a free block among the `count` headers at hdr0 (stride SHMIPC_POOL_BLOCK_HEADER):
  * the lowest free one of the first SHMIPC_POOL_WARM, else the first free one of the rest from
