@@ -630,10 +630,6 @@ def test_the_short_way_for_loaned_arrays_makes_the_same_frames(pool):
         q.put(np.arange(5000, dtype="<i8"))
         received = q.get()
         foreign = other.loan_array(4096, "u1")
-        released = pool.loan_array(1024, "<f8")
-        gone = _buffers._find_loan(released)
-        del released
-        gone.release()
         arrays = {
             "whole": whole,
             "rows": whole[3:10],  # at an offset inside the block
