@@ -242,6 +242,14 @@ def _numpy() -> Any:
     return np
 
 
+def _check_dtype(dtype: Any) -> None:
+    """codec._check_dtype (TypeError), remembered for the few dtypes a process sends."""
+    if dtype not in _checked_dtypes:
+        _codec._check_dtype(dtype, TypeError)
+        if len(_checked_dtypes) < 64:
+            _checked_dtypes.add(dtype)
+
+
 def _self_key() -> int:
     """This process's holder key: (pid, start time) packed; computed once per process."""
     global _key_cache
@@ -572,10 +580,7 @@ class BufferPool:
         """A writable C-ordered ``numpy.ndarray`` in a block; its base keeps the loan."""
         np = _numpy()
         dt = np.dtype(dtype)
-        if dt not in _checked_dtypes:
-            _codec._check_dtype(dt, TypeError)
-            if len(_checked_dtypes) < 64:
-                _checked_dtypes.add(dt)
+        _check_dtype(dt)
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         count = 1
         for n in shape:
@@ -595,9 +600,9 @@ class BufferPool:
         return buf
 
     def _alloc(self, nbytes: int, deadline: int) -> _Block:
-        if type(nbytes) is not int and (not isinstance(nbytes, int) or isinstance(nbytes, bool)):
-            raise TypeError(f"nbytes must be an int >= 0, not {nbytes!r}")
-        if nbytes < 0:
+        if (
+            type(nbytes) is not int and (not isinstance(nbytes, int) or isinstance(nbytes, bool))
+        ) or nbytes < 0:
             raise TypeError(f"nbytes must be an int >= 0, not {nbytes!r}")
         m = self._live()
         classes = self._classes
@@ -1105,18 +1110,11 @@ class PoolHook:
         sub = int(ffi.cast("uintptr_t", ffi.from_buffer(arr))) - (bm.addr + b.offset)
         if sub < 0 or sub + nbytes > bm.classes[b.cls].size:
             return None
-        shape = arr.shape
-        meta = _meta_bytes.get((arr.dtype.str, shape))
+        key = (arr.dtype.str, arr.shape)
+        meta = _meta_bytes.get(key)
         if meta is None:
-            meta = packb([arr.dtype.str, list(shape), 0])
-            if len(_meta_bytes) >= _METAS_KEPT:
-                _meta_bytes.clear()
-            _meta_bytes[arr.dtype.str, shape] = meta
-        name = self.pool.name.encode("ascii")
-        head = _HANDLE.pack(
-            1, _FLAVOR_ARRAY, b.cls, len(name), b.index, b.gen, 0, b.offset, sub, nbytes
-        )
-        handle = head + name + meta
+            meta = _keep(_meta_bytes, key, packb([key[0], list(key[1]), 0]))
+        handle = self._pack_handle(b, _FLAVOR_ARRAY, sub, nbytes) + meta
         if len(handle) > 255:
             return None
         rc = bm.adjust(b.cls, b.index, b.gen, 0, 0, self.key, refs)
@@ -1131,7 +1129,7 @@ class PoolHook:
             view.release()
         if self.pickle:
             return self._encode_pickle(obj)
-        if getattr(self.codec, "name", None) != "msgpack":
+        if not self.msgpack:
             return self.codec.encode(obj)  # a custom codec: only top-level buffers by handle
         try:
             pack = self._tls.pack
@@ -1166,9 +1164,7 @@ class PoolHook:
         return _codec._default(0, False, obj)
 
     def _array_handle(self, np: Any, arr: Any, loan: Loan | _Received | None) -> bytes:
-        _codec._check_dtype(arr.dtype, TypeError)
-        if len(_checked_dtypes) < 64:
-            _checked_dtypes.add(arr.dtype)
+        _check_dtype(arr.dtype)
         fortran = not arr.flags.c_contiguous and arr.flags.f_contiguous
         if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
             arr, loan = np.ascontiguousarray(arr), None
@@ -1228,7 +1224,7 @@ class PoolHook:
         return handle
 
     def _pack_handle(self, block: _Block, flavor: int, sub: int, nbytes: int) -> bytes:
-        name = (block.dmap.name if block.dmap else self.pool.name).encode("ascii")
+        name = block.dmap.name.encode("ascii") if block.dmap else self.pool._name_bytes
         head = _HANDLE.pack(
             1, flavor, block.cls, len(name), block.index, block.gen, 0, block.offset, sub, nbytes
         )
@@ -1320,7 +1316,7 @@ class PoolHook:
                 if hasattr(self.codec, "decode_with_buffers")
                 else _unpickle(data, buffers)
             )
-        if self.pickle or getattr(self.codec, "name", None) != "msgpack":
+        if not self.msgpack:
             return self.codec.decode(frame)
         claimed: dict[bytes, Any] = {}
 
@@ -1385,25 +1381,20 @@ class PoolHook:
         pool = self.pool
         raw_name = data[_HANDLE.size : end]
         m: _Map
-        if cls != DEDICATED and raw_name == pool._name_bytes:  # the common case, in short
-            m = pool._live()
-            size = pool._block_at(cls, index, offset, min(nbytes, 1 << 62)).size
-            if sub > size or nbytes > size - sub:
-                raise CorruptedError(f"handle's range {sub}+{nbytes} overruns a {size}-byte block")
-            return m, cls, index, gen, flavor, sub, nbytes, data[end:]
-        try:
-            name = raw_name.decode("ascii")
-        except UnicodeDecodeError:
-            raise CorruptedError("pool handle names no valid pool") from None
         if cls == DEDICATED:
+            try:
+                name = raw_name.decode("ascii")
+            except UnicodeDecodeError:
+                raise CorruptedError("pool handle names no valid pool") from None
             m = pool._attach_dedicated(name, self.trusted_uids)
             size = m.classes[0].size
             if index != 0 or offset != _D_DATA:
                 raise CorruptedError(f"handle names block {index} at {offset} of {name!r}")
         else:
-            if name != pool.name:
+            if raw_name != pool._name_bytes:  # compared as the bytes handles carry
+                shown = raw_name.decode("ascii", "backslashreplace")
                 raise CorruptedError(
-                    f"handle names pool {name!r}; this channel's pool is {pool.name!r}: refused"
+                    f"handle names pool {shown!r}; this channel's pool is {pool.name!r}: refused"
                 )
             m = pool._live()
             size = pool._block_at(cls, index, offset, min(nbytes, 1 << 62)).size
@@ -1471,6 +1462,7 @@ _metas: dict[bytes, tuple[Any, tuple[int, ...], int, int]] = {}  # see _array_me
 _meta_bytes: dict[tuple[str, tuple[int, ...]], bytes] = {}  # (dtype.str, shape): packed meta
 _EXT8_HEAD = struct.Struct("<BBB").pack  # msgpack ext 8: 0xc7, payload length, ext code
 _METAS_KEPT = 256
+_META_KEPT_BYTES = 512  # what read from shared memory may stay in _metas: 256 x 512 bytes
 
 
 def _array_meta(rest: bytes, nbytes: int) -> tuple[Any, tuple[int, ...], int]:
@@ -1481,10 +1473,17 @@ def _array_meta(rest: bytes, nbytes: int) -> tuple[Any, tuple[int, ...], int]:
     if known is not None and known[3] == nbytes:
         return known[0], known[1], known[2]
     dtype, shape, fortran = meta = _parse_array_meta(rest, nbytes)
-    if len(_metas) >= _METAS_KEPT:
-        _metas.clear()
-    _metas[rest] = (dtype, shape, fortran, nbytes)
+    if len(rest) <= _META_KEPT_BYTES:  # a sender's long field lists are parsed every time
+        _keep(_metas, rest, (dtype, shape, fortran, nbytes))
     return meta
+
+
+def _keep(cache: dict[Any, Any], key: Any, value: Any) -> Any:
+    """``cache[key] = value``, emptying the cache first when it holds _METAS_KEPT entries."""
+    if len(cache) >= _METAS_KEPT:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _parse_array_meta(rest: bytes, nbytes: int) -> tuple[Any, tuple[int, ...], int]:
